@@ -1,0 +1,1 @@
+"""Pure batched tensor math (torch only, no Pyro): exact inference routines."""
