@@ -1,0 +1,187 @@
+"""ArviZ conversion, label alignment across restarts, and information criteria.
+
+All ArviZ-specific code lives here (written against the 0.2x ``InferenceData`` API that installs on
+Python 3.10-3.11).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .models.hmm import HMMParams
+
+__all__ = [
+    "posterior_to_inference_data",
+    "align_params",
+    "permute_params",
+    "restarts_to_inference_data",
+    "information_criteria",
+    "state_accuracy",
+]
+
+
+def posterior_to_inference_data(post):
+    """:class:`arviz.InferenceData` of a :class:`mmpgm.Posterior` (see ``Posterior.to_arviz``)."""
+    import arviz as az
+
+    N, T = next(iter(post.marginals.values())).shape[:2]
+    posterior, dims, coords = {}, {}, {"sequence": np.arange(N), "time": np.arange(T)}
+    paths = post.samples if post.samples is not None else post.map
+    if paths is not None:
+        for name, z in paths.items():
+            arr = post.masked_paths(z if post.samples is not None else z[None])  # (S, N, T)
+            posterior[f"{name}_state"] = arr[None]  # chain axis
+            dims[f"{name}_state"] = ["sequence", "time"]
+    constant = {}
+    for name, p in post.marginals.items():
+        key = f"{name}_marginal"
+        constant[key] = p.detach().cpu().numpy()
+        dims[key] = ["sequence", "time", f"{name}_value"]
+        coords[f"{name}_value"] = np.arange(p.shape[-1])
+    if post.pointwise_log_likelihood is not None:
+        ll = post.pointwise_log_likelihood.detach().cpu().numpy()[None]  # (1, P, N)
+    else:
+        ll = post.log_likelihood.detach().cpu().numpy()[None, None]  # (1, 1, N)
+    dims["sequence_log_likelihood"] = ["sequence"]
+    kwargs = {}
+    if posterior:
+        kwargs["posterior"] = posterior
+    if not posterior:  # arviz needs a posterior group for some functions; give the draws index
+        kwargs["posterior"] = {"log_likelihood_draw": ll.sum(-1)}
+    return az.from_dict(
+        log_likelihood={"sequence_log_likelihood": ll},
+        constant_data=constant,
+        dims=dims,
+        coords=coords,
+        **kwargs,
+    )
+
+
+def _shared_signature(params: HMMParams) -> np.ndarray:
+    """Per shared state: emission means averaged over private states, all modalities, ``(K_s, F)``."""
+    feats = []
+    for e in params.emissions.values():
+        mean = e["loc"] if "loc" in e else e["probs"]
+        feats.append(mean.mean(1).reshape(mean.shape[0], -1))
+    return torch.cat(feats, -1).detach().cpu().double().numpy()
+
+
+def align_params(reference: HMMParams, params: HMMParams):
+    """Hungarian matching of ``params``' state labels to ``reference``'s.
+
+    Returns ``(shared_perm, private_perms)`` such that state ``shared_perm[i]`` of ``params`` is
+    state ``i`` of ``reference`` (and likewise per modality, after the shared alignment).
+    """
+    a, b = _shared_signature(reference), _shared_signature(params)
+    scale = np.concatenate([a, b]).std(0) + 1e-12
+    cost = (((a[:, None, :] - b[None, :, :]) / scale) ** 2).sum(-1)
+    _, shared_perm = linear_sum_assignment(cost)
+    private_perms = {}
+    for m, e_ref in reference.emissions.items():
+        key = "loc" if "loc" in e_ref else "probs"
+        ra = e_ref[key].detach().cpu().double().numpy()  # (K_s, K_m, D)
+        rb = params.emissions[m][key].detach().cpu().double().numpy()[shared_perm]
+        sc = np.concatenate([ra, rb]).reshape(-1, ra.shape[-1]).std(0) + 1e-12
+        cost = (((ra[:, :, None, :] - rb[:, None, :, :]) / sc) ** 2).sum((0, -1))
+        private_perms[m] = linear_sum_assignment(cost)[1]
+    return shared_perm, private_perms
+
+
+def permute_params(params: HMMParams, shared_perm, private_perms) -> HMMParams:
+    """Relabel states: new state ``i`` is old state ``perm[i]``."""
+    sp = torch.as_tensor(np.asarray(shared_perm), dtype=torch.long)
+    emissions = {}
+    for m, e in params.emissions.items():
+        pp = torch.as_tensor(np.asarray(private_perms[m]), dtype=torch.long)
+        emissions[m] = {k: v[sp][:, pp] for k, v in e.items()}
+    return HMMParams(
+        shared_initial=params.shared_initial[sp],
+        shared_transition=params.shared_transition[sp][:, sp],
+        private_initial={m: v[torch.as_tensor(np.asarray(private_perms[m]))] for m, v in params.private_initial.items()},
+        private_transition={
+            m: v[torch.as_tensor(np.asarray(private_perms[m]))][:, torch.as_tensor(np.asarray(private_perms[m]))]
+            for m, v in params.private_transition.items()
+        },
+        emissions=emissions,
+    )
+
+
+def _flatten_params(params: HMMParams) -> dict:
+    out = {"shared_initial": params.shared_initial, "shared_transition": params.shared_transition}
+    for m in params.private_initial:
+        out[f"{m}_initial"] = params.private_initial[m]
+        out[f"{m}_transition"] = params.private_transition[m]
+        for k, v in params.emissions[m].items():
+            out[f"{m}_{k}"] = v
+    return {k: v.detach().cpu().numpy() for k, v in out.items()}
+
+
+def restarts_to_inference_data(models, data=None, num_draws: int = 0, seed: int = 0):
+    """Align several fitted restarts and stack their parameters as ArviZ chains.
+
+    Each model is one chain. With ``num_draws > 0`` and ``data``, each chain holds Laplace draws
+    around that restart's MAP (see :mod:`mmpgm.inference.laplace`), so :func:`arviz.rhat` and
+    :func:`arviz.ess` tell whether the restarts found the same optimum; with ``num_draws = 0``
+    each chain holds its single point estimate.
+    """
+    import arviz as az
+
+    from .inference.laplace import parameter_draws
+
+    if len(models) < 1:
+        raise ValueError("models: expected at least one fitted model")
+    ref = models[0].params
+    chains = []
+    for model in models:
+        perm = align_params(ref, model.params)
+        if num_draws:
+            draws = []
+            for _ in parameter_draws(model, data, num_draws, seed):
+                draws.append(_flatten_params(permute_params(model.params, *perm)))
+        else:
+            draws = [_flatten_params(permute_params(model.params, *perm))]
+        chains.append({k: np.stack([d[k] for d in draws]) for k in draws[0]})
+    posterior = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
+    return az.from_dict(posterior=posterior)
+
+
+def information_criteria(model, data) -> dict:
+    """``{"log_likelihood", "num_parameters", "num_frames", "aic", "bic"}`` of a fitted model.
+
+    BIC uses the number of observed frames as the sample size (a frame-level count, the usual
+    convention for HMMs).
+    """
+    with torch.no_grad():
+        ll = float(model.log_likelihood(data).sum())
+    k = model.num_free_parameters()
+    n = int(sum(m.sum() for m in data.mask.values()))
+    return {
+        "log_likelihood": ll,
+        "num_parameters": k,
+        "num_frames": n,
+        "aic": -2 * ll + 2 * k,
+        "bic": -2 * ll + k * math.log(max(n, 1)),
+    }
+
+
+def state_accuracy(true_states, estimated_states, num_states: int, lengths=None):
+    """Fraction of frames whose estimated label equals the truth after the best relabelling.
+
+    Returns ``(accuracy, permutation)`` where ``permutation[estimated] = true`` label.
+    """
+    t = torch.as_tensor(true_states).reshape(-1)
+    e = torch.as_tensor(estimated_states).reshape(-1)
+    if lengths is not None:
+        T = torch.as_tensor(true_states).shape[-1]
+        inside = (torch.arange(T)[None, :] < torch.as_tensor(lengths)[:, None]).reshape(-1)
+        t, e = t[inside], e[inside]
+    conf = torch.zeros(num_states, num_states)
+    conf.index_put_((e.cpu(), t.cpu()), torch.ones(len(t)), accumulate=True)
+    rows, cols = linear_sum_assignment(-conf.numpy())
+    perm = np.empty(num_states, dtype=int)
+    perm[rows] = cols
+    return float(conf.numpy()[rows, cols].sum() / max(1, len(t))), perm

@@ -1,0 +1,73 @@
+"""Interface shared by observation models."""
+
+from __future__ import annotations
+
+import torch
+from pyro.nn import PyroModule
+
+
+class ObservationModel(PyroModule):
+    r"""Emission model :math:`p(x_t \mid s_t = i, p_t = j)` of one modality.
+
+    Parameters are indexed ``(shared_state, private_state, ...)``, shape
+    ``(num_shared_states, num_private_states, ...)``.
+
+    Subclasses implement :meth:`log_prob` (all state pairs at once, for the exact ops),
+    :meth:`distribution` (for the Pyro program, indexed by enumerated state tensors),
+    :meth:`log_prior`, :meth:`mean` / :meth:`covariance` (per-state predictive moments, for
+    imputation), :meth:`sample_at` and :meth:`m_step` (closed-form MAP update for EM).
+    """
+
+    #: whether observations are integer class indices (stored in a float tensor)
+    discrete = False
+
+    def __init__(self, obs_dim: int, num_shared_states: int, num_private_states: int):
+        super().__init__()
+        for name, v in [
+            ("obs_dim", obs_dim),
+            ("num_shared_states", num_shared_states),
+            ("num_private_states", num_private_states),
+        ]:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        self.obs_dim = obs_dim
+        self.num_shared_states = num_shared_states
+        self.num_private_states = num_private_states
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        return (self.num_shared_states, self.num_private_states)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., obs_dim)`` -> ``(..., num_shared_states, num_private_states)``."""
+        raise NotImplementedError
+
+    def distribution(self, shared: torch.Tensor, private: torch.Tensor):
+        """A Pyro distribution with ``event_dim = 1`` for the given (broadcast) state indices."""
+        raise NotImplementedError
+
+    def log_prior(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mean(self) -> torch.Tensor:
+        """``(K_s, K_m, obs_dim)`` mean of :math:`x` in each state pair."""
+        raise NotImplementedError
+
+    def covariance(self) -> torch.Tensor:
+        """``(K_s, K_m, obs_dim, obs_dim)`` covariance of :math:`x` in each state pair."""
+        raise NotImplementedError
+
+    def sample_at(self, shared, private, generator=None) -> torch.Tensor:
+        """Draw ``x`` for index tensors ``shared``, ``private`` of equal shape ``S``: ``S + (obs_dim,)``."""
+        raise NotImplementedError
+
+    def m_step(self, x: torch.Tensor, weights: torch.Tensor) -> None:
+        """Closed-form MAP update from ``x (F, obs_dim)`` and responsibilities ``(F, K_s, K_m)``."""
+        raise NotImplementedError
+
+    def num_free_parameters(self) -> int:
+        raise NotImplementedError
+
+    def init_from_data(self, x: torch.Tensor, generator=None) -> None:
+        """Data-driven initialization from observed frames ``x (F, obs_dim)``."""
+        raise NotImplementedError

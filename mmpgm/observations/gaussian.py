@@ -1,0 +1,211 @@
+r"""Gaussian emissions indexed by (shared state, private state).
+
+Priors (weak, data-scaled by :meth:`init_from_data`) make MAP fitting stable:
+:math:`\mu_{ij} \sim N(\mu_0, \tau^2 I)`; diagonal variances
+:math:`\sigma^2_{ijd} \sim \mathrm{InverseGamma}(\alpha_0, \beta_0)`; full covariances
+:math:`\Sigma_{ij} \sim \mathrm{InverseWishart}(\nu_0, \Psi_0)` (unnormalized density).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroParam
+from pyro.ops.indexing import Vindex
+from torch.distributions import constraints
+
+from .base import ObservationModel
+
+
+def _pick_centers(x, k, generator):
+    """k-means++ seeding: ``k`` frames of ``x (F, D)`` spread over the data."""
+    x = x.detach().cpu()
+    F = x.shape[0]
+    idx = [int(torch.randint(F, (1,), generator=generator))]
+    d2 = ((x - x[idx[0]]) ** 2).sum(-1)
+    for _ in range(1, k):
+        p = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / F)
+        i = int(torch.multinomial(p, 1, generator=generator))
+        idx.append(i)
+        d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(-1))
+    return x[idx]
+
+
+class _GaussianBase(ObservationModel):
+    def __init__(self, obs_dim, num_shared_states, num_private_states):
+        super().__init__(obs_dim, num_shared_states, num_private_states)
+        K = (num_shared_states, num_private_states)
+        g = torch.Generator().manual_seed(0)
+        self.loc = PyroParam(torch.randn(K + (obs_dim,), generator=g))
+        # prior hyper-parameters (buffers, set from data scale by init_from_data)
+        self.register_buffer("prior_loc", torch.zeros(obs_dim))
+        self.register_buffer("prior_scale", torch.full((obs_dim,), 10.0))
+        self.register_buffer("prior_var", torch.full((obs_dim,), 0.01))  # prior mode of variance
+
+    @property
+    def data_dim(self):
+        return self.obs_dim
+
+    def _loc_log_prior(self):
+        return dist.Normal(self.prior_loc, self.prior_scale).log_prob(self.loc).sum()
+
+    def _set_prior_from(self, x):
+        mean = x.mean(0)
+        var = x.var(0, unbiased=False).clamp_min(1e-8) if x.shape[0] > 1 else torch.ones_like(mean)
+        self.prior_loc = mean.detach().to(self.prior_loc)
+        self.prior_scale = (10.0 * var.sqrt()).detach().to(self.prior_scale)
+        self.prior_var = (0.01 * var).detach().to(self.prior_var)
+        return mean, var
+
+    def _loc_given_precision(self, sx, n, precision):
+        """Mode of mu given the covariance: ``(n P + T)^{-1} (P sx + T mu0)``, T = prior precision."""
+        prior_prec = 1.0 / self.prior_scale**2
+        if precision.dim() == 3:  # diagonal (K_s, K_m, D)
+            return (precision * sx + prior_prec * self.prior_loc) / (n[..., None] * precision + prior_prec)
+        A = n[..., None, None] * precision + torch.diag_embed(prior_prec)
+        b = (precision @ sx[..., None]).squeeze(-1) + prior_prec * self.prior_loc
+        return torch.linalg.solve(A, b[..., None]).squeeze(-1)
+
+    def mean(self):
+        return self.loc
+
+
+class DiagonalGaussianObservation(_GaussianBase):
+    r""":math:`x_t \mid s_t=i, p_t=j \sim N(\mu_{ij}, \mathrm{diag}(\sigma^2_{ij}))`."""
+
+    kind = "diag"
+
+    alpha0 = 1.0  # InverseGamma shape of the variance prior
+
+    def __init__(self, obs_dim, num_shared_states, num_private_states):
+        super().__init__(obs_dim, num_shared_states, num_private_states)
+        K = (num_shared_states, num_private_states)
+        self.scale = PyroParam(torch.ones(K + (obs_dim,)), constraint=constraints.positive)
+
+    def log_prob(self, x):
+        # Expanded quadratic form: memory (..., K_s*K_m) instead of (..., K_s*K_m*D).
+        prec = self.scale.reshape(-1, self.obs_dim) ** -2  # (K, D)
+        mu = self.loc.reshape(-1, self.obs_dim)
+        quad = (x**2) @ prec.T - 2 * x @ (mu * prec).T + (mu**2 * prec).sum(-1)
+        const = self.scale.reshape(-1, self.obs_dim).log().sum(-1) + 0.5 * self.obs_dim * math.log(2 * math.pi)
+        return (-0.5 * quad - const).reshape(x.shape[:-1] + self.state_shape)
+
+    def distribution(self, shared, private):
+        loc = Vindex(self.loc)[shared, private, :]
+        scale = Vindex(self.scale)[shared, private, :]
+        return dist.Normal(loc, scale).to_event(1)
+
+    def log_prior(self):
+        beta0 = self.prior_var * (self.alpha0 + 1.0)  # so the prior mode is prior_var
+        var_prior = dist.InverseGamma(torch.full_like(beta0, self.alpha0), beta0)
+        return self._loc_log_prior() + var_prior.log_prob(self.scale**2).sum()
+
+    def covariance(self):
+        return torch.diag_embed(self.scale**2)
+
+    def sample_at(self, shared, private, generator=None):
+        loc, scale = self.loc[shared, private], self.scale[shared, private]
+        eps = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+        return loc + scale * eps
+
+    @torch.no_grad()
+    def m_step(self, x, weights):
+        n = weights.sum(0)  # (K_s, K_m)
+        sx = torch.einsum("fij,fd->ijd", weights, x)
+        sxx = torch.einsum("fij,fd->ijd", weights, x * x)
+        mu = self._loc_given_precision(sx, n, self.scale**-2)
+        ss = (sxx - 2 * mu * sx + n[..., None] * mu**2).clamp_min(0.0)
+        beta0 = self.prior_var * (self.alpha0 + 1.0)
+        var = (beta0 + 0.5 * ss) / (self.alpha0 + 1.0 + 0.5 * n[..., None])
+        self.loc = mu
+        self.scale = var.sqrt()
+
+    @torch.no_grad()
+    def init_from_data(self, x, generator=None):
+        _, var = self._set_prior_from(x)
+        K = self.num_shared_states * self.num_private_states
+        centers = _pick_centers(x, K, generator)
+        self.loc = centers.reshape(self.loc.shape).to(self.loc)
+        self.scale = var.sqrt().expand(self.scale.shape).clone().to(self.scale)
+
+    def num_free_parameters(self):
+        return self.num_shared_states * self.num_private_states * 2 * self.obs_dim
+
+
+class FullGaussianObservation(_GaussianBase):
+    r""":math:`x_t \mid s_t=i, p_t=j \sim N(\mu_{ij}, L_{ij} L_{ij}^\top)` (full covariance)."""
+
+    kind = "full"
+
+    def __init__(self, obs_dim, num_shared_states, num_private_states):
+        super().__init__(obs_dim, num_shared_states, num_private_states)
+        K = (num_shared_states, num_private_states)
+        self.scale_tril = PyroParam(
+            torch.eye(obs_dim).expand(K + (obs_dim, obs_dim)).clone(),
+            constraint=constraints.lower_cholesky,
+        )
+
+    @property
+    def nu0(self):
+        return self.obs_dim + 2.0
+
+    def log_prob(self, x):
+        d = dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+        return d.log_prob(x[..., None, None, :])
+
+    def distribution(self, shared, private):
+        loc = Vindex(self.loc)[shared, private, :]
+        tril = Vindex(self.scale_tril)[shared, private, :, :]
+        return dist.MultivariateNormal(loc, scale_tril=tril)
+
+    def log_prior(self):
+        D = self.obs_dim
+        L = self.scale_tril
+        logdet = 2 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        psi = torch.diag_embed(self.prior_var * (self.nu0 + D + 1))  # prior mode = prior_var
+        Linv = torch.linalg.solve_triangular(L, torch.eye(D, dtype=L.dtype, device=L.device), upper=False)
+        trace = (psi.diagonal() * (Linv**2).sum(-2)).sum(-1)  # tr(Psi Sigma^-1), Psi diagonal
+        iw = (-0.5 * (self.nu0 + D + 1) * logdet - 0.5 * trace).sum()
+        return self._loc_log_prior() + iw
+
+    def covariance(self):
+        return self.scale_tril @ self.scale_tril.transpose(-1, -2)
+
+    def sample_at(self, shared, private, generator=None):
+        loc, L = self.loc[shared, private], self.scale_tril[shared, private]
+        eps = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+        return loc + (L @ eps[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def m_step(self, x, weights):
+        D = self.obs_dim
+        n = weights.sum(0)
+        sx = torch.einsum("fij,fd->ijd", weights, x)
+        sxx = torch.einsum("fij,fd,fe->ijde", weights, x, x)
+        cov = self.covariance()
+        mu = self._loc_given_precision(sx, n, torch.linalg.inv(cov))
+        outer = mu[..., :, None] * sx[..., None, :]
+        S = sxx - outer - outer.transpose(-1, -2) + n[..., None, None] * mu[..., :, None] * mu[..., None, :]
+        psi = torch.diag_embed(self.prior_var * (self.nu0 + D + 1))
+        cov = (psi + S) / (self.nu0 + n[..., None, None] + D + 1)
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        self.loc = mu
+        self.scale_tril = torch.linalg.cholesky(cov)
+
+    @torch.no_grad()
+    def init_from_data(self, x, generator=None):
+        self._set_prior_from(x)
+        K = self.num_shared_states * self.num_private_states
+        centers = _pick_centers(x, K, generator)
+        self.loc = centers.reshape(self.loc.shape).to(self.loc)
+        xc = x - x.mean(0)
+        cov = xc.T @ xc / max(1, x.shape[0]) + 1e-6 * torch.eye(self.obs_dim, dtype=x.dtype, device=x.device)
+        self.scale_tril = torch.linalg.cholesky(cov).expand(self.scale_tril.shape).clone().to(self.scale_tril)
+
+    def num_free_parameters(self):
+        D = self.obs_dim
+        return self.num_shared_states * self.num_private_states * (D + D * (D + 1) // 2)
+
+

@@ -1,0 +1,66 @@
+"""Immutable result types of inference, and their conversion to ArviZ."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["Posterior", "Imputation"]
+
+
+class Imputation(NamedTuple):
+    r"""Posterior predictive of one modality given the others.
+
+    mean : ``(N, T, D)`` :math:`E[x^m_t \mid x^{-m}]` (class probabilities for a categorical modality).
+    covariance : ``(N, T, D, D)`` :math:`\mathrm{Cov}[x^m_t \mid x^{-m}]`.
+    state_weights : ``(N, T, K_s, K_m)`` :math:`p(s_t, p^m_t \mid x^{-m})`, the mixture weights.
+    """
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    state_weights: torch.Tensor
+
+
+class Posterior(NamedTuple):
+    r"""Posterior over the latent chains of a multimodal HMM-like model.
+
+    marginals : dict chain -> ``(N, T, K)``; smoothed :math:`p(z_t \mid x_{1:T})`, or filtered
+        :math:`p(z_t \mid x_{1:t})` when ``causal``.
+    map : dict chain -> ``(N, T)`` int64, joint MAP path :math:`\arg\max_z p(z \mid x)` (or None).
+    samples : dict chain -> ``(S, N, T)`` int64 draws :math:`z \sim p(z \mid x)` (or None).
+    log_likelihood : ``(N,)`` :math:`\log p(x^{(n)})` under the point estimate.
+    lengths : ``(N,)`` sequence lengths; frames ``t >= lengths[n]`` are padding.
+    causal : whether ``marginals`` are filtered.
+    pointwise_log_likelihood : ``(P, N)`` :math:`\log p(x^{(n)} \mid \theta_p)` for ``P`` parameter
+        draws (Laplace approximation, see :func:`mmpgm.infer`), or None.
+    """
+
+    marginals: dict
+    map: dict | None
+    samples: dict | None
+    log_likelihood: torch.Tensor
+    lengths: torch.Tensor
+    causal: bool
+    pointwise_log_likelihood: torch.Tensor | None
+
+    def to_arviz(self):
+        """Convert to :class:`arviz.InferenceData` with named dims.
+
+        Groups: ``posterior`` (state path draws ``<chain>_state`` with dims
+        ``(chain, draw, sequence, time)``, padding frames set to -1), ``log_likelihood``
+        (``sequence_log_likelihood`` with dims ``(chain, draw, sequence)``: the Laplace parameter
+        draws when available, so :func:`arviz.loo` and :func:`arviz.compare` work, otherwise the
+        single point estimate), and ``constant_data`` (the marginals with dims
+        ``(sequence, time, <chain>_state_value)``).
+        """
+        from .diagnostics import posterior_to_inference_data
+
+        return posterior_to_inference_data(self)
+
+    def masked_paths(self, paths: torch.Tensor) -> np.ndarray:
+        """Set padding frames of ``(..., N, T)`` state paths to -1, as numpy."""
+        T = paths.shape[-1]
+        inside = torch.arange(T, device=paths.device) < self.lengths.to(paths.device)[:, None]
+        return torch.where(inside, paths, torch.full_like(paths, -1)).cpu().numpy()
