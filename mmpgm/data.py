@@ -21,15 +21,17 @@ __all__ = ["MultimodalData"]
 def _as_tensor(value, name: str, dtype=None) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value if dtype is None else value.to(dtype)
-    if isinstance(value, np.ndarray) or np.isscalar(value):
-        arr = np.asarray(value)
-        if arr.dtype == object:
-            raise TypeError(f"{name}: expected a numeric array, got an object array")
+    if isinstance(value, (np.ndarray, list, tuple)) and not isinstance(value, str):
+        try:
+            arr = np.asarray(value)
+        except ValueError as e:
+            raise ValueError(f"{name}: could not make an array ({e})") from None
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
         t = torch.as_tensor(arr)
         return t if dtype is None else t.to(dtype)
     raise TypeError(
-        f"{name}: expected a torch.Tensor, a numpy array or a list of (T_i, D) arrays, "
-        f"got {type(value).__name__}"
+        f"{name}: expected a torch.Tensor, a numpy array or a list, got {type(value).__name__}"
     )
 
 

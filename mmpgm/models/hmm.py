@@ -108,6 +108,13 @@ class HMMParams(NamedTuple):
     emissions: dict
 
 
+def _check_finite(name, value):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name}: expected finite values, got {int((~torch.isfinite(value)).sum())} non-finite")
+
+
 def _as_per_modality(value, names, what):
     if isinstance(value, Mapping):
         unknown = set(value) - set(names)
@@ -514,6 +521,13 @@ class MultimodalHMM(PyroModule):
         """Overwrite the parameters with the (constrained) values of ``params``."""
         if not isinstance(params, HMMParams):
             raise TypeError(f"params: expected HMMParams, got {type(params).__name__}")
+        for name, value in [("shared_initial", params.shared_initial), ("shared_transition", params.shared_transition)]:
+            _check_finite(f"params.{name}", value)
+        for m in self.modalities:
+            _check_finite(f"params.private_initial[{m!r}]", params.private_initial[m])
+            _check_finite(f"params.private_transition[{m!r}]", params.private_transition[m])
+            for k, v in params.emissions[m].items():
+                _check_finite(f"params.emissions[{m!r}][{k!r}]", v)
         p = self._param()
         conv = dict(device=p.device, dtype=p.dtype)
         with torch.no_grad():
