@@ -64,7 +64,7 @@ def fit(
     seed : int
         Seeds Pyro/torch, the data-driven initialization and minibatch order: same seed, same result.
     patience, tol : early stopping: stop when the loss per frame has not improved by ``tol``
-        for ``patience`` steps. Defaults: svi 100 / 1e-4, em 5 / 1e-6.
+        for ``patience`` steps (0 = never stop early). Defaults: svi 100 / 1e-4, em 5 / 1e-6.
     num_restarts : int
         Fit from this many data-driven initializations (seeds ``seed .. seed+R-1``) and keep the
         best final loss.
@@ -96,6 +96,8 @@ def fit(
         raise ValueError("method='em': batch_size, enumerate and checkpoint apply to method='svi' only")
     if patience is None:
         patience = 100 if method == "svi" else 5
+    elif patience == 0:
+        patience = None  # early stopping off
     if tol is None:
         tol = 1e-4 if method == "svi" else 1e-6
     if hasattr(model, "check_data"):

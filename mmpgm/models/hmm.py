@@ -33,14 +33,16 @@ from torch.distributions import constraints
 
 from ..data import MultimodalData
 from ..io import register, save_model
+from ..nn.module import TypedPyroModule
 from ..observations import ObservationModel, make_observation
 from ..ops import hmm as ops
+from ..ops.kmeans import kmeans
 from ..posterior import Imputation, Posterior
 
 __all__ = ["MarkovChain", "MultimodalHMM", "HMMParams"]
 
 
-class MarkovChain(PyroModule):
+class MarkovChain(TypedPyroModule):
     r"""A discrete Markov chain: :math:`z_1 \sim \pi`, :math:`z_t \mid z_{t-1} \sim A_{z_{t-1}, \cdot}`.
 
     Parameters
@@ -320,15 +322,52 @@ class MultimodalHMM(PyroModule):
     # ------------------------------------------------------------------ fitting hooks
     @torch.no_grad()
     def init_from_data(self, data: MultimodalData, seed: int = 0) -> None:
-        """Data-driven start: emission means at k-means++ seeds of observed frames, variances and
-        weak priors from the data scale. Called by :func:`mmpgm.fit` before the first fit."""
+        """Data-driven start that respects the shared/private structure.
+
+        1. k-means with ``K_s`` clusters on the standardized frames of all modalities together
+           (missing modalities at their mean) gives a shared label per frame and per-modality
+           shared centres :math:`c^m_s`;
+        2. k-means with ``K_m`` clusters on each modality's residuals :math:`x^m_t - c^m_{s_t}`
+           gives private offsets :math:`d^m_p`;
+        3. emission means start at :math:`c^m_s + d^m_p` (additive, as in the generative story),
+           variances and the weak priors at the data scale.
+
+        Called by :func:`mmpgm.fit` before the first fit; ``seed`` makes it reproducible.
+        """
         data = self.check_data(data)
         gen = torch.Generator().manual_seed(seed)
+        inside = data.time_mask
+        cols = []
         for m in self.modalities:
-            x = data.obs[m][data.mask[m]]
-            if x.shape[0] == 0:
+            x = data.filled(m)
+            obs = data.mask[m]
+            if not bool(obs.any()):
                 raise ValueError(f"data.obs[{m!r}]: no observed frame to initialize from")
-            self.emissions[m].init_from_data(x, generator=gen)
+            e = self.emissions[m]
+            if e.discrete:
+                x = torch.nn.functional.one_hot(e.pyro_value(x), e.num_categories).to(x)
+            mu = x[obs].mean(0)
+            sd = x[obs].std(0).clamp_min(1e-8) if int(obs.sum()) > 1 else torch.ones_like(mu)
+            z = torch.where(obs[..., None], (x - mu) / sd, torch.zeros_like(x))
+            cols.append(z / z.shape[-1] ** 0.5)  # each modality weighs the same
+        frames = torch.cat(cols, -1)[inside]  # (F, sum D)
+        shared = kmeans(frames, self.num_shared_states, generator=gen).assignments
+        for m in self.modalities:
+            e = self.emissions[m]
+            obs = data.mask[m][inside]
+            x = data.filled(m)[inside][obs]
+            s = shared[obs]
+            if e.discrete:
+                e.init_from_data(x, generator=gen)
+                continue
+            K_s, K_m = e.state_shape
+            counts = torch.bincount(s, minlength=K_s).to(x.dtype)
+            sums = torch.zeros(K_s, x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, s, x)
+            global_mean = x.mean(0)
+            centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], global_mean)
+            resid = x - centres[s]
+            offsets = kmeans(resid, K_m, generator=gen).centers
+            e.init_from_data(x, generator=gen, means=centres[:, None, :] + offsets[None, :, :])
 
     @torch.no_grad()
     def em_step(self, data: MultimodalData) -> torch.Tensor:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from pyro.nn import PyroModule
+from ..nn.module import TypedPyroModule
 
 
-class ObservationModel(PyroModule):
+class ObservationModel(TypedPyroModule):
     r"""Emission model :math:`p(x_t \mid s_t = i, p_t = j)` of one modality.
 
     Parameters are indexed ``(shared_state, private_state, ...)``, shape
@@ -68,6 +68,7 @@ class ObservationModel(PyroModule):
     def num_free_parameters(self) -> int:
         raise NotImplementedError
 
-    def init_from_data(self, x: torch.Tensor, generator=None) -> None:
-        """Data-driven initialization from observed frames ``x (F, obs_dim)``."""
+    def init_from_data(self, x: torch.Tensor, generator=None, means=None) -> None:
+        """Data-driven initialization from observed frames ``x (F, obs_dim)`` (and optionally
+        given per-state means ``(K_s, K_m, obs_dim)``)."""
         raise NotImplementedError

@@ -74,7 +74,7 @@ class CategoricalObservation(ObservationModel):
         self.probs = counts / counts.sum(-1, keepdim=True)
 
     @torch.no_grad()
-    def init_from_data(self, x, generator=None):
+    def init_from_data(self, x, generator=None, means=None):
         onehot = torch.nn.functional.one_hot(self._index(x), self.num_categories).to(self.probs)
         freq = onehot.mean(0) + 0.1
         noise = torch.rand(self.probs.shape, generator=generator, dtype=self.probs.dtype).to(self.probs.device)

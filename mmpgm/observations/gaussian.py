@@ -16,21 +16,8 @@ from pyro.nn import PyroParam
 from pyro.ops.indexing import Vindex
 from torch.distributions import constraints
 
+from ..ops.kmeans import kmeans_plus_plus
 from .base import ObservationModel
-
-
-def _pick_centers(x, k, generator):
-    """k-means++ seeding: ``k`` frames of ``x (F, D)`` spread over the data."""
-    x = x.detach().cpu()
-    F = x.shape[0]
-    idx = [int(torch.randint(F, (1,), generator=generator))]
-    d2 = ((x - x[idx[0]]) ** 2).sum(-1)
-    for _ in range(1, k):
-        p = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / F)
-        i = int(torch.multinomial(p, 1, generator=generator))
-        idx.append(i)
-        d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(-1))
-    return x[idx]
 
 
 class _GaussianBase(ObservationModel):
@@ -123,11 +110,16 @@ class DiagonalGaussianObservation(_GaussianBase):
         self.scale = var.sqrt()
 
     @torch.no_grad()
-    def init_from_data(self, x, generator=None):
-        _, var = self._set_prior_from(x)
-        K = self.num_shared_states * self.num_private_states
-        centers = _pick_centers(x, K, generator)
-        self.loc = centers.reshape(self.loc.shape).to(self.loc)
+    def init_from_data(self, x, generator=None, means=None):
+        """Priors from the scale of ``x (F, D)``; means from ``means (K_s, K_m, D)`` or k-means++
+        seeds; variances from the spread of ``x`` around its nearest mean."""
+        self._set_prior_from(x)
+        if means is None:
+            means = kmeans_plus_plus(x, self.num_shared_states * self.num_private_states, generator)
+        means = means.reshape(self.loc.shape).to(self.loc)
+        nearest = torch.cdist(x, means.reshape(-1, self.obs_dim)).argmin(-1)
+        var = ((x - means.reshape(-1, self.obs_dim)[nearest]) ** 2).mean(0).clamp_min(1e-6)
+        self.loc = means
         self.scale = var.sqrt().expand(self.scale.shape).clone().to(self.scale)
 
     def num_free_parameters(self):
@@ -195,12 +187,16 @@ class FullGaussianObservation(_GaussianBase):
         self.scale_tril = torch.linalg.cholesky(cov)
 
     @torch.no_grad()
-    def init_from_data(self, x, generator=None):
+    def init_from_data(self, x, generator=None, means=None):
+        """Priors from the scale of ``x (F, D)``; means from ``means`` or k-means++ seeds;
+        covariances from the spread of ``x`` around its nearest mean."""
         self._set_prior_from(x)
-        K = self.num_shared_states * self.num_private_states
-        centers = _pick_centers(x, K, generator)
-        self.loc = centers.reshape(self.loc.shape).to(self.loc)
-        xc = x - x.mean(0)
+        if means is None:
+            means = kmeans_plus_plus(x, self.num_shared_states * self.num_private_states, generator)
+        means = means.reshape(self.loc.shape).to(self.loc)
+        flat = means.reshape(-1, self.obs_dim)
+        xc = x - flat[torch.cdist(x, flat).argmin(-1)]
+        self.loc = means
         cov = xc.T @ xc / max(1, x.shape[0]) + 1e-6 * torch.eye(self.obs_dim, dtype=x.dtype, device=x.device)
         self.scale_tril = torch.linalg.cholesky(cov).expand(self.scale_tril.shape).clone().to(self.scale_tril)
 

@@ -1,0 +1,27 @@
+"""A PyroModule whose parameters keep their dtype and device when values are assigned."""
+
+from __future__ import annotations
+
+import torch
+from pyro.nn import PyroModule
+
+
+class TypedPyroModule(PyroModule):
+    """``PyroModule`` where ``self.p = tensor`` for an existing ``PyroParam`` ``p`` casts the
+    value to the parameter's dtype and device (plain ``PyroModule`` adopts the value's dtype, so
+    assigning a float32 tensor to a float64 model would silently mix precisions)."""
+
+    def __setattr__(self, name, value):
+        if (
+            isinstance(value, torch.Tensor)
+            and not isinstance(value, torch.nn.Parameter)
+            and name in self.__dict__.get("_pyro_params", {})
+        ):
+            current = getattr(self, name + "_unconstrained")
+            if value.shape != current.shape:
+                raise ValueError(
+                    f"{type(self).__name__}.{name}: expected shape {tuple(current.shape)}, "
+                    f"got {tuple(value.shape)}"
+                )
+            value = value.to(dtype=current.dtype, device=current.device)
+        super().__setattr__(name, value)
