@@ -171,7 +171,8 @@ def _as_batched(x: Tensor, name: str, core: tuple, core_desc: str, N: Optional[i
         ok = all(c is None or s == c for s, c in zip(x.shape[1:], core))
         if ok and (N is None or x.shape[0] in (1, N)):
             return x
-    exp = f"{core_desc} or (N={N}, {core_desc[1:]}" if core_desc.startswith("(") else core_desc
+    dims = ", ".join("?" if c is None else str(c) for c in core)
+    exp = f"({dims}{',' if k == 1 else ''}) or ({N}, {dims})"
     raise _shape_error(name, exp, x.shape)
 
 

@@ -1,0 +1,5 @@
+"""Synthetic generators and bundled small datasets."""
+
+from .synthetic import demo_hmm
+
+__all__ = ["demo_hmm"]
