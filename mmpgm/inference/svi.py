@@ -82,7 +82,7 @@ def fit_svi(
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 optim.step()
-                epoch_loss += float(loss) * batch.num_sequences / N
+                epoch_loss += loss.item() * batch.num_sequences / N
             losses.append(epoch_loss / total_frames)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")

@@ -49,7 +49,7 @@ def test_recovers_shared_transitions_and_heldout_likelihood(method):
     if method == "em":
         mmpgm.fit(model, train, method="em", num_steps=300, num_restarts=3, seed=0, progress=False)
     else:
-        mmpgm.fit(model, train, method="svi", num_steps=400, lr=0.05, num_restarts=2, seed=0, progress=False)
+        mmpgm.fit(model, train, method="svi", num_steps=150, lr=0.05, seed=0, progress=False)
     perm = align_params(truth.params, model.params)
     fitted = permute_params(model.params, *perm)
     err = (fitted.shared_transition - truth.params.shared_transition).abs().max().item()
