@@ -45,6 +45,8 @@ __all__ = [
     "factorial_viterbi",
     "factorial_sample",
     "chain_marginals",
+    "factorial_filter_step",
+    "factorial_predict",
     "use_dense",
 ]
 
@@ -482,3 +484,59 @@ def factorial_sample(
             out[:, :, t] = cur.reshape(S, B)
         path = torch.stack(_unravel(out, sizes), -1)
         return path.reshape((S,) + m.batch_shape + (T, C))
+
+
+def factorial_filter_step(
+    filtered: torch.Tensor | None,
+    initial_probs,
+    transition_probs,
+    log_emission: torch.Tensor,
+    *,
+    dense: bool | None = None,
+):
+    r"""One step of the forward filter, for streaming use (constant memory).
+
+    Parameters
+    ----------
+    filtered : ``batch_shape + (K_1, ..., K_C)`` or None
+        :math:`p(z_{t-1} \mid x_{1:t-1})`; None at the first frame.
+    log_emission : ``batch_shape + (K_1, ..., K_C)``
+        Log factor of frame ``t`` (0 where nothing is observed).
+
+    Returns
+    -------
+    filtered : :math:`p(z_t \mid x_{1:t})`, same shape as ``log_emission``.
+    log_increment : ``batch_shape``, :math:`\log p(x_t \mid x_{1:t-1})`.
+    """
+    sizes = _check(initial_probs, transition_probs, log_emission.unsqueeze(-len(initial_probs) - 1))
+    C = len(sizes)
+    P = math.prod(sizes)
+    batch_shape = log_emission.shape[:-C]
+    with torch.no_grad():
+        logE = log_emission.reshape(-1, P)
+        shift = logE.amax(-1, keepdim=True)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        e = torch.exp(logE - shift)
+        if filtered is None:
+            pred = _kron([p[None, :] for p in initial_probs]).reshape(1, P)
+        else:
+            prev = filtered.reshape(-1, P)
+            if (use_dense(sizes) if dense is None else dense):
+                pred = prev @ _kron(list(transition_probs))
+            else:
+                pred = _apply_chains(prev, [a.transpose(0, 1) for a in transition_probs], sizes)
+        a = pred * e
+        c = a.sum(-1, keepdim=True)
+        out = (a / c).reshape(batch_shape + tuple(sizes))
+        return out, (c.log() + shift).squeeze(-1).reshape(batch_shape)
+
+
+def factorial_predict(filtered: torch.Tensor, transition_probs) -> torch.Tensor:
+    r"""One-step state prediction :math:`p(z_{t+1} \mid x_{1:t})` from filtered marginals
+    ``batch_shape + (K_1, ..., K_C)``."""
+    sizes = tuple(a.shape[0] for a in transition_probs)
+    P = math.prod(sizes)
+    with torch.no_grad():
+        prev = filtered.reshape(-1, P)
+        pred = _apply_chains(prev, [a.transpose(0, 1) for a in transition_probs], sizes)
+        return pred.reshape(filtered.shape)

@@ -1,0 +1,144 @@
+"""Streaming filters: one frame in, filtered posterior and one-step prediction out.
+
+Memory is constant in the number of frames seen; each step equals the corresponding step of the
+batch forward filter (``mmpgm.infer(..., causal=True)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+
+from .ops import hmm as ops
+
+__all__ = ["FilterState", "HMMFilter", "Filter"]
+
+
+class FilterState(NamedTuple):
+    r"""State of a streaming filter after frame ``t``.
+
+    step : number of frames consumed.
+    marginals : dict chain -> ``(N, K)`` filtered :math:`p(z_t \mid x_{1:t})`.
+    predicted : dict chain -> ``(N, K)`` one-step prediction :math:`p(z_{t+1} \mid x_{1:t})`.
+    log_likelihood : ``(N,)`` :math:`\log p(x_{1:t})`.
+    log_increment : ``(N,)`` :math:`\log p(x_t \mid x_{1:t-1})`.
+    """
+
+    step: int
+    marginals: dict
+    predicted: dict
+    log_likelihood: torch.Tensor
+    log_increment: torch.Tensor
+
+
+class HMMFilter:
+    """Online forward filter of a :class:`mmpgm.MultimodalHMM`.
+
+    Parameters
+    ----------
+    model : MultimodalHMM
+    num_sequences : int
+        Number of streams filtered in parallel (``N``).
+
+    Examples
+    --------
+    >>> f = HMMFilter(model)
+    >>> state = f.step({"audio": x_audio_t})          # video missing at this frame
+    >>> state.marginals["shared"], f.predict_observation("video")
+    """
+
+    def __init__(self, model, num_sequences: int = 1):
+        if not isinstance(num_sequences, int) or num_sequences < 1:
+            raise ValueError(f"num_sequences: expected a positive int, got {num_sequences!r}")
+        self.model = model
+        self.num_sequences = num_sequences
+        self.reset()
+
+    def reset(self) -> None:
+        self._filtered = None
+        self._log_likelihood = None
+        self._step = 0
+
+    def _frame_log_emission(self, frame: Mapping) -> torch.Tensor:
+        model = self.model
+        p = model._param()
+        N, M = self.num_sequences, len(model.modalities)
+        unknown = set(frame) - set(model.modalities)
+        if unknown:
+            raise ValueError(f"frame: unknown modalities {sorted(unknown)}; the model has {list(model.modalities)}")
+        total = torch.zeros((N,) + model.chain_sizes, dtype=p.dtype, device=p.device)
+        for i, m in enumerate(model.modalities):
+            if m not in frame or frame[m] is None:
+                continue
+            x = torch.as_tensor(frame[m], dtype=p.dtype, device=p.device)
+            D = model.data_dims[m]
+            if x.dim() == 1:
+                x = x.expand(N, -1) if N == 1 else x
+            if x.shape != (N, D):
+                raise ValueError(f"frame[{m!r}]: expected shape ({N}, {D}) or ({D},) for N=1, got {tuple(x.shape)}")
+            observed = ~torch.isnan(x).any(-1)
+            lp = model.emissions[m].log_prob(torch.where(observed[:, None], x, torch.zeros_like(x)))
+            lp = torch.where(observed[:, None, None], lp, torch.zeros_like(lp))
+            shape = [N, lp.shape[1]] + [1] * M
+            shape[2 + i] = lp.shape[2]
+            total = total + lp.reshape(shape)
+        return total
+
+    @torch.no_grad()
+    def step(self, frame: Mapping) -> FilterState:
+        """Consume one frame: ``frame`` maps (any subset of) modality names to ``(N, D)`` arrays;
+        absent modalities and NaN rows are missing."""
+        model = self.model
+        chains = model._chains()
+        init = [c.initial_probs.detach() for c in chains]
+        trans = [c.transition_probs.detach() for c in chains]
+        logE = self._frame_log_emission(frame)
+        self._filtered, inc = ops.factorial_filter_step(self._filtered, init, trans, logE)
+        self._log_likelihood = inc if self._log_likelihood is None else self._log_likelihood + inc
+        self._step += 1
+        predicted = ops.factorial_predict(self._filtered, trans)
+        C = len(chains)
+        names = model.chain_names
+        return FilterState(
+            step=self._step,
+            marginals=dict(zip(names, ops.chain_marginals(self._filtered, C))),
+            predicted=dict(zip(names, ops.chain_marginals(predicted, C))),
+            log_likelihood=self._log_likelihood.clone(),
+            log_increment=inc,
+        )
+
+    @torch.no_grad()
+    def predict_observation(self, modality: str):
+        """One-step predictive mean and covariance of ``modality`` at the next frame:
+        ``((N, D), (N, D, D))``."""
+        if self._filtered is None:
+            raise ValueError("predict_observation: call step() at least once first")
+        model = self.model
+        if modality not in model.modalities:
+            raise ValueError(f"modality: unknown modality {modality!r}; the model has {list(model.modalities)}")
+        trans = [c.transition_probs.detach() for c in model._chains()]
+        pred = ops.factorial_predict(self._filtered, trans)
+        i = model.modalities.index(modality)
+        C = len(model.chain_names)
+        dims = [1 + c for c in range(1, C) if c != i + 1]
+        w = pred.sum(dims) if dims else pred  # (N, K_s, K_m)
+        e = model.emissions[modality]
+        mu, cov = e.mean().detach(), e.covariance().detach()
+        mean = torch.einsum("nij,ijd->nd", w, mu)
+        second = torch.einsum("nij,ijde->nde", w, cov + mu[..., :, None] * mu[..., None, :])
+        return mean, second - mean[:, :, None] * mean[:, None, :]
+
+
+def Filter(model, num_sequences: int = 1):
+    """A streaming filter for ``model`` (dispatches on the model type)."""
+    from .models.hmm import MultimodalHMM
+
+    if isinstance(model, MultimodalHMM):
+        return HMMFilter(model, num_sequences)
+    raise TypeError(f"model: no streaming filter for {type(model).__name__}")
+
+
+del math
