@@ -39,6 +39,7 @@ def fit(
     num_restarts: int = 1,
     init: str = "auto",
     enumerate: bool = False,
+    elbo=None,
     checkpoint: str | None = None,
     checkpoint_every: int = 50,
     progress: bool | None = None,
@@ -68,6 +69,9 @@ def fit(
     num_restarts : int
         Fit from this many data-driven initializations (seeds ``seed .. seed+R-1``) and keep the
         best final loss.
+    elbo : pyro.infer.ELBO, optional
+        The ELBO for ``method="svi"``; default ``model.default_elbo()`` when the model defines
+        it, else ``Trace_ELBO`` (``TraceEnum_ELBO`` with ``enumerate=True``).
     init : {"auto", "data", "none"}
         ``"auto"`` initializes from data on the first fit of a model only.
     checkpoint : str, optional
@@ -121,6 +125,8 @@ def fit(
                 model, data, num_steps=num_steps, lr=lr, batch_size=batch_size, seed=seed + r,
                 clip_norm=clip_norm, patience=patience, tol=tol, progress=progress,
                 checkpoint=checkpoint, checkpoint_every=checkpoint_every, enumerate=enumerate,
+                elbo=elbo if elbo is not None else (
+                    model.default_elbo() if hasattr(model, "default_elbo") and not enumerate else None),
             )
         if best is None or result.final_loss < best[0].final_loss:
             best = (result, copy.deepcopy(model.state_dict()) if num_restarts > 1 else None)

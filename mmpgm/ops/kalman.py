@@ -383,6 +383,7 @@ def _raise_if_failed(infos: list, what: str) -> None:
             )
 
 
+_USE_SHARED_PATH = True  # GEMM fast path when A and C are shared by the batch
 _CHUNK = 128  # frames whose masked emission matrices are materialised at once
 # Below this many elements per step, the sequential CPU loop runs with one
 # intra-op thread: each op is a few microseconds and OpenMP fork/join (or a
@@ -411,6 +412,8 @@ def _forward(p: _Prepared, store: bool = True):
     built per chunk of frames, vectorised, outside the time loop.
     """
     with _cpu_single_thread(p.y.device, p.N * (p.S + p.C.shape[-2]) ** 2):
+        if _USE_SHARED_PATH and p.A.shape[0] == 1 and p.C.shape[0] == 1:
+            return _forward_shared(p, store)
         return _forward_impl(p, store)
 
 
@@ -470,23 +473,94 @@ def _forward_impl(p: _Prepared, store: bool):
             if store:
                 fm.append(m)
                 fP.append(P)
+    return _finish_forward(p, store, pm, pP, fm, fP, es, Ls, infos, squeeze=True)
+
+
+def _finish_forward(p, store, pm, pP, fm, fP, es, Ls, infos, squeeze):
     _raise_if_failed(infos, "innovation covariance C P C^T + R")
     if es:
         e_all = torch.stack(es, dim=1)  # (N, T', D, 1)
         ld_all = torch.stack(Ls, dim=1).diagonal(dim1=-2, dim2=-1)  # (N, T', D)
         ll = -0.5 * e_all.square().sum(dim=(1, 2, 3)) - ld_all.log().sum(dim=(1, 2))
     else:
-        ll = torch.zeros(N, dtype=p.y.dtype, device=p.y.device)
+        ll = torch.zeros(p.N, dtype=p.y.dtype, device=p.y.device)
     ll = ll - 0.5 * _LOG_2PI * p.num_obs
     if not store:
         return None, None, None, None, ll
-    return (
-        torch.stack(pm, dim=1).squeeze(-1),
-        torch.stack(pP, dim=1),
-        torch.stack(fm, dim=1).squeeze(-1),
-        torch.stack(fP, dim=1),
-        ll,
-    )
+    pm = torch.stack(pm, dim=1)
+    fm = torch.stack(fm, dim=1)
+    if squeeze:
+        pm, fm = pm.squeeze(-1), fm.squeeze(-1)
+    return pm, torch.stack(pP, dim=1), fm, torch.stack(fP, dim=1), ll
+
+
+def _rmul(X: Tensor, Mt: Tensor) -> Tensor:
+    """``X @ Mt`` for a batch ``X`` (n, a, b) and one shared ``Mt`` (b, c) as a single GEMM."""
+    n, a, b = X.shape
+    return (X.reshape(n * a, b) @ Mt).view(n, a, Mt.shape[-1])
+
+
+def _forward_shared(p: _Prepared, store: bool):
+    """Filter for parameters ``A`` and ``C`` shared by the batch.
+
+    Products with the shared matrices are computed as one large GEMM over the
+    flattened batch instead of a batched ``bmm`` of tiny matrices (several
+    times faster on CPU), using the symmetry of ``P``:
+    :math:`A P = (P A^\\top)^\\top` and :math:`C P = (P C^\\top)^\\top`.
+    Means are kept as rows ``(N, S)``.
+    """
+    N, T, S = p.N, p.T, p.S
+    D = p.C.shape[-2]
+    At = p.A[0].mT
+    Ct = p.C[0].mT  # (S, D)
+    Q, R = p.Q, p.R  # (b, ., .)
+    m = p.m0.squeeze(-1)  # (N, S)
+    P = p.P0
+    pm, pP, fm, fP = [], [], [], []
+    es, Ls, infos = [], [], []
+    rows = p.rm.squeeze(-1)  # (N, T, D)
+    eye_D = torch.eye(D, dtype=p.y.dtype, device=p.y.device)
+    ys = p.y.squeeze(-1).unbind(1)
+    Bus = p.Bu.squeeze(-1).unbind(1) if p.Bu is not None else None
+    rs = rows.unbind(1)
+    for t in range(T):
+        if t > 0:
+            m = m @ At
+            if Bus is not None:
+                m = m + Bus[t]
+            X = _rmul(P, At)  # P A^T
+            P = symmetrize(_rmul(X.mT, At).mT + Q)  # A P A^T + Q
+        if store:
+            pm.append(m)
+            pP.append(P)
+        if p.frame_empty[t]:
+            if store:
+                fm.append(m)
+                fP.append(P)
+            continue
+        X = _rmul(P, Ct)  # P C^T  (N, S, D)
+        CP = X.mT  # (N, D, S)
+        Sm = _rmul(CP, Ct) + R  # C P C^T + R (symmetric up to rounding)
+        resid = ys[t] - m @ Ct  # (N, D)
+        if not p.frame_full[t]:
+            r = rs[t]
+            CP = CP * r.unsqueeze(-1)
+            Sm = Sm * (r.unsqueeze(-1) * r.unsqueeze(-2)) + torch.diag_embed(1.0 - r)
+            resid = resid * r
+        L, info = torch.linalg.cholesky_ex(Sm)
+        sol = torch.linalg.solve_triangular(L, torch.cat([CP, resid.unsqueeze(-1)], dim=-1), upper=False)
+        W, e = sol[..., :S], sol[..., S:]
+        m = m + (W * e).sum(-2)
+        P = symmetrize(torch.baddbmm(P, W.mT, W, alpha=-1.0))
+        es.append(e)
+        Ls.append(L)
+        infos.append(info)
+        if store:
+            fm.append(m)
+            fP.append(P)
+    return _finish_forward(p, store, pm, pP, fm, fP, es, Ls, infos, squeeze=False)
+
+
 
 
 # --------------------------------------------------------------------------
