@@ -29,11 +29,14 @@ the smoothed posterior, which :func:`factorial_smooth` returns directly.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+
+from ._threads import cpu_single_thread
 
 __all__ = [
     "ForwardResult",
@@ -139,15 +142,17 @@ def _apply_chains(x: torch.Tensor, mats: Sequence, sizes: Sequence[int]) -> torc
     """Multiply ``x`` of shape ``(B, prod sizes)`` by ``mats[c]`` along chain axis ``c``.
 
     Computes ``y[b, j_1..j_C] = sum_i x[b, i_1..i_C] prod_c M_c[j_c, i_c]`` for ``M_c = mats[c]``
-    (``None`` = identity), one chain at a time: the chain being processed is moved to the front,
-    multiplied from the left, then rotated to the back, so after ``C`` steps the axes are back in
-    order and no product-space matrix is ever formed.
+    (``None`` = identity), one chain at a time and never forming a product-space matrix: the
+    chain being processed is the last axis, so its product is one 2-D matrix product
+    ``(B * P / K_c, K_c) @ M_c^T``; then that axis is rotated to the front, which makes the
+    previous chain the last axis. After ``C`` steps the axes are back in order.
     """
     B = x.shape[0]
-    for k, m in zip(sizes, mats):
-        x = x.reshape(B, k, -1)
+    for k, m in zip(reversed(sizes), reversed(list(mats))):
         if m is not None:
-            x = torch.matmul(m, x)
+            x = (x.reshape(-1, k) @ m.transpose(0, 1)).reshape(B, -1, m.shape[0])
+        else:
+            x = x.reshape(B, -1, k)
         x = x.transpose(1, 2)
     return x.reshape(B, -1)
 
@@ -203,46 +208,103 @@ class _Model:
     def log_likelihood(self, norms):
         return norms.log().sum(-1) + self.shift.sum(-1)
 
-    def backward(self, norms):
-        """Scaled backward messages ``b_t`` with ``alpha_t * b_t = p(z_t | x)``."""
+    def backward(self, norms, weight=None):
+        """Scaled backward messages ``b_t`` with ``alpha_t * b_t = p(z_t | x)``.
+
+        With ``weight`` (``(B,)``, the incoming gradient per sequence) also returns the gradients
+        of ``sum_b weight_b log p(x_b)`` with respect to the initial and transition
+        probabilities (division-free; times the parameter they are the expected counts).
+        """
         betas = torch.empty_like(self.E)
         b = torch.ones(self.B, self.P, dtype=self.E.dtype, device=self.E.device)
         betas[:, -1] = b
+        grads = weight is not None
+        sizes, C = self.sizes, len(self.sizes)
+        if grads:
+            if self.dense:
+                G = torch.zeros(self.P, self.P, dtype=b.dtype, device=b.device)
+            else:
+                gt = [torch.zeros_like(a) for a in self.trans]
         for t in range(self.T - 1, 0, -1):
-            b = self.pull_back(self.E[:, t] * b) / norms[:, t, None]
+            g = self.E[:, t] * b / norms[:, t, None]  # d log Z / d predicted probability at t
+            if not grads:
+                b = self.pull_back(g)
+            elif self.dense:
+                G.addmm_((self.alphas[:, t - 1] * weight[:, None]).transpose(0, 1), g)
+                b = g @ self.trans_dense.transpose(0, 1)
+            else:
+                b = self._adjoint_step(self.alphas[:, t - 1] * weight[:, None], g, gt)
             betas[:, t - 1] = b
-        return betas
-
-    def parameter_grads(self, alphas, betas, norms, weight):
-        """d sum_b weight_b log p(x_b) / d (initial_probs, transition_probs), division-free.
-
-        Returns per-chain gradients; multiplied elementwise by the parameter they give the
-        expected counts.
-        """
-        B, T, P, sizes = self.B, self.T, self.P, self.sizes
-        C = len(sizes)
-        g = self.E * betas / norms[..., None]  # (B, T, P): d log Z / d (predicted prob) at t
-        g = g * weight[:, None, None]
-        grads_init, grads_trans = [], []
-        g1 = g[:, 0]
+        if not grads:
+            return betas
+        # initial distribution: contract d log Z / d pi_flat with the other chains' pis
+        g1 = self.E[:, 0] * betas[:, 0] / norms[:, 0, None] * weight[:, None]
+        gi = []
         for c in range(C):
-            # contract the other chains' initial probabilities
             mats = [None if k == c else self.init[k][None, :] for k in range(C)]
-            h = _apply_chains(g1, mats, sizes)  # (B, K_c) after contraction of others
-            grads_init.append(h.sum(0))
-        if T > 1:
-            prev = alphas[:, :-1].reshape(B * (T - 1), P)
-            nxt = g[:, 1:].reshape(B * (T - 1), P)
-            for c in range(C):
-                mats = [None if k == c else self.trans[k] for k in range(C)]
-                h = _apply_chains(nxt, mats, sizes).reshape((-1,) + tuple(sizes))
-                a = prev.reshape((-1,) + tuple(sizes))
-                a = a.movedim(c + 1, -1).reshape(-1, sizes[c])
-                h = h.movedim(c + 1, -1).reshape(-1, sizes[c])
-                grads_trans.append(a.transpose(0, 1) @ h)
-        else:
-            grads_trans = [torch.zeros_like(a) for a in self.trans]
-        return grads_init, grads_trans
+            gi.append(_apply_chains(g1, mats, sizes).sum(0))
+        if self.dense:
+            gt = self._split_dense_grad(G)
+        return betas, gi, gt
+
+    def _adjoint_step(self, prev, g, grads):
+        """Pull ``g`` back through one factored transition, accumulating transition gradients.
+
+        The prediction applies chains ``C-1, ..., 0`` in turn as ``x -> x @ A_c`` with chain ``c``
+        as the last axis (then rotated to the front). Replaying those steps on ``prev`` gives each
+        matrix product's input ``u_c``; the adjoint runs them backwards: ``dA_c += u_c^T gy`` and
+        ``gy -> gy A_c^T``.
+        """
+        B, sizes = self.B, self.sizes
+        inputs = []
+        x = prev
+        for c in reversed(range(len(sizes))):
+            k = sizes[c]
+            u = x.reshape(-1, k)
+            inputs.append(u)
+            x = (u @ self.trans[c]).reshape(B, -1, k).transpose(1, 2)
+        gy = g
+        for c, u in zip(range(len(sizes)), reversed(inputs)):
+            k = sizes[c]
+            gy = gy.reshape(B, k, -1).transpose(1, 2).reshape(-1, k)
+            grads[c].addmm_(u.transpose(0, 1), gy)
+            gy = gy @ self.trans[c].transpose(0, 1)
+        return gy.reshape(B, -1)
+
+    def _split_dense_grad(self, G):
+        """Per-chain gradients from the gradient ``G (P, P)`` of the Kronecker transition."""
+        sizes, C = self.sizes, len(self.sizes)
+        H = G.reshape(tuple(sizes) + tuple(sizes))
+        out = []
+        for c in range(C):
+            W = H
+            for k in range(C):
+                if k != c:
+                    shape = [1] * (2 * C)
+                    shape[k] = shape[C + k] = sizes[k]
+                    W = W * self.trans[k].reshape(shape)
+            dims = [k for k in range(C) if k != c] + [C + k for k in range(C) if k != c]
+            out.append(W.sum(dims) if dims else W)
+        return out
+
+
+def _step_numel(initial_probs, log_emissions) -> int:
+    C = len(initial_probs)
+    if log_emissions.dim() < C + 1:
+        return log_emissions.numel()
+    return log_emissions.numel() // max(1, log_emissions.shape[-C - 1])
+
+
+def _small_steps_single_thread(fn):
+    """Run ``fn(initial_probs, transition_probs, log_emissions, ...)`` under
+    :func:`cpu_single_thread` sized by one time step of ``log_emissions``."""
+
+    @functools.wraps(fn)
+    def wrapper(initial_probs, transition_probs, log_emissions, *args, **kwargs):
+        with cpu_single_thread(log_emissions.device, _step_numel(initial_probs, log_emissions)):
+            return fn(initial_probs, transition_probs, log_emissions, *args, **kwargs)
+
+    return wrapper
 
 
 class _FactorialLogZ(torch.autograd.Function):
@@ -259,20 +321,28 @@ class _FactorialLogZ(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        with cpu_single_thread(grad_output.device, ctx.model.B * ctx.model.P):
+            return _FactorialLogZ._backward(ctx, grad_output)
+
+    @staticmethod
+    def _backward(ctx, grad_output):
         alphas, norms = ctx.saved_tensors
         m = ctx.model
         weight = grad_output.reshape(m.B)
-        betas = m.backward(norms)
+        grads = [None] * (2 * ctx.num_chains)
+        m.alphas = alphas
+        if any(ctx.needs_input_grad[3:]):
+            betas, gi, gt = m.backward(norms, weight)
+            grads = gi + gt
+        else:
+            betas = m.backward(norms)
         grad_emissions = None
         if ctx.needs_input_grad[0]:
             grad_emissions = (alphas * betas * weight[:, None, None]).reshape(ctx.emission_shape)
-        grads = [None] * (2 * ctx.num_chains)
-        if any(ctx.needs_input_grad[3:]):
-            gi, gt = m.parameter_grads(alphas, betas, norms, weight)
-            grads = gi + gt
         return (grad_emissions, None, None, *grads)
 
 
+@_small_steps_single_thread
 def factorial_log_likelihood(
     initial_probs: Sequence[torch.Tensor],
     transition_probs: Sequence[torch.Tensor],
@@ -302,6 +372,7 @@ def factorial_log_likelihood(
     return _FactorialLogZ.apply(log_emissions, dense, C, *initial_probs, *transition_probs)
 
 
+@_small_steps_single_thread
 def factorial_forward(initial_probs, transition_probs, log_emissions, *, dense=None) -> ForwardResult:
     """Forward filter: log-likelihood and filtered joint marginals :math:`p(z_t | x_{1:t})`.
 
@@ -314,6 +385,7 @@ def factorial_forward(initial_probs, transition_probs, log_emissions, *, dense=N
         return ForwardResult(m.log_likelihood(norms).reshape(m.batch_shape), alphas.reshape(shape))
 
 
+@_small_steps_single_thread
 def factorial_smooth(initial_probs, transition_probs, log_emissions, *, dense=None) -> SmoothResult:
     """Forward-backward: smoothed joint marginals and expected initial/transition counts.
 
@@ -323,12 +395,12 @@ def factorial_smooth(initial_probs, transition_probs, log_emissions, *, dense=No
     with torch.no_grad():
         m = _Model(initial_probs, transition_probs, log_emissions, dense)
         alphas, norms = m.forward()
-        betas = m.backward(norms)
+        m.alphas = alphas
+        weight = torch.ones(m.B, dtype=m.E.dtype, device=m.E.device)
+        betas, gi, gt = m.backward(norms, weight)
         shape = m.batch_shape + (m.T,) + tuple(m.sizes)
         marg = alphas * betas
         marg = marg / marg.sum(-1, keepdim=True)  # exact up to rounding; renormalize
-        weight = torch.ones(m.B, dtype=m.E.dtype, device=m.E.device)
-        gi, gt = m.parameter_grads(alphas, betas, norms, weight)
         init_counts = tuple(g * p for g, p in zip(gi, m.init))
         trans_counts = tuple(g * a for g, a in zip(gt, m.trans))
         return SmoothResult(
@@ -347,6 +419,7 @@ def chain_marginals(joint: torch.Tensor, num_chains: int) -> tuple:
     return tuple(joint.sum([d for d in dims if d != dims[c]]) for c in range(C))
 
 
+@_small_steps_single_thread
 def factorial_viterbi(initial_probs, transition_probs, log_emissions, *, dense=None) -> ViterbiResult:
     r"""Joint MAP path :math:`\arg\max_z p(x, z)` over all chains (max-product in log space).
 
@@ -442,6 +515,7 @@ def _backtrack_factored(ptrs, cur_flat, sizes):
     return _ravel(old, sizes)
 
 
+@_small_steps_single_thread
 def factorial_sample(
     initial_probs,
     transition_probs,
