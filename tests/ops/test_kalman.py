@@ -1,0 +1,549 @@
+"""Tests for mmpgm.ops.kalman against a dense joint-Gaussian reference."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from mmpgm.ops.kalman import (
+    FilterResult,
+    LinearGaussianParams,
+    SmootherResult,
+    ffbs_sample,
+    kalman_filter,
+    kalman_log_likelihood,
+    parallel_kalman_filter,
+    rts_smoother,
+)
+
+DT = torch.float64
+TOL = dict(rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def _spd(n, gen, batch=(), scale=1.0, floor=0.3):
+    X = torch.randn(*batch, n, n, generator=gen, dtype=DT)
+    return scale * (X @ X.mT / n + floor * torch.eye(n, dtype=DT))
+
+
+def make_params(S=3, dims=(2, 1), U=None, N=None, seed=0):
+    """Random stable model; with ``N`` every parameter is per sequence."""
+    g = torch.Generator().manual_seed(seed)
+    b = () if N is None else (N,)
+    A = torch.randn(*b, S, S, generator=g, dtype=DT)
+    A = 0.9 * A / torch.linalg.matrix_norm(A, ord=2).unsqueeze(-1).unsqueeze(-1)
+    return LinearGaussianParams(
+        init_mean=torch.randn(*b, S, generator=g, dtype=DT),
+        init_cov=_spd(S, g, b),
+        transition_matrix=A,
+        transition_cov=_spd(S, g, b, scale=0.5),
+        emission_matrices=tuple(torch.randn(*b, d, S, generator=g, dtype=DT) for d in dims),
+        emission_offsets=tuple(torch.randn(*b, d, generator=g, dtype=DT) for d in dims),
+        emission_covs=tuple(_spd(d, g, b, scale=0.4) for d in dims),
+        control_matrix=None if U is None else torch.randn(*b, S, U, generator=g, dtype=DT),
+    )
+
+
+def sample_obs(params, N, T, seed=1, controls=None):
+    g = torch.Generator().manual_seed(seed)
+    S = params.init_mean.shape[-1]
+
+    def per(x, n, core):
+        return x if x.dim() > core else x.expand(N, *x.shape)
+
+    A = per(params.transition_matrix, N, 2)
+    Lq = torch.linalg.cholesky(per(params.transition_cov, N, 2))
+    z = per(params.init_mean, N, 1) + (
+        torch.linalg.cholesky(per(params.init_cov, N, 2)) @ torch.randn(N, S, 1, generator=g, dtype=DT)
+    ).squeeze(-1)
+    zs = [z]
+    for t in range(1, T):
+        z = (A @ z.unsqueeze(-1)).squeeze(-1) + (Lq @ torch.randn(N, S, 1, generator=g, dtype=DT)).squeeze(-1)
+        if controls is not None:
+            z = z + (per(params.control_matrix, N, 2) @ controls[:, t].unsqueeze(-1)).squeeze(-1)
+        zs.append(z)
+    Z = torch.stack(zs, 1)
+    obs = []
+    for C, d, R in zip(params.emission_matrices, params.emission_offsets, params.emission_covs):
+        C, d, R = per(C, N, 2), per(d, N, 1), per(R, N, 2)
+        Dm = C.shape[-2]
+        noise = (torch.linalg.cholesky(R).unsqueeze(1) @ torch.randn(N, T, Dm, 1, generator=g, dtype=DT)).squeeze(-1)
+        obs.append((C.unsqueeze(1) @ Z.unsqueeze(-1)).squeeze(-1) + d.unsqueeze(1) + noise)
+    return obs
+
+
+def dense_reference(params, obs, masks, controls=None, n=0):
+    """Exact moments for sequence ``n`` by conditioning the dense joint Gaussian.
+
+    Returns (loglik, filtered means/covs, smoothed means/covs, cross covs).
+    """
+
+    def sel(x, core):
+        return x[n] if x.dim() > core else x
+
+    A = sel(params.transition_matrix, 2)
+    Q = sel(params.transition_cov, 2)
+    mu0, P0 = sel(params.init_mean, 1), sel(params.init_cov, 2)
+    Cs = [sel(c, 2) for c in params.emission_matrices]
+    ds = [sel(d, 1) for d in params.emission_offsets]
+    Rs = [sel(r, 2) for r in params.emission_covs]
+    T = obs[0].shape[1]
+    S = mu0.shape[0]
+    dims = [c.shape[0] for c in Cs]
+    D = sum(dims)
+    # state means
+    mus = [mu0]
+    for t in range(1, T):
+        mt = A @ mus[-1]
+        if controls is not None:
+            mt = mt + sel(params.control_matrix, 2) @ controls[n, t]
+        mus.append(mt)
+    mz = torch.cat(mus)
+    # z = G w with G[t, k] = A^{t-k}
+    G = torch.zeros(T * S, T * S, dtype=DT)
+    for t in range(T):
+        for k in range(t + 1):
+            G[t * S:(t + 1) * S, k * S:(k + 1) * S] = torch.linalg.matrix_power(A, t - k)
+    Wcov = torch.block_diag(P0, *([Q] * (T - 1)))
+    Szz = G @ Wcov @ G.mT
+    Cfull = torch.cat(Cs, 0)
+    Rfull = torch.block_diag(*Rs)
+    dfull = torch.cat(ds)
+    Cbig = torch.block_diag(*([Cfull] * T))
+    mx = Cbig @ mz + dfull.repeat(T)
+    Sxx = Cbig @ Szz @ Cbig.mT + torch.block_diag(*([Rfull] * T))
+    Szx = Szz @ Cbig.mT
+    x = torch.cat([o[n] for o in obs], -1).reshape(-1)  # (T*D,)
+    obs_rows = torch.cat([m[n].unsqueeze(-1).expand(T, d) for m, d in zip(masks, dims)], -1).reshape(-1)
+    time_of_row = torch.arange(T).repeat_interleave(D)
+
+    def condition(rows):
+        idx = torch.nonzero(rows).squeeze(-1)
+        if idx.numel() == 0:
+            return mz, Szz
+        Soo = Sxx[idx][:, idx]
+        K = torch.linalg.solve(Soo, Szx[:, idx].mT).mT
+        m = mz + K @ (x[idx] - mx[idx])
+        P = Szz - K @ Szx[:, idx].mT
+        return m, P
+
+    idx = torch.nonzero(obs_rows).squeeze(-1)
+    if idx.numel():
+        ll = torch.distributions.MultivariateNormal(mx[idx], Sxx[idx][:, idx]).log_prob(x[idx])
+    else:
+        ll = torch.zeros((), dtype=DT)
+    fm, fP = [], []
+    for t in range(T):
+        m, P = condition(obs_rows & (time_of_row <= t))
+        fm.append(m[t * S:(t + 1) * S])
+        fP.append(P[t * S:(t + 1) * S, t * S:(t + 1) * S])
+    m, P = condition(obs_rows)
+    sm = m.reshape(T, S)
+    sP = torch.stack([P[t * S:(t + 1) * S, t * S:(t + 1) * S] for t in range(T)])
+    cross = torch.stack([P[(t + 1) * S:(t + 2) * S, t * S:(t + 1) * S] for t in range(T - 1)]) if T > 1 else torch.zeros(0, S, S, dtype=DT)
+    return ll, torch.stack(fm), torch.stack(fP), sm, sP, cross
+
+
+def _masks_scenario(N, T, M, kind, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    masks = [torch.ones(N, T, dtype=torch.bool) for _ in range(M)]
+    if kind == "full":
+        return masks
+    if kind == "stretch":  # modality 0 hidden over a stretch, then all-missing frames
+        masks[0][:, 1:4] = False
+        for m in masks:
+            m[:, min(4, T - 1)] = False
+        masks[-1][-1, 0] = False
+        return masks
+    if kind == "random":
+        return [torch.rand(N, T, generator=g) < 0.6 for _ in range(M)]
+    raise ValueError(kind)
+
+
+def _nan_masked(obs, masks):
+    return [torch.where(m.unsqueeze(-1), o, torch.full_like(o, float("nan"))) for o, m in zip(obs, masks)]
+
+
+def _check_against_dense(params, obs, masks, controls=None, lengths=None, tol=TOL):
+    N = obs[0].shape[0]
+    filt = kalman_filter(params, _nan_masked(obs, masks), masks, controls=controls, lengths=lengths)
+    smooth = rts_smoother(params, _nan_masked(obs, masks), masks, controls=controls, lengths=lengths)
+    ll = kalman_log_likelihood(params, _nan_masked(obs, masks), masks, controls=controls, lengths=lengths)
+    if lengths is not None:
+        T = obs[0].shape[1]
+        lm = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+        masks = [m & lm for m in masks]
+    for n in range(N):
+        rll, rfm, rfP, rsm, rsP, rcross = dense_reference(params, obs, masks, controls, n)
+        torch.testing.assert_close(filt.log_likelihood[n], rll, **tol)
+        torch.testing.assert_close(ll[n], rll, **tol)
+        torch.testing.assert_close(smooth.log_likelihood[n], rll, **tol)
+        torch.testing.assert_close(filt.means[n], rfm, **tol)
+        torch.testing.assert_close(filt.covs[n], rfP, **tol)
+        torch.testing.assert_close(smooth.means[n], rsm, **tol)
+        torch.testing.assert_close(smooth.covs[n], rsP, **tol)
+        torch.testing.assert_close(smooth.cross_covs[n], rcross, **tol)
+    return filt, smooth
+
+
+# --------------------------------------------------------------------------
+# exactness against the dense joint Gaussian
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("N", [1, 3])
+@pytest.mark.parametrize("T", [1, 2, 7])
+@pytest.mark.parametrize("kind", ["full", "stretch", "random"])
+def test_matches_dense_joint(N, T, kind):
+    params = make_params(S=3, dims=(2, 1))
+    obs = sample_obs(params, N, T)
+    masks = _masks_scenario(N, T, 2, kind)
+    filt, smooth = _check_against_dense(params, obs, masks)
+    S = 3
+    assert isinstance(filt, FilterResult) and isinstance(smooth, SmootherResult)
+    assert filt.means.shape == (N, T, S) and filt.covs.shape == (N, T, S, S)
+    assert filt.predicted_means.shape == (N, T, S) and filt.predicted_covs.shape == (N, T, S, S)
+    assert filt.log_likelihood.shape == (N,)
+    assert smooth.cross_covs.shape == (N, T - 1, S, S)
+    torch.testing.assert_close(filt.predicted_means[:, 0], params.init_mean.expand(N, S), **TOL)
+
+
+def test_per_sequence_params_controls_and_three_modalities():
+    N, T, U = 3, 5, 2
+    params = make_params(S=2, dims=(1, 3, 2), U=U, N=N, seed=5)
+    controls = torch.randn(N, T, U, generator=torch.Generator().manual_seed(9), dtype=DT)
+    obs = sample_obs(params, N, T, controls=controls)
+    masks = _masks_scenario(N, T, 3, "random", seed=11)
+    _check_against_dense(params, obs, masks, controls=controls)
+
+
+def test_ragged_lengths():
+    N, T = 3, 6
+    params = make_params(S=2, dims=(2, 2))
+    obs = sample_obs(params, N, T)
+    masks = _masks_scenario(N, T, 2, "stretch")
+    lengths = torch.tensor([6, 3, 1])
+    filt, _ = _check_against_dense(params, obs, masks, lengths=lengths)
+    # garbage past the end must not matter
+    obs2 = [o.clone() for o in obs]
+    for o in obs2:
+        o[1, 3:] = float("nan")
+        o[2, 1:] = 1e6
+    ll2 = kalman_log_likelihood(params, obs2, masks, lengths=lengths)
+    torch.testing.assert_close(ll2, filt.log_likelihood, **TOL)
+    # a zero-length sequence has zero log-likelihood and pure-prediction moments
+    ll0 = kalman_log_likelihood(params, obs, masks, lengths=torch.tensor([0, 2, 6]))
+    assert ll0[0].item() == 0.0
+
+
+def test_dict_inputs_and_single_mask():
+    N, T = 2, 4
+    params = make_params(S=2, dims=(2, 1))
+    obs = sample_obs(params, N, T)
+    mask = torch.tensor([[True, False, True, True], [True, True, False, True]])
+    ref = kalman_log_likelihood(params, obs, [mask, mask])
+    pd = params._replace(
+        emission_matrices={"a": params.emission_matrices[0], "b": params.emission_matrices[1]},
+        emission_offsets={"b": params.emission_offsets[1], "a": params.emission_offsets[0]},
+        emission_covs={"a": params.emission_covs[0], "b": params.emission_covs[1]},
+    )
+    got = kalman_log_likelihood(pd, {"b": obs[1], "a": obs[0]}, mask)
+    torch.testing.assert_close(got, ref, **TOL)
+    # sequence params with mapping observations, ordered by obs keys
+    got2 = kalman_log_likelihood(params, {"x": obs[0], "y": obs[1]}, {"x": mask, "y": mask})
+    torch.testing.assert_close(got2, ref, **TOL)
+
+
+def test_batched_equals_loop():
+    N, T = 3, 6
+    params = make_params(S=3, dims=(2, 2), N=N, seed=2)
+    obs = sample_obs(params, N, T)
+    masks = _masks_scenario(N, T, 2, "random")
+    sb = rts_smoother(params, obs, masks)
+    for n in range(N):
+        pn = LinearGaussianParams(*[
+            tuple(x[n:n + 1] for x in f) if isinstance(f, tuple) else (None if f is None else f[n:n + 1])
+            for f in params
+        ])
+        sn = rts_smoother(pn, [o[n:n + 1] for o in obs], [m[n:n + 1] for m in masks])
+        for a, b in zip(sb, sn):
+            torch.testing.assert_close(a[n:n + 1], b, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# pykalman
+# --------------------------------------------------------------------------
+
+
+def test_matches_pykalman():
+    pykalman = pytest.importorskip("pykalman")
+    import numpy as np
+
+    params = make_params(S=3, dims=(2,), seed=7)
+    T = 30
+    obs = sample_obs(params, 1, T)
+    kf = pykalman.KalmanFilter(
+        transition_matrices=params.transition_matrix.numpy(),
+        observation_matrices=params.emission_matrices[0].numpy(),
+        transition_covariance=params.transition_cov.numpy(),
+        observation_covariance=params.emission_covs[0].numpy(),
+        transition_offsets=np.zeros(3),
+        observation_offsets=params.emission_offsets[0].numpy(),
+        initial_state_mean=params.init_mean.numpy(),
+        initial_state_covariance=params.init_cov.numpy(),
+    )
+    X = obs[0][0].numpy()
+    ll_ref = kf.loglikelihood(X)
+    fm, fP = kf.filter(X)
+    sm, sP = kf.smooth(X)
+    filt = kalman_filter(params, obs)
+    smooth = rts_smoother(params, obs)
+    rel = dict(rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(filt.log_likelihood[0], torch.tensor(ll_ref, dtype=DT), **rel)
+    torch.testing.assert_close(filt.means[0], torch.from_numpy(fm), **rel)
+    torch.testing.assert_close(filt.covs[0], torch.from_numpy(fP), **rel)
+    torch.testing.assert_close(smooth.means[0], torch.from_numpy(sm), **rel)
+    torch.testing.assert_close(smooth.covs[0], torch.from_numpy(sP), **rel)
+
+
+# --------------------------------------------------------------------------
+# FFBS
+# --------------------------------------------------------------------------
+
+
+def test_ffbs_moments_match_smoother():
+    N, T, S, K = 2, 5, 2, 20000
+    params = make_params(S=S, dims=(2, 1), seed=4)
+    obs = sample_obs(params, N, T)
+    masks = _masks_scenario(N, T, 2, "stretch")
+    sm = rts_smoother(params, obs, masks)
+    gen = torch.Generator().manual_seed(1234)
+    z = ffbs_sample(params, _nan_masked(obs, masks), masks, num_samples=K, generator=gen)
+    assert z.shape == (K, N, T, S)
+    # Monte-Carlo standard errors: sd(mean) = sqrt(var / K); sd of a sample
+    # covariance entry = sqrt((S_ii S_jj + S_ij^2) / K).  We allow 5 standard
+    # errors per entry (two-sided p ~ 6e-7 per entry; ~150 entries checked).
+    var = sm.covs.diagonal(dim1=-2, dim2=-1)
+    se_mean = (var / K).sqrt()
+    assert ((z.mean(0) - sm.means).abs() <= 5 * se_mean).all()
+    zc = z - z.mean(0)
+    emp_cov = torch.einsum("knti,kntj->ntij", zc, zc) / (K - 1)
+    se_cov = ((var.unsqueeze(-1) * var.unsqueeze(-2) + sm.covs.square()) / K).sqrt()
+    assert ((emp_cov - sm.covs).abs() <= 5 * se_cov).all()
+    # lag-one cross covariance Cov(z_{t+1}, z_t)
+    emp_cross = torch.einsum("knti,kntj->ntij", zc[:, :, 1:], zc[:, :, :-1]) / (K - 1)
+    se_cross = ((var[:, 1:].unsqueeze(-1) * var[:, :-1].unsqueeze(-2) + sm.cross_covs.square()) / K).sqrt()
+    assert ((emp_cross - sm.cross_covs).abs() <= 5 * se_cross).all()
+    # reproducible with the same seed
+    z2 = ffbs_sample(params, obs, masks, num_samples=3, generator=torch.Generator().manual_seed(5))
+    z3 = ffbs_sample(params, obs, masks, num_samples=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(z2, z3)
+
+
+def test_ffbs_T1():
+    params = make_params(S=2, dims=(1,))
+    obs = sample_obs(params, 3, 1)
+    z = ffbs_sample(params, obs, num_samples=4, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (4, 3, 1, 2) and torch.isfinite(z).all()
+
+
+# --------------------------------------------------------------------------
+# gradients
+# --------------------------------------------------------------------------
+
+
+def test_gradient_finite_through_masked_nan():
+    N, T = 2, 6
+    base = make_params(S=2, dims=(2, 1))
+    leaves = [t.clone().requires_grad_(True) for t in (
+        base.init_mean, base.init_cov, base.transition_matrix, base.transition_cov,
+        *base.emission_matrices, *base.emission_offsets, *base.emission_covs)]
+    params = LinearGaussianParams(
+        leaves[0], leaves[1], leaves[2], leaves[3],
+        tuple(leaves[4:6]), tuple(leaves[6:8]), tuple(leaves[8:10]),
+    )
+    obs = sample_obs(base, N, T)
+    masks = _masks_scenario(N, T, 2, "stretch")
+    obs_nan = [o.clone().requires_grad_(True) for o in _nan_masked(obs, masks)]
+    ll = kalman_log_likelihood(params, obs_nan, masks).sum()
+    sm = rts_smoother(params, obs_nan, masks)
+    loss = ll + sm.means.sum() + sm.covs.sum() + sm.cross_covs.sum()
+    grads = torch.autograd.grad(loss, leaves + obs_nan)
+    for g in grads:
+        assert torch.isfinite(g).all()
+    for g, m in zip(grads[-2:], masks):
+        assert (g[~m] == 0).all()
+    # gradient of the log-likelihood agrees with autograd through the dense reference
+    g_kf = torch.autograd.grad(kalman_log_likelihood(params, obs, masks).sum(), leaves)
+    dense = sum(dense_reference(params, obs, masks, n=n)[0] for n in range(N))
+    g_ref = torch.autograd.grad(dense, leaves)
+    for a, b in zip(g_kf, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
+
+
+def test_gradcheck_small():
+    N, T = 2, 3
+    base = make_params(S=2, dims=(1, 1))
+    obs = sample_obs(base, N, T)
+    masks = _masks_scenario(N, T, 2, "random")
+    A0 = base.transition_matrix.clone().requires_grad_(True)
+    C0 = base.emission_matrices[0].clone().requires_grad_(True)
+
+    def f(A, C):
+        p = base._replace(transition_matrix=A, emission_matrices=(C, base.emission_matrices[1]))
+        return kalman_log_likelihood(p, obs, masks)
+
+    assert torch.autograd.gradcheck(f, (A0, C0))
+
+
+# --------------------------------------------------------------------------
+# long float32 sequence
+# --------------------------------------------------------------------------
+
+
+def _simulate_numpy(params, T, seed):
+    """Fast single-sequence simulation (numpy loop) for long T."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    A = params.transition_matrix.numpy()
+    Lq = np.linalg.cholesky(params.transition_cov.numpy())
+    S = A.shape[0]
+    noise = rng.standard_normal((T, S)) @ Lq.T
+    z = np.empty((T, S))
+    z[0] = params.init_mean.numpy() + np.linalg.cholesky(params.init_cov.numpy()) @ rng.standard_normal(S)
+    for t in range(1, T):
+        z[t] = A @ z[t - 1] + noise[t]
+    obs = []
+    for C, d, R in zip(params.emission_matrices, params.emission_offsets, params.emission_covs):
+        v = rng.standard_normal((T, C.shape[0])) @ np.linalg.cholesky(R.numpy()).T
+        obs.append(torch.from_numpy(z @ C.numpy().T + d.numpy() + v).unsqueeze(0))
+    return obs
+
+
+def test_long_float32_sequence_stable():
+    T = 100_000
+    g = torch.Generator().manual_seed(0)
+    th = 0.1
+    A = 0.99 * torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], dtype=DT)
+    params64 = LinearGaussianParams(
+        init_mean=torch.zeros(2, dtype=DT),
+        init_cov=torch.eye(2, dtype=DT),
+        transition_matrix=A,
+        transition_cov=0.1 * torch.eye(2, dtype=DT),
+        emission_matrices=(torch.tensor([[1.0, 0.5]], dtype=DT), torch.tensor([[0.0, 1.0]], dtype=DT)),
+        emission_offsets=(torch.zeros(1, dtype=DT), torch.zeros(1, dtype=DT)),
+        emission_covs=(torch.tensor([[0.05]], dtype=DT), torch.tensor([[0.5]], dtype=DT)),
+    )
+    obs = _simulate_numpy(params64, T, seed=0)
+    masks = [torch.ones(1, T, dtype=torch.bool), torch.rand(1, T, generator=g) < 0.5]
+    masks[0][0, 5000:5100] = False  # a fully missing stretch
+    masks[1][0, 5000:5100] = False
+    params32 = LinearGaussianParams(*[
+        tuple(x.float() for x in f) if isinstance(f, tuple) else (None if f is None else f.float())
+        for f in params64
+    ])
+    obs32 = [o.float() for o in obs]
+    t0 = time.perf_counter()
+    f32 = kalman_filter(params32, obs32, masks, method="sequential")
+    elapsed32 = time.perf_counter() - t0
+    # float64 reference from the (algebraically different) time-parallel filter;
+    # both float64 filters agree to ~1e-12 on shorter sequences (test below).
+    f64 = parallel_kalman_filter(params64, obs, masks)
+    assert f32.means.dtype == torch.float32
+    for x in f32:
+        assert torch.isfinite(x).all()
+    # covariances stay symmetric positive definite
+    ev = torch.linalg.eigvalsh(f32.covs[0].double())
+    assert (ev > 0).all()
+    assert torch.equal(f32.covs, f32.covs.mT)
+    # float32 rounding (~6e-8 relative) does not accumulate: the filter forgets
+    # errors geometrically (here at rate ~0.99^t at worst), so moments match
+    # float64 to ~100 * 6e-8 ~ 1e-5 of their scale; we allow 1e-4.
+    scale = f64.means.abs().max()
+    assert (f32.means.double() - f64.means).abs().max() <= 1e-4 * scale
+    assert (f32.covs.double() - f64.covs).abs().max() <= 1e-4 * f64.covs.abs().max()
+    # the log-likelihood is a float32 sum of 1.5e5 O(1) terms: relative 1e-5.
+    torch.testing.assert_close(f32.log_likelihood.double(), f64.log_likelihood, rtol=1e-5, atol=0)
+    # time-parallel filter in float32 is also stable over 1e5 frames
+    p32 = parallel_kalman_filter(params32, obs32, masks)
+    assert (p32.means.double() - f64.means).abs().max() <= 1e-4 * scale
+    torch.testing.assert_close(p32.log_likelihood.double(), f64.log_likelihood, rtol=1e-5, atol=0)
+    # ~6 s on one idle core; generous bound against loaded CI machines
+    assert elapsed32 < 60.0
+
+
+@pytest.mark.parametrize("kind", ["full", "random"])
+def test_parallel_filter_matches_sequential(kind):
+    N, T, U = 3, 37, 2
+    params = make_params(S=3, dims=(2, 1), U=U, seed=8)
+    controls = torch.randn(N, T, U, generator=torch.Generator().manual_seed(1), dtype=DT)
+    obs = sample_obs(params, N, T, controls=controls)
+    masks = _masks_scenario(N, T, 2, kind)
+    a = kalman_filter(params, obs, masks, controls=controls)
+    b = parallel_kalman_filter(params, _nan_masked(obs, masks), masks, controls=controls)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+    for T1 in (1, 2):
+        a = kalman_filter(params, [o[:, :T1] for o in obs], [m[:, :T1] for m in masks])
+        b = parallel_kalman_filter(params, [o[:, :T1] for o in obs], [m[:, :T1] for m in masks])
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise():
+    params = make_params(S=2, dims=(2, 1))
+    obs = sample_obs(params, 2, 4)
+    masks = [torch.ones(2, 4, dtype=torch.bool)] * 2
+    with pytest.raises(ValueError, match="obs"):
+        kalman_filter(params, [obs[0]], masks)  # missing modality
+    with pytest.raises(ValueError, match=r"obs\[1\]"):
+        kalman_filter(params, [obs[0], obs[1][:, :3]], masks)
+    with pytest.raises(ValueError, match=r"mask\[0\]"):
+        kalman_filter(params, obs, [masks[0][:, :3], masks[1]])
+    with pytest.raises(ValueError, match="dtype torch.bool"):
+        kalman_filter(params, obs, [masks[0].float(), masks[1]])
+    with pytest.raises(ValueError, match="transition_matrix"):
+        kalman_filter(params._replace(transition_matrix=torch.eye(3, dtype=DT)), obs, masks)
+    with pytest.raises(ValueError, match=r"emission_matrices\[0\]"):
+        kalman_filter(params._replace(emission_matrices=(torch.ones(2, 3, dtype=DT), params.emission_matrices[1])), obs, masks)
+    with pytest.raises(ValueError, match="init_cov"):
+        kalman_filter(params._replace(init_cov=torch.eye(2, dtype=DT).expand(5, 2, 2)), obs, masks)
+    with pytest.raises(ValueError, match="control_matrix"):
+        kalman_filter(params, obs, masks, controls=torch.zeros(2, 4, 1, dtype=DT))
+    with pytest.raises(ValueError, match="controls"):
+        kalman_filter(params._replace(control_matrix=torch.ones(2, 1, dtype=DT)), obs, masks,
+                      controls=torch.zeros(2, 3, 1, dtype=DT))
+    with pytest.raises(ValueError, match="lengths"):
+        kalman_filter(params, obs, masks, lengths=torch.tensor([5, 1]))
+    with pytest.raises(ValueError, match="positive definite"):
+        kalman_filter(params._replace(emission_covs=(-torch.eye(2, dtype=DT), params.emission_covs[1])), obs, masks)
+    with pytest.raises(ValueError, match="num_samples"):
+        ffbs_sample(params, obs, masks, num_samples=0)
+    with pytest.raises(ValueError, match="params"):
+        kalman_filter(tuple(params), obs, masks)
+    with pytest.raises(ValueError, match="method"):
+        kalman_log_likelihood(params, obs, masks, method="fast")
+
+
+def test_auto_method_uses_parallel_for_long_cheap_sequences():
+    params = make_params(S=2, dims=(1,), seed=3)
+    T = 300
+    obs = [torch.randn(1, T, 1, generator=torch.Generator().manual_seed(0), dtype=DT)]
+    a = kalman_log_likelihood(params, obs, method="sequential")
+    b = kalman_log_likelihood(params, obs)  # auto -> parallel here
+    c = kalman_filter(params, obs)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=0)
+    torch.testing.assert_close(c.log_likelihood, a, rtol=1e-10, atol=0)
