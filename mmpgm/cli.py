@@ -18,7 +18,7 @@ def _demo(args) -> int:
     from mmpgm.plots import plot_streams_with_states
 
     torch.manual_seed(args.seed)
-    N, T, N_test = (20, 40, 10) if args.smoke else (100, 100, 40)
+    N, T, N_test = (30, 50, 10) if args.smoke else (100, 100, 40)
     truth = demo_hmm(seed=args.seed)
     train, latents = truth.sample(N, T, seed=args.seed)
     test, _ = truth.sample(N_test, T, seed=args.seed + 1)
@@ -28,7 +28,7 @@ def _demo(args) -> int:
     model = mmpgm.MultimodalHMM(train.obs_dims, num_shared_states=3, num_private_states=2).double()
     t0 = time.perf_counter()
     res = mmpgm.fit(model, train, method="em", num_steps=20 if args.smoke else 200,
-                    num_restarts=1 if args.smoke else 3, seed=args.seed, progress=args.progress)
+                    num_restarts=3, seed=args.seed, progress=args.progress)
     elapsed = time.perf_counter() - t0
     post = mmpgm.infer(model, train)
     acc, _ = state_accuracy(latents["shared"], post.map["shared"], 3)

@@ -49,12 +49,13 @@ The RTS smoother uses the sum-of-PSD form
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Optional, Union
 
 import torch
+
+from ._threads import cpu_single_thread
 from torch import Tensor
 
 from mmpgm.ops.linalg import symmetrize
@@ -385,23 +386,8 @@ def _raise_if_failed(infos: list, what: str) -> None:
 
 _USE_SHARED_PATH = True  # GEMM fast path when A and C are shared by the batch
 _CHUNK = 128  # frames whose masked emission matrices are materialised at once
-# Below this many elements per step, the sequential CPU loop runs with one
-# intra-op thread: each op is a few microseconds and OpenMP fork/join (or a
-# descheduled worker on a busy machine) otherwise dominates, by up to 10x.
-_SINGLE_THREAD_MAX_NUMEL = 1 << 16
-
-
-@contextlib.contextmanager
-def _cpu_single_thread(device: torch.device, step_numel: int):
-    if device.type != "cpu" or step_numel > _SINGLE_THREAD_MAX_NUMEL or torch.get_num_threads() == 1:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+# Small sequential loops run with one intra-op thread (see ops/_threads.py).
+_cpu_single_thread = cpu_single_thread
 
 
 def _forward(p: _Prepared, store: bool = True):
