@@ -54,8 +54,9 @@ __all__ = [
 ]
 
 # Product sizes up to this use one dense (P, P) transition per step; above it, per-chain
-# transitions. Chosen from benchmarks/hmm_speed.py on a 2-core CPU (crossover near P = 64-128).
-DENSE_MAX_STATES = 64
+# transitions. Measured with `benchmarks/hmm_speed.py --crossover` (N=64, T=75, 1 thread, 2-core
+# CPU): dense was faster up to P = 128 for 2, 3 and 4 chains, per-chain from P = 256.
+DENSE_MAX_STATES = 128
 
 
 class ForwardResult(NamedTuple):

@@ -1,0 +1,63 @@
+"""Smoke test of ``benchmarks/hmm_speed.py --quick``: it runs, prints the JSON convention of
+DESIGN.md section 8, and every peer that ran agrees with mmpgm's log-likelihood in float64."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "hmm_speed.py"
+KEYS = ("benchmark", "config", "median_s", "speedup", "peak_mib", "agreement", "env")
+CONFIG_KEYS = ("name", "modalities", "dims", "K_s", "K_m", "N", "T", "dtype")
+
+
+@pytest.mark.benchmark
+def test_hmm_speed_quick():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    records = [json.loads(ln) for ln in lines]  # every stdout line is one JSON object
+    assert [r["config"]["name"] for r in records] == ["A1", "A2", "A3"]
+    for r in records:
+        name = r["config"]["name"]
+        for k in KEYS:
+            assert k in r, f"{name}: missing key {k!r}"
+        for k in CONFIG_KEYS:
+            assert k in r["config"], f"{name}: missing config key {k!r}"
+        assert r["benchmark"] == "hmm_speed"
+        assert r["config"]["dtype"] == "float64"
+        assert "mmpgm" in r["median_s"] and "mmpgm_ops" in r["median_s"], r.get("skipped")
+        for impl, t in r["median_s"].items():
+            assert isinstance(t, float) and t > 0, (name, impl, t)
+        ran = set(r["median_s"]) - {"mmpgm"}
+        assert set(r["speedup"]) == ran
+        assert set(r["agreement"]) == ran
+        for impl, d in r["agreement"].items():
+            assert d is not None and math.isfinite(d) and d < 1e-8, (name, impl, d)
+        for impl, v in r["peak_mib"].items():
+            assert v is None or v >= 0, (name, impl, v)
+        # hmmlearn and Pyro are test dependencies, so those peers must have run;
+        # dynamax is optional and then listed with its reason under "skipped"
+        for peer in ("hmmlearn_log", "hmmlearn_scaling", "pyro_trace_enum", "pyro_discrete_hmm"):
+            assert peer in r["median_s"], (name, peer, r.get("skipped"))
+        assert "dynamax" in r["median_s"] or "dynamax" in r["skipped"]
+        if "dynamax" in r["median_s"]:
+            assert r["compile_s"]["dynamax"] > 0
+        assert r["gradient"]["hmmlearn_log"] is False and r["gradient"]["mmpgm"] is True
+        assert "torch" in r["env"] and "python" in r["env"]
