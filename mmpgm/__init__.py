@@ -1,35 +1,45 @@
 """mmpgm: multimodal probabilistic graphical models on Pyro and PyTorch.
 
-Models keep their Pyro parameters locally (``pyro.settings.set(module_local_params=True)``), like
-ordinary ``torch.nn.Module`` s, so two models never share parameters through Pyro's global
-parameter store; :func:`fit` is a plain PyTorch loop around a Pyro ELBO.
+The public names are imported lazily (PEP 562), so light submodules such as
+``mmpgm.features`` (used by data-preparation worker processes) do not pay for importing torch,
+Pyro and ArviZ.
+
+Models keep their Pyro parameters locally (``pyro.settings.set(module_local_params=True)`` is
+applied when a model module is imported), like ordinary ``torch.nn.Module`` s, so two models
+never share parameters through Pyro's global parameter store.
 """
 
-import pyro
-
-pyro.settings.set(module_local_params=True)
-
-from . import observations, ops  # noqa: E402
-from .api import fit, infer  # noqa: E402
-from .data import MultimodalData  # noqa: E402
-from .inference.result import FitResult  # noqa: E402
-from .io import load_model, save_model  # noqa: E402
-from .models import HMMParams, MultimodalHMM  # noqa: E402
-from .posterior import Imputation, Posterior  # noqa: E402
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "fit",
-    "infer",
-    "load_model",
-    "save_model",
-    "MultimodalData",
-    "MultimodalHMM",
-    "HMMParams",
-    "FitResult",
-    "Posterior",
-    "Imputation",
-    "observations",
-    "ops",
-]
+_EXPORTS = {
+    "fit": "mmpgm.api",
+    "infer": "mmpgm.api",
+    "load_model": "mmpgm.io",
+    "save_model": "mmpgm.io",
+    "MultimodalData": "mmpgm.data",
+    "MultimodalHMM": "mmpgm.models.hmm",
+    "HMMParams": "mmpgm.models.hmm",
+    "FitResult": "mmpgm.inference.result",
+    "Posterior": "mmpgm.posterior",
+    "Imputation": "mmpgm.posterior",
+}
+_SUBMODULES = ("observations", "ops", "models", "datasets", "diagnostics", "online", "plots", "features")
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"mmpgm.{name}")
+    else:
+        raise AttributeError(f"module 'mmpgm' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

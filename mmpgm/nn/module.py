@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pyro
 import torch
 from pyro.nn import PyroModule
+
+# PyroModule parameters live in the modules (like torch.nn.Module), not in Pyro's global
+# parameter store, so two models never share parameters by name. Every mmpgm model imports this.
+pyro.settings.set(module_local_params=True)
 
 
 class TypedPyroModule(PyroModule):
