@@ -328,7 +328,10 @@ class MultimodalData:
         arrays["lengths"] = self.lengths.cpu().numpy()
         arrays.update({f"labels/{k}": v.cpu().numpy() for k, v in self.labels.items()})
         for k, v in self.meta.items():
-            arrays[f"meta/{k}"] = np.asarray(v if isinstance(v, str) else json.dumps(v))
+            if isinstance(v, (list, tuple)) and all(isinstance(e, str) for e in v):
+                arrays[f"meta/{k}"] = np.asarray(v, dtype=str)  # per-sequence strings stay an array
+            else:
+                arrays[f"meta/{k}"] = np.asarray(v if isinstance(v, str) else json.dumps(v))
         np.savez_compressed(path, **arrays)
 
     @classmethod
