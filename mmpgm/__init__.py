@@ -21,6 +21,8 @@ _EXPORTS = {
     "MultimodalData": "mmpgm.data",
     "MultimodalHMM": "mmpgm.models.hmm",
     "HMMParams": "mmpgm.models.hmm",
+    "GatedMixture": "mmpgm.models.mixture",
+    "MixturePosterior": "mmpgm.mixture_results",
     "FitResult": "mmpgm.inference.result",
     "Posterior": "mmpgm.posterior",
     "Imputation": "mmpgm.posterior",

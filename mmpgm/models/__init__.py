@@ -1,5 +1,6 @@
 """Pyro programs (``PyroModule`` s with ``model`` and ``guide``)."""
 
 from .hmm import HMMParams, MarkovChain, MultimodalHMM
+from .mixture import GatedMixture
 
-__all__ = ["MultimodalHMM", "HMMParams", "MarkovChain"]
+__all__ = ["MultimodalHMM", "HMMParams", "MarkovChain", "GatedMixture"]

@@ -52,13 +52,20 @@ NEG_LOG = -1e30
 
 def _evidence(log_component: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if log_component.dim() != 3:
-        raise ValueError(f"log_component: expected shape (N, T, M), got {tuple(log_component.shape)}")
+        raise ValueError(
+            f"log_component: expected shape (N, T, M), got {tuple(log_component.shape)}"
+        )
     if mask is None:
         return log_component
     if mask.shape != log_component.shape[:2]:
-        raise ValueError(f"mask: expected shape {tuple(log_component.shape[:2])}, got {tuple(mask.shape)}")
-    return torch.where(mask[..., None], log_component, torch.zeros((), dtype=log_component.dtype,
-                                                                    device=log_component.device))
+        raise ValueError(
+            f"mask: expected shape {tuple(log_component.shape[:2])}, got {tuple(mask.shape)}"
+        )
+    return torch.where(
+        mask[..., None],
+        log_component,
+        torch.zeros((), dtype=log_component.dtype, device=log_component.device),
+    )
 
 
 def masked_log_weights(logits: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
@@ -78,7 +85,9 @@ def mixture_log_likelihood(log_weights, log_component, mask=None) -> torch.Tenso
     r""":math:`\sum_t \text{mask}_t \log \sum_m g_{tm} p(y_t \mid c_t = m)`, shape ``(N,)``."""
     lc = _evidence(log_component, mask)
     if log_weights.shape != lc.shape:
-        raise ValueError(f"log_weights: expected shape {tuple(lc.shape)}, got {tuple(log_weights.shape)}")
+        raise ValueError(
+            f"log_weights: expected shape {tuple(lc.shape)}, got {tuple(log_weights.shape)}"
+        )
     return torch.logsumexp(log_weights + lc, -1).sum(-1)
 
 
@@ -103,7 +112,9 @@ def _check_markov(log_initial, log_transition, lc):
     if log_initial.shape != (N, M):
         raise ValueError(f"log_initial: expected shape {(N, M)}, got {tuple(log_initial.shape)}")
     if log_transition.shape != (N, T, M, M):
-        raise ValueError(f"log_transition: expected shape {(N, T, M, M)}, got {tuple(log_transition.shape)}")
+        raise ValueError(
+            f"log_transition: expected shape {(N, T, M, M)}, got {tuple(log_transition.shape)}"
+        )
 
 
 def markov_forward(log_initial, log_transition, log_component, mask=None) -> MarkovForward:
@@ -165,7 +176,9 @@ def markov_viterbi(log_initial, log_transition, log_component, mask=None) -> tor
     return path
 
 
-def markov_sample(log_initial, log_transition, log_component, mask=None, num_samples=1, generator=None):
+def markov_sample(
+    log_initial, log_transition, log_component, mask=None, num_samples=1, generator=None
+):
     r"""Exact draws :math:`c_{1:T} \sim p(c \mid y, x)` (forward filter, backward sample), ``(S, N, T)``."""
     lc = _evidence(log_component, mask)
     fw = markov_forward(log_initial, log_transition, lc)
@@ -176,8 +189,11 @@ def markov_sample(log_initial, log_transition, log_component, mask=None, num_sam
     out[:, :, -1] = torch.multinomial(probs, 1, generator=generator).reshape(S, N)
     for t in range(T - 1, 0, -1):
         nxt = out[:, :, t]  # (S, N)
-        trans_col = log_transition[:, t].expand(S, N, M, M).gather(
-            -1, nxt[..., None, None].expand(S, N, M, 1))[..., 0]  # (S, N, old)
+        trans_col = (
+            log_transition[:, t]
+            .expand(S, N, M, M)
+            .gather(-1, nxt[..., None, None].expand(S, N, M, 1))[..., 0]
+        )  # (S, N, old)
         logits = fw.log_alpha[:, t - 1] + trans_col
         p = torch.softmax(logits, -1).reshape(S * N, M)
         out[:, :, t - 1] = torch.multinomial(p, 1, generator=generator).reshape(S, N)

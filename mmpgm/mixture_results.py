@@ -1,0 +1,98 @@
+"""Immutable result type of :meth:`mmpgm.models.mixture.GatedMixture.posterior` and its ArviZ view."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["MixturePosterior"]
+
+
+class MixturePosterior(NamedTuple):
+    r"""Posterior of a gated mixture of modality experts.
+
+    predictive : causal predictive of the target given the inputs only,
+        :math:`p(y_t \mid x_{\le t}) = \sum_m p(c_t = m \mid x_{\le t}) f_m(x^m_{\le t})`:
+        ``(N, T)`` :math:`p(y_t = 1)` (bernoulli), ``(N, T, K)`` class probabilities
+        (categorical) or ``(N, T)`` mean (normal).
+    gate_weights : ``(N, T, M)`` prior gate weights :math:`p(c_t = m \mid x_{\le t})` (for the Markov
+        gate, the chain's marginal given the inputs); exactly 0 on unobserved experts.
+    responsibilities : ``(N, T, M)`` :math:`p(c_t = m \mid y, x)`: smoothed (all labels) or, with
+        ``causal``, filtered :math:`p(c_t \mid y_{\le t}, x_{\le t})`; the gate weights on unlabelled frames
+        (conditional gates).
+    expert_predictions : expert-wise predictions, ``(N, T, M)`` :math:`p(y_t = 1 \mid x^m)` (bernoulli),
+        ``(N, T, M, K)`` (categorical) or ``(N, T, M)`` means (normal).
+    map : ``(N, T)`` int64 most probable expert path given ``y`` (or None).
+    samples : ``(S, N, T)`` int64 exact draws of the expert path given ``y`` (or None).
+    log_likelihood : ``(N,)`` :math:`\log p(y \mid x)` on the labelled, observed frames.
+    lengths : ``(N,)``.
+    causal : whether ``responsibilities`` are filtered.
+    modalities : expert names, in the order of the ``M`` axis.
+    """
+
+    predictive: torch.Tensor
+    gate_weights: torch.Tensor
+    responsibilities: torch.Tensor
+    expert_predictions: torch.Tensor
+    map: torch.Tensor | None
+    samples: torch.Tensor | None
+    log_likelihood: torch.Tensor
+    lengths: torch.Tensor
+    causal: bool
+    modalities: tuple
+
+    def _masked(self, paths: torch.Tensor) -> np.ndarray:
+        T = paths.shape[-1]
+        inside = torch.arange(T, device=paths.device) < self.lengths.to(paths.device)[:, None]
+        return torch.where(inside, paths, torch.full_like(paths, -1)).cpu().numpy()
+
+    def to_arviz(self):
+        """:class:`arviz.InferenceData` with named dims.
+
+        ``posterior``: ``expert`` (chosen expert index; draws from ``samples``, else the MAP path
+        as one draw, padding -1) with dims ``(chain, draw, sequence, time)``;
+        ``log_likelihood``: ``sequence_log_likelihood`` ``(chain, draw, sequence)``;
+        ``constant_data``: ``gate_weights``, ``responsibilities``, ``expert_predictions``
+        (dims ``sequence, time, expert[, class]``) and ``predictive``.
+        """
+        import arviz as az
+
+        N, T, M = self.gate_weights.shape
+        coords = {"sequence": np.arange(N), "time": np.arange(T), "expert": list(self.modalities)}
+        dims = {
+            "gate_weights": ["sequence", "time", "expert"],
+            "responsibilities": ["sequence", "time", "expert"],
+            "sequence_log_likelihood": ["sequence"],
+        }
+        constant = {
+            "gate_weights": self.gate_weights.detach().cpu().numpy(),
+            "responsibilities": self.responsibilities.detach().cpu().numpy(),
+            "expert_predictions": self.expert_predictions.detach().cpu().numpy(),
+            "predictive": self.predictive.detach().cpu().numpy(),
+        }
+        if self.expert_predictions.dim() == 4:
+            dims["expert_predictions"] = ["sequence", "time", "expert", "class"]
+            dims["predictive"] = ["sequence", "time", "class"]
+            coords["class"] = np.arange(self.expert_predictions.shape[-1])
+        else:
+            dims["expert_predictions"] = ["sequence", "time", "expert"]
+            dims["predictive"] = ["sequence", "time"]
+        ll = self.log_likelihood.detach().cpu().numpy()[None, None]
+        if self.samples is not None:
+            paths = self._masked(self.samples)[None]
+        elif self.map is not None:
+            paths = self._masked(self.map[None])[None]
+        else:
+            paths = None
+        posterior = {"expert": paths} if paths is not None else {"log_likelihood_draw": ll.sum(-1)}
+        if paths is not None:
+            dims["expert"] = ["sequence", "time"]
+        return az.from_dict(
+            posterior=posterior,
+            log_likelihood={"sequence_log_likelihood": ll},
+            constant_data=constant,
+            dims=dims,
+            coords=coords,
+        )
