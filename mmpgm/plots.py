@@ -12,10 +12,7 @@ def plot_streams_with_states(data, posterior, index: int = 0, chain: str = "shar
 
     Returns the :class:`matplotlib.figure.Figure`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the backend is the caller's (headless falls back to Agg)
 
     mods = list(data.modalities)
     L = int(data.lengths[index])
