@@ -9,7 +9,7 @@ import mmpgm
 from mmpgm.datasets import demo_hmm
 from mmpgm.online import Filter
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def test_streaming_equals_batch_filter_with_missing_modalities():

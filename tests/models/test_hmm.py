@@ -11,7 +11,7 @@ import mmpgm
 from mmpgm import MultimodalData, MultimodalHMM
 from mmpgm.observations import CategoricalObservation
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def random_model(obs_dims, K_s, K_m, emission="diag", seed=0):

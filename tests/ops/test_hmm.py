@@ -15,7 +15,7 @@ from mmpgm.ops.hmm import (
     factorial_viterbi,
 )
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def random_params(sizes, seed, zero_prob=False):
