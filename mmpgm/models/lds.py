@@ -477,8 +477,9 @@ class MultimodalLDS(PyroModule):
     def init_from_data(self, data: MultimodalData, seed: int = 0) -> None:
         """Data-driven start that respects the shared/private structure.
 
-        1. PCA of the concatenated standardized observations (each modality weighted equally,
-           missing frames at the mean) gives ``k_s`` shared scores; :math:`C^m_s, d^m` by least
+        1. PCA of the concatenated observations, each modality whitened (missing frames at the
+           mean), gives ``k_s`` shared scores (this is MAXVAR generalized CCA: the directions the
+           modalities have in common; plain PCA of the standardized data for one modality); :math:`C^m_s, d^m` by least
            squares of each modality on them (observed frames);
         2. PCA of each modality's residuals gives ``k_m`` private scores and :math:`C^m_m`;
         3. :math:`A_b` by least squares of consecutive scores (shrunk into the stable set),
@@ -501,7 +502,18 @@ class MultimodalLDS(PyroModule):
             stats[m] = (mu, sd)
             self.emissions[m].data_var.copy_(sd.square())
             z = torch.where(obs[..., None], (x - mu) / sd, torch.zeros_like(x))
-            cols.append(z / math.sqrt(z.shape[-1]))
+            if len(self.modalities) > 1:
+                # whiten each modality: PCA of the concatenation is then MAXVAR generalized CCA,
+                # whose leading directions are those the modalities share (private variance,
+                # however large, is not favoured)
+                zo = z[obs]
+                cov = zo.mT @ zo / zo.shape[0]
+                cov = cov + 1e-3 * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+                evals, evecs = torch.linalg.eigh(cov)
+                z = z @ (evecs * evals.rsqrt()) @ evecs.mT
+            else:
+                z = z / math.sqrt(z.shape[-1])
+            cols.append(z)
         X = torch.cat(cols, -1)  # (N, T, sum D)
         F = X[inside]
         _, _, Vh = torch.linalg.svd(F - F.mean(0), full_matrices=False)
@@ -551,7 +563,8 @@ class MultimodalLDS(PyroModule):
             else:
                 A = 0.9 * eye
             norm = float(torch.linalg.matrix_norm(A, ord=2))
-            A = A * min(1.0, 0.95 / max(norm, 1e-12))
+            cap = 0.95 * (d.max_spectral_norm if d.stable else 1.0)
+            A = A * min(1.0, cap / max(norm, 1e-12))
             d.set_transition_matrix(A)
             d.transition_scale_tril = torch.linalg.cholesky(_sym(eye - A @ A.mT) + 1e-3 * eye)
             d.init_loc.zero_()

@@ -120,14 +120,16 @@ def test_against_brute_force(sizes, T, batch, dense):
                 torch.testing.assert_close(sm.transition_counts[c], trans_counts[c], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("dense", [True, False])
-def test_gradients_match_autograd_of_naive_forward(dense):
+def test_gradients_match_autograd_of_naive_forward(dense, uniform):
     sizes, T, batch = (2, 3, 2), 5, 3
     init, trans = random_params(sizes, seed=3)
     logE = random_log_emissions(batch, T, sizes, seed=4)
     leaves = [p.clone().requires_grad_() for p in init + trans] + [logE.clone().requires_grad_()]
     C = len(sizes)
-    w = torch.tensor([0.5, -1.0, 2.0])
+    # the usual .sum().backward() (uniform weights) and a weighted sum
+    w = torch.full((3,), 0.7) if uniform else torch.tensor([0.5, -1.0, 2.0])
     (factorial_log_likelihood(leaves[:C], leaves[C : 2 * C], leaves[-1], dense=dense) * w).sum().backward()
     ours = [x.grad for x in leaves]
 
