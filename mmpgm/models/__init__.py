@@ -2,5 +2,6 @@
 
 from .hmm import HMMParams, MarkovChain, MultimodalHMM
 from .mixture import GatedMixture
+from .mvrnn import MVRNN
 
-__all__ = ["MultimodalHMM", "HMMParams", "MarkovChain", "GatedMixture"]
+__all__ = ["MultimodalHMM", "HMMParams", "MarkovChain", "GatedMixture", "MVRNN"]

@@ -57,6 +57,9 @@ __all__ = [
 # transitions. Measured with `benchmarks/hmm_speed.py --crossover` (N=64, T=75, 1 thread, 2-core
 # CPU): dense was faster up to P = 128 for 2, 3 and 4 chains, per-chain from P = 256.
 DENSE_MAX_STATES = 128
+# Forward-backward groups adjacent chains into Kronecker blocks of at most this many states
+# (measured at A1/A2/A3 with benchmarks/hmm_speed.py configs: 64 was best or within noise).
+GROUP_MAX_STATES = 64
 
 
 class ForwardResult(NamedTuple):
@@ -127,6 +130,22 @@ def _check(initial_probs, transition_probs, log_emissions):
     return sizes
 
 
+def chain_groups(sizes: Sequence[int], max_states: int | None = None) -> list:
+    """Group adjacent chains greedily while a group's product of state counts stays at most
+    ``max_states`` (default :data:`GROUP_MAX_STATES`); each group's transition is then applied as
+    one Kronecker matrix. Fewer, larger products beat many tiny ones until the matrix work grows."""
+    limit = GROUP_MAX_STATES if max_states is None else max_states
+    groups, current, size = [], [], 1
+    for c, k in enumerate(sizes):
+        if current and size * k > limit:
+            groups.append(current)
+            current, size = [], 1
+        current.append(c)
+        size *= k
+    groups.append(current)
+    return groups
+
+
 def use_dense(sizes: Sequence[int]) -> bool:
     """Whether one dense product-space transition is expected to beat per-chain transitions."""
     return math.prod(sizes) <= DENSE_MAX_STATES
@@ -167,7 +186,6 @@ class _Model:
         self.batch_shape = log_emissions.shape[: -C - 1]
         self.T = log_emissions.shape[-C - 1]
         self.P = math.prod(self.sizes)
-        self.dense = use_dense(self.sizes) if dense is None else bool(dense)
         logE = log_emissions.reshape(-1, self.T, self.P)
         self.B = logE.shape[0]
         # Per-frame maximum keeps exp() in (0, 1]; it is added back to the log-likelihood.
@@ -178,20 +196,22 @@ class _Model:
         self.init = [p.detach() for p in initial_probs]
         self.trans = [a.detach() for a in transition_probs]
         self.init_flat = _kron([p[None, :] for p in self.init]).reshape(self.P)
-        if self.dense:
-            self.trans_dense = _kron(self.trans)
+        # Adjacent chains are grouped; a group's transition is the Kronecker product of its
+        # chains' (one dense matrix when all chains form one group).
+        if dense is None:
+            self.groups = chain_groups(self.sizes)
+        else:
+            self.groups = [list(range(C))] if dense else [[c] for c in range(C)]
+        self.group_sizes = [math.prod(self.sizes[c] for c in g) for g in self.groups]
+        self.group_trans = [_kron([self.trans[c] for c in g]) for g in self.groups]
 
     def predict(self, alpha):
         """One-step prediction :math:`\\sum_z alpha(z) T(z, z')`, ``(B, P)``."""
-        if self.dense:
-            return alpha @ self.trans_dense
-        return _apply_chains(alpha, [a.transpose(0, 1) for a in self.trans], self.sizes)
+        return _apply_chains(alpha, [a.transpose(0, 1) for a in self.group_trans], self.group_sizes)
 
     def pull_back(self, v):
         """:math:`\\sum_{z'} T(z, z') v(z')`, ``(B, P)``."""
-        if self.dense:
-            return v @ self.trans_dense.transpose(0, 1)
-        return _apply_chains(v, self.trans, self.sizes)
+        return _apply_chains(v, self.group_trans, self.group_sizes)
 
     def forward(self):
         alphas = torch.empty_like(self.E)
@@ -222,19 +242,13 @@ class _Model:
         grads = weight is not None
         sizes, C = self.sizes, len(self.sizes)
         if grads:
-            if self.dense:
-                G = torch.zeros(self.P, self.P, dtype=b.dtype, device=b.device)
-            else:
-                gt = [torch.zeros_like(a) for a in self.trans]
+            gt = [torch.zeros_like(a) for a in self.group_trans]
         for t in range(self.T - 1, 0, -1):
             g = self.E[:, t] * b / norms[:, t, None]  # d log Z / d predicted probability at t
-            if not grads:
-                b = self.pull_back(g)
-            elif self.dense:
-                G.addmm_((self.alphas[:, t - 1] * weight[:, None]).transpose(0, 1), g)
-                b = g @ self.trans_dense.transpose(0, 1)
-            else:
+            if grads:
                 b = self._adjoint_step(self.alphas[:, t - 1] * weight[:, None], g, gt)
+            else:
+                b = self.pull_back(g)
             betas[:, t - 1] = b
         if not grads:
             return betas
@@ -244,9 +258,10 @@ class _Model:
         for c in range(C):
             mats = [None if k == c else self.init[k][None, :] for k in range(C)]
             gi.append(_apply_chains(g1, mats, sizes).sum(0))
-        if self.dense:
-            gt = self._split_dense_grad(G)
-        return betas, gi, gt
+        gt_chains = []
+        for group, grad in zip(self.groups, gt):
+            gt_chains.extend(self._split_group_grad(grad, group))
+        return betas, gi, gt_chains
 
     def _adjoint_step(self, prev, g, grads):
         """Pull ``g`` back through one factored transition, accumulating transition gradients.
@@ -256,25 +271,29 @@ class _Model:
         matrix product's input ``u_c``; the adjoint runs them backwards: ``dA_c += u_c^T gy`` and
         ``gy -> gy A_c^T``.
         """
-        B, sizes = self.B, self.sizes
+        B, sizes, trans = self.B, self.group_sizes, self.group_trans
         inputs = []
         x = prev
         for c in reversed(range(len(sizes))):
             k = sizes[c]
             u = x.reshape(-1, k)
             inputs.append(u)
-            x = (u @ self.trans[c]).reshape(B, -1, k).transpose(1, 2)
+            x = (u @ trans[c]).reshape(B, -1, k).transpose(1, 2)
         gy = g
         for c, u in zip(range(len(sizes)), reversed(inputs)):
             k = sizes[c]
             gy = gy.reshape(B, k, -1).transpose(1, 2).reshape(-1, k)
             grads[c].addmm_(u.transpose(0, 1), gy)
-            gy = gy @ self.trans[c].transpose(0, 1)
+            gy = gy @ trans[c].transpose(0, 1)
         return gy.reshape(B, -1)
 
-    def _split_dense_grad(self, G):
-        """Per-chain gradients from the gradient ``G (P, P)`` of the Kronecker transition."""
-        sizes, C = self.sizes, len(self.sizes)
+    def _split_group_grad(self, G, group):
+        """Per-chain gradients from the gradient ``G`` of a group's Kronecker transition."""
+        sizes = [self.sizes[c] for c in group]
+        trans = [self.trans[c] for c in group]
+        C = len(group)
+        if C == 1:
+            return [G]
         H = G.reshape(tuple(sizes) + tuple(sizes))
         out = []
         for c in range(C):
@@ -283,7 +302,7 @@ class _Model:
                 if k != c:
                     shape = [1] * (2 * C)
                     shape[k] = shape[C + k] = sizes[k]
-                    W = W * self.trans[k].reshape(shape)
+                    W = W * trans[k].reshape(shape)
             dims = [k for k in range(C) if k != c] + [C + k for k in range(C) if k != c]
             out.append(W.sum(dims) if dims else W)
         return out
