@@ -712,7 +712,7 @@ class MultimodalLDS(PyroModule):
         obs, mask, lengths = self._ops_inputs(data)
         with torch.no_grad():
             lg = self.linear_gaussian_params()
-            sm = kops.rts_smoother(lg, obs, mask, lengths=lengths)
+            sm = kops.rts_smoother(lg, obs, mask, lengths=lengths) if (map_path or not causal) else None
             if causal:
                 f = kops.kalman_filter(lg, obs, mask, lengths=lengths, method="sequential")
                 mean, cov, cross, ll = f.means, f.covs, None, f.log_likelihood
