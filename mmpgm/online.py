@@ -135,9 +135,14 @@ class HMMFilter:
 def Filter(model, num_sequences: int = 1):
     """A streaming filter for ``model`` (dispatches on the model type)."""
     from .models.hmm import MultimodalHMM
+    from .models.lds import MultimodalLDS
 
     if isinstance(model, MultimodalHMM):
         return HMMFilter(model, num_sequences)
+    if isinstance(model, MultimodalLDS):
+        from .online_lds import LDSFilter
+
+        return LDSFilter(model, num_sequences)
     raise TypeError(f"model: no streaming filter for {type(model).__name__}")
 
 

@@ -1,0 +1,112 @@
+"""Immutable result types of :class:`mmpgm.models.lds.MultimodalLDS` inference, and their ArviZ view."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["LDSPosterior", "LDSImputation"]
+
+
+class LDSPosterior(NamedTuple):
+    r"""Gaussian posterior over the continuous states of a multimodal LDS.
+
+    The state is :math:`z_t = [z^s_t, z^1_t, \dots, z^M_t]`; ``block_slices`` says where each block
+    (``"shared"``, then each modality with a private block) lives in the last axis.
+
+    means : dict block -> ``(N, T, k_b)``; smoothed :math:`E[z^b_t \mid x_{1:T}]`, or filtered
+        :math:`E[z^b_t \mid x_{1:t}]` when ``causal``.
+    covs : dict block -> ``(N, T, k_b, k_b)``, the matching covariances.
+    state_mean : ``(N, T, S)`` the whole state's mean (all blocks).
+    state_cov : ``(N, T, S, S)`` the whole state's covariance (blocks are correlated a posteriori).
+    cross_covs : ``(N, T-1, S, S)`` :math:`\mathrm{Cov}[z_{t+1}, z_t \mid x_{1:T}]` (smoothed only;
+        None when ``causal``).
+    map : ``(N, T, S)`` joint mode :math:`\arg\max_z p(z \mid x)` (the smoothed mean, for a
+        linear-Gaussian model), or None.
+    samples : ``(K, N, T, S)`` exact joint draws :math:`z_{1:T} \sim p(z \mid x)` by
+        forward-filter backward-sample, or None.
+    log_likelihood : ``(N,)`` :math:`\log p(x^{(n)}_{\text{observed}})`.
+    lengths : ``(N,)``; frames ``t >= lengths[n]`` are padding (pure predictions).
+    causal : whether the moments are filtered.
+    block_slices : dict block -> ``(start, stop)`` into the state axis.
+    pointwise_log_likelihood : ``(P, N)`` under ``P`` Laplace parameter draws (see
+        :func:`mmpgm.infer`), or None.
+    """
+
+    means: dict
+    covs: dict
+    state_mean: torch.Tensor
+    state_cov: torch.Tensor
+    cross_covs: torch.Tensor | None
+    map: torch.Tensor | None
+    samples: torch.Tensor | None
+    log_likelihood: torch.Tensor
+    lengths: torch.Tensor
+    causal: bool
+    block_slices: dict
+    pointwise_log_likelihood: torch.Tensor | None = None
+
+    def latent_names(self) -> list:
+        """Coordinate labels of the state axis: ``shared_0, .., <modality>_0, ..``."""
+        names = []
+        for b, (a, e) in self.block_slices.items():
+            names += [f"{b}_{i}" for i in range(e - a)]
+        return names
+
+    def _padded(self, x: torch.Tensor) -> np.ndarray:
+        """``(..., N, T, S)`` as numpy with padding frames set to NaN."""
+        T = x.shape[-2]
+        inside = torch.arange(T, device=x.device) < self.lengths.to(x.device)[:, None]
+        return torch.where(inside[..., None], x, torch.full_like(x, float("nan"))).detach().cpu().numpy()
+
+    def to_arviz(self):
+        """Convert to :class:`arviz.InferenceData` with named dims.
+
+        Groups: ``posterior`` (``state`` with dims ``(chain, draw, sequence, time, latent)``: the
+        FFBS draws, else the joint mode as a single draw; padding frames NaN),
+        ``log_likelihood`` (``sequence_log_likelihood`` with dims ``(chain, draw, sequence)``:
+        Laplace parameter draws when available, so :func:`arviz.loo` works, else the point
+        estimate), and ``constant_data`` (``state_mean`` and ``state_sd``, the marginal
+        posterior means and standard deviations, dims ``(sequence, time, latent)``).
+        """
+        import arviz as az
+
+        N, T, S = self.state_mean.shape
+        coords = {"sequence": np.arange(N), "time": np.arange(T), "latent": self.latent_names()}
+        dims = {
+            "state": ["sequence", "time", "latent"],
+            "state_mean": ["sequence", "time", "latent"],
+            "state_sd": ["sequence", "time", "latent"],
+            "sequence_log_likelihood": ["sequence"],
+        }
+        if self.pointwise_log_likelihood is not None:
+            ll = self.pointwise_log_likelihood.detach().cpu().numpy()[None]
+        else:
+            ll = self.log_likelihood.detach().cpu().numpy()[None, None]
+        paths = self.samples if self.samples is not None else (
+            self.map[None] if self.map is not None else self.state_mean[None])
+        sd = self.state_cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
+        return az.from_dict(
+            posterior={"state": self._padded(paths)[None]},
+            log_likelihood={"sequence_log_likelihood": ll},
+            constant_data={"state_mean": self._padded(self.state_mean), "state_sd": self._padded(sd)},
+            dims=dims,
+            coords=coords,
+        )
+
+
+class LDSImputation(NamedTuple):
+    r"""Posterior predictive of one modality given the others (see ``MultimodalLDS.impute``).
+
+    mean : ``(N, T, D)`` :math:`E[x^m_t \mid x^{-m}] = C^m E[z_t \mid x^{-m}] + d^m`.
+    covariance : ``(N, T, D, D)`` :math:`C^m \mathrm{Cov}[z_t \mid x^{-m}] C^{m\top} + R_m`.
+    state_mean : ``(N, T, S)`` :math:`E[z_t \mid x^{-m}]`.
+    state_cov : ``(N, T, S, S)`` :math:`\mathrm{Cov}[z_t \mid x^{-m}]`.
+    """
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    state_mean: torch.Tensor
+    state_cov: torch.Tensor

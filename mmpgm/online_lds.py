@@ -1,0 +1,176 @@
+r"""Streaming Kalman filter of a :class:`mmpgm.models.lds.MultimodalLDS`: one frame in, the
+filtered state and one-step predictions out, with constant memory.
+
+Each :meth:`LDSFilter.step` performs the same Cholesky-form measurement update as the batch filter
+:func:`mmpgm.ops.kalman.kalman_filter` (missing modality rows removed exactly), so after ``t``
+frames the state equals ``mmpgm.infer(model, data, causal=True)`` at frame ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["LDSFilter", "LDSFilterState"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _sym(x):
+    return 0.5 * (x + x.mT)
+
+
+class LDSFilterState(NamedTuple):
+    r"""State of the streaming LDS filter after frame ``t``.
+
+    step : number of frames consumed.
+    mean : ``(N, S)`` filtered :math:`E[z_t \mid x_{1:t}]`.
+    cov : ``(N, S, S)`` filtered :math:`\mathrm{Cov}[z_t \mid x_{1:t}]`.
+    means, covs : dict block -> the filtered moments of that block (``"shared"``, modalities).
+    predicted_mean, predicted_cov : ``(N, S)``, ``(N, S, S)`` one-step prediction
+        :math:`p(z_{t+1} \mid x_{1:t})`.
+    predicted_obs : dict modality -> ``(mean (N, D), cov (N, D, D))`` of
+        :math:`p(x^m_{t+1} \mid x_{1:t})`.
+    log_likelihood : ``(N,)`` :math:`\log p(x_{1:t})`.
+    log_increment : ``(N,)`` :math:`\log p(x_t \mid x_{1:t-1})`.
+    """
+
+    step: int
+    mean: torch.Tensor
+    cov: torch.Tensor
+    means: dict
+    covs: dict
+    predicted_mean: torch.Tensor
+    predicted_cov: torch.Tensor
+    predicted_obs: dict
+    log_likelihood: torch.Tensor
+    log_increment: torch.Tensor
+
+
+class LDSFilter:
+    """Online Kalman filter of a :class:`~mmpgm.models.lds.MultimodalLDS`.
+
+    Parameters
+    ----------
+    model : MultimodalLDS
+        Its current parameters are read (detached) at construction and on :meth:`reset`.
+    num_sequences : int
+        Number of streams filtered in parallel (``N``).
+
+    Examples
+    --------
+    >>> f = LDSFilter(model, num_sequences=1)
+    >>> state = f.step({"imu": imu_t})          # position sensor missing at this frame
+    >>> state.mean, state.predicted_obs["position"]
+    """
+
+    def __init__(self, model, num_sequences: int = 1):
+        from .models.lds import MultimodalLDS
+
+        if not isinstance(model, MultimodalLDS):
+            raise TypeError(f"model: expected a MultimodalLDS, got {type(model).__name__}")
+        if not isinstance(num_sequences, int) or isinstance(num_sequences, bool) or num_sequences < 1:
+            raise ValueError(f"num_sequences: expected a positive int, got {num_sequences!r}")
+        self.model = model
+        self.num_sequences = num_sequences
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all frames (and re-read the model's parameters)."""
+        with torch.no_grad():
+            p = self.model.linear_gaussian_params()
+            self._A = p.transition_matrix.detach()
+            self._Q = _sym(p.transition_cov.detach())
+            self._C = {m: p.emission_matrices[m].detach() for m in self.model.modalities}
+            self._d = {m: p.emission_offsets[m].detach() for m in self.model.modalities}
+            self._R = {m: _sym(p.emission_covs[m].detach()) for m in self.model.modalities}
+            N, S = self.num_sequences, self.model.state_dim
+            self._pred_m = p.init_mean.detach().expand(N, S).clone()
+            self._pred_P = _sym(p.init_cov.detach()).expand(N, S, S).clone()
+        self._log_likelihood = torch.zeros(self.num_sequences, dtype=self._A.dtype, device=self._A.device)
+        self._step = 0
+
+    def _frame(self, frame: Mapping):
+        model = self.model
+        if not isinstance(frame, Mapping):
+            raise TypeError(f"frame: expected a dict modality -> (N, D) array, got {type(frame).__name__}")
+        unknown = set(frame) - set(model.modalities)
+        if unknown:
+            raise ValueError(f"frame: unknown modalities {sorted(unknown)}; the model has {list(model.modalities)}")
+        N = self.num_sequences
+        ys, rows = [], []
+        for m in model.modalities:
+            D = model.obs_dims[m]
+            if m not in frame or frame[m] is None:
+                x = self._A.new_zeros(N, D)
+                observed = torch.zeros(N, dtype=torch.bool, device=x.device)
+            else:
+                x = torch.as_tensor(frame[m], dtype=self._A.dtype, device=self._A.device)
+                if x.dim() == 1 and N == 1:
+                    x = x[None]
+                if x.shape != (N, D):
+                    raise ValueError(f"frame[{m!r}]: expected shape ({N}, {D}) or ({D},) for N=1, got {tuple(x.shape)}")
+                observed = torch.isfinite(x).all(-1)
+                x = torch.where(observed[:, None], x - self._d[m], torch.zeros_like(x))
+            ys.append(x)
+            rows.append(observed[:, None].expand(N, D))
+        return torch.cat(ys, -1), torch.cat(rows, -1)
+
+    @torch.no_grad()
+    def step(self, frame: Mapping) -> LDSFilterState:
+        """Consume one frame: ``frame`` maps (any subset of) modality names to ``(N, D_m)``
+        arrays; absent modalities and rows with NaN are missing (a frame with nothing observed
+        is a pure prediction step)."""
+        y, rows = self._frame(frame)
+        model = self.model
+        C = torch.cat([self._C[m] for m in model.modalities], 0)  # (D, S)
+        R = torch.block_diag(*[self._R[m] for m in model.modalities])
+        D = C.shape[0]
+        m, P = self._pred_m[..., None], self._pred_P
+        r = rows.to(y.dtype)[..., None]  # (N, D, 1)
+        if bool(rows.any()):
+            Cc = C * r
+            Rc = R * (r * r.mT) + torch.eye(D, dtype=y.dtype, device=y.device) * (1.0 - r)
+            CP = Cc @ P
+            Sm = CP @ Cc.mT + Rc
+            L, info = torch.linalg.cholesky_ex(Sm)
+            if bool(info.ne(0).any()):
+                raise ValueError("innovation covariance C P C^T + R is not positive definite (Cholesky failed)")
+            resid = y[..., None] - Cc @ m
+            sol = torch.linalg.solve_triangular(L, torch.cat([CP, resid], -1), upper=False)
+            W, e = sol[..., :-1], sol[..., -1:]
+            m = m + W.mT @ e
+            P = _sym(P - W.mT @ W)
+            inc = (-0.5 * e.square().sum((-2, -1)) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+                   - 0.5 * _LOG_2PI * rows.sum(-1).to(y.dtype))
+        else:
+            inc = torch.zeros_like(self._log_likelihood)
+        self._log_likelihood = self._log_likelihood + inc
+        self._step += 1
+        fm, fP = m[..., 0], P
+        A, Q = self._A, self._Q
+        self._pred_m = fm @ A.mT
+        self._pred_P = _sym(A @ fP @ A.mT + Q)
+        means, covs = {}, {}
+        for b, (s0, s1) in model.block_slices.items():
+            means[b], covs[b] = fm[:, s0:s1], fP[:, s0:s1, s0:s1]
+        return LDSFilterState(
+            step=self._step, mean=fm, cov=fP, means=means, covs=covs,
+            predicted_mean=self._pred_m, predicted_cov=self._pred_P,
+            predicted_obs={mm: self._predict_obs(mm) for mm in model.modalities},
+            log_likelihood=self._log_likelihood.clone(), log_increment=inc)
+
+    def _predict_obs(self, modality):
+        C = self._C[modality]
+        return self._pred_m @ C.mT + self._d[modality], _sym(C @ self._pred_P @ C.mT + self._R[modality])
+
+    @torch.no_grad()
+    def predict_observation(self, modality: str):
+        """Predictive mean and covariance of ``modality`` at the next frame: ``((N, D), (N, D, D))``
+        (before any frame: the prior predictive of the first frame)."""
+        if modality not in self.model.modalities:
+            raise ValueError(f"modality: unknown modality {modality!r}; the model has {list(self.model.modalities)}")
+        return self._predict_obs(modality)
