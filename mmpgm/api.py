@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import pyro
-import torch
 
 from .data import MultimodalData
 from .inference.em import fit_em

@@ -489,7 +489,6 @@ class MultimodalLDS(PyroModule):
         Deterministic (``seed`` is accepted for the :func:`mmpgm.fit` protocol).
         """
         data = self.check_data(data)
-        N, T = data.num_sequences, data.num_timesteps
         p = self._param()
         inside = data.time_mask
         cols, stats = [], {}

@@ -495,8 +495,7 @@ def _forward_shared(p: _Prepared, store: bool):
     :math:`A P = (P A^\\top)^\\top` and :math:`C P = (P C^\\top)^\\top`.
     Means are kept as rows ``(N, S)``.
     """
-    N, T, S = p.N, p.T, p.S
-    D = p.C.shape[-2]
+    T, S = p.T, p.S
     At = p.A[0].mT
     Ct = p.C[0].mT  # (S, D)
     Q, R = p.Q, p.R  # (b, ., .)
@@ -505,7 +504,6 @@ def _forward_shared(p: _Prepared, store: bool):
     pm, pP, fm, fP = [], [], [], []
     es, Ls, infos = [], [], []
     rows = p.rm.squeeze(-1)  # (N, T, D)
-    eye_D = torch.eye(D, dtype=p.y.dtype, device=p.y.device)
     ys = p.y.squeeze(-1).unbind(1)
     Bus = p.Bu.squeeze(-1).unbind(1) if p.Bu is not None else None
     rs = rows.unbind(1)
@@ -609,7 +607,7 @@ def _filter_combine(ei: tuple, ej: tuple) -> tuple:
 
 def _masked_emissions(p: _Prepared):
     """Per-frame masked emission matrices ``(N, T, D, S)`` and noise ``(N, T, D, D)``."""
-    N, T, S = p.N, p.T, p.S
+    N, S = p.N, p.S
     D = p.C.shape[-2]
     C = p.C.expand(N, D, S).unsqueeze(1)
     R = p.R.expand(N, D, D).unsqueeze(1)

@@ -12,7 +12,6 @@ Measured (torch 2.13 CPU, seeds as below): EM and SVI both reach a shared-transi
 error of 0.0136, a held-out gap of +0.003 nats per time step and 0.998 shared-state accuracy.
 """
 
-import numpy as np
 import pytest
 import torch
 
