@@ -34,6 +34,7 @@ from torch.distributions import constraints
 from ..data import MultimodalData
 from ..io import register, save_model
 from ..nn.module import TypedPyroModule
+from ._checks import check_finite, check_obs_dims, per_modality
 from ..observations import ObservationModel, make_observation
 from ..ops import hmm as ops
 from ..ops.kmeans import kmeans
@@ -110,25 +111,6 @@ class HMMParams(NamedTuple):
     emissions: dict
 
 
-def _check_finite(name, value):
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name}: expected finite values, got {int((~torch.isfinite(value)).sum())} non-finite")
-
-
-def _as_per_modality(value, names, what):
-    if isinstance(value, Mapping):
-        unknown = set(value) - set(names)
-        if unknown:
-            raise ValueError(f"{what}: unknown modalities {sorted(unknown)}; modalities are {list(names)}")
-        missing = set(names) - set(value)
-        if missing:
-            raise ValueError(f"{what}: missing modalities {sorted(missing)}")
-        return dict(value)
-    return {m: value for m in names}
-
-
 @register
 class MultimodalHMM(PyroModule):
     r"""Multimodal HMM with a shared chain and one private chain per modality.
@@ -165,16 +147,9 @@ class MultimodalHMM(PyroModule):
         concentration: float = 1.5,
     ):
         super().__init__()
-        if not isinstance(obs_dims, Mapping) or not obs_dims:
-            raise TypeError(f"obs_dims: expected a non-empty dict modality -> obs_dim, got {obs_dims!r}")
-        names = tuple(obs_dims)
-        for m, d in obs_dims.items():
-            if not isinstance(m, str):
-                raise TypeError(f"obs_dims: modality names must be str, got {m!r}")
-            if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-                raise ValueError(f"obs_dims[{m!r}]: expected a positive int, got {d!r}")
-        private = _as_per_modality(num_private_states, names, "num_private_states")
-        emissions = _as_per_modality(emission, names, "emission")
+        names = check_obs_dims(obs_dims)
+        private = per_modality(num_private_states, names, "num_private_states")
+        emissions = per_modality(emission, names, "emission")
         self.modalities = names
         self.shared_chain = MarkovChain(num_shared_states, concentration)
         self.private_chains = PyroModule[nn.ModuleDict](
@@ -561,12 +536,12 @@ class MultimodalHMM(PyroModule):
         if not isinstance(params, HMMParams):
             raise TypeError(f"params: expected HMMParams, got {type(params).__name__}")
         for name, value in [("shared_initial", params.shared_initial), ("shared_transition", params.shared_transition)]:
-            _check_finite(f"params.{name}", value)
+            check_finite(f"params.{name}", value)
         for m in self.modalities:
-            _check_finite(f"params.private_initial[{m!r}]", params.private_initial[m])
-            _check_finite(f"params.private_transition[{m!r}]", params.private_transition[m])
+            check_finite(f"params.private_initial[{m!r}]", params.private_initial[m])
+            check_finite(f"params.private_transition[{m!r}]", params.private_transition[m])
             for k, v in params.emissions[m].items():
-                _check_finite(f"params.emissions[{m!r}][{k!r}]", v)
+                check_finite(f"params.emissions[{m!r}][{k!r}]", v)
         p = self._param()
         conv = dict(device=p.device, dtype=p.dtype)
         with torch.no_grad():

@@ -53,6 +53,7 @@ from torch.distributions import constraints
 
 from ..data import MultimodalData
 from ..io import register, save_model
+from ._checks import check_int, check_obs_dims, per_modality
 from ..lds_results import LDSImputation, LDSPosterior
 from ..nn.module import TypedPyroModule
 from ..ops import kalman as kops
@@ -191,13 +192,6 @@ class LDSParams(NamedTuple):
     noise_covs: dict
 
 
-def _positive_int(name, v, allow_zero=False):
-    lo = 0 if allow_zero else 1
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name}: expected a {kind} int, got {v!r}")
-
-
 @register
 class MultimodalLDS(PyroModule):
     r"""Multimodal linear dynamical system with a shared latent block and private blocks.
@@ -242,20 +236,12 @@ class MultimodalLDS(PyroModule):
         prior_noise: float = 1e-3,
     ):
         super().__init__()
-        if not isinstance(obs_dims, Mapping) or not obs_dims:
-            raise TypeError(f"obs_dims: expected a non-empty dict modality -> obs_dim, got {obs_dims!r}")
-        names = tuple(obs_dims)
-        for m, d in obs_dims.items():
-            if not isinstance(m, str):
-                raise TypeError(f"obs_dims: modality names must be str, got {m!r}")
-            if m == "shared":
-                raise ValueError("obs_dims: 'shared' is reserved for the shared latent block; rename the modality")
-            _positive_int(f"obs_dims[{m!r}]", d)
-        _positive_int("shared_dim", shared_dim)
-        private = self._per_modality(private_dim, names, "private_dim")
+        names = check_obs_dims(obs_dims)
+        check_int("shared_dim", shared_dim)
+        private = per_modality(private_dim, names, "private_dim")
         for m in names:
-            _positive_int(f"private_dim[{m!r}]", private[m], allow_zero=True)
-        noises = self._per_modality(noise, names, "noise")
+            check_int(f"private_dim[{m!r}]", private[m], allow_zero=True)
+        noises = per_modality(noise, names, "noise")
         for m in names:
             if noises[m] not in ("diag", "full"):
                 raise ValueError(f"noise[{m!r}]: expected 'diag' or 'full', got {noises[m]!r}")
@@ -287,18 +273,6 @@ class MultimodalLDS(PyroModule):
         self._config = dict(obs_dims=dict(obs_dims), shared_dim=shared_dim, private_dim=dict(private),
                             stable=bool(stable), noise=dict(noises), max_spectral_norm=float(max_spectral_norm),
                             prior_precision=float(prior_precision), prior_noise=float(prior_noise))
-
-    @staticmethod
-    def _per_modality(value, names, what):
-        if isinstance(value, Mapping):
-            unknown = set(value) - set(names)
-            if unknown:
-                raise ValueError(f"{what}: unknown modalities {sorted(unknown)}; modalities are {list(names)}")
-            missing = set(names) - set(value)
-            if missing:
-                raise ValueError(f"{what}: missing modalities {sorted(missing)}")
-            return dict(value)
-        return {m: value for m in names}
 
     # ------------------------------------------------------------------ structure
     def _param(self):
@@ -426,7 +400,7 @@ class MultimodalLDS(PyroModule):
         on the right; step 1 uses a zero transition matrix and noise :math:`\mathcal N(\mu_0, P_0)`
         so that :math:`z_1 \sim \mathcal N(\mu_0, P_0)`, later steps :math:`A^\top` and :math:`Q`.
         """
-        _positive_int("num_timesteps", num_timesteps)
+        check_int("num_timesteps", num_timesteps)
         p = self.linear_gaussian_params()
         S, T = self.state_dim, num_timesteps
         trans = torch.cat([p.transition_matrix.new_zeros(1, S, S), p.transition_matrix.mT.expand(T - 1, S, S)])
@@ -757,8 +731,8 @@ class MultimodalLDS(PyroModule):
         latents : dict
             ``"shared"`` and each modality with a private block -> ``(N, T, k_b)`` state paths.
         """
-        _positive_int("num_sequences", num_sequences)
-        _positive_int("num_timesteps", num_timesteps)
+        check_int("num_sequences", num_sequences)
+        check_int("num_timesteps", num_timesteps)
         p = self._param()
         gen = torch.Generator(device=p.device)
         gen.manual_seed(int(torch.randint(2**31, (1,))) if seed is None else seed)

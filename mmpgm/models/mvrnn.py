@@ -39,23 +39,11 @@ from pyro.nn import PyroModule
 
 from ..data import MultimodalData
 from ..io import register, save_model
+from ._checks import check_int, check_obs_dims, per_modality
 from ..mvrnn_results import MVRNNImputation, MVRNNPosterior
 from ..nn.vrnn import MVRNNNet, make_likelihood
 
 __all__ = ["MVRNN"]
-
-
-def _pos_int(name, v, allow_zero=False):
-    if not isinstance(v, int) or isinstance(v, bool) or v < (0 if allow_zero else 1):
-        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} int, got {v!r}")
-
-
-def _per_modality(value, names, what):
-    if isinstance(value, Mapping):
-        if set(value) != set(names):
-            raise ValueError(f"{what}: expected keys {sorted(names)}, got {sorted(value)}")
-        return dict(value)
-    return {m: value for m in names}
 
 
 @register
@@ -101,21 +89,15 @@ class MVRNN(PyroModule):
                  private_dim=8, head_dim: int | None = None, likelihood="gaussian",
                  kl_scale: float = 1.0, vectorized: bool = True):
         super().__init__()
-        if not isinstance(obs_dims, Mapping) or not obs_dims:
-            raise TypeError(f"obs_dims: expected a non-empty dict modality -> obs_dim, got {obs_dims!r}")
-        names = tuple(obs_dims)
-        for m, d in obs_dims.items():
-            if not isinstance(m, str):
-                raise TypeError(f"obs_dims: modality names must be str, got {m!r}")
-            _pos_int(f"obs_dims[{m!r}]", d)
-        _pos_int("hidden_dim", hidden_dim)
-        _pos_int("shared_dim", shared_dim)
+        names = check_obs_dims(obs_dims)
+        check_int("hidden_dim", hidden_dim)
+        check_int("shared_dim", shared_dim)
         head_dim = hidden_dim if head_dim is None else head_dim
-        _pos_int("head_dim", head_dim, allow_zero=True)
-        private = _per_modality(private_dim, names, "private_dim")
+        check_int("head_dim", head_dim, allow_zero=True)
+        private = per_modality(private_dim, names, "private_dim")
         for m, z in private.items():
-            _pos_int(f"private_dim[{m!r}]", z, allow_zero=True)
-        liks = _per_modality(likelihood, names, "likelihood") if isinstance(likelihood, Mapping) else \
+            check_int(f"private_dim[{m!r}]", z, allow_zero=True)
+        liks = per_modality(likelihood, names, "likelihood") if isinstance(likelihood, Mapping) else \
             {m: likelihood for m in names}
         lik_modules = {m: make_likelihood(liks[m], obs_dims[m], f"likelihood[{m!r}]") for m in names}
         self.modalities = names
@@ -405,8 +387,8 @@ class MVRNN(PyroModule):
 
         Returns ``(data, latents)``: a :class:`MultimodalData` and block -> ``(N, T, Z)``.
         """
-        _pos_int("num_sequences", num_sequences)
-        _pos_int("num_timesteps", num_timesteps)
+        check_int("num_sequences", num_sequences)
+        check_int("num_timesteps", num_timesteps)
         net, mods = self.net, self.modalities
         p = self._param()
         gen = torch.Generator(device=p.device).manual_seed(

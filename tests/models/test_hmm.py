@@ -183,6 +183,8 @@ def test_bad_model_input_raises():
         MultimodalHMM({"a": 2}, 2, {"a": 2, "q": 1})
     with pytest.raises(ValueError, match="emission: unknown observation model"):
         MultimodalHMM({"a": 2}, 2, 1, emission="poisson")
+    with pytest.raises(ValueError, match="'shared' is reserved"):
+        MultimodalHMM({"shared": 2}, 2)
     with pytest.raises(ValueError, match="num_states: expected a positive int"):
         MultimodalHMM({"a": 2}, 0)
     params = model.params

@@ -1,0 +1,50 @@
+"""Argument checks shared by the model constructors (one message format everywhere)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+RESERVED_NAMES = ("shared",)  # names of the shared latent block / chain in every result
+
+
+def check_int(name: str, value, allow_zero: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a positive (or non-negative) int."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name}: expected a {kind} int, got {value!r}")
+
+
+def check_obs_dims(obs_dims) -> tuple:
+    """Validate a ``{modality: obs_dim}`` mapping; returns the modality names in order."""
+    if not isinstance(obs_dims, Mapping) or not obs_dims:
+        raise TypeError(f"obs_dims: expected a non-empty dict modality -> obs_dim, got {obs_dims!r}")
+    for m, d in obs_dims.items():
+        if not isinstance(m, str):
+            raise TypeError(f"obs_dims: modality names must be str, got {m!r}")
+        if m in RESERVED_NAMES:
+            raise ValueError(f"obs_dims: {m!r} is reserved for the shared latent; rename the modality")
+        check_int(f"obs_dims[{m!r}]", d)
+    return tuple(obs_dims)
+
+
+def per_modality(value, names, what: str) -> dict:
+    """Expand a scalar setting to every modality, or check a per-modality dict's keys."""
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(names)
+        if unknown:
+            raise ValueError(f"{what}: unknown modalities {sorted(unknown)}; modalities are {list(names)}")
+        missing = set(names) - set(value)
+        if missing:
+            raise ValueError(f"{what}: missing modalities {sorted(missing)}")
+        return dict(value)
+    return {m: value for m in names}
+
+
+def check_finite(name: str, value) -> None:
+    """Raise unless ``value`` is a tensor of finite values."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name}: expected finite values, got {int((~torch.isfinite(value)).sum())} non-finite")
