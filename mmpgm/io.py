@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 _REGISTRY = {}
+
+
+class SavableModel:
+    """Mixin for models built from JSON-friendly constructor arguments kept in ``self._config``:
+    ``config()`` returns them, ``from_config(config)`` rebuilds an (unfitted) model, ``save(path)``
+    writes config and state dict for :func:`load_model`."""
+
+    def config(self) -> dict:
+        """Constructor arguments; ``type(model).from_config(model.config())``."""
+        return copy.deepcopy(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def save(self, path) -> None:
+        """Save to ``path``; read back with :func:`mmpgm.load_model`."""
+        save_model(self, path)
 
 
 def register(cls):

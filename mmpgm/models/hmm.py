@@ -18,7 +18,6 @@ chain, and the weak emission priors of :mod:`mmpgm.observations`.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -32,7 +31,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ..data import MultimodalData
-from ..io import register, save_model
+from ..io import SavableModel, register
 from ..nn.module import TypedPyroModule
 from ._checks import check_finite, check_obs_dims, per_modality
 from ..observations import ObservationModel, make_observation
@@ -112,7 +111,7 @@ class HMMParams(NamedTuple):
 
 
 @register
-class MultimodalHMM(PyroModule):
+class MultimodalHMM(SavableModel, PyroModule):
     r"""Multimodal HMM with a shared chain and one private chain per modality.
 
     Parameters
@@ -573,15 +572,3 @@ class MultimodalHMM(PyroModule):
         model = cls(obs_dims, params.shared_initial.shape[0], private, emission, concentration)
         model = model.to(dtype=params.shared_initial.dtype, device=params.shared_initial.device)
         return model.set_params(params)
-
-    def config(self) -> dict:
-        """Constructor arguments (JSON-friendly); ``MultimodalHMM.from_config(model.config())``."""
-        return copy.deepcopy(self._config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "MultimodalHMM":
-        return cls(**config)
-
-    def save(self, path) -> None:
-        """Save to ``path``; read back with :func:`mmpgm.load_model`."""
-        save_model(self, path)

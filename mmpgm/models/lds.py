@@ -39,7 +39,6 @@ These make the EM M-step exact (:meth:`MultimodalLDS.em_step`).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -52,7 +51,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ..data import MultimodalData
-from ..io import register, save_model
+from ..io import SavableModel, register
 from ._checks import check_int, check_obs_dims, per_modality
 from ..lds_results import LDSImputation, LDSPosterior
 from ..nn.module import TypedPyroModule
@@ -193,7 +192,7 @@ class LDSParams(NamedTuple):
 
 
 @register
-class MultimodalLDS(PyroModule):
+class MultimodalLDS(SavableModel, PyroModule):
     r"""Multimodal linear dynamical system with a shared latent block and private blocks.
 
     Parameters
@@ -828,15 +827,3 @@ class MultimodalLDS(PyroModule):
                 e.offset.copy_(dm)
                 e.set_noise_cov(_sym(R))
         return self
-
-    def config(self) -> dict:
-        """Constructor arguments (JSON-friendly); ``MultimodalLDS.from_config(model.config())``."""
-        return copy.deepcopy(self._config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "MultimodalLDS":
-        return cls(**config)
-
-    def save(self, path) -> None:
-        """Save to ``path``; read back with :func:`mmpgm.load_model`."""
-        save_model(self, path)

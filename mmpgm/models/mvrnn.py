@@ -26,7 +26,6 @@ The ELBO (eq. 44-47) is
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 
@@ -38,7 +37,7 @@ from pyro.infer import Trace_ELBO
 from pyro.nn import PyroModule
 
 from ..data import MultimodalData
-from ..io import register, save_model
+from ..io import SavableModel, register
 from ._checks import check_int, check_obs_dims, per_modality
 from ..mvrnn_results import MVRNNImputation, MVRNNPosterior
 from ..nn.vrnn import MVRNNNet, make_likelihood
@@ -47,7 +46,7 @@ __all__ = ["MVRNN"]
 
 
 @register
-class MVRNN(PyroModule):
+class MVRNN(SavableModel, PyroModule):
     r"""Multimodal variational RNN with shared and private stochastic latents.
 
     Parameters
@@ -424,15 +423,7 @@ class MVRNN(PyroModule):
 
     # ------------------------------------------------------------------ I/O
     def config(self) -> dict:
-        """Constructor arguments; ``MVRNN.from_config(model.config())``."""
-        cfg = copy.deepcopy(self._config)
+        """Constructor arguments (with the current ``kl_scale``); ``MVRNN.from_config(model.config())``."""
+        cfg = super().config()
         cfg["kl_scale"] = self.kl_scale
         return cfg
-
-    @classmethod
-    def from_config(cls, config: dict) -> "MVRNN":
-        return cls(**config)
-
-    def save(self, path) -> None:
-        """Save to ``path``; read back with :func:`mmpgm.load_model`."""
-        save_model(self, path)
