@@ -492,6 +492,64 @@ class GatedMixture(PyroModule):
             losses.append(total)
         return losses
 
+    def fit_gate(
+        self,
+        data: MultimodalData,
+        *,
+        num_steps: int = 100,
+        lr: float = 0.01,
+        seed: int = 0,
+        batch_size: int | None = None,
+        method: str = "svi",
+        m_steps: int = 5,
+    ) -> list:
+        r"""Staged training, second stage: fit only the gate, experts frozen, on the exact mixture
+        log-likelihood :math:`\log p(y \mid x) = \sum_t \log \sum_m g_{tm} p(y_t \mid f_m)`
+        (:math:`c_t` summed out; the penalties do not depend on the gate). Meant for data the
+        experts were *not* trained on (e.g. held-out speakers), so the gate learns how far each
+        expert can be trusted on unseen data rather than on the data it memorized.
+
+        ``method="svi"``: ``num_steps`` Adam epochs on the collapsed loss; ``"em"``: ``num_steps``
+        Appendix-A EM iterations of ``m_steps`` gradient steps each
+        (:func:`mmpgm.inference.em_mixture.fit_em_mixture`, conditional and Markov gates).
+        Returns the per-frame losses."""
+        _check_int("num_steps", num_steps, 1)
+        check_choice("method", method, ("svi", "em"))
+        if method == "em":
+            from ..inference.em_mixture import fit_em_mixture
+
+            return fit_em_mixture(
+                self, data, num_iters=num_steps, m_steps=m_steps, lr=lr,
+                batch_size=batch_size, seed=seed, gate_only=True,
+            )[0]
+        data = self.check_data(data)
+        self.init_from_data(data)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        params = list(self.gate.parameters())
+        optim = torch.optim.Adam(params, lr=lr)
+        N = data.num_sequences
+        losses = []
+        for _ in range(num_steps):
+            total, frames = 0.0, 0.0
+            batches = (
+                [data]
+                if batch_size is None or batch_size >= N
+                else data.batches(batch_size, True, gen)
+            )
+            for b in batches:
+                optim.zero_grad()
+                fw = self._forward(b)
+                _, lab = self._target(b)
+                n = float(self._evidence_mask(b, lab, fw[2]).sum())
+                loss = -self._log_likelihood(b, fw).sum() / max(n, 1.0)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 10.0)
+                optim.step()
+                total, frames = total + loss.item() * n, frames + n
+            losses.append(total / max(frames, 1.0))
+        return losses
+
     # ------------------------------------------------------------------ Pyro programs
     def model(
         self, data: MultimodalData, *, num_sequences: int | None = None, collapsed: bool = False

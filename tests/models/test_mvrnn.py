@@ -18,13 +18,7 @@ from mmpgm.nn.vrnn import _inv_scale, product_of_experts
 DIMS = {"a": 3, "b": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny recurrent ops: a second torch thread only adds contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(seed=0, **kw):

@@ -76,16 +76,6 @@ def principal_angles_deg(true_model, model):
     return torch.rad2deg(torch.acos(cos))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny per-step matrices: with several intra-op threads on a busy 2-core machine the backward
-    pass of the sequential Kalman filter ran 5-15x slower (thread contention), so run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def setup():
     tm = truth()

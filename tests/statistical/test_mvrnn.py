@@ -13,17 +13,7 @@ import mmpgm
 from mmpgm import MultimodalData
 from mmpgm.models.mvrnn import MVRNN
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small recurrent ops: a second torch thread only adds contention on a shared 2-core machine
-    (the first test took 500 s with 2 threads vs 11 s with 1, measured under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def ar1(phi, N, T, g):
