@@ -223,10 +223,13 @@ class MultimodalHMM(SavableModel, PyroModule):
         return data.to(device=p.device, dtype=p.dtype)
 
     # ------------------------------------------------------------------ likelihood pieces
-    def modality_log_probs(self, data: MultimodalData) -> dict:
-        """Per-modality ``log p(x^m_t | s_t, p^m_t)``: modality -> ``(N, T, K_s, K_m)``, 0 where missing."""
+    def modality_log_probs(self, data: MultimodalData, exclude=()) -> dict:
+        """Per-modality ``log p(x^m_t | s_t, p^m_t)``: modality -> ``(N, T, K_s, K_m)``, 0 where
+        missing (modalities in ``exclude`` are skipped)."""
         out = {}
         for m in self.modalities:
+            if m in exclude:
+                continue
             lp = self.emissions[m].log_prob(data.filled(m))
             out[m] = torch.where(data.mask[m][..., None, None], lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
         return out
@@ -237,7 +240,7 @@ class MultimodalHMM(SavableModel, PyroModule):
         Modalities in ``exclude`` are left out (treated as missing); ``labels["shared"]`` clamps.
         """
         M = len(self.modalities)
-        lps = self.modality_log_probs(data)
+        lps = self.modality_log_probs(data, exclude)
         N, T = data.num_sequences, data.num_timesteps
         total = None
         for i, m in enumerate(self.modalities):

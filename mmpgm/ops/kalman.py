@@ -978,6 +978,7 @@ def kalman_filter(
         pm, pP, fm, fP, ll = _parallel_forward(p)
     else:
         pm, pP, fm, fP, ll = _forward(p, store=True)
+        pP, fP = _expand_batch(pP, p.N), _expand_batch(fP, p.N)
     return FilterResult(fm, fP, pm, pP, ll)
 
 
@@ -1009,12 +1010,42 @@ def kalman_log_likelihood(
     return _forward(p, store=False)[-1]
 
 
+def _expand_batch(x: Tensor, N: int) -> Tensor:
+    """Materialise a covariance stack shared by the batch (leading dim 1) for ``N`` sequences."""
+    if x.shape[0] == N:
+        return x
+    return x.expand(N, *x.shape[1:]).contiguous()
+
+
 def _smooth_from_filter(A: Tensor, filt: FilterResult) -> SmootherResult:
+    """RTS pass.  Covariances may have batch size 1 (shared by the ``N`` sequences,
+    see :func:`_forward_shared_cov`): then the covariance recursion runs once and
+    the means take one batched GEMM per frame."""
     fm, fP, pm, pP, ll = filt.means, filt.covs, filt.predicted_means, filt.predicted_covs, filt.log_likelihood
     N, T, S = fm.shape
     if T == 1:
-        return SmootherResult(fm, fP, fm.new_zeros(N, 0, S, S), ll)
+        return SmootherResult(fm, _expand_batch(fP, N), fm.new_zeros(N, 0, S, S), ll)
     G, Cond = _backward_gains(A, fP, pP)
+    if fP.shape[0] == 1 and G.shape[0] == 1:
+        # means: m^s_t = (m_t - G_t m^p_{t+1}) + m^s_{t+1} G_t^T, rows are sequences
+        G1 = G[0]
+        base = (fm[:, :-1] - (pm[:, 1:].unsqueeze(-2) @ G1.mT).squeeze(-2)).transpose(0, 1)  # (T-1, N, S)
+        Gts, bases = G1.mT.unbind(0), base.unbind(0)
+        Conds = Cond[0].unbind(0)
+        ms, Ps = fm[:, -1], fP[0, -1]
+        means, covs = [ms], [Ps]
+        with _cpu_single_thread(fm.device, N * S * S):
+            for t in range(T - 2, -1, -1):
+                ms = torch.addmm(bases[t], ms, Gts[t])
+                Ps = symmetrize(torch.addmm(Conds[t], Gts[t].mT @ Ps, Gts[t]))
+                means.append(ms)
+                covs.append(Ps)
+        means = torch.stack(means[::-1], dim=1)
+        covs = torch.stack(covs[::-1], dim=0)
+        cross = covs[1:] @ G1.mT
+        return SmootherResult(means, _expand_batch(covs.unsqueeze(0), N), _expand_batch(cross.unsqueeze(0), N), ll)
+    fP, pP = _expand_batch(fP, N), _expand_batch(pP, N)
+    G, Cond = _expand_batch(G, N), _expand_batch(Cond, N)
     ms = fm[:, -1].unsqueeze(-1)
     Ps = fP[:, -1]
     means = [ms]
