@@ -20,17 +20,35 @@ its own):
 * ``pykalman``: ``KalmanFilter.loglikelihood`` in a loop over sequences
   (numpy, no gradient); the two modalities are stacked with a
   block-diagonal observation covariance.
+* ``mmpgm_exact``: default method with the steady-state reuse of the
+  Riccati recursion switched off (``_USE_STEADY_STATE = False``).
+* ``mmpgm_smooth``: :func:`mmpgm.ops.kalman.rts_smoother` (means,
+  covariances, cross-covariances; no gradient).
+* ``pykalman_smooth``: ``KalmanFilter.smooth`` looped over sequences.
+* ``dynamax_filter`` / ``dynamax_filter_grad`` / ``dynamax_smoother``:
+  ``jit(vmap(lgssm_filter))`` marginal log-likelihood, the same under
+  ``value_and_grad`` w.r.t. all parameters, and ``jit(vmap(lgssm_smoother))``
+  (float64 via ``jax_enable_x64``); ``*_parallel`` use dynamax's
+  associative-scan versions.  ``compile_s`` is the first (tracing +
+  compiling) call, excluded from ``median_s``.
 * ``pyro_gaussian_hmm``: ``pyro.distributions.GaussianHMM.log_prob`` +
   backward (no masks).  Pyro's first observation follows one transition from
   its initial state, so the benchmark parameterises the prior of ``z_1`` as
   ``init_mean = A m_0``, ``init_cov = A P_0 A^T + Q`` for every library.
+
+Smoothing implementations are compared with ``mmpgm_smooth`` (``speedup``
+and ``agreement`` = max abs difference of the smoothed means over their max
+abs value); the others with ``mmpgm`` (max relative difference of the
+per-sequence log-likelihoods).  Config ``B10k`` is config B with T=10,000;
+when run after B its line carries ``growth_vs_B`` (time ratio; linear cost
+gives 20).
 
 ``peak_mib`` is the growth of the process' peak resident set size during
 the timed calls (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
 
 Usage::
 
-    python benchmarks/lds_speed.py            # config B (and L)
+    python benchmarks/lds_speed.py            # configs B, B10k and L
     python benchmarks/lds_speed.py --quick    # tiny sizes, seconds
 """
 
@@ -49,12 +67,26 @@ import time
 CONFIGS = {
     # latent 6, two modalities (6 + 4), N=64, T=500
     "B": dict(name="B", S=6, dims=(6, 4), N=64, T=500, reps=5),
+    # config B with T = 10,000: cost linear in T
+    "B10k": dict(name="B10k", S=6, dims=(6, 4), N=64, T=10000, reps=3),
     # a long single sequence: where the time-parallel scan can win
     "L": dict(name="L", S=2, dims=(2,), N=1, T=20000, reps=3),
     "quick": dict(name="quick", S=3, dims=(2, 1), N=4, T=20, reps=3),
 }
 
-IMPLS = ["mmpgm", "mmpgm_sequential", "mmpgm_parallel", "mmpgm_masked", "pykalman", "pyro_gaussian_hmm"]
+IMPLS = [
+    "mmpgm", "mmpgm_exact", "mmpgm_sequential", "mmpgm_parallel", "mmpgm_masked", "mmpgm_smooth",
+    "pykalman", "pykalman_smooth", "pyro_gaussian_hmm",
+    "dynamax_filter", "dynamax_filter_grad", "dynamax_smoother",
+    "dynamax_filter_parallel", "dynamax_smoother_parallel",
+]
+# implementations run per config when --impls is not given
+DEFAULT_IMPLS = {
+    "B10k": ["mmpgm", "mmpgm_smooth", "mmpgm_masked", "pyro_gaussian_hmm", "dynamax_filter",
+             "dynamax_filter_grad", "dynamax_smoother"],
+}
+# slow peers: fewer timed repeats
+MAX_REPS = {"pykalman": 1, "pykalman_smooth": 1}
 
 
 def _rss_mib() -> float:
@@ -134,7 +166,11 @@ def _run_impl(impl, cfg, device, dtype_name, queue):
         raw, obs, masks = _make_problem(cfg, device, dtype)
 
         if impl.startswith("mmpgm"):
-            from mmpgm.ops.kalman import LinearGaussianParams, kalman_log_likelihood, parallel_kalman_filter
+            import mmpgm.ops.kalman as kops
+            from mmpgm.ops.kalman import LinearGaussianParams, kalman_log_likelihood, parallel_kalman_filter, rts_smoother
+
+            if impl == "mmpgm_exact":
+                kops._USE_STEADY_STATE = False
 
             def fn():
                 lv = _leaves(raw)
@@ -148,6 +184,9 @@ def _run_impl(impl, cfg, device, dtype_name, queue):
                     emission_offsets=tuple(lv["d"]),
                     emission_covs=tuple(lv["R"]),
                 )
+                if impl == "mmpgm_smooth":
+                    with torch.no_grad():
+                        return rts_smoother(params, obs).means.double().cpu()
                 if impl == "mmpgm_parallel":
                     ll = parallel_kalman_filter(params, obs).log_likelihood
                 elif impl == "mmpgm_sequential":
@@ -179,7 +218,7 @@ def _run_impl(impl, cfg, device, dtype_name, queue):
                 ll.sum().backward()
                 return ll.detach().double().cpu()
 
-        elif impl == "pykalman":
+        elif impl.startswith("pykalman"):
             import pykalman
 
             if device != "cpu":
@@ -198,8 +237,54 @@ def _run_impl(impl, cfg, device, dtype_name, queue):
             )
             X = torch.cat(obs, -1).double().cpu().numpy()
 
+            if impl == "pykalman_smooth":
+
+                def fn():
+                    return torch.from_numpy(np.stack([kf.smooth(X[n])[0] for n in range(X.shape[0])]))
+
+            else:
+
+                def fn():
+                    return torch.tensor([kf.loglikelihood(X[n]) for n in range(X.shape[0])])
+
+        elif impl.startswith("dynamax"):
+            import jax
+
+            jax.config.update("jax_enable_x64", dtype_name == "float64")
+            import jax.numpy as jnp
+            from dynamax.linear_gaussian_ssm import inference as dyn_seq
+            from dynamax.linear_gaussian_ssm import parallel_inference as dyn_par
+
+            mod = dyn_par if impl.endswith("_parallel") else dyn_seq
+            r = {k: ([jnp.asarray(x.cpu().numpy()) for x in v] if isinstance(v, list) else jnp.asarray(v.cpu().numpy()))
+                 for k, v in raw.items()}
+            Y = jnp.asarray(torch.cat(obs, -1).cpu().numpy())
+
+            def make(rr):
+                A = rr["A"]
+                return dyn_seq.make_lgssm_params(
+                    A @ rr["m00"], A @ rr["P00"] @ A.T + rr["Q"], A, rr["Q"],
+                    jnp.concatenate(rr["C"], 0), jax.scipy.linalg.block_diag(*rr["R"]),
+                    emissions_bias=jnp.concatenate(rr["d"]),
+                )
+
+            def total_ll(rr):
+                lls = jax.vmap(lambda y: mod.lgssm_filter(make(rr), y).marginal_loglik)(Y)
+                return lls.sum(), lls
+
+            if "smoother" in impl:
+                jf = jax.jit(lambda rr: jax.vmap(lambda y: mod.lgssm_smoother(make(rr), y).smoothed_means)(Y))
+            elif impl.startswith("dynamax_filter_grad"):
+                jf = jax.jit(jax.value_and_grad(total_ll, has_aux=True))
+            else:
+                jf = jax.jit(lambda rr: total_ll(rr)[1])
+
             def fn():
-                return torch.tensor([kf.loglikelihood(X[n]) for n in range(X.shape[0])])
+                out = jf(r)
+                jax.block_until_ready(out)
+                if impl.startswith("dynamax_filter_grad"):
+                    out = out[0][1]
+                return torch.from_numpy(np.asarray(out).astype(np.float64))
 
         else:
             raise ValueError(impl)
@@ -208,10 +293,12 @@ def _run_impl(impl, cfg, device, dtype_name, queue):
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         base_rss = _rss_mib()
-        ll = fn()  # warm-up (also the value used for agreement)
+        t0 = time.perf_counter()
+        ll = fn()  # warm-up (also the value used for agreement; includes JAX compile)
         sync()
+        first_s = time.perf_counter() - t0
         times = []
-        for _ in range(cfg["reps"]):
+        for _ in range(min(cfg["reps"], MAX_REPS.get(impl, cfg["reps"]))):
             t0 = time.perf_counter()
             fn()
             sync()
@@ -220,7 +307,8 @@ def _run_impl(impl, cfg, device, dtype_name, queue):
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
-        queue.put(dict(ok=True, median_s=statistics.median(times), peak_mib=max(peak, 0.0), ll=ll.tolist()))
+        queue.put(dict(ok=True, median_s=statistics.median(times), first_s=first_s, peak_mib=max(peak, 0.0),
+                       ll=ll.tolist()))
     except Exception as exc:  # report, don't crash the whole benchmark
         queue.put(dict(ok=False, error=f"{type(exc).__name__}: {exc}"))
 
@@ -240,7 +328,7 @@ def _env(device, dtype_name, threads):
         machine=platform.machine(),
         processor=platform.processor() or None,
     )
-    for mod in ("pyro", "pykalman"):
+    for mod in ("pyro", "pykalman", "jax", "dynamax"):
         try:
             env[mod] = __import__(mod).__version__
         except Exception:
@@ -253,17 +341,21 @@ def _env(device, dtype_name, threads):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny size, for smoke tests")
-    ap.add_argument("--configs", default="B,L", help="comma-separated config names (default B,L)")
-    ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--configs", default="B,B10k,L", help="comma-separated config names (default B,B10k,L)")
+    ap.add_argument("--impls", default=None, help="comma-separated (default: all; fewer for B10k)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in workers")
     args = ap.parse_args(argv)
     names = ["quick"] if args.quick else [c for c in args.configs.split(",") if c]
-    impls = [i for i in args.impls.split(",") if i]
     ctx = mp.get_context("spawn")
+    medians = {}
     for name in names:
+        if args.impls:
+            impls = [i for i in args.impls.split(",") if i]
+        else:
+            impls = DEFAULT_IMPLS.get(name, IMPLS)
         cfg = dict(CONFIGS[name])
         if args.reps is not None:
             cfg["reps"] = args.reps
@@ -284,16 +376,30 @@ def main(argv=None):
             speedup={},
             peak_mib={k: round(v["peak_mib"], 2) for k, v in ok.items()},
             agreement={},
+            compile_s={k: round(v["first_s"] - v["median_s"], 3) for k, v in ok.items() if k.startswith("dynamax")},
             env=_env(args.device, args.dtype, args.threads),
         )
-        if ref is not None:
-            for k, v in ok.items():
-                if k == "mmpgm":
-                    continue
-                out["speedup"][k] = round(v["median_s"] / ref["median_s"], 3)
-                if k != "mmpgm_masked":
-                    rel = max(abs(a - b) / max(abs(b), 1e-300) for a, b in zip(v["ll"], ref["ll"]))
-                    out["agreement"][k] = float(f"{rel:.3g}")
+        import numpy as np
+
+        for k, v in ok.items():
+            smooth = "smooth" in k
+            ref = ok.get("mmpgm_smooth" if smooth else "mmpgm")
+            if ref is None or v is ref:
+                continue
+            out["speedup"][k] = round(v["median_s"] / ref["median_s"], 3)
+            if k == "mmpgm_masked":
+                continue
+            a, b = np.asarray(v["ll"]), np.asarray(ref["ll"])
+            if smooth:
+                rel = float(np.abs(a - b).max() / np.abs(b).max())
+            else:
+                rel = float((np.abs(a - b) / np.maximum(np.abs(b), 1e-300)).max())
+            out["agreement"][k] = float(f"{rel:.3g}")
+        medians[name] = out["median_s"]
+        if name == "B10k" and "B" in medians:
+            out["growth_vs_B"] = {
+                k: round(v / medians["B"][k], 2) for k, v in out["median_s"].items() if k in medians["B"]
+            }
         errors = {k: v["error"] for k, v in results.items() if not v["ok"]}
         if errors:
             out["errors"] = errors

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import mmpgm.ops.kalman as kalman_mod
 from mmpgm.ops.kalman import (
     FilterResult,
     LinearGaussianParams,
@@ -547,3 +548,126 @@ def test_auto_method_uses_parallel_for_long_cheap_sequences():
     c = kalman_filter(params, obs)
     torch.testing.assert_close(a, b, rtol=1e-10, atol=0)
     torch.testing.assert_close(c.log_likelihood, a, rtol=1e-10, atol=0)
+
+
+# --------------------------------------------------------------------------
+# covariance recursion shared by the batch, steady state
+# --------------------------------------------------------------------------
+
+
+def _leaf_params(base, m0=None):
+    leaves = [t.clone().requires_grad_(True) for t in (
+        base.init_mean if m0 is None else m0, base.init_cov, base.transition_matrix, base.transition_cov,
+        *base.emission_matrices, *base.emission_offsets, *base.emission_covs, base.control_matrix)]
+    M = len(base.emission_matrices)
+    params = LinearGaussianParams(
+        leaves[0], leaves[1], leaves[2], leaves[3],
+        tuple(leaves[4:4 + M]), tuple(leaves[4 + M:4 + 2 * M]), tuple(leaves[4 + 2 * M:4 + 3 * M]), leaves[-1],
+    )
+    return params, leaves
+
+
+def _run_all(params, leaves, obs, masks, controls, shared_cov, monkeypatch):
+    monkeypatch.setattr(kalman_mod, "_USE_SHARED_COV_PATH", shared_cov)
+    filt = kalman_filter(params, obs, masks, controls=controls, method="sequential")
+    sm = rts_smoother(params, obs, masks, controls=controls)
+    z = ffbs_sample(params, obs, masks, controls=controls, num_samples=2,
+                    generator=torch.Generator().manual_seed(0))
+    loss = (kalman_log_likelihood(params, obs, masks, controls=controls, method="sequential").sum()
+            + sm.means.sum() + sm.covs.sum() + sm.cross_covs.sum() + z.sum())
+    grads = torch.autograd.grad(loss, leaves)
+    return list(filt) + list(sm) + [z] + list(grads)
+
+
+@pytest.mark.parametrize("kind", ["full", "aligned"])
+def test_shared_covariance_path_equals_general_path(kind, monkeypatch):
+    """Shared parameters + the same mask pattern in every sequence: the batch-free
+    covariance recursion gives the general per-sequence filter's values and gradients."""
+    N, T, U = 4, 9, 2
+    base = make_params(S=3, dims=(2, 2), U=U, seed=12)
+    controls = torch.randn(N, T, U, generator=torch.Generator().manual_seed(2), dtype=DT)
+    obs = sample_obs(base, N, T, controls=controls)
+    masks = [torch.ones(N, T, dtype=torch.bool) for _ in range(2)]
+    if kind == "aligned":  # dropouts aligned across sequences, incl. an all-missing frame
+        masks[0][:, 2:5] = False
+        masks[1][:, 4] = False
+        masks[1][:, 7] = False
+    m0 = torch.randn(N, 3, generator=torch.Generator().manual_seed(3), dtype=DT)  # per-sequence prior mean
+    params, leaves = _leaf_params(base, m0)
+    assert kalman_mod._shared_covariance(kalman_mod._prepare(params, obs, masks, controls))
+    fast = _run_all(params, leaves, _nan_masked(obs, masks), masks, controls, True, monkeypatch)
+    slow = _run_all(params, leaves, _nan_masked(obs, masks), masks, controls, False, monkeypatch)
+    for a, b in zip(fast, slow):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _check_against_dense(base._replace(control_matrix=base.control_matrix), obs, masks, controls=controls)
+
+
+def test_mixed_mask_patterns_fall_back(monkeypatch):
+    N, T = 3, 6
+    params = make_params(S=2, dims=(2, 1))
+    obs = sample_obs(params, N, T)
+    masks = _masks_scenario(N, T, 2, "random")
+    p = kalman_mod._prepare(params, obs, masks)
+    assert not kalman_mod._shared_covariance(p)
+    calls = []
+    orig = kalman_mod._forward_shared_cov
+    monkeypatch.setattr(kalman_mod, "_forward_shared_cov", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    _check_against_dense(params, obs, masks)
+    assert not calls
+    # ragged lengths make the patterns differ as well
+    lengths = torch.tensor([6, 4, 6])
+    full = [torch.ones(N, T, dtype=torch.bool)] * 2
+    assert not kalman_mod._shared_covariance(kalman_mod._prepare(params, obs, full, lengths=lengths))
+    _check_against_dense(params, obs, full, lengths=lengths)
+    assert not calls
+    # per-sequence parameters never share the recursion
+    pn = make_params(S=2, dims=(2, 1), N=N)
+    assert not kalman_mod._shared_covariance(kalman_mod._prepare(pn, obs, full))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_steady_state_matches_full_recursion(dtype, monkeypatch):
+    """Over a long fully observed stretch the Riccati recursion converges and is
+    reused; log-likelihood, moments and gradients stay those of the full recursion."""
+    N, T = 3, 400
+    base = make_params(S=3, dims=(2, 2), U=1, seed=21)  # control matrix unused
+    obs = sample_obs(base, N, T)
+    masks = [torch.ones(N, T, dtype=torch.bool) for _ in range(2)]
+    masks[0][:, 100:110] = False  # aligned dropout: the recursion leaves and re-enters steady state
+    cast = [x.to(dtype) for x in obs]
+    out = {}
+    for steady in (True, False):
+        monkeypatch.setattr(kalman_mod, "_USE_STEADY_STATE", steady)
+        params, leaves = _leaf_params(base)
+        pc = LinearGaussianParams(*[
+            tuple(x.to(dtype) for x in f) if isinstance(f, tuple) else (None if f is None else f.to(dtype))
+            for f in params
+        ])
+        ll = kalman_log_likelihood(pc, cast, masks, method="sequential")
+        grads = torch.autograd.grad(ll.sum(), leaves[:-1])
+        filt = kalman_filter(pc, cast, masks, method="sequential")
+        out[steady] = (ll.detach(), grads, filt)
+    (ll1, g1, f1), (ll0, g0, f0) = out[True], out[False]
+    # the reuse did happen: far fewer innovation factorisations than frames
+    calls = []
+    chol = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda *a, **k: calls.append(1) or chol(*a, **k))
+    monkeypatch.setattr(kalman_mod, "_USE_STEADY_STATE", True)
+    kalman_log_likelihood(base, obs, masks, method="sequential")
+    assert len(calls) < T // 2, len(calls)
+    assert torch.equal(f1.predicted_covs[:, -1], f1.predicted_covs[:, -2])
+    if dtype == torch.float64:
+        # stop when the predicted covariance changes by <= 1e-12 relative per step; the
+        # log-likelihood error is of that order (measured ~1e-15), the gradients
+        # converge like k * rho^(2k) (measured ~1e-11 relative here)
+        torch.testing.assert_close(ll1, ll0, rtol=1e-12, atol=0)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8 * b.abs().max().item())
+        for a, b in zip(f1, f0):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    else:
+        # float32: tolerance 1e-7 relative; rounding alone is ~1e-6 on a 400-frame sum
+        torch.testing.assert_close(ll1, ll0, rtol=1e-5, atol=0)
+        for a, b in zip(f1, f0):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
