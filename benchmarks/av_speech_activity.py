@@ -17,12 +17,24 @@ speaker, and reports per-frame accuracy and F1 (speech = positive) for
   16 kHz waveforms (rebuilt with the preparation's per-utterance random streams and checked
   against the stored features), skipped with the reason when not importable,
 
+Mixture training (default, "staged"): the training speakers are split speaker-wise; the MLP
+experts are pre-trained on all but the last training speaker, then only the gate is fit
+(``GatedMixture.fit_gate``, Appendix-A EM for conditional/Markov gates, SVI for the recurrent
+one; experts frozen, c_t summed out exactly) on that held-out training speaker, so it learns how
+far each expert can be trusted on a speaker the experts never saw (trained jointly on all
+training speakers, the gate collapsed onto the audio expert, which memorizes the training
+speakers' babble). ``--joint`` restores the joint recipe. The rows ``staged_expert_*`` and
+``uniform_gate_reference`` report the staged experts alone and their equal-weight mix. The
+``timing_*`` rows compare Appendix-A EM with plain ``TraceEnum_ELBO`` SVI (and the collapsed loss)
+on the same joint fit and number of gradient steps (first noise condition).
+
 plus the mean gate weight on the video experts (image + flow) inside vs outside the corrupted
 video segments. One JSON line per configuration (DESIGN.md section 8, ``metrics`` field), a
 Table-1-like markdown table on stderr, and a figure like Fig. 17-18 (experts' outputs and gate
 weights over a test clip, corrupted video segment shaded) at ``--out``.
 
-Usage: ``python benchmarks/av_speech_activity.py [--quick] [--out fig.png] [--data-dir DIR]``.
+Usage: ``python benchmarks/av_speech_activity.py [--quick] [--out fig.png] [--data-dir DIR]
+[--jsonl F] [--table F] [--joint] [--gate-method {em,svi}]``.
 """
 
 from __future__ import annotations
@@ -88,6 +100,25 @@ def reduce_audio(data: MultimodalData) -> MultimodalData:
     )
 
 
+def speaker_normalize(data: MultimodalData) -> MultimodalData:
+    """Standardize every feature per speaker (mean/std over that speaker's observed frames), as
+    speaker-level CMVN in VAD front ends. For the held-out speaker this uses all of its clips
+    (offline enrollment statistics; within a clip, frames after t inform the scaling at t)."""
+    spk = data.labels["speaker"]
+    obs = {}
+    for m, x in data.obs.items():
+        x = x.clone()
+        for s in spk.unique():
+            rows = spk == s
+            xs, mk = x[rows], data.mask[m][rows]
+            v = xs[mk]
+            x[rows] = (xs - v.mean(0)) / v.std(0).clamp_min(1e-6)
+        obs[m] = x
+    return MultimodalData(
+        obs, lengths=data.lengths, mask=data.mask, labels=data.labels, meta=data.meta
+    )
+
+
 def split_speakers(data: MultimodalData):
     spk = data.labels["speaker"]
     test_id = int(spk.max())
@@ -112,7 +143,14 @@ def frame_metrics(pred: torch.Tensor, data: MultimodalData) -> dict:
     fn = int(((p == 0) & (t == 1)).sum())
     acc = float((p == t).double().mean())
     f1 = 2 * tp / max(1, 2 * tp + fp + fn)
-    return {"accuracy": round(acc, 4), "f1": round(f1, 4), "frames": int(keep.sum())}
+    vc = (data.labels["video_corrupted"] == 1)[keep]
+    acc_vc = float((p[vc] == t[vc]).double().mean()) if bool(vc.any()) else float("nan")
+    return {
+        "accuracy": round(acc, 4),
+        "f1": round(f1, 4),
+        "frames": int(keep.sum()),
+        "accuracy_video_patched": round(acc_vc, 4),
+    }
 
 
 def gate_video_weights(post, data: MultimodalData) -> dict:
@@ -144,28 +182,126 @@ def build(gate: str, co: bool, args, expert: str = "mlp") -> GatedMixture:
     )
 
 
+def gate_split(train: MultimodalData):
+    """Speaker-wise split of the training speakers: experts on all but the last, gate on the last."""
+    spk = train.labels["speaker"]
+    g = int(spk.max())
+    return train[torch.nonzero(spk != g).flatten()], train[torch.nonzero(spk == g).flatten()]
+
+
 def train_mixture(model, pretrained, train, args):
+    """Staged (default): experts pre-trained on the expert speakers, then only the gate fit on the
+    held-out gate speaker (experts frozen), so the gate learns how far each expert can be trusted
+    on a speaker the experts never saw. ``--joint``: the former recipe (pre-training, then
+    everything fit jointly on all training speakers with the collapsed loss)."""
     t0 = time.perf_counter()
     if pretrained is not None:
         for m in MODALITIES:
             model.experts[m].load_state_dict(pretrained.experts[m].state_dict())
             model.standardizers[m].load_state_dict(pretrained.standardizers[m].state_dict())
-    else:
-        model.pretrain_experts(
-            train, num_steps=args.pretrain_steps, lr=args.lr, seed=args.seed, batch_size=args.batch
+    if args.joint:
+        if pretrained is None:
+            model.pretrain_experts(
+                train,
+                num_steps=args.pretrain_steps,
+                lr=args.lr,
+                seed=args.seed,
+                batch_size=args.batch,
+            )
+        mmpgm.fit(
+            model,
+            train,
+            num_steps=args.steps,
+            lr=args.lr,
+            seed=args.seed,
+            batch_size=args.batch,
+            patience=0,
+            elbo=model.fast_elbo(),
+            progress=False,
         )
-    mmpgm.fit(
-        model,
-        train,
-        num_steps=args.steps,
+        return time.perf_counter() - t0
+    experts_data, gate_data = gate_split(train)
+    model.init_from_data(train)
+    if pretrained is None:
+        model.pretrain_experts(
+            experts_data,
+            num_steps=args.pretrain_steps,
+            lr=args.lr,
+            seed=args.seed,
+            batch_size=args.batch,
+        )
+    method = args.gate_method if model.gate_kind != "recurrent" else "svi"
+    model.fit_gate(
+        gate_data,
+        num_steps=args.steps if method == "svi" else max(1, args.steps // args.m_steps),
         lr=args.lr,
         seed=args.seed,
         batch_size=args.batch,
-        patience=0,
-        elbo=model.fast_elbo(),
-        progress=False,
+        method=method,
+        m_steps=args.m_steps,
     )
     return time.perf_counter() - t0
+
+
+def em_vs_svi(pretrained, train, test, args, emit_row):
+    """Appendix-A EM vs plain TraceEnum SVI (and the collapsed loss) on the full joint fit, from the
+    same pre-trained experts, the same number of gradient steps."""
+    from mmpgm.inference.em_mixture import fit_em_mixture
+
+    steps = args.timing_steps
+    for gate in ("conditional", "markov"):
+        res = {}
+        for how in ("svi_traceenum", "svi_collapsed", "em"):
+            model = build(gate, False, args)
+            for m in MODALITIES:
+                model.experts[m].load_state_dict(pretrained.experts[m].state_dict())
+                model.standardizers[m].load_state_dict(pretrained.standardizers[m].state_dict())
+            t0 = time.perf_counter()
+            if how == "em":
+                fit_em_mixture(
+                    model,
+                    train,
+                    num_iters=max(1, steps // args.m_steps),
+                    m_steps=args.m_steps,
+                    lr=args.lr,
+                    batch_size=args.batch,
+                    seed=args.seed,
+                )
+            else:
+                mmpgm.fit(
+                    model,
+                    train,
+                    num_steps=steps,
+                    lr=args.lr,
+                    seed=args.seed,
+                    batch_size=args.batch,
+                    patience=0,
+                    progress=False,
+                    elbo=model.default_elbo() if how == "svi_traceenum" else model.fast_elbo(),
+                )
+            secs = time.perf_counter() - t0
+            with torch.no_grad():
+                nll = -float(model.log_likelihood(train).sum() - model.penalty(train).sum())
+            frames = float((train.labels["speech"] >= 0).logical_and(train.time_mask).sum())
+            post = model.posterior(test, causal=True)
+            met = frame_metrics((post.predictive > 0.5).long(), test)
+            met["train_loss_per_frame"] = round(nll / frames, 4)
+            res[how] = (secs, met)
+        for how, (secs, met) in res.items():
+            emit_row(
+                "mmpgm",
+                met,
+                name=f"timing_{gate}_{how}",
+                seconds=secs,
+                extra={
+                    "model": "GatedMixture",
+                    "gate": gate,
+                    "trainer": how,
+                    "gradient_steps_per_batch": steps,
+                    "m_steps": args.m_steps,
+                    "speedup_vs_traceenum": round(res["svi_traceenum"][0] / secs, 2),
+                },
+            )
 
 
 # --------------------------------------------------------------------------- peers
@@ -353,12 +489,39 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--joint",
+        action="store_true",
+        help="former recipe: fit experts and gate jointly on all training speakers",
+    )
+    ap.add_argument(
+        "--gate-method",
+        choices=("svi", "em"),
+        default="em",
+        help="gate stage trainer (conditional/markov; recurrent always svi)",
+    )
+    ap.add_argument(
+        "--speaker-norm",
+        action="store_true",
+        help="standardize features per speaker (ablation; see speaker_normalize)",
+    )
+    ap.add_argument("--m-steps", type=int, default=5, help="EM: gradient steps per M-step")
+    ap.add_argument(
+        "--timing-steps",
+        type=int,
+        default=None,
+        help="gradient steps per batch in the EM vs SVI timing (0 = skip)",
+    )
+    ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
+    ap.add_argument("--table", default=None, help="also write the markdown table to this file")
     args = ap.parse_args(argv)
     q = args.quick
     args.speakers = args.speakers or (3 if q else 5)
     args.utterances = args.utterances or (4 if q else 16)
     args.steps = args.steps or (15 if q else 60)
     args.pretrain_steps = args.pretrain_steps or (15 if q else 60)
+    if args.timing_steps is None:
+        args.timing_steps = 5 if q else 20
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -378,6 +541,8 @@ def main(argv=None):
         cond = f"{noise}{int(snr)}dB+patch"
         raw = MultimodalData.load(npz)
         data = reduce_audio(raw)
+        if args.speaker_norm:
+            data = speaker_normalize(data)
         train, test, test_speaker = split_speakers(data)
         _, raw_test, _ = split_speakers(raw)
         test.meta["_raw_audio0"] = raw_test.obs["audio"][0, : int(raw_test.lengths[0])].numpy()
@@ -389,11 +554,20 @@ def main(argv=None):
             "test_clips": test.num_sequences,
             "test_speaker": test_speaker,
             "frames_per_s": 25,
+            "speaker_norm": bool(args.speaker_norm),
         }
 
         def emit_row(
-            impl, metrics, *, name=None, seconds=None, skipped=None, agreement=None, extra=None,
-            base=base, cond=cond,
+            impl,
+            metrics,
+            *,
+            name=None,
+            seconds=None,
+            skipped=None,
+            agreement=None,
+            extra=None,
+            base=base,
+            cond=cond,
         ):
             cfg = dict(base, name=f"{cond}/{name or impl}", **(extra or {}))
             rec = {
@@ -407,6 +581,9 @@ def main(argv=None):
                 "env": env,
             }
             emit(rec)
+            if args.jsonl:
+                with open(args.jsonl, "a") as fh:
+                    emit(rec, fh)
             rows.append((cond, name or impl, metrics, skipped))
 
         # unimodal experts, each trained alone (the shared pre-training of the MLP experts)
@@ -426,12 +603,42 @@ def main(argv=None):
                 extra={"model": "unimodal expert", "modality": m},
             )
 
+        pre = uni
+        if not args.joint:  # staged: the MLP experts of the mixtures never see the gate speaker
+            pre = build("conditional", False, args)
+            pre.init_from_data(train)
+            pre.pretrain_experts(
+                gate_split(train)[0],
+                num_steps=args.pretrain_steps,
+                lr=args.lr,
+                seed=args.seed,
+                batch_size=args.batch,
+            )
+        if not args.joint:  # the experts the staged mixtures use, alone, and their equal-weight mix
+            post = pre.posterior(test)
+            for i, m in enumerate(MODALITIES):
+                emit_row(
+                    "mmpgm",
+                    frame_metrics((post.expert_predictions[..., i] > 0.5).long(), test),
+                    name=f"staged_expert_{m}",
+                    extra={"model": "expert of the staged mixtures (gate speaker held out)"},
+                )
+            emit_row(
+                "mmpgm",
+                frame_metrics((post.expert_predictions.mean(-1) > 0.5).long(), test),
+                name="uniform_gate_reference",
+                extra={"model": "staged experts, gate fixed at 1/M (not learned)"},
+            )
+        if args.timing_steps and noise == CONDITIONS[0][0]:
+            em_vs_svi(pre, train, test, args, emit_row)
         best = None
         for gate in ("conditional", "markov", "recurrent"):
             for co in (False, True):
                 expert = "recurrent" if gate == "recurrent" else "mlp"
                 model = build(gate, co, args, expert=expert)
-                secs = train_mixture(model, uni if expert == "mlp" else None, train, args)
+                secs = train_mixture(
+                    model, pre if expert == "mlp" and not co else None, train, args
+                )
                 post = model.posterior(test, causal=True)
                 met = frame_metrics((post.predictive > 0.5).long(), test)
                 met.update(gate_video_weights(post, test))
@@ -448,7 +655,11 @@ def main(argv=None):
                         "co_learning": co,
                         "steps": args.steps,
                         "pretrain_steps": args.pretrain_steps,
-                        "elbo": "collapsed (equal to TraceEnum_ELBO, tested)",
+                        "training": "joint, collapsed ELBO"
+                        if args.joint
+                        else f"staged: experts on {train.num_sequences - gate_split(train)[1].num_sequences}"
+                        f" clips, gate ({args.gate_method if gate != 'recurrent' else 'svi'}) on "
+                        f"held-out training speaker",
                     },
                 )
                 if best is None or met["accuracy"] > best[0]:
@@ -464,22 +675,30 @@ def main(argv=None):
             root, test, corruption, args.seed, lambda impl, met, **kw: emit_row(impl, met, **kw)
         )
 
-    # Table-1-like summary on stderr
-    out = sys.stderr
+    # Table-1-like summary on stderr (and --table)
+    import io
+
+    out = io.StringIO()
     out.write(
-        "\n| condition | model | accuracy | F1 | gate on video in / out corrupted |\n|---|---|---|---|---|\n"
+        "\n| condition | model | accuracy | F1 | accuracy in patched video | gate on video in / out corrupted |\n|---|---|---|---|---|---|\n"
     )
     for cond, name, met, skipped in rows:
         if met is None:
-            out.write(f"| {cond} | {name} | skipped: {skipped} | | |\n")
+            out.write(f"| {cond} | {name} | skipped: {skipped} | | | |\n")
             continue
         gv = (
             f"{met['gate_video_inside']:.3f} / {met['gate_video_outside']:.3f}"
             if "gate_video_inside" in met
             else ""
         )
-        out.write(f"| {cond} | {name} | {met['accuracy']:.3f} | {met['f1']:.3f} | {gv} |\n")
+        out.write(
+            f"| {cond} | {name} | {met['accuracy']:.3f} | {met['f1']:.3f} | "
+            f"{met['accuracy_video_patched']:.3f} | {gv} |\n"
+        )
     out.write(f"\nfigure: {args.out}; total {time.perf_counter() - t_start:.0f} s\n")
+    sys.stderr.write(out.getvalue())
+    if args.table:
+        Path(args.table).write_text(out.getvalue())
     if tmp is not None:
         tmp.cleanup()
     return 0

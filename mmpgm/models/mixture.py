@@ -38,6 +38,12 @@ modulates). The target model ("head") is Bernoulli (detection), Categorical (cla
   the inner product, so without it the experts can co-adapt into non-predictors whose weighted
   sum is right (measured on the seeded synthetic test: mixture accuracy 0.96 with experts at
   0.67 and 0.50 and a flat gate). Set ``expert_weight=0`` for the pure mixture likelihood.
+* **Training**: jointly with :func:`mmpgm.fit` (``TraceEnum_ELBO``, or :meth:`fast_elbo`), or
+  with the Appendix-A EM (:func:`mmpgm.inference.em_mixture.fit_em_mixture`), or *staged*:
+  :meth:`pretrain_experts` on some data, then :meth:`fit_gate` (experts frozen, the same exact
+  likelihood with :math:`c_t` summed out) on data the experts never saw (e.g. held-out speakers),
+  so the gate learns how far each expert can be trusted on unseen data rather than on the data
+  the experts memorized.
 """
 
 from __future__ import annotations
@@ -519,8 +525,14 @@ class GatedMixture(PyroModule):
             from ..inference.em_mixture import fit_em_mixture
 
             return fit_em_mixture(
-                self, data, num_iters=num_steps, m_steps=m_steps, lr=lr,
-                batch_size=batch_size, seed=seed, gate_only=True,
+                self,
+                data,
+                num_iters=num_steps,
+                m_steps=m_steps,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                gate_only=True,
             )[0]
         data = self.check_data(data)
         self.init_from_data(data)
