@@ -48,7 +48,6 @@ modulates). The target model ("head") is Bernoulli (detection), Categorical (cla
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 import pyro
@@ -62,7 +61,8 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 
 from ..data import MultimodalData
-from ..io import register, save_model
+from ..io import SavableModel, register
+from ._checks import check_obs_dims
 from ..mixture_results import MixturePosterior
 from ..nn.experts import Expert, check_choice
 from ..nn.gates import ConditionalGate, MarkovGate
@@ -117,7 +117,7 @@ def _check_int(name, value, minimum):
 
 
 @register
-class GatedMixture(PyroModule):
+class GatedMixture(SavableModel, PyroModule):
     r"""Gated mixture of per-modality experts with an enumerated expert indicator.
 
     Parameters
@@ -176,15 +176,7 @@ class GatedMixture(PyroModule):
         expert_weight: float = 1.0,
     ):
         super().__init__()
-        if not isinstance(obs_dims, Mapping) or not obs_dims:
-            raise TypeError(
-                f"obs_dims: expected a non-empty dict modality -> obs_dim, got {obs_dims!r}"
-            )
-        for m, d in obs_dims.items():
-            if not isinstance(m, str):
-                raise TypeError(f"obs_dims: modality names must be str, got {m!r}")
-            if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-                raise ValueError(f"obs_dims[{m!r}]: expected a positive int, got {d!r}")
+        check_obs_dims(obs_dims)
         check_choice("gate", gate, GATES)
         check_choice("head", head, HEADS)
         check_choice("expert", expert, ("mlp", "recurrent"))
@@ -698,16 +690,3 @@ class GatedMixture(PyroModule):
             causal=causal,
             modalities=self.modalities,
         )
-
-    # ------------------------------------------------------------------ I/O
-    def config(self) -> dict:
-        """Constructor arguments (JSON-friendly); ``GatedMixture.from_config(model.config())``."""
-        return copy.deepcopy(self._config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "GatedMixture":
-        return cls(**config)
-
-    def save(self, path) -> None:
-        """Save to ``path``; read back with :func:`mmpgm.load_model`."""
-        save_model(self, path)
