@@ -14,13 +14,7 @@ GATES = ["conditional", "markov", "recurrent"]
 HEADS = [("bernoulli", {}), ("categorical", {"num_classes": 3}), ("normal", {})]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription on shared 2-core CI (20x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(head="bernoulli", N=3, T=6, seed=0, dims=DIMS):

@@ -16,13 +16,7 @@ from mmpgm.data import MultimodalData
 from mmpgm.models.mixture import GatedMixture
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription on shared 2-core CI (20x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _synthetic(N, T, seed):
