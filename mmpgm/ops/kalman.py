@@ -55,7 +55,11 @@ When ``P_0``, ``A``, ``Q``, ``C_m`` and ``R_m`` are shared by the batch
 sequence has the same mask pattern at every frame (no missing data, or
 aligned dropouts, equal lengths), the sequential filter runs the covariance
 recursion once without a batch dimension and the means as one ``(N, S)``
-GEMM per frame (:func:`_forward_shared_cov`); the smoother does the same.
+GEMM per frame (:func:`_forward_shared_cov`); the smoother then runs both
+backward recursions (affine in the later smoothed value) as one associative
+scan over their compositions.  Covariances shared by the batch are returned
+as expanded views of one ``(T, S, S)`` stack (read-only; ``.clone()`` before
+writing in place).
 Over runs of fully observed frames the Riccati recursion is stopped once
 it has converged (relative change below ``1e-12`` in float64, ``1e-7`` in
 float32) and its last values are reused (``_USE_STEADY_STATE``; measured
@@ -552,14 +556,14 @@ def _forward_shared_cov(p: _Prepared, store: bool, steady: bool = True):
         g = g[:-1] + p.Bu[:, 1:, :, 0].transpose(0, 1)
     F = At - Cs.mT @ KtAt  # (T, S, S)
 
-    # ---- mean recursion: one GEMM per frame ----
-    m = p.m0[..., 0]  # (N, S)
-    pms = [m]
-    gs, Fs = g.unbind(0), F.unbind(0)
-    for t in range(T - 1):
-        m = torch.addmm(gs[t], m, Fs[t])
-        pms.append(m)
-    pm = torch.stack(pms)  # (T, N, S)
+    # ---- mean recursion m_{t+1} = m_t F_t + g_t: an associative scan over the affine maps
+    # (depth O(log T), differentiable, no per-frame Python loop) ----
+    m0 = p.m0[..., 0].unsqueeze(0)  # (1, N, S)
+    if T > 1:
+        Fc, gc = _associative_scan(_affine_combine, (F[: T - 1], g[: T - 1]), dim=0)
+        pm = torch.cat([m0, m0 @ Fc + gc], dim=0)  # (T, N, S)
+    else:
+        pm = m0
     resid = y - torch.bmm(pm, Cs.mT)  # (T, N, D)
     e = torch.linalg.solve_triangular(Ls, resid.mT, upper=False)  # (T, D, N)
     logdet = Ls.diagonal(dim1=-2, dim2=-1).log().sum()
@@ -751,6 +755,25 @@ def _associative_scan(fn, elems: tuple, dim: int = 1) -> tuple:
             inter = torch.cat([inter, e.narrow(dim, e.shape[dim] - 1, 1)], dim=dim)
         out.append(inter)
     return tuple(out)
+
+
+def _affine_combine(ea: tuple, eb: tuple) -> tuple:
+    r"""Compose row-vector affine maps :math:`x \mapsto x F + g`: ``a`` first, then ``b``."""
+    Fa, ga = ea
+    Fb, gb = eb
+    return Fa @ Fb, ga @ Fb + gb
+
+
+def _smooth_combine(ea: tuple, eb: tuple) -> tuple:
+    r"""Compose smoother maps: ``a`` (applied first) then ``b``.
+
+    A map is :math:`(G, C, b)`: means :math:`m \mapsto m G^\top + b`, covariances
+    :math:`P \mapsto G P G^\top + C`; then ``b o a`` is
+    :math:`(G_b G_a,\; G_b C_a G_b^\top + C_b,\; b_a G_b^\top + b_b)`.
+    """
+    Ga, Ca, ba = ea
+    Gb, Cb, bb = eb
+    return Gb @ Ga, Gb @ Ca @ Gb.mT + Cb, ba @ Gb.mT + bb
 
 
 def _filter_combine(ei: tuple, ej: tuple) -> tuple:
@@ -1028,10 +1051,11 @@ def kalman_log_likelihood(
 
 
 def _expand_batch(x: Tensor, N: int) -> Tensor:
-    """Materialise a covariance stack shared by the batch (leading dim 1) for ``N`` sequences."""
+    """A covariance stack shared by the batch (leading dim 1) seen by ``N`` sequences: an
+    expanded view (no copy: read-only use; ``.clone()`` it before writing in place)."""
     if x.shape[0] == N:
         return x
-    return x.expand(N, *x.shape[1:]).contiguous()
+    return x.expand(N, *x.shape[1:])
 
 
 def _smooth_from_filter(A: Tensor, filt: FilterResult) -> SmootherResult:
@@ -1047,18 +1071,17 @@ def _smooth_from_filter(A: Tensor, filt: FilterResult) -> SmootherResult:
         # means: m^s_t = (m_t - G_t m^p_{t+1}) + m^s_{t+1} G_t^T, rows are sequences
         G1 = G[0]
         base = (fm[:, :-1] - (pm[:, 1:].unsqueeze(-2) @ G1.mT).squeeze(-2)).transpose(0, 1)  # (T-1, N, S)
-        Gts, bases = G1.mT.unbind(0), base.unbind(0)
-        Conds = Cond[0].unbind(0)
-        ms, Ps = fm[:, -1], fP[0, -1]
-        means, covs = [ms], [Ps]
-        with _cpu_single_thread(fm.device, N * S * S):
-            for t in range(T - 2, -1, -1):
-                ms = torch.addmm(bases[t], ms, Gts[t])
-                Ps = symmetrize(torch.addmm(Conds[t], Gts[t].mT @ Ps, Gts[t]))
-                means.append(ms)
-                covs.append(Ps)
-        means = torch.stack(means[::-1], dim=1)
-        covs = torch.stack(covs[::-1], dim=0)
+        # Both backward recursions are affine maps of the later smoothed value,
+        # m -> m G_t^T + base_t and P -> G_t P G_t^T + Cond_t, so all of them follow from an
+        # associative scan over their compositions (depth O(log T), no per-frame Python loop),
+        # applied to the last filtered moments. Reversed so the scan runs from t = T-2 down to 0.
+        elems = (G1.flip(0), Cond[0].flip(0), base.flip(0))
+        Gc, Cc, bc = _associative_scan(_smooth_combine, elems, dim=0)
+        ms_last, Ps_last = fm[:, -1], fP[0, -1]
+        ms = (ms_last.unsqueeze(0) @ Gc.mT + bc).flip(0)  # (T-1, N, S) for t = 0..T-2
+        Ps = symmetrize(Gc @ Ps_last @ Gc.mT + Cc).flip(0)  # (T-1, S, S)
+        means = torch.cat([ms.transpose(0, 1), ms_last.unsqueeze(1)], dim=1)
+        covs = torch.cat([Ps, Ps_last.unsqueeze(0)], dim=0)
         cross = covs[1:] @ G1.mT
         return SmootherResult(means, _expand_batch(covs.unsqueeze(0), N), _expand_batch(cross.unsqueeze(0), N), ll)
     fP, pP = _expand_batch(fP, N), _expand_batch(pP, N)
