@@ -6,7 +6,6 @@ import os
 import time
 
 import numpy as np
-import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
@@ -95,7 +94,6 @@ def fit_svi(
         bar.close()
     if checkpoint is not None:
         _save_checkpoint(checkpoint, model, optim, losses, len(losses), gen)
-    pyro.clear_param_store()
     return FitResult(np.asarray(losses), "svi", len(losses), converged, time.perf_counter() - t0, start)
 
 
