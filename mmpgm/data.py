@@ -77,7 +77,11 @@ class MultimodalData:
     mask : Mapping[str, bool array ``(num_sequences, num_timesteps)``], optional
         True = observed. Combined (logical and) with "inside lengths" and "not NaN".
     labels : Mapping[str, array], optional
-        Per-frame ``(num_sequences, num_timesteps)`` or per-sequence ``(num_sequences,)`` labels.
+        Per-sequence ``(num_sequences,)``, per-frame ``(num_sequences, num_timesteps)`` or
+        per-frame vector/array labels ``(num_sequences, num_timesteps, ...)`` (e.g. a ratio mask
+        ``(N, T, F)`` over ``F`` frequency bins, the target of
+        ``GatedMixture(head="ratio_mask")``). Indexing, batches, :meth:`split`, :meth:`to` and
+        :meth:`save` / :meth:`load` keep every trailing axis.
         A per-frame ``labels["shared"]`` (``-1`` = unknown) clamps the shared state of the
         multimodal HMM on the frames where it is given (semi-supervised fitting).
     meta : Mapping[str, object], optional
@@ -194,9 +198,10 @@ class MultimodalData:
         lab: dict[str, torch.Tensor] = {}
         for name, value in ({} if labels is None else dict(labels)).items():
             t = _as_tensor(value, f"labels[{name!r}]")
-            if t.shape not in ((N,), (N, T)):
+            if t.shape != (N,) and tuple(t.shape[:2]) != (N, T):
                 raise ValueError(
-                    f"labels[{name!r}]: expected shape ({N},) or ({N}, {T}), got {tuple(t.shape)}"
+                    f"labels[{name!r}]: expected shape ({N},), ({N}, {T}) or ({N}, {T}, ...), "
+                    f"got {tuple(t.shape)}"
                 )
             lab[name] = t
         self.obs = tensors

@@ -16,20 +16,25 @@ class MixturePosterior(NamedTuple):
     predictive : causal predictive of the target given the inputs only,
         :math:`p(y_t \mid x_{\le t}) = \sum_m p(c_t = m \mid x_{\le t}) f_m(x^m_{\le t})`:
         ``(N, T)`` :math:`p(y_t = 1)` (bernoulli), ``(N, T, K)`` class probabilities
-        (categorical) or ``(N, T)`` mean (normal).
+        (categorical), ``(N, T)`` mean (normal) or ``(N, T, F)`` the gate-weighted mixture of the
+        experts' masks :math:`\sum_m g_{tm} \sigma(o_{m,t})` (ratio_mask; the mean of the
+        predictive, in ``[0, 1]``).
     gate_weights : ``(N, T, M)`` prior gate weights :math:`p(c_t = m \mid x_{\le t})` (for the Markov
         gate, the chain's marginal given the inputs); exactly 0 on unobserved experts.
     responsibilities : ``(N, T, M)`` :math:`p(c_t = m \mid y, x)`: smoothed (all labels) or, with
         ``causal``, filtered :math:`p(c_t \mid y_{\le t}, x_{\le t})`; the gate weights on unlabelled frames
         (conditional gates).
     expert_predictions : expert-wise predictions, ``(N, T, M)`` :math:`p(y_t = 1 \mid x^m)` (bernoulli),
-        ``(N, T, M, K)`` (categorical) or ``(N, T, M)`` means (normal).
+        ``(N, T, M, K)`` (categorical), ``(N, T, M)`` means (normal) or ``(N, T, M, F)`` masks
+        :math:`\sigma(o_{m,t})` (ratio_mask).
     map : ``(N, T)`` int64 most probable expert path given ``y`` (or None).
     samples : ``(S, N, T)`` int64 exact draws of the expert path given ``y`` (or None).
     log_likelihood : ``(N,)`` :math:`\log p(y \mid x)` on the labelled, observed frames.
     lengths : ``(N,)``.
     causal : whether ``responsibilities`` are filtered.
     modalities : expert names, in the order of the ``M`` axis.
+    head : the model's target head (``"bernoulli"``, ``"categorical"``, ``"normal"``,
+        ``"ratio_mask"``), or None when unknown; names the last axis in :meth:`to_arviz`.
     """
 
     predictive: torch.Tensor
@@ -42,6 +47,7 @@ class MixturePosterior(NamedTuple):
     lengths: torch.Tensor
     causal: bool
     modalities: tuple
+    head: str | None = None
 
     def _masked(self, paths: torch.Tensor) -> np.ndarray:
         T = paths.shape[-1]
@@ -55,7 +61,8 @@ class MixturePosterior(NamedTuple):
         as one draw, padding -1) with dims ``(chain, draw, sequence, time)``;
         ``log_likelihood``: ``sequence_log_likelihood`` ``(chain, draw, sequence)``;
         ``constant_data``: ``gate_weights``, ``responsibilities``, ``expert_predictions``
-        (dims ``sequence, time, expert[, class]``) and ``predictive``.
+        (dims ``sequence, time, expert[, class]``, ``frequency`` instead of ``class`` for a ratio
+        mask) and ``predictive``.
         """
         import arviz as az
 
@@ -73,9 +80,10 @@ class MixturePosterior(NamedTuple):
             "predictive": self.predictive.detach().cpu().numpy(),
         }
         if self.expert_predictions.dim() == 4:
-            dims["expert_predictions"] = ["sequence", "time", "expert", "class"]
-            dims["predictive"] = ["sequence", "time", "class"]
-            coords["class"] = np.arange(self.expert_predictions.shape[-1])
+            last = "frequency" if self.head == "ratio_mask" else "class"
+            dims["expert_predictions"] = ["sequence", "time", "expert", last]
+            dims["predictive"] = ["sequence", "time", last]
+            coords[last] = np.arange(self.expert_predictions.shape[-1])
         else:
             dims["expert_predictions"] = ["sequence", "time", "expert"]
             dims["predictive"] = ["sequence", "time"]

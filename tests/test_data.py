@@ -101,3 +101,33 @@ def test_all_nan_sequence_raises():
 def test_bad_types_raise_type_error(obs, match):
     with pytest.raises(TypeError, match=match):
         MultimodalData(obs)
+
+
+def test_per_frame_vector_labels_roundtrip(tmp_path):
+    """``(N, T, F)`` labels (e.g. a ratio mask) survive indexing, batches, split, to(), .npz I/O."""
+    g = torch.Generator().manual_seed(1)
+    irm = torch.rand(7, 5, 3, dtype=torch.float64, generator=g)
+    irm[2, 1, 0] = math.nan
+    d = MultimodalData(make(N=7), lengths=[5, 4, 3, 5, 5, 2, 1],
+                       labels={"irm": irm, "speech": torch.zeros(7, 5), "speaker": torch.arange(7)})
+    assert d.labels["irm"].shape == (7, 5, 3)
+    idx = torch.tensor([5, 2, 0])
+    torch.testing.assert_close(d[idx].labels["irm"], irm[idx], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(d[2].labels["irm"], irm[2:3], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(d[-1].labels["irm"], irm[-1:], rtol=0, atol=0)
+    order = torch.randperm(7, generator=torch.Generator().manual_seed(3))
+    batches = d.batches(3, shuffle=True, generator=torch.Generator().manual_seed(3))
+    gathered = torch.cat([b.labels["irm"] for b in batches])
+    torch.testing.assert_close(gathered, irm[order], rtol=0, atol=0, equal_nan=True)
+    first, second = d.split(0.5, seed=1)
+    assert first.labels["irm"].shape[1:] == (5, 3) and second.labels["irm"].shape[1:] == (5, 3)
+    assert first.labels["irm"].shape[0] + second.labels["irm"].shape[0] == 7
+    assert d.to(dtype=torch.float32).labels["irm"].shape == (7, 5, 3)
+    p = tmp_path / "d.npz"
+    d.save(p)
+    e = MultimodalData.load(p)
+    torch.testing.assert_close(e.labels["irm"], irm, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(e.labels["speaker"], d.labels["speaker"])
+    match = r"labels\['irm'\]: expected shape \(7,\), \(7, 5\) or \(7, 5, \.\.\.\)"
+    with pytest.raises(ValueError, match=match):
+        MultimodalData(make(N=7), labels={"irm": irm[:, :4]})

@@ -15,10 +15,16 @@ Three feature kinds are available through ``kind=``:
 
 ``align_frames`` pads or trims a feature matrix to a given frame count and
 *returns* how many frames it padded / trimmed, so nothing is done silently.
+
+Speech enhancement targets (paper section 4.6): ``ideal_ratio_mask`` computes the
+ideal ratio mask of a clean and a noise spectrogram, the per time-frequency bin
+target of ``GatedMixture(head="ratio_mask")``; ``apply_ratio_mask`` multiplies a
+(predicted) mask with the noisy spectrogram (the noisy phase is kept).
 """
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +40,8 @@ FEATURE_KINDS = ("stft", "logmel", "mfcc")
 __all__ = [
     "SAMPLE_RATE", "N_FFT", "FRAME_RATE", "HOP", "N_BINS", "FEATURE_KINDS",
     "AudioReadError", "AlignInfo", "load_audio", "num_frames", "frame_signal_stft",
-    "audio_features", "align_frames", "frame_rms", "resample",
+    "audio_features", "align_frames", "frame_rms", "resample", "ideal_ratio_mask",
+    "apply_ratio_mask",
 ]
 
 
@@ -206,3 +213,81 @@ def frame_rms(y: np.ndarray, n_frames: int | None = None, hop: int = HOP) -> np.
     m = min(len(y), n_frames * hop)
     yp[:m] = y[:m]
     return np.sqrt(np.mean(yp.reshape(n_frames, hop) ** 2, axis=1))
+
+
+def _is_torch(*arrays) -> bool:
+    torch = sys.modules.get("torch")  # a tensor implies torch is imported; numpy users skip it
+    return torch is not None and any(isinstance(a, torch.Tensor) for a in arrays)
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+def ideal_ratio_mask(clean_magnitude, noise_magnitude, *, eps: float = 1e-8,
+                     power: float = 0.5, spectral_power: float = 2.0):
+    r"""Ideal ratio mask (IRM) of a clean-speech and a noise spectrogram, values in [0, 1].
+
+    .. math::
+        \mathrm{IRM}_{t,f} = \left(\frac{|S_{t,f}|^q}
+        {\max(|S_{t,f}|^q + |N_{t,f}|^q,\ \epsilon)}\right)^{\beta}
+
+    with ``q = spectral_power`` and ``beta = power``. The defaults ``q = 2, beta = 0.5`` are
+    Wang et al.'s IRM (the square root of the speech-to-total energy ratio per bin);
+    ``q = 1, beta = 1`` is the magnitude ratio ``|S| / (|S| + |N|)``, which turns a noisy
+    magnitude ``|S| + |N|`` (speech and noise in phase) back into ``|S|`` exactly under
+    :func:`apply_ratio_mask`. The mask is exactly 1 where the noise is 0 (and
+    ``|S|^q >= eps``) and exactly 0 where the speech is 0; ``eps`` only guards silent bins
+    (both ~0, mask ~0).
+
+    ``clean_magnitude``, ``noise_magnitude``: broadcastable magnitude spectrograms, e.g.
+    ``(T, F)``; their absolute values are used, so complex STFTs are accepted too. numpy
+    arrays give a numpy array, torch tensors a tensor (on their device and real dtype; a
+    numpy partner is converted to it).
+    """
+    _positive("eps", eps)
+    _positive("power", power)
+    _positive("spectral_power", spectral_power)
+    if _is_torch(clean_magnitude, noise_magnitude):
+        import torch
+
+        ref = clean_magnitude if isinstance(clean_magnitude, torch.Tensor) else noise_magnitude
+        s, n = (torch.as_tensor(a, device=ref.device).abs() for a in (clean_magnitude,
+                                                                      noise_magnitude))
+        if not s.is_floating_point():
+            s = s.to(torch.get_default_dtype())
+        s, n = s ** spectral_power, n.to(s.dtype) ** spectral_power
+        ratio = (s / (s + n).clamp_min(eps)).clamp(0.0, 1.0)
+    else:
+        s = np.abs(np.asarray(clean_magnitude))
+        n = np.abs(np.asarray(noise_magnitude))
+        if s.dtype.kind != "f":
+            s = s.astype(np.float64)
+        s, n = s ** spectral_power, n.astype(s.dtype) ** spectral_power
+        ratio = np.clip(s / np.maximum(s + n, eps), 0.0, 1.0)
+    return ratio if power == 1 else ratio ** power
+
+
+def apply_ratio_mask(mask, noisy_magnitude):
+    """Enhanced spectrogram ``mask * noisy``: the mask (e.g. ``MixturePosterior.predictive`` of
+    ``GatedMixture(head="ratio_mask")``, or :func:`ideal_ratio_mask`) times the noisy magnitude
+    spectrogram. A complex noisy STFT gives the complex enhanced STFT with the noisy phase
+    reused, ready for the inverse STFT; a magnitude gives the enhanced magnitude.
+
+    ``mask`` must lie in [0, 1] (ValueError otherwise, NaN included) and broadcast against
+    ``noisy_magnitude``. numpy in, numpy out; torch in, torch out.
+    """
+    if _is_torch(mask, noisy_magnitude):
+        import torch
+
+        ref = mask if isinstance(mask, torch.Tensor) else noisy_magnitude
+        mask = torch.as_tensor(mask, device=ref.device)
+        noisy = torch.as_tensor(noisy_magnitude, device=ref.device)
+    else:
+        mask, noisy = np.asarray(mask), np.asarray(noisy_magnitude)
+    bad = ~((mask >= 0) & (mask <= 1))  # NaN fails both comparisons
+    if bool(bad.any()):
+        raise ValueError(f"mask: expected values in [0, 1], got {int(bad.sum())} outside "
+                         f"(NaN included), e.g. {mask[bad][:3].tolist()}")
+    return mask * noisy

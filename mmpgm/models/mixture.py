@@ -14,11 +14,26 @@ with :math:`g_t = \mathrm{softmax}(\mathrm{MLP}(x_t))` for ``gate="conditional"`
 :math:`h'_t` over :math:`x_{\le t}` for ``gate="recurrent"`` (eq. 15), and
 :math:`g_t = \mathrm{softmax}(B_{c_{t-1},\cdot} + u_t(x_{\le t})_{c_{t-1},\cdot})` for
 ``gate="markov"`` (eq. 16, a Markov chain over experts whose transition rows the gate network
-modulates). The target model ("head") is Bernoulli (detection), Categorical (classes) or Normal.
+modulates). The target model ("head") is Bernoulli (detection), Categorical (classes), Normal
+(a real value) or a ratio mask (speech separation / enhancement, paper section 4.6): with
+``head="ratio_mask"`` the target is a vector of ``F = mask_dim`` mask values
+:math:`y_{t,f} \in [0, 1]` per frame (e.g. the ideal ratio mask of
+:func:`mmpgm.features.audio.ideal_ratio_mask`), and expert ``m`` outputs ``F`` mask logits
+:math:`o_{m,t,f}` and one log-scale :math:`\rho_{m,t}`:
+
+.. math::
+    \log p(y_t \mid c_t = m) = \sum_f \log \mathcal N\big(y_{t,f};\,
+    \sigma(o_{m,t,f}),\, s_{m,t}^2\big), \qquad s_{m,t} = \mathrm{softplus}(\rho_{m,t}) + 10^{-3},
+
+so the whole mask of a frame comes from one expert (one indicator :math:`c_t` per frame, as for
+the other heads). The predicted mask :math:`\sum_m g_{tm} \sigma(o_{m,t})` times the noisy
+magnitude spectrogram (:func:`mmpgm.features.audio.apply_ratio_mask`) is the enhanced one.
 
 * **Missing streams**: where ``data.mask[m]`` is False the gate gives expert ``m`` weight
   exactly 0 (renormalized over the observed experts); frames with no observed stream, padding
-  frames and unlabelled frames (target -1, or NaN for a Normal head) carry no evidence.
+  frames and unlabelled frames (target -1, NaN for a Normal head, NaN in every bin for a ratio
+  mask) carry no evidence. A ratio-mask frame with only *some* NaN bins is labelled: its missing
+  bins are summed out (the product over ``f`` runs over the observed bins only).
 * **Causality**: experts, gates and the gate chain only read :math:`x_{\le t}`;
   :attr:`MixturePosterior.predictive` is the online :math:`p(y_t \mid x_{\le t})`.
 * **Exact marginalization**: :meth:`log_likelihood` sums over :math:`c` in closed form
@@ -71,7 +86,7 @@ from ..ops import mixture as ops
 __all__ = ["GatedMixture", "CollapsedELBO", "Standardizer"]
 
 GATES = ("conditional", "markov", "recurrent")
-HEADS = ("bernoulli", "categorical", "normal")
+HEADS = ("bernoulli", "categorical", "normal", "ratio_mask")
 
 
 class Standardizer(nn.Module):
@@ -126,13 +141,19 @@ class GatedMixture(SavableModel, PyroModule):
         Modality -> ``obs_dim``; one expert per modality, in this order (the ``M`` axis).
     gate : {"conditional", "markov", "recurrent"}
         Eq. 17, eq. 16, eq. 15 (see the module docstring).
-    head : {"bernoulli", "categorical", "normal"}
-        Target model: ``y_t in {0, 1}``, ``y_t in {0..K-1}`` or real ``y_t``.
+    head : {"bernoulli", "categorical", "normal", "ratio_mask"}
+        Target model: ``y_t in {0, 1}``, ``y_t in {0..K-1}``, real ``y_t``, or a mask vector
+        ``y_t in [0, 1]^F`` (Normal around the sigmoid of the chosen expert's mask logits, see
+        the module docstring).
     num_classes : int, optional
-        ``K`` for ``head="categorical"``.
+        ``K`` for ``head="categorical"`` (and only there).
+    mask_dim : int, optional
+        ``F``, the number of frequency bins of the mask, for ``head="ratio_mask"`` (and only
+        there). Each expert then outputs ``F + 1`` numbers per frame (mask logits, log-scale).
     target : str
-        Name of the per-frame label ``data.labels[target]`` ``(N, T)``; ``-1`` (NaN for
-        ``"normal"``) = unlabelled frame.
+        Name of the per-frame label ``data.labels[target]``: ``(N, T)`` with ``-1`` (NaN for
+        ``"normal"``) = unlabelled frame, or ``(N, T, F)`` for ``"ratio_mask"`` with values in
+        ``[0, 1]`` and NaN = missing bin (a frame with every bin NaN is unlabelled).
     expert : {"mlp", "recurrent"}
         Feed-forward experts on ``x^m_{t-context..t}`` or a causal GRU over ``x^m_{<=t}``.
     hidden_dim, num_layers, context : expert width, depth and past frames stacked to the input.
@@ -174,6 +195,7 @@ class GatedMixture(SavableModel, PyroModule):
         co_learning_units: int = 0,
         co_learning_weight=1.0,
         expert_weight: float = 1.0,
+        mask_dim: int | None = None,
     ):
         super().__init__()
         check_obs_dims(obs_dims)
@@ -189,6 +211,14 @@ class GatedMixture(SavableModel, PyroModule):
                 )
         elif num_classes is not None:
             raise ValueError(f"num_classes: only used with head='categorical', got {num_classes!r}")
+        if head == "ratio_mask":
+            if not isinstance(mask_dim, int) or isinstance(mask_dim, bool) or mask_dim < 1:
+                raise ValueError(
+                    f"mask_dim: expected an int >= 1 (number of frequency bins) for "
+                    f"head='ratio_mask', got {mask_dim!r}"
+                )
+        elif mask_dim is not None:
+            raise ValueError(f"mask_dim: only used with head='ratio_mask', got {mask_dim!r}")
         for name, v, lo in [
             ("hidden_dim", hidden_dim, 1),
             ("num_layers", num_layers, 1),
@@ -227,8 +257,14 @@ class GatedMixture(SavableModel, PyroModule):
         self.head = head
         self.target = target
         self.num_classes = num_classes
+        self.mask_dim = mask_dim
         self.co_learning_units = co_learning_units
-        out_dim = {"bernoulli": 1, "categorical": num_classes, "normal": 2}[head]
+        out_dim = {
+            "bernoulli": 1,
+            "categorical": num_classes,
+            "normal": 2,
+            "ratio_mask": None if mask_dim is None else mask_dim + 1,
+        }[head]
         self.standardizers = nn.ModuleDict({m: Standardizer(obs_dims[m]) for m in names})
         self.experts = nn.ModuleDict(
             {
@@ -261,6 +297,7 @@ class GatedMixture(SavableModel, PyroModule):
             co_learning_units=co_learning_units,
             co_learning_weight=lam,
             expert_weight=float(expert_weight),
+            mask_dim=mask_dim,
         )
 
     # ------------------------------------------------------------------ data
@@ -276,7 +313,9 @@ class GatedMixture(SavableModel, PyroModule):
         if not isinstance(data, MultimodalData):
             raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
         data.check_modalities({m: self.standardizers[m].loc.shape[0] for m in self.modalities})
-        if self.target in data.labels:
+        if self.target in data.labels and self.head == "ratio_mask":
+            self._check_mask_target(data)
+        elif self.target in data.labels:
             y = data.labels[self.target]
             if y.dim() != 2:
                 raise ValueError(
@@ -306,21 +345,54 @@ class GatedMixture(SavableModel, PyroModule):
         p = self._param()
         return data.to(device=p.device, dtype=p.dtype)
 
+    def _check_mask_target(self, data) -> None:
+        name, dim = f"data.labels[{self.target!r}]", self.mask_dim
+        y = data.labels[self.target]
+        if y.dim() != 3:
+            raise ValueError(
+                f"{name}: expected per-frame masks (N, T, mask_dim={dim}) for head='ratio_mask', "
+                f"got {tuple(y.shape)}"
+            )
+        if y.shape[-1] != dim:
+            raise ValueError(
+                f"{name}: expected mask_dim={dim} bins in the last axis, got {y.shape[-1]} "
+                f"(shape {tuple(y.shape)})"
+            )
+        if not y.is_floating_point():
+            y = y.to(torch.float64)
+        inside = data.time_mask.to(y.device)[..., None]
+        bad = ~torch.isnan(y) & ~((y >= 0) & (y <= 1)) & inside
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name}: expected mask values in [0, 1] or NaN (missing bin), got "
+                f"{sorted(set(y[bad].tolist()))[:5]}"
+            )
+
     def _inputs(self, data):
         xs = [self.standardizers[m](data.filled(m)) for m in self.modalities]
         masks = [data.mask[m] for m in self.modalities]
         return xs, masks
 
     def _target(self, data):
-        """``(y_filled (N, T), labelled (N, T) bool)``: unlabelled frames hold a valid dummy value."""
+        """``(y_filled (N, T), labelled (N, T) bool)``: unlabelled frames hold a valid dummy value.
+
+        ``head="ratio_mask"``: ``y (N, T, F)`` keeps NaN at the missing bins (NaN on every bin of
+        padding frames); :meth:`_component` sums them out. A frame is labelled when inside its
+        sequence with at least one observed bin."""
         p = self._param()
         N, T = data.num_sequences, data.num_timesteps
         if self.target not in data.labels:
             dtype = p.dtype if self.head != "categorical" else torch.long
-            return torch.zeros(N, T, dtype=dtype, device=p.device), torch.zeros(
+            shape = (N, T, self.mask_dim) if self.head == "ratio_mask" else (N, T)
+            return torch.zeros(shape, dtype=dtype, device=p.device), torch.zeros(
                 N, T, dtype=torch.bool, device=p.device
             )
         y = data.labels[self.target].to(p.device)
+        if self.head == "ratio_mask":
+            inside = data.time_mask.to(p.device)[..., None]
+            nan = torch.full((), float("nan"), dtype=p.dtype, device=p.device)
+            y = torch.where(inside, y.to(p.dtype), nan)
+            return y, ~torch.isnan(y).all(-1)
         if self.head == "normal":
             y = y.to(p.dtype)
             lab = ~torch.isnan(y)
@@ -359,12 +431,30 @@ class GatedMixture(SavableModel, PyroModule):
         if self.head == "categorical":
             lp = torch.log_softmax(out, -1)
             return lp.gather(-1, y[..., None, None].expand(*lp.shape[:-1], 1))[..., 0]
+        if self.head == "ratio_mask":
+            y, bins = self._fill_bins(y)
+            mask, scale = self._mask_params(out)  # (N, T, M, F), (N, T, M)
+            lp = dist.Normal(mask, scale[..., None]).log_prob(y[..., None, :])
+            return torch.where(bins[..., None, :], lp, torch.zeros_like(lp)).sum(-1)
         loc, scale = self._normal_params(out)
         return dist.Normal(loc, scale).log_prob(y[..., None])
 
     @staticmethod
     def _normal_params(out):
         return out[..., 0], F.softplus(out[..., 1]) + 1e-3
+
+    @staticmethod
+    def _mask_params(out):
+        """Ratio-mask head: ``out (..., M, F + 1)`` -> mask means ``sigmoid (..., M, F)`` and
+        scales ``(..., M)``."""
+        return torch.sigmoid(out[..., :-1]), F.softplus(out[..., -1]) + 1e-3
+
+    @staticmethod
+    def _fill_bins(y):
+        """``(y with NaN bins replaced by 0.5, observed bins (bool))``: the dummy keeps the
+        log-density and its gradient finite where the bin is then masked out."""
+        bins = ~torch.isnan(y)
+        return torch.where(bins, y, torch.full((), 0.5, dtype=y.dtype, device=y.device)), bins
 
     def _evidence_mask(self, data, lab, avail):
         return lab & avail.any(-1)
@@ -564,7 +654,9 @@ class GatedMixture(SavableModel, PyroModule):
         vectorized site in the ``sequences`` (dim -2) and ``time`` (dim -1) plates) or
         ``expert_{t}`` (Markov gate: per-step sites inside ``pyro.markov`` in the ``sequences``
         plate, dim -1), enumerated in parallel by :meth:`default_elbo`; targets ``y`` / ``y_{t}``
-        are observed under ``poutine.mask`` (unlabelled, padded or unobserved frames). The
+        are observed under ``poutine.mask`` (unlabelled, padded or unobserved frames). For
+        ``head="ratio_mask"`` the ``F`` bins of ``y`` are one event (``Normal(..).to_event(1)``),
+        its missing (NaN) bins filled with a dummy value and masked out. The
         penalties (co-learning, expert fit) enter as ``pyro.factor("penalty", -penalty)``. With
         ``collapsed=True`` the indicators are summed out by :meth:`log_likelihood` instead (one
         ``pyro.factor`` per sequence; same value). ``num_sequences``: full data size for minibatches.
@@ -589,12 +681,15 @@ class GatedMixture(SavableModel, PyroModule):
             return
         y, lab = self._target(data)
         ev = self._evidence_mask(data, lab, avail)
+        bins = None
+        if self.head == "ratio_mask":
+            y, bins = self._fill_bins(y)
         enum = {"enumerate": "parallel"}
         if not markov:
             with seq, pyro.plate("time", T, dim=-1):
                 c = pyro.sample("expert", dist.Categorical(logits=log_w), infer=enum)
                 with poutine.mask(mask=ev):
-                    pyro.sample("y", self._y_dist(out, c), obs=y)
+                    pyro.sample("y", self._y_dist(out, c, bins), obs=y)
                 if pen is not None:
                     pyro.factor("penalty", -pen)
             return
@@ -607,14 +702,23 @@ class GatedMixture(SavableModel, PyroModule):
                 logits = log_init if t == 0 else Vindex(log_trans[:, t])[..., c, :]
                 c = pyro.sample(f"expert_{t}", dist.Categorical(logits=logits), infer=enum)
                 with poutine.mask(mask=ev[:, t]):
-                    pyro.sample(f"y_{t}", self._y_dist(out[:, t], c), obs=y[:, t])
+                    pyro.sample(
+                        f"y_{t}",
+                        self._y_dist(out[:, t], c, None if bins is None else bins[:, t]),
+                        obs=y[:, t],
+                    )
 
-    def _y_dist(self, out, c):
-        """Distribution of ``y`` given the expert index ``c``; ``out (..., M, out_dim)``."""
+    def _y_dist(self, out, c, bins=None):
+        """Distribution of ``y`` given the expert index ``c``; ``out (..., M, out_dim)``.
+        Ratio mask: ``bins (..., F)`` observed bins; the ``F`` axis is an event dimension."""
         if self.head == "bernoulli":
             return dist.Bernoulli(logits=Vindex(out[..., 0])[..., c])
         if self.head == "categorical":
             return dist.Categorical(logits=Vindex(out)[..., c, :])
+        if self.head == "ratio_mask":
+            mask, scale = self._mask_params(out)
+            d = dist.Normal(Vindex(mask)[..., c, :], Vindex(scale)[..., c][..., None])
+            return (d if bins is None else d.mask(bins)).to_event(1)
         loc, scale = self._normal_params(out)
         return dist.Normal(Vindex(loc)[..., c], Vindex(scale)[..., c])
 
@@ -675,6 +779,9 @@ class GatedMixture(SavableModel, PyroModule):
             elif self.head == "categorical":
                 experts = torch.softmax(out, -1)
                 pred = (weights[..., None] * experts).sum(-2)
+            elif self.head == "ratio_mask":
+                experts = self._mask_params(out)[0]
+                pred = (weights[..., None] * experts).sum(-2)
             else:
                 experts = self._normal_params(out)[0]
                 pred = (weights * experts).sum(-1)
@@ -689,4 +796,5 @@ class GatedMixture(SavableModel, PyroModule):
             lengths=data.lengths,
             causal=causal,
             modalities=self.modalities,
+            head=self.head,
         )
