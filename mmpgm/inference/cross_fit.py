@@ -316,6 +316,7 @@ def fit_cross_fitted(
     seed: int = 0,
     gate_shrinkage=(0.0, 0.1, 0.3, 1.0, 3.0),
     refit_experts: bool = True,
+    out_of_fold=None,
 ) -> CrossFitResult:
     r"""Cross-fitted training of a :class:`~mmpgm.models.mixture.GatedMixture` (see the module
     docstring); modifies ``model`` in place.
@@ -343,6 +344,10 @@ def fit_cross_fitted(
         but did worse than equal weights on a new speaker; the selected shrinkage recovered it.
     refit_experts : bool
         Train the final experts on all groups (default); otherwise they keep their starting weights.
+    out_of_fold : tuple, optional
+        ``(scores, evidence)`` from an earlier :func:`out_of_fold_scores` call with the same
+        experts, data and groups (step 1 is then skipped: several gates can share one set of
+        experts).
 
     Returns
     -------
@@ -367,9 +372,14 @@ def fit_cross_fitted(
     data = model.check_data(data)
     g = resolve_groups(data, groups)
     start = copy.deepcopy(model.experts.state_dict())
-    scores, evidence, g = out_of_fold_scores(
-        model, data, g, expert_steps=expert_steps, lr=lr, batch_size=batch_size, seed=seed
-    )
+    if out_of_fold is None:
+        scores, evidence, g = out_of_fold_scores(
+            model, data, g, expert_steps=expert_steps, lr=lr, batch_size=batch_size, seed=seed
+        )
+    else:
+        scores, evidence = out_of_fold
+        model.init_from_data(data)
+        g = g.to(data.device)
     fit_kw = dict(num_steps=gate_steps, lr=lr, batch_size=batch_size, seed=seed)
     cv = None
     kappa = float(grid[0])
