@@ -175,6 +175,13 @@ def infer(
         raise ValueError(f"num_param_samples: expected a non-negative int, got {num_param_samples!r}")
     post = model.posterior(data, causal=causal, num_samples=num_samples, seed=seed, map_path=map_path)
     if num_param_samples:
+        if "pointwise_log_likelihood" not in getattr(type(post), "_fields", ()):
+            raise ValueError(
+                f"num_param_samples: Laplace parameter draws are not available for "
+                f"{type(model).__name__} (its posterior has no pointwise log-likelihood; a "
+                f"diagonal Laplace over neural-network weights is not a useful posterior), got "
+                f"{num_param_samples}; use 0"
+            )
         from .inference.laplace import laplace_log_likelihood_draws
 
         draws = laplace_log_likelihood_draws(model, data, num_param_samples, seed=seed)

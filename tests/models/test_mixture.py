@@ -202,6 +202,8 @@ def test_posterior_samples_and_arviz():
         assert list(idata.constant_data["gate_weights"].coords["expert"].values) == list(DIMS)
         assert int(idata.posterior["expert"].values[0, 0, 2, 5]) == -1  # padding
         assert idata.log_likelihood["sequence_log_likelihood"].shape == (1, 1, 3)
+    with pytest.raises(ValueError, match="num_param_samples: Laplace parameter draws are not"):
+        mmpgm.infer(model, data, num_param_samples=2)
 
 
 def test_unlabelled_data_gives_zero_likelihood_and_predictions():
