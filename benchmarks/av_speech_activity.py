@@ -40,6 +40,7 @@ Usage: ``python benchmarks/av_speech_activity.py [--quick] [--out fig.png] [--da
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -58,12 +59,14 @@ import torch
 
 import mmpgm
 from mmpgm.data import MultimodalData
+from mmpgm.inference.cross_fit import fit_cross_fitted, out_of_fold_scores
 from mmpgm.models.mixture import GatedMixture
 
 BENCH = "av_speech_activity"
 CONDITIONS = [("nonstationary", -5.0), ("babble", 0.0)]
 MODALITIES = ("audio", "image", "flow")
 NUM_BANDS = 40
+SHRINKAGE_GRID = (0.0, 0.1, 0.3, 1.0, 3.0)
 
 
 # --------------------------------------------------------------------------- data
@@ -199,7 +202,7 @@ def train_mixture(model, pretrained, train, args):
         for m in MODALITIES:
             model.experts[m].load_state_dict(pretrained.experts[m].state_dict())
             model.standardizers[m].load_state_dict(pretrained.standardizers[m].state_dict())
-    if args.joint:
+    if args.training == "joint":
         if pretrained is None:
             model.pretrain_experts(
                 train,
@@ -302,6 +305,160 @@ def em_vs_svi(pretrained, train, test, args, emit_row):
                     "speedup_vs_traceenum": round(res["svi_traceenum"][0] / secs, 2),
                 },
             )
+
+
+def crossfit_mixtures(uni, train, test, args, emit_row):
+    """Default recipe: cross-fitted (stacked) training, :mod:`mmpgm.inference.cross_fit`.
+
+    Four expert sets (MLP or GRU experts, with or without co-learning); for each, the out-of-fold
+    scores (every training speaker scored by experts trained on the others) and the final experts
+    (all training speakers) are computed once and shared by the gates that use them. Each gate
+    is fit on the out-of-fold scores of all training speakers, its shrinkage toward equal
+    weights chosen by leave-one-speaker-out CV. Returns the best row ``(accuracy, name, post)``."""
+    sets = [
+        ("mlp", False, ("conditional", "markov")),
+        ("mlp", True, ("conditional", "markov")),
+        ("recurrent", False, ("recurrent",)),
+        ("recurrent", True, ("recurrent",)),
+    ]
+    kw = dict(lr=args.lr, batch_size=args.batch, seed=args.seed)
+    best = None
+    for expert, co, gates in sets:
+        t0 = time.perf_counter()
+        base = build("conditional", co, args, expert=expert)
+        scores, evidence, _ = out_of_fold_scores(
+            base, train, "speaker", expert_steps=args.pretrain_steps, **kw
+        )
+        if expert == "mlp" and not co:
+            final = uni  # same seed, data and steps: the unimodal experts of the table
+        else:
+            final = copy.deepcopy(base)
+            final.pretrain_experts(train, num_steps=args.pretrain_steps, **kw)
+        expert_secs = time.perf_counter() - t0
+        tag = ("_gru" if expert == "recurrent" else "") + ("_colearn" if co else "")
+        post = final.posterior(test)
+        if tag == "_gru":  # the GRU experts alone (single-expert baselines for the recurrent rows)
+            for i, m in enumerate(MODALITIES):
+                emit_row(
+                    "mmpgm",
+                    frame_metrics((post.expert_predictions[..., i] > 0.5).long(), test),
+                    name=f"expert{tag}_{m}",
+                    extra={"model": "unimodal expert (causal GRU)", "modality": m},
+                )
+        if not co:
+            emit_row(
+                "mmpgm",
+                frame_metrics((post.expert_predictions.mean(-1) > 0.5).long(), test),
+                name=f"uniform_gate_reference{tag}",
+                extra={"model": f"experts{tag or '_mlp'}, gate fixed at 1/M (not learned)"},
+            )
+        for gate in gates:
+            model = build(gate, co, args, expert=expert)
+            model.experts.load_state_dict(final.experts.state_dict())
+            model.standardizers.load_state_dict(final.standardizers.state_dict())
+            res = fit_cross_fitted(
+                model,
+                train,
+                "speaker",
+                expert_steps=args.pretrain_steps,
+                gate_steps=args.steps,
+                gate_shrinkage=SHRINKAGE_GRID,
+                refit_experts=False,
+                out_of_fold=(scores, evidence),
+                **kw,
+            )
+            post = model.posterior(test, causal=True)
+            met = frame_metrics((post.predictive > 0.5).long(), test)
+            met.update(gate_video_weights(post, test))
+            met["gate_shrinkage"] = res.gate_shrinkage
+            name = f"{gate}{'_colearn' if co else ''}"
+            emit_row(
+                "mmpgm",
+                met,
+                name=name,
+                seconds=expert_secs + res.seconds,
+                extra={
+                    "model": "GatedMixture",
+                    "gate": gate,
+                    "expert": expert,
+                    "co_learning": co,
+                    "steps": args.steps,
+                    "pretrain_steps": args.pretrain_steps,
+                    "training": "cross-fitted: out-of-fold expert scores per training speaker, "
+                    "one gate on all, shrinkage by leave-one-speaker-out CV",
+                    "shrinkage_cv": {str(k): round(v, 4) for k, v in res.shrinkage_cv.items()},
+                },
+            )
+            if best is None or met["accuracy"] > best[0]:
+                best = (met["accuracy"], name, post)
+    return best
+
+
+def staged_or_joint_mixtures(uni, train, test, args, emit_row):
+    """The former recipes (``--training staged`` / ``joint``); returns the best row
+    ``(accuracy, name, posterior)``."""
+    pre = uni
+    if (
+        args.training != "joint"
+    ):  # staged: the MLP experts of the mixtures never see the gate speaker
+        pre = build("conditional", False, args)
+        pre.init_from_data(train)
+        pre.pretrain_experts(
+            gate_split(train)[0],
+            num_steps=args.pretrain_steps,
+            lr=args.lr,
+            seed=args.seed,
+            batch_size=args.batch,
+        )
+    if (
+        args.training != "joint"
+    ):  # the experts the staged mixtures use, alone, and their equal-weight mix
+        post = pre.posterior(test)
+        for i, m in enumerate(MODALITIES):
+            emit_row(
+                "mmpgm",
+                frame_metrics((post.expert_predictions[..., i] > 0.5).long(), test),
+                name=f"staged_expert_{m}",
+                extra={"model": "expert of the staged mixtures (gate speaker held out)"},
+            )
+        emit_row(
+            "mmpgm",
+            frame_metrics((post.expert_predictions.mean(-1) > 0.5).long(), test),
+            name="uniform_gate_reference",
+            extra={"model": "staged experts, gate fixed at 1/M (not learned)"},
+        )
+    best = None
+    for gate in ("conditional", "markov", "recurrent"):
+        for co in (False, True):
+            expert = "recurrent" if gate == "recurrent" else "mlp"
+            model = build(gate, co, args, expert=expert)
+            secs = train_mixture(model, pre if expert == "mlp" and not co else None, train, args)
+            post = model.posterior(test, causal=True)
+            met = frame_metrics((post.predictive > 0.5).long(), test)
+            met.update(gate_video_weights(post, test))
+            name = f"{gate}{'_colearn' if co else ''}"
+            emit_row(
+                "mmpgm",
+                met,
+                name=name,
+                seconds=secs,
+                extra={
+                    "model": "GatedMixture",
+                    "gate": gate,
+                    "expert": expert,
+                    "co_learning": co,
+                    "steps": args.steps,
+                    "pretrain_steps": args.pretrain_steps,
+                    "training": "joint, collapsed ELBO"
+                    if args.training == "joint"
+                    else f"staged: experts on {train.num_sequences - gate_split(train)[1].num_sequences}"
+                    f" clips, gate ({args.gate_method if gate != 'recurrent' else 'svi'}) on "
+                    f"held-out training speaker",
+                },
+            )
+            if best is None or met["accuracy"] > best[0]:
+                best = (met["accuracy"], name, post)
+    return best
 
 
 # --------------------------------------------------------------------------- peers
@@ -490,10 +647,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
-        "--joint",
-        action="store_true",
-        help="former recipe: fit experts and gate jointly on all training speakers",
+        "--training",
+        choices=("crossfit", "staged", "joint"),
+        default="crossfit",
+        help="mixture recipe: cross-fitted (default), staged (experts on all training speakers "
+        "but one, gate on that one) or joint (everything on all training speakers)",
     )
+    ap.add_argument("--joint", action="store_true", help="same as --training joint")
     ap.add_argument(
         "--gate-method",
         choices=("svi", "em"),
@@ -515,6 +675,8 @@ def main(argv=None):
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--table", default=None, help="also write the markdown table to this file")
     args = ap.parse_args(argv)
+    if args.joint:
+        args.training = "joint"
     q = args.quick
     args.speakers = args.speakers or (3 if q else 5)
     args.utterances = args.utterances or (4 if q else 16)
@@ -555,6 +717,7 @@ def main(argv=None):
             "test_speaker": test_speaker,
             "frames_per_s": 25,
             "speaker_norm": bool(args.speaker_norm),
+            "training": args.training,
         }
 
         def emit_row(
@@ -603,67 +766,12 @@ def main(argv=None):
                 extra={"model": "unimodal expert", "modality": m},
             )
 
-        pre = uni
-        if not args.joint:  # staged: the MLP experts of the mixtures never see the gate speaker
-            pre = build("conditional", False, args)
-            pre.init_from_data(train)
-            pre.pretrain_experts(
-                gate_split(train)[0],
-                num_steps=args.pretrain_steps,
-                lr=args.lr,
-                seed=args.seed,
-                batch_size=args.batch,
-            )
-        if not args.joint:  # the experts the staged mixtures use, alone, and their equal-weight mix
-            post = pre.posterior(test)
-            for i, m in enumerate(MODALITIES):
-                emit_row(
-                    "mmpgm",
-                    frame_metrics((post.expert_predictions[..., i] > 0.5).long(), test),
-                    name=f"staged_expert_{m}",
-                    extra={"model": "expert of the staged mixtures (gate speaker held out)"},
-                )
-            emit_row(
-                "mmpgm",
-                frame_metrics((post.expert_predictions.mean(-1) > 0.5).long(), test),
-                name="uniform_gate_reference",
-                extra={"model": "staged experts, gate fixed at 1/M (not learned)"},
-            )
         if args.timing_steps and noise == CONDITIONS[0][0]:
-            em_vs_svi(pre, train, test, args, emit_row)
-        best = None
-        for gate in ("conditional", "markov", "recurrent"):
-            for co in (False, True):
-                expert = "recurrent" if gate == "recurrent" else "mlp"
-                model = build(gate, co, args, expert=expert)
-                secs = train_mixture(
-                    model, pre if expert == "mlp" and not co else None, train, args
-                )
-                post = model.posterior(test, causal=True)
-                met = frame_metrics((post.predictive > 0.5).long(), test)
-                met.update(gate_video_weights(post, test))
-                name = f"{gate}{'_colearn' if co else ''}"
-                emit_row(
-                    "mmpgm",
-                    met,
-                    name=name,
-                    seconds=secs,
-                    extra={
-                        "model": "GatedMixture",
-                        "gate": gate,
-                        "expert": expert,
-                        "co_learning": co,
-                        "steps": args.steps,
-                        "pretrain_steps": args.pretrain_steps,
-                        "training": "joint, collapsed ELBO"
-                        if args.joint
-                        else f"staged: experts on {train.num_sequences - gate_split(train)[1].num_sequences}"
-                        f" clips, gate ({args.gate_method if gate != 'recurrent' else 'svi'}) on "
-                        f"held-out training speaker",
-                    },
-                )
-                if best is None or met["accuracy"] > best[0]:
-                    best = (met["accuracy"], name, post)
+            em_vs_svi(uni, train, test, args, emit_row)
+        if args.training == "crossfit":
+            best = crossfit_mixtures(uni, train, test, args, emit_row)
+        else:
+            best = staged_or_joint_mixtures(uni, train, test, args, emit_row)
         if not figure_done and noise == "babble" or (not figure_done and len(corpora) == 1):
             vc = test.labels["video_corrupted"]
             n = int(torch.argmax((vc == 1).sum(1)))
