@@ -67,6 +67,7 @@ CONDITIONS = [("nonstationary", -5.0), ("babble", 0.0)]
 MODALITIES = ("audio", "image", "flow")
 NUM_BANDS = 40
 SHRINKAGE_GRID = (0.0, 0.1, 0.3, 1.0, 3.0)
+PEERS = ("webrtcvad", "silero_vad")
 
 
 # --------------------------------------------------------------------------- data
@@ -122,9 +123,10 @@ def speaker_normalize(data: MultimodalData) -> MultimodalData:
     )
 
 
-def split_speakers(data: MultimodalData):
+def split_speakers(data: MultimodalData, test_id: int | None = None):
+    """``(train, test, test_id)``: the test speaker (default: the last one) against all others."""
     spk = data.labels["speaker"]
-    test_id = int(spk.max())
+    test_id = int(spk.max()) if test_id is None else int(test_id)
     test = spk == test_id
     tr, te = torch.nonzero(~test).flatten(), torch.nonzero(test).flatten()
     train, held = data[tr], data[te]
@@ -153,6 +155,14 @@ def frame_metrics(pred: torch.Tensor, data: MultimodalData) -> dict:
         "f1": round(f1, 4),
         "frames": int(keep.sum()),
         "accuracy_video_patched": round(acc_vc, 4),
+        "counts": {
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "correct": int((p == t).sum()),
+            "patched_correct": int((p[vc] == t[vc]).sum()),
+            "patched_frames": int(vc.sum()),
+        },
     }
 
 
@@ -164,7 +174,35 @@ def gate_video_weights(post, data: MultimodalData) -> dict:
     return {
         "gate_video_inside": round(float(w[inside].mean()), 4),
         "gate_video_outside": round(float(w[outside].mean()), 4),
+        "gate_counts": {
+            "inside_sum": float(w[inside].sum()),
+            "inside_frames": int(inside.sum()),
+            "outside_sum": float(w[outside].sum()),
+            "outside_frames": int(outside.sum()),
+        },
     }
+
+
+def pool_metrics(per_fold: list) -> dict:
+    """Metrics over the union of several test speakers' frames (from the per-fold counts)."""
+    c = {k: sum(m["counts"][k] for m in per_fold) for k in per_fold[0]["counts"]}
+    frames = sum(m["frames"] for m in per_fold)
+    out = {
+        "accuracy": round(c["correct"] / max(frames, 1), 4),
+        "f1": round(2 * c["tp"] / max(1, 2 * c["tp"] + c["fp"] + c["fn"]), 4),
+        "frames": frames,
+        "accuracy_video_patched": round(c["patched_correct"] / max(c["patched_frames"], 1), 4),
+        "accuracy_per_speaker": [m["accuracy"] for m in per_fold],
+        "counts": c,
+    }
+    if "gate_counts" in per_fold[0]:
+        g = {k: sum(m["gate_counts"][k] for m in per_fold) for k in per_fold[0]["gate_counts"]}
+        out["gate_video_inside"] = round(g["inside_sum"] / max(g["inside_frames"], 1), 4)
+        out["gate_video_outside"] = round(g["outside_sum"] / max(g["outside_frames"], 1), 4)
+        out["gate_counts"] = g
+    if "gate_shrinkage" in per_fold[0]:
+        out["gate_shrinkage_per_speaker"] = [m["gate_shrinkage"] for m in per_fold]
+    return out
 
 
 # --------------------------------------------------------------------------- models
@@ -655,6 +693,13 @@ def main(argv=None):
     )
     ap.add_argument("--joint", action="store_true", help="same as --training joint")
     ap.add_argument(
+        "--test-speakers",
+        choices=("last", "all"),
+        default="last",
+        help="held-out test speaker: the last one (the paper's 5th subject), or each in turn "
+        "(leave-one-speaker-out; metrics pooled over all test frames)",
+    )
+    ap.add_argument(
         "--gate-method",
         choices=("svi", "em"),
         default="em",
@@ -705,103 +750,146 @@ def main(argv=None):
         data = reduce_audio(raw)
         if args.speaker_norm:
             data = speaker_normalize(data)
-        train, test, test_speaker = split_speakers(data)
-        _, raw_test, _ = split_speakers(raw)
-        test.meta["_raw_audio0"] = raw_test.obs["audio"][0, : int(raw_test.lengths[0])].numpy()
-        base = {
-            "noise": noise,
-            "snr_db": snr,
-            "video_patch": True,
-            "train_clips": train.num_sequences,
-            "test_clips": test.num_sequences,
-            "test_speaker": test_speaker,
-            "frames_per_s": 25,
-            "speaker_norm": bool(args.speaker_norm),
-            "training": args.training,
-        }
+        speakers = data.labels["speaker"].unique().tolist()
+        test_ids = speakers if args.test_speakers == "all" else [speakers[-1]]
+        for fold, test_id in enumerate(test_ids):
+            train, test, test_speaker = split_speakers(data, test_id)
+            _, raw_test, _ = split_speakers(raw, test_id)
+            test.meta["_raw_audio0"] = raw_test.obs["audio"][0, : int(raw_test.lengths[0])].numpy()
+            base = {
+                "noise": noise,
+                "snr_db": snr,
+                "video_patch": True,
+                "train_clips": train.num_sequences,
+                "test_clips": test.num_sequences,
+                "test_speaker": test_speaker,
+                "frames_per_s": 25,
+                "speaker_norm": bool(args.speaker_norm),
+                "training": args.training,
+            }
 
-        def emit_row(
-            impl,
-            metrics,
-            *,
-            name=None,
-            seconds=None,
-            skipped=None,
-            agreement=None,
-            extra=None,
-            base=base,
-            cond=cond,
-        ):
-            cfg = dict(base, name=f"{cond}/{name or impl}", **(extra or {}))
+            def emit_row(
+                impl,
+                metrics,
+                *,
+                name=None,
+                seconds=None,
+                skipped=None,
+                agreement=None,
+                extra=None,
+                base=base,
+                cond=cond,
+            ):
+                cfg = dict(base, name=f"{cond}/{name or impl}", **(extra or {}))
+                rec = {
+                    "benchmark": BENCH,
+                    "config": cfg,
+                    "median_s": {} if seconds is None else {impl: round(seconds, 3)},
+                    "speedup": {},
+                    "peak_mib": {},
+                    "agreement": {} if agreement is None else {impl: agreement},
+                    "metrics": {impl: metrics if metrics is not None else {"skipped": skipped}},
+                    "env": env,
+                }
+                emit(rec)
+                if args.jsonl:
+                    with open(args.jsonl, "a") as fh:
+                        emit(rec, fh)
+                rows.append((cond, name or impl, metrics, skipped, base["test_speaker"]))
+
+            # unimodal experts, each trained alone (the shared pre-training of the MLP experts)
+            uni = build("conditional", False, args)
+            t0 = time.perf_counter()
+            uni.pretrain_experts(
+                train,
+                num_steps=args.pretrain_steps,
+                lr=args.lr,
+                seed=args.seed,
+                batch_size=args.batch,
+            )
+            secs = time.perf_counter() - t0
+            post = uni.posterior(test)
+            for i, m in enumerate(MODALITIES):
+                emit_row(
+                    "mmpgm",
+                    frame_metrics((post.expert_predictions[..., i] > 0.5).long(), test),
+                    name=f"expert_{m}",
+                    seconds=secs,
+                    extra={"model": "unimodal expert", "modality": m},
+                )
+
+            if args.timing_steps and noise == CONDITIONS[0][0] and fold == 0:
+                em_vs_svi(uni, train, test, args, emit_row)
+            if args.training == "crossfit":
+                best = crossfit_mixtures(uni, train, test, args, emit_row)
+            else:
+                best = staged_or_joint_mixtures(uni, train, test, args, emit_row)
+            if not figure_done and noise == "babble" or (not figure_done and len(corpora) == 1):
+                vc = test.labels["video_corrupted"]
+                n = int(torch.argmax((vc == 1).sum(1)))
+                save_figure(
+                    args.out,
+                    best[2],
+                    test,
+                    n,
+                    f"{cond}, {best[1]}, held-out speaker {test_speaker}",
+                )
+                figure_done = True
+            run_peers(
+                root, test, corruption, args.seed, lambda impl, met, **kw: emit_row(impl, met, **kw)
+            )
+
+    # pooled over the test speakers (--test-speakers all)
+    rotating = args.test_speakers == "all"
+    if rotating:
+        pooled = {}
+        for cond, name, met, skipped, _ in rows:
+            pooled.setdefault((cond, name), []).append((met, skipped))
+        rows = []
+        for (cond, name), items in pooled.items():
+            mets = [m for m, _ in items if m is not None]
+            met = pool_metrics(mets) if mets else None
+            skipped = None if mets else items[0][1]
             rec = {
                 "benchmark": BENCH,
-                "config": cfg,
-                "median_s": {} if seconds is None else {impl: round(seconds, 3)},
+                "config": {"name": f"{cond}/{name}", "test_speaker": "pooled", "folds": len(mets)},
+                "median_s": {},
                 "speedup": {},
                 "peak_mib": {},
-                "agreement": {} if agreement is None else {impl: agreement},
-                "metrics": {impl: metrics if metrics is not None else {"skipped": skipped}},
+                "agreement": {},
+                "metrics": {name if name in PEERS else "mmpgm": met or {"skipped": skipped}},
                 "env": env,
             }
             emit(rec)
             if args.jsonl:
                 with open(args.jsonl, "a") as fh:
                     emit(rec, fh)
-            rows.append((cond, name or impl, metrics, skipped))
-
-        # unimodal experts, each trained alone (the shared pre-training of the MLP experts)
-        uni = build("conditional", False, args)
-        t0 = time.perf_counter()
-        uni.pretrain_experts(
-            train, num_steps=args.pretrain_steps, lr=args.lr, seed=args.seed, batch_size=args.batch
-        )
-        secs = time.perf_counter() - t0
-        post = uni.posterior(test)
-        for i, m in enumerate(MODALITIES):
-            emit_row(
-                "mmpgm",
-                frame_metrics((post.expert_predictions[..., i] > 0.5).long(), test),
-                name=f"expert_{m}",
-                seconds=secs,
-                extra={"model": "unimodal expert", "modality": m},
-            )
-
-        if args.timing_steps and noise == CONDITIONS[0][0]:
-            em_vs_svi(uni, train, test, args, emit_row)
-        if args.training == "crossfit":
-            best = crossfit_mixtures(uni, train, test, args, emit_row)
-        else:
-            best = staged_or_joint_mixtures(uni, train, test, args, emit_row)
-        if not figure_done and noise == "babble" or (not figure_done and len(corpora) == 1):
-            vc = test.labels["video_corrupted"]
-            n = int(torch.argmax((vc == 1).sum(1)))
-            save_figure(
-                args.out, best[2], test, n, f"{cond}, {best[1]}, held-out speaker {test_speaker}"
-            )
-            figure_done = True
-        run_peers(
-            root, test, corruption, args.seed, lambda impl, met, **kw: emit_row(impl, met, **kw)
-        )
+            rows.append((cond, name, met, skipped, "pooled"))
 
     # Table-1-like summary on stderr (and --table)
     import io
 
     out = io.StringIO()
+    extra_col = " accuracy per test speaker |" if rotating else ""
     out.write(
-        "\n| condition | model | accuracy | F1 | accuracy in patched video | gate on video in / out corrupted |\n|---|---|---|---|---|---|\n"
+        "\n| condition | model | accuracy | F1 | accuracy in patched video | gate on video in / out "
+        f"corrupted |{extra_col}\n|---|---|---|---|---|---|{'---|' if rotating else ''}\n"
     )
-    for cond, name, met, skipped in rows:
+    for cond, name, met, skipped, _ in rows:
         if met is None:
-            out.write(f"| {cond} | {name} | skipped: {skipped} | | | |\n")
+            out.write(f"| {cond} | {name} | skipped: {skipped} | | | |{' |' if rotating else ''}\n")
             continue
         gv = (
             f"{met['gate_video_inside']:.3f} / {met['gate_video_outside']:.3f}"
             if "gate_video_inside" in met
             else ""
         )
+        per = ""
+        if rotating:
+            per = " " + " ".join(f"{a:.3f}" for a in met.get("accuracy_per_speaker", [])) + " |"
         out.write(
             f"| {cond} | {name} | {met['accuracy']:.3f} | {met['f1']:.3f} | "
-            f"{met['accuracy_video_patched']:.3f} | {gv} |\n"
+            f"{met['accuracy_video_patched']:.3f} | {gv} |{per}\n"
         )
     out.write(f"\nfigure: {args.out}; total {time.perf_counter() - t_start:.0f} s\n")
     sys.stderr.write(out.getvalue())

@@ -61,3 +61,78 @@ def test_hmm_speed_quick():
             assert r["compile_s"]["dynamax"] > 0
         assert r["gradient"]["hmmlearn_log"] is False and r["gradient"]["mmpgm"] is True
         assert "torch" in r["env"] and "python" in r["env"]
+
+
+@pytest.mark.benchmark
+def test_av_speech_activity_quick_leave_one_speaker_out(tmp_path):
+    """``av_speech_activity.py --quick --test-speakers all``: every row pooled over the three
+    held-out speakers, the table written, the figure saved."""
+    import shutil
+
+    pytest.importorskip("librosa")
+    pytest.importorskip("cv2")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng (apt-get install espeak-ng)")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    table, fig = tmp_path / "table.md", tmp_path / "fig.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "av_speech_activity.py"),
+            "--quick",
+            "--test-speakers",
+            "all",
+            "--timing-steps",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(fig),
+            "--table",
+            str(table),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
+    pooled = [r for r in records if r["config"]["test_speaker"] == "pooled"]
+    per_fold = [r for r in records if r["config"]["test_speaker"] != "pooled"]
+    assert {r["config"]["test_speaker"] for r in per_fold} == {0, 1, 2}
+    names = {r["config"]["name"].split("/")[1] for r in pooled}
+    for name in (
+        "expert_audio",
+        "expert_image",
+        "expert_flow",
+        "uniform_gate_reference",
+        "conditional",
+        "markov",
+        "recurrent",
+        "conditional_colearn",
+        "webrtcvad",
+        "silero_vad",
+    ):
+        assert name in names, name
+    for r in pooled:
+        for k in KEYS:
+            assert k in r
+        (met,) = r["metrics"].values()
+        if "skipped" in met:
+            continue
+        assert r["config"]["folds"] == 3 and len(met["accuracy_per_speaker"]) == 3
+        # the pooled accuracy is the frame-weighted mean of the per-speaker ones
+        fold_frames = [
+            f["metrics"][next(iter(f["metrics"]))]["frames"]
+            for f in per_fold
+            if f["config"]["name"] == r["config"]["name"]
+        ]
+        mean = sum(a * n for a, n in zip(met["accuracy_per_speaker"], fold_frames, strict=True))
+        assert abs(met["accuracy"] - mean / sum(fold_frames)) < 1e-3
+        if "gate_video_inside" in met:
+            assert 0 <= met["gate_video_inside"] <= 1 and 0 <= met["gate_video_outside"] <= 1
+    assert "accuracy per test speaker" in table.read_text()
+    assert fig.stat().st_size > 10_000
