@@ -123,15 +123,22 @@ def _mixture_ll(model, log_w, lc, ev):
     return ops.mixture_log_likelihood(log_w, lc, ev)
 
 
-def _shrinkage(log_w, avail, frames):
-    """``sum_t KL(u_t || g_t)`` over ``frames`` (bool ``(N, T)``), ``u_t`` uniform on ``avail``.
-    For the Markov gate every transition row is shrunk (and the initial distribution)."""
+def _shrinkage(log_w, avail, frames, center_logits=None):
+    """``sum_t KL(pi_t || g_t)`` over ``frames`` (bool ``(N, T)``): ``pi_t`` is
+    ``softmax(center_logits)`` (uniform when None) renormalized over the experts observed at
+    frame ``t`` (``avail``). For the Markov gate every transition row is shrunk (and the initial
+    distribution)."""
 
     def kl(lw, av):
-        a = av.to(lw.dtype)
-        n = a.sum(-1).clamp_min(1.0)
-        lw = torch.where(av, lw, torch.zeros_like(lw))
-        return -(a * lw).sum(-1) / n - torch.log(n)
+        if center_logits is None:
+            logits = torch.zeros_like(lw)
+        else:
+            logits = center_logits.to(lw.dtype).expand_as(lw)
+        neg = torch.full((), -float("inf"), dtype=lw.dtype, device=lw.device)
+        log_pi = torch.log_softmax(torch.where(av, logits, neg), -1)
+        pi = log_pi.exp()
+        diff = torch.where(av, log_pi - lw, torch.zeros_like(lw))
+        return (pi * diff).sum(-1)
 
     if isinstance(log_w, tuple):
         init, trans = log_w
@@ -198,15 +205,26 @@ def fit_gate_to_scores(
     batch_size: int | None = None,
     seed: int = 0,
     gate_shrinkage: float = 0.0,
+    shrink_toward: str = "uniform",
 ) -> list:
     r"""Step 2 of the module docstring: fit ``model.gate`` alone (Adam, ``num_steps`` epochs) to
     maximize :math:`\log p(y \mid x)` with the experts' per-frame scores fixed to ``scores``
     ``(N, T, M)`` (e.g. from :func:`out_of_fold_scores`), minus
-    :math:`\kappa \sum_t \mathrm{KL}(u_t \| g_t)` (``gate_shrinkage``). Returns the per-frame
-    losses, one per epoch."""
+    :math:`\kappa \sum_t \mathrm{KL}(\pi \| g_t)` (``gate_shrinkage``), :math:`\pi`
+    renormalized over the experts observed at each frame: equal weights with
+    ``shrink_toward="uniform"`` (default; a symmetric Dirichlet prior on :math:`g_t`), or with
+    ``"constant"`` a constant weight vector fit jointly, so that only the gate's frame-to-frame
+    variation is shrunk (a large :math:`\kappa` then gives the best constant gate). On the
+    audio-visual benchmark (babble, held-out speaker) ``"constant"`` had the better held-out
+    log-likelihood but the *lower* accuracy (0.884 vs 0.901; it trusts the video experts ~90%
+    and loses the audio expert's tie-breaking vote) and a gate that hardly reacts to corrupted
+    video (0.87 vs 0.90 inside/outside, against 0.68 vs 0.73). Returns the per-frame losses,
+    one per epoch."""
     _check_steps(num_steps=num_steps)
     if not isinstance(gate_shrinkage, (int, float)) or not gate_shrinkage >= 0:
         raise ValueError(f"gate_shrinkage: expected a non-negative float, got {gate_shrinkage!r}")
+    if shrink_toward not in ("constant", "uniform"):
+        raise ValueError(f"shrink_toward: expected 'constant' or 'uniform', got {shrink_toward!r}")
     data = model.check_data(data)
     N, T, M = data.num_sequences, data.num_timesteps, model.num_experts
     if tuple(scores.shape) != (N, T, M) or tuple(evidence.shape) != (N, T):
@@ -220,6 +238,10 @@ def fit_gate_to_scores(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     params = list(model.gate.parameters())
+    center = None
+    if shrink_toward == "constant" and gate_shrinkage > 0:
+        center = torch.zeros(M, dtype=p.dtype, device=p.device, requires_grad=True)
+        params = params + [center]
     optim = torch.optim.Adam(params, lr=lr)
     size = batch_size or N
     losses = []
@@ -235,7 +257,8 @@ def fit_gate_to_scores(
             n = float(ev.sum())
             obj = _mixture_ll(model, log_w, scores[idx], ev).sum()
             if gate_shrinkage > 0:
-                obj = obj - gate_shrinkage * _shrinkage(log_w, avail, b.time_mask & avail.any(-1))
+                shrunk = b.time_mask & avail.any(-1)
+                obj = obj - gate_shrinkage * _shrinkage(log_w, avail, shrunk, center)
             loss = -obj / max(n, 1.0)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -257,6 +280,7 @@ def grouped_gate_cv(
     lr: float = 0.01,
     batch_size: int | None = None,
     seed: int = 0,
+    shrink_toward: str = "uniform",
 ) -> dict:
     r"""Leave-one-group-out validation of the gate stage: for every :math:`\kappa` in
     ``shrinkages`` and every group :math:`g`, a fresh gate (``model.gate``'s current weights)
@@ -284,6 +308,7 @@ def grouped_gate_cv(
                 batch_size=batch_size,
                 seed=seed,
                 gate_shrinkage=kappa,
+                shrink_toward=shrink_toward,
             )
             with torch.no_grad():
                 _, log_w = _gate_log_weights(model, data[held])
@@ -315,6 +340,7 @@ def fit_cross_fitted(
     batch_size: int | None = None,
     seed: int = 0,
     gate_shrinkage=(0.0, 0.1, 0.3, 1.0, 3.0),
+    shrink_toward: str = "uniform",
     refit_experts: bool = True,
     out_of_fold=None,
 ) -> CrossFitResult:
@@ -337,11 +363,13 @@ def fit_cross_fitted(
     gate_steps : int
         Adam epochs of the gate stage (over all groups).
     gate_shrinkage : float or sequence of float
-        :math:`\kappa \ge 0`, the weight of :math:`\sum_t \mathrm{KL}(u_t \| g_t)`; a sequence is
+        :math:`\kappa \ge 0`, the weight of :math:`\sum_t \mathrm{KL}(\pi \| g_t)`; a sequence is
         a grid from which :func:`grouped_gate_cv` picks the value of best held-out
         log-likelihood (default). On the audio-visual benchmark an unshrunk gate reached 0.09
         nats/frame on the out-of-fold scores (it learns *which frames* each expert gets wrong)
         but did worse than equal weights on a new speaker; the selected shrinkage recovered it.
+    shrink_toward : {"uniform", "constant"}
+        The centre :math:`\pi` of the shrinkage (see :func:`fit_gate_to_scores`).
     refit_experts : bool
         Train the final experts on all groups (default); otherwise they keep their starting weights.
     out_of_fold : tuple, optional
@@ -380,7 +408,13 @@ def fit_cross_fitted(
         scores, evidence = out_of_fold
         model.init_from_data(data)
         g = g.to(data.device)
-    fit_kw = dict(num_steps=gate_steps, lr=lr, batch_size=batch_size, seed=seed)
+    fit_kw = dict(
+        num_steps=gate_steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        shrink_toward=shrink_toward,
+    )
     cv = None
     kappa = float(grid[0])
     if len(grid) > 1:

@@ -89,6 +89,20 @@ def test_shrinkage_is_kl_from_uniform_over_observed_experts(float64):
     torch.testing.assert_close(
         got, torch.as_tensor(expected, dtype=got.dtype), rtol=1e-12, atol=1e-12
     )
+    # a non-uniform centre pi, renormalized over the observed experts
+    center = torch.tensor([0.3, -0.2, 1.0])
+    expected = 0.0
+    for n in range(2):
+        for t in range(3):
+            if not frames[n, t]:
+                continue
+            obs = torch.nonzero(avail[n, t]).flatten()
+            log_pi = torch.log_softmax(center[obs], -1)
+            expected += float((log_pi.exp() * (log_pi - log_w[n, t, obs])).sum())
+    got = _shrinkage(log_w, avail, frames, center)
+    torch.testing.assert_close(
+        got, torch.as_tensor(expected, dtype=got.dtype), rtol=1e-12, atol=1e-12
+    )
     # zero at the uniform gate
     uni = torch.log(torch.full((2, 3, 3), 1.0 / 3))
     assert abs(float(_shrinkage(uni, torch.ones_like(avail), frames))) < 1e-12
@@ -120,6 +134,22 @@ def test_gate_stage_trains_only_the_gate_and_shrinkage_flattens_it(gate, float64
     fit_gate_to_scores(model, data, scores, evidence, num_steps=40, lr=0.05, gate_shrinkage=1e4)
     shrunk = spread()
     assert shrunk < 0.25 * initial and shrunk < 0.25 * free
+    # shrunk toward a learned constant: the gate becomes (nearly) the same at every frame
+    model.gate.load_state_dict(start)
+    fit_gate_to_scores(
+        model,
+        data,
+        scores,
+        evidence,
+        num_steps=40,
+        lr=0.05,
+        gate_shrinkage=1e4,
+        shrink_toward="constant",
+    )
+    with torch.no_grad():
+        _, log_w = _gate_log_weights(model, model.check_data(data))
+    w = (log_w[1] if isinstance(log_w, tuple) else log_w).exp()[..., 0]
+    assert float(w.std()) < 0.25 * free
 
 
 def test_grouped_cv_and_cross_fit_result(float64):
@@ -156,6 +186,14 @@ def test_bad_inputs():
         fit_cross_fitted(model, data, "group", gate_shrinkage=[])
     with pytest.raises(ValueError, match="expert_steps: expected an int >= 1"):
         fit_cross_fitted(model, data, "group", expert_steps=0)
+    with pytest.raises(ValueError, match="shrink_toward: expected 'constant' or 'uniform'"):
+        fit_gate_to_scores(
+            model,
+            data,
+            torch.zeros(8, 6, 2),
+            torch.ones(8, 6, dtype=torch.bool),
+            shrink_toward="mean",
+        )
     scores = torch.zeros(8, 6, 3)
     with pytest.raises(ValueError, match="scores, evidence: expected shapes"):
         fit_gate_to_scores(model, data, scores, torch.ones(8, 6, dtype=torch.bool))
