@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from mmpgm.data import MultimodalData
+from mmpgm.datasets import unreliable_stream_data
 from mmpgm.inference.cross_fit import (
     _gate_log_weights,
     _shrinkage,
@@ -21,24 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _synthetic(N, T, seed):
-    """A sticky bit seen by ``steady`` (noisy everywhere) and ``sharp`` (clean, except on a
-    segment of min(15, T/3) frames per sequence where it is pure noise); 4 groups of sequences."""
-    g = torch.Generator().manual_seed(seed)
-    b = torch.zeros(N, T, dtype=torch.long)
-    b[:, 0] = torch.randint(0, 2, (N,), generator=g)
-    for t in range(1, T):
-        flip = torch.rand(N, generator=g) < 0.1
-        b[:, t] = torch.where(flip, 1 - b[:, t - 1], b[:, t - 1])
-    s = (2.0 * b - 1.0)[..., None]
-    steady = s + 2.0 * torch.randn(N, T, 3, generator=g)
-    sharp = s + 0.5 * torch.randn(N, T, 3, generator=g)
-    seg = min(15, T // 3)
-    start = torch.randint(0, T - seg + 1, (N,), generator=g)
-    t = torch.arange(T)
-    bad = (t >= start[:, None]) & (t < start[:, None] + seg)
-    sharp = torch.where(bad[..., None], 3.0 * torch.randn(N, T, 3, generator=g), sharp)
-    labels = {"speech": b, "group": torch.arange(N) % 4}
-    return MultimodalData({"steady": steady, "sharp": sharp}, labels=labels), bad
+    return unreliable_stream_data(N, T, seed, num_groups=4)
 
 
 def _model(gate="conditional", seed=0):
@@ -210,9 +193,7 @@ def test_cross_fitted_gate_drops_noisy_stream(gate):
     train, _ = _synthetic(32, 40, seed=0)
     test, bad = _synthetic(64, 50, seed=1)
     model = _model(gate)
-    res = fit_cross_fitted(
-        model, train, "group", expert_steps=60, gate_steps=60, lr=0.03, batch_size=16
-    )
+    fit_cross_fitted(model, train, "group", expert_steps=60, gate_steps=60, lr=0.03, batch_size=16)
     post = model.posterior(test, causal=True)
     y = test.labels["speech"]
     w_sharp = post.gate_weights[..., 1]
