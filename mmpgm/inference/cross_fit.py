@@ -184,12 +184,7 @@ def out_of_fold_scores(
             seed=seed + k,
             batch_size=batch_size,
         )
-        with torch.no_grad():
-            d = data[held]
-            out, _, avail, _ = fold._forward(d)
-            y, lab = fold._target(d)
-            scores[held] = fold._component(out, y)
-            evidence[held] = fold._evidence_mask(d, lab, avail)
+        scores[held], evidence[held] = fold.expert_scores(data[held])
         del fold
     return scores, evidence, g
 

@@ -616,33 +616,35 @@ class GatedMixture(SavableModel, PyroModule):
                 seed=seed,
                 gate_only=True,
             )[0]
+        from ..inference.cross_fit import fit_gate_to_scores
+
         data = self.check_data(data)
         self.init_from_data(data)
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        params = list(self.gate.parameters())
-        optim = torch.optim.Adam(params, lr=lr)
-        N = data.num_sequences
-        losses = []
-        for _ in range(num_steps):
-            total, frames = 0.0, 0.0
-            batches = (
-                [data]
-                if batch_size is None or batch_size >= N
-                else data.batches(batch_size, True, gen)
-            )
-            for b in batches:
-                optim.zero_grad()
-                fw = self._forward(b)
-                _, lab = self._target(b)
-                n = float(self._evidence_mask(b, lab, fw[2]).sum())
-                loss = -self._log_likelihood(b, fw).sum() / max(n, 1.0)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 10.0)
-                optim.step()
-                total, frames = total + loss.item() * n, frames + n
-            losses.append(total / max(frames, 1.0))
-        return losses
+        scores, evidence = self.expert_scores(data)
+        return fit_gate_to_scores(
+            self,
+            data,
+            scores,
+            evidence,
+            num_steps=num_steps,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+        )
+
+    @torch.no_grad()
+    def expert_scores(self, data: MultimodalData):
+        r"""``(scores (N, T, M), evidence (N, T) bool)``: :math:`\log p(y_t \mid f_m)` of every
+        expert on every frame (no gradient), and the labelled frames with an observed stream.
+        The experts are the only networks run; the gate's fit against these scores is
+        :func:`mmpgm.inference.cross_fit.fit_gate_to_scores`."""
+        data = self.check_data(data)
+        xs, masks = self._inputs(data)
+        out = torch.stack(
+            [self.experts[m](x, k)[0] for m, x, k in zip(self.modalities, xs, masks)], 2
+        )
+        y, lab = self._target(data)
+        return self._component(out, y), self._evidence_mask(data, lab, torch.stack(masks, -1))
 
     # ------------------------------------------------------------------ Pyro programs
     def model(
