@@ -16,25 +16,34 @@ speaker, and reports per-frame accuracy and F1 (speech = positive) for
 * audio-only peers ``webrtcvad`` (``webrtcvad-wheels``) and ``silero-vad`` on the same noisy
   16 kHz waveforms (rebuilt with the preparation's per-utterance random streams and checked
   against the stored features), skipped with the reason when not importable,
-
-Mixture training (default, "staged"): the training speakers are split speaker-wise; the MLP
-experts are pre-trained on all but the last training speaker, then only the gate is fit
-(``GatedMixture.fit_gate``, Appendix-A EM for conditional/Markov gates, SVI for the recurrent
-one; experts frozen, c_t summed out exactly) on that held-out training speaker, so it learns how
-far each expert can be trusted on a speaker the experts never saw (trained jointly on all
-training speakers, the gate collapsed onto the audio expert, which memorizes the training
-speakers' babble). ``--joint`` restores the joint recipe. The rows ``staged_expert_*`` and
-``uniform_gate_reference`` report the staged experts alone and their equal-weight mix. The
-``timing_*`` rows compare Appendix-A EM with plain ``TraceEnum_ELBO`` SVI (and the collapsed loss)
-on the same joint fit and number of gradient steps (first noise condition).
+* the unimodal experts again as causal GRUs (``expert_gru_*``), and the equal-weight mix of each
+  expert set (``uniform_gate_reference*``, a gate fixed at 1/3: the reference a learned gate
+  must beat),
 
 plus the mean gate weight on the video experts (image + flow) inside vs outside the corrupted
 video segments. One JSON line per configuration (DESIGN.md section 8, ``metrics`` field), a
 Table-1-like markdown table on stderr, and a figure like Fig. 17-18 (experts' outputs and gate
 weights over a test clip, corrupted video segment shaded) at ``--out``.
 
+Mixture training (default ``--training crossfit``, :mod:`mmpgm.inference.cross_fit`): every
+training speaker is scored by experts trained on the other training speakers (out-of-fold), one
+gate is fit on all training speakers' out-of-fold scores, shrunk toward equal weights by a
+KL penalty whose weight is chosen by leave-one-speaker-out validation, and the final experts are
+trained on all training speakers. Four expert sets (MLP or GRU experts, with or without
+co-learning) are fit once each and shared by the gates that use them. ``--training staged``
+(experts on all training speakers but one, the gate on that one, Appendix-A EM) and
+``--training joint`` (everything on all training speakers) are the earlier recipes: trained
+jointly the gate collapsed onto the audio expert, which memorizes the training speakers'
+babble; staged, the gate saw a single speaker and did not transfer. The ``timing_*`` rows
+compare Appendix-A EM with plain ``TraceEnum_ELBO`` SVI (and the collapsed loss) on the same
+joint fit and number of gradient steps (first noise condition).
+
+``--test-speakers all`` holds out each speaker in turn (leave-one-speaker-out) and reports every
+row pooled over all test frames, with the per-speaker accuracies.
+
 Usage: ``python benchmarks/av_speech_activity.py [--quick] [--out fig.png] [--data-dir DIR]
-[--jsonl F] [--table F] [--joint] [--gate-method {em,svi}]``.
+[--jsonl F] [--table F] [--training {crossfit,staged,joint}] [--test-speakers {last,all}]
+[--seed S]``.
 """
 
 from __future__ import annotations
