@@ -15,6 +15,10 @@ Per utterance (paper sections 7.2-7.4, DESIGN.md section 6):
 * labels: ``labels/speech`` 1 where the frame centre ``t*1000+500`` falls in a
   word other than ``sil``/``sp``, 0 otherwise, -1 past the clip's length;
   ``labels/speaker``; ``labels/video_corrupted`` / ``labels/audio_corrupted``;
+* optional enhancement targets (``targets=("irm",)``, CLI ``--irm``): ``labels/irm``,
+  the ideal ratio mask (paper section 4.6) between the STFT magnitudes of the clean
+  waveform and of the added noise (noisy - clean), on the frames and bins of ``obs/audio``
+  (:func:`mmpgm.features.audio.waveform_ratio_mask`); 1 where no noise was added;
 * optional seeded corruptions (:mod:`mmpgm.features.corrupt`), one random
   stream per utterance derived from ``(seed, utterance id)`` so results do not
   depend on sharding or worker count; every record is saved in ``meta/corruption``.
@@ -26,7 +30,8 @@ it is listed in ``meta/skipped``.
 Output keys: ``obs/audio`` (N, T, 513) float32, ``obs/image`` (N, T, 32),
 ``obs/flow`` (N, T, 11), ``mask/audio|image|flow`` bool (N, T), ``lengths``
 int64 (N,), ``labels/speech|video_corrupted|audio_corrupted`` int64 (N, T),
-``labels/speaker`` int64 (N,), string arrays ``meta/utterance_id``,
+``labels/speaker`` int64 (N,), with ``targets=("irm",)`` ``labels/irm`` float32
+(N, T, 513) (NaN past the clip's length), string arrays ``meta/utterance_id``,
 ``meta/speaker_id``, ``meta/skipped``, ``meta/corruption`` (JSON per
 utterance), ``meta/info`` (JSON per utterance: face box, padding, ...),
 ``meta/speakers`` (speaker names indexed by ``labels/speaker``), and
@@ -50,9 +55,10 @@ import numpy as np
 VIDEO_EXTS = (".mpg", ".avi", ".mp4")
 NON_SPEECH = ("sil", "sp")
 UNITS_PER_FRAME = 1000  # GRID: 25000 units/s, 25 frames/s
+TARGETS = ("irm",)  # optional per-frame targets: labels/<name>
 
-__all__ = ["PrepError", "CorruptionConfig", "Utterance", "discover", "parse_shard",
-           "speech_labels", "process_utterance", "prepare_grid", "main"]
+__all__ = ["PrepError", "CorruptionConfig", "Utterance", "TARGETS", "discover", "parse_shard",
+           "speech_labels", "check_targets", "process_utterance", "prepare_grid", "main"]
 
 
 class PrepError(RuntimeError):
@@ -195,6 +201,24 @@ def speech_labels(align, n_frames: int) -> np.ndarray:
     return lab
 
 
+def check_targets(targets) -> tuple:
+    """``targets`` as a tuple of names from :data:`TARGETS` (None or ``()`` = none; a single
+    name is accepted as a str). Raises ValueError naming an unknown target."""
+    if targets is None:
+        return ()
+    if isinstance(targets, str):
+        targets = (targets,)
+    try:
+        out = tuple(dict.fromkeys(str(t) for t in targets))
+    except TypeError:
+        raise TypeError(f"targets: expected a sequence of names from {TARGETS}, "
+                        f"got {targets!r}") from None
+    bad = [t for t in out if t not in TARGETS]
+    if bad:
+        raise ValueError(f"targets: unknown target(s) {bad}; available: {list(TARGETS)}")
+    return out
+
+
 def _utt_rng(seed, uid):
     return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(uid.encode())]))
 
@@ -203,8 +227,8 @@ def process_utterance(task):
     """Features, labels and records for one utterance (runs in a worker).
 
     ``task`` = dict(utt=Utterance as dict, seed, corruption=dict, babble=[paths],
-    audio_kind, max_video_pad).  Returns ``("ok", uid, result)`` or
-    ``("error", uid, reason)``; never raises for a bad file.
+    audio_kind, max_video_pad, targets=tuple of names from TARGETS).  Returns
+    ``("ok", uid, result)`` or ``("error", uid, reason)``; never raises for a bad file.
     """
     uid = task["utt"]["uid"]
     try:
@@ -232,6 +256,7 @@ def _process(task):
     except (OSError, ValueError) as exc:
         raise ValueError(f"bad alignment {u.align}: {exc}") from exc
     y = fa.load_audio(u.audio)
+    clean = y
     T = fa.num_frames(len(y))
     align_end_frame = int(round(max(b for _, b, _ in align) / UNITS_PER_FRAME))
     if align_end_frame > T + 2:
@@ -267,6 +292,11 @@ def _process(task):
 
     audio = fa.audio_features(y, fa.SAMPLE_RATE, kind=task["audio_kind"])
     assert audio.shape[0] == T
+    targets = {}
+    if "irm" in task.get("targets", ()):
+        # noise = noisy - clean: exactly 0 (mask 1) where no noise was added
+        targets["irm"] = fa.waveform_ratio_mask(clean, y, fa.SAMPLE_RATE)
+        assert targets["irm"].shape == (T, fa.N_BINS)
     vfeats, vinfo = fv.video_features(frames, box, n_frames=T)
     vind, _ = fv.align_frames(vind, T, mode="zero")
     padded = vinfo["align"]["padded"]
@@ -282,7 +312,7 @@ def _process(task):
         "audio": audio, "image": vfeats["image"], "flow": vfeats["flow"],
         "video_mask": vmask, "speech": speech_labels(align, T),
         "video_corrupted": vind.astype(np.int64), "audio_corrupted": aind.astype(np.int64),
-        "length": T, "info": info, "records": records,
+        "length": T, "info": info, "records": records, "targets": targets,
     }
 
 
@@ -322,7 +352,7 @@ def _babble_for(utts, i, rng_seed, n):
 
 def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = False,
                  corruption=None, seed: int = 0, progress: bool = True, audio_kind: str = "stft",
-                 max_video_pad: int = 25, mp_context: str | None = None):
+                 max_video_pad: int = 25, mp_context: str | None = None, targets=()):
     """Prepare the GRID-layout corpus at ``root`` into ``out_path`` (``.npz``).
 
     ``workers`` processes (1 = in this process); ``shard`` ``"i/n"`` takes every
@@ -334,6 +364,14 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
     been imported in this process -- workers then start instantly -- and
     ``"spawn"`` otherwise: a fork after OpenCV has run parallel code (e.g.
     ``cv2.remap``) deadlocks the workers).
+    ``targets``: extra per-frame targets, names from :data:`TARGETS`:
+    ``"irm"`` stores ``labels/irm`` (N, T, 513) float32, the ideal ratio mask (Wang's,
+    ``sqrt(|S|^2 / (|S|^2 + |N|^2))``) of the clean waveform ``S`` against the added noise
+    ``N = noisy - clean``, on the frames and bins of ``obs/audio``
+    (:func:`mmpgm.features.audio.waveform_ratio_mask`): 1 where no noise was added (no
+    ``audio_noise``, or frames the ``audio_seg_range`` segment does not reach), NaN past the
+    clip's length (as -1 for the integer labels); the target of
+    ``GatedMixture(head="ratio_mask")``.
     Raises :class:`PrepError` listing failed files unless ``skip_bad``.
     Returns a summary dict.
     """
@@ -343,6 +381,7 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
         raise ValueError(f"audio_kind must be one of {FEATURE_KINDS}, got {audio_kind!r}")
     t0 = time.time()
     cc = CorruptionConfig.coerce(corruption).validate()
+    targets = check_targets(targets)
     si, sn = parse_shard(shard)
     all_utts = discover(root)
     if not all_utts:
@@ -355,7 +394,7 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
         babble = _babble_for(all_utts, i, seed, cc.n_babble) if cc.audio_noise == "babble" else []
         tasks.append({"utt": asdict(u), "seed": seed, "corruption": asdict(cc), "babble": babble,
                       "audio_kind": audio_kind, "max_video_pad": int(max_video_pad),
-                      "root": str(root)})
+                      "root": str(root), "targets": targets})
 
     from tqdm.auto import tqdm
 
@@ -412,6 +451,9 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
         "labels/video_corrupted": np.full((N, T), -1, np.int64),
         "labels/audio_corrupted": np.full((N, T), -1, np.int64),
     }
+    for name in targets:  # float per-frame targets: NaN past the clip's length
+        arr[f"labels/{name}"] = np.full((N, T) + r0["targets"][name].shape[1:], np.nan,
+                                        np.float32)
     infos, recs = [], []
     for n, uid in enumerate(ok):
         r = results[uid][1]
@@ -427,11 +469,14 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
         arr["labels/speaker"][n] = speakers.index(by_uid[uid].speaker)
         arr["labels/video_corrupted"][n, :L] = r["video_corrupted"]
         arr["labels/audio_corrupted"][n, :L] = r["audio_corrupted"]
+        for name in targets:
+            arr[f"labels/{name}"][n, :L] = r["targets"][name]
         infos.append(json.dumps(r["info"], sort_keys=True))
         recs.append(json.dumps(r["records"], sort_keys=True))
     config = {"root": str(root), "shard": f"{si}/{sn}", "seed": seed,
               "corruption": asdict(cc), "audio_kind": audio_kind,
               "max_video_pad": max_video_pad, "n_total_in_corpus": len(all_utts),
+              "targets": list(targets),
               "frame_rate": 25, "audio_sample_rate": 16000, "stft_window": 1024, "stft_hop": 640}
     arr["meta/utterance_id"] = np.array(ok, dtype=str)
     arr["meta/speaker_id"] = np.array([by_uid[u].speaker for u in ok], dtype=str)
@@ -470,6 +515,9 @@ def main(argv=None) -> int:
     p.add_argument("--audio-kind", default="stft", choices=["stft", "logmel", "mfcc"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-video-pad", type=int, default=25)
+    p.add_argument("--irm", action="store_true",
+                   help="also store labels/irm (N, T, 513): the ideal ratio mask of the clean "
+                        "audio against the added noise, the speech-enhancement target")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     corruption = {"audio_noise": None if a.audio_noise == "none" else a.audio_noise,
@@ -477,7 +525,8 @@ def main(argv=None) -> int:
     try:
         s = prepare_grid(a.root, a.out, workers=a.workers, shard=a.shard, skip_bad=a.skip_bad,
                          corruption=corruption, seed=a.seed, progress=not a.no_progress,
-                         audio_kind=a.audio_kind, max_video_pad=a.max_video_pad)
+                         audio_kind=a.audio_kind, max_video_pad=a.max_video_pad,
+                         targets=("irm",) if a.irm else ())
     except (PrepError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

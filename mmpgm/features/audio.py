@@ -19,7 +19,9 @@ Three feature kinds are available through ``kind=``:
 Speech enhancement targets (paper section 4.6): ``ideal_ratio_mask`` computes the
 ideal ratio mask of a clean and a noise spectrogram, the per time-frequency bin
 target of ``GatedMixture(head="ratio_mask")``; ``apply_ratio_mask`` multiplies a
-(predicted) mask with the noisy spectrogram (the noisy phase is kept).
+(predicted) mask with the noisy spectrogram (the noisy phase is kept);
+``waveform_ratio_mask`` is the IRM of a clean and a noisy waveform on exactly the frames of
+``audio_features`` (``stft_magnitude``, the one STFT definition both use).
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ FEATURE_KINDS = ("stft", "logmel", "mfcc")
 __all__ = [
     "SAMPLE_RATE", "N_FFT", "FRAME_RATE", "HOP", "N_BINS", "FEATURE_KINDS",
     "AudioReadError", "AlignInfo", "load_audio", "num_frames", "frame_signal_stft",
-    "audio_features", "align_frames", "frame_rms", "resample", "ideal_ratio_mask",
-    "apply_ratio_mask",
+    "stft_magnitude", "audio_features", "align_frames", "frame_rms", "resample",
+    "ideal_ratio_mask", "apply_ratio_mask", "waveform_ratio_mask",
 ]
 
 
@@ -144,6 +146,25 @@ def frame_signal_stft(y: np.ndarray, n_fft: int = N_FFT, hop: int = HOP) -> np.n
     return S.T
 
 
+def _mono_16k(y, sr):
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1:
+        raise ValueError(f"expected a mono 1-D waveform, got shape {y.shape}")
+    if sr != SAMPLE_RATE:
+        y = resample(y, sr, SAMPLE_RATE)
+    return y
+
+
+def stft_magnitude(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """STFT magnitude ``|frame_signal_stft(y)|``, shape (T, 513) float32, T = round(duration*25).
+
+    The spectrogram behind every audio feature (``audio_features``) and every ratio-mask target
+    (``waveform_ratio_mask``), so features and masks share their frames and bins. ``y`` is
+    resampled to 16 kHz first if ``sr`` differs.
+    """
+    return np.abs(frame_signal_stft(_mono_16k(y, sr))).astype(np.float32, copy=False)
+
+
 def audio_features(y: np.ndarray, sr: int = SAMPLE_RATE, kind: str = "stft", *,
                    n_mels: int = 40, n_mfcc: int = 13) -> np.ndarray:
     """Per-frame features of a waveform, shape (T, D) float32, T = round(duration*25).
@@ -155,13 +176,7 @@ def audio_features(y: np.ndarray, sr: int = SAMPLE_RATE, kind: str = "stft", *,
     if kind not in FEATURE_KINDS:
         raise ValueError(f"kind must be one of {FEATURE_KINDS}, got {kind!r}")
 
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim != 1:
-        raise ValueError(f"expected a mono 1-D waveform, got shape {y.shape}")
-    if sr != SAMPLE_RATE:
-        y = resample(y, sr, SAMPLE_RATE)
-    S = frame_signal_stft(y)
-    mag = np.abs(S)
+    mag = stft_magnitude(y, sr)
     if kind == "stft":
         out = np.log(mag + LOG_EPS)
     else:
@@ -291,3 +306,26 @@ def apply_ratio_mask(mask, noisy_magnitude):
         raise ValueError(f"mask: expected values in [0, 1], got {int(bad.sum())} outside "
                          f"(NaN included), e.g. {mask[bad][:3].tolist()}")
     return mask * noisy
+
+
+def waveform_ratio_mask(clean: np.ndarray, noisy: np.ndarray, sr: int = SAMPLE_RATE,
+                        **irm_kwargs) -> np.ndarray:
+    """Ideal ratio mask (T, 513) float32 of a noisy waveform against its clean source.
+
+    The noise is ``noisy - clean`` (what was added, e.g. by
+    :func:`mmpgm.features.corrupt.corrupt_audio`); the mask is :func:`ideal_ratio_mask` of
+    ``stft_magnitude(clean)`` and ``stft_magnitude(noise)`` (``irm_kwargs``: ``power``,
+    ``spectral_power``, ``eps``; default Wang's IRM), on exactly the frames and bins of
+    :func:`audio_features`. Where the noise magnitude is exactly 0 (no noise added, or bins
+    the noise does not reach) the mask is 1 by definition -- ``mask * |noisy|`` is then the
+    clean magnitude -- also in digitally silent bins, where :func:`ideal_ratio_mask` alone
+    would give 0/eps.
+    """
+    clean = _mono_16k(clean, sr).astype(np.float64)
+    noisy = _mono_16k(noisy, sr).astype(np.float64)
+    if clean.shape != noisy.shape:
+        raise ValueError(f"clean {clean.shape} and noisy {noisy.shape} waveforms differ in length")
+    s = stft_magnitude(clean)
+    n = stft_magnitude(noisy - clean)
+    irm = ideal_ratio_mask(s, n, **irm_kwargs)
+    return np.where(n == 0, np.float32(1), irm).astype(np.float32)

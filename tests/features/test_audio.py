@@ -77,3 +77,30 @@ def test_frame_rms():
     y = np.ones(640 * 3, np.float32)
     y[640:1280] = 0
     assert np.allclose(fa.frame_rms(y, 4), [1, 0, 1, 0])
+
+
+def test_stft_magnitude_is_the_spectrogram_of_the_features():
+    y = np.random.default_rng(3).standard_normal(48000).astype(np.float32)
+    mag = fa.stft_magnitude(y)
+    assert mag.shape == (75, 513) and mag.dtype == np.float32
+    np.testing.assert_array_equal(fa.audio_features(y), np.log(mag + fa.LOG_EPS))
+    np.testing.assert_array_equal(mag, np.abs(fa.frame_signal_stft(y)))
+    assert fa.stft_magnitude(np.zeros(3 * 22050, np.float32), 22050).shape == (75, 513)
+
+
+def test_waveform_ratio_mask():
+    rng = np.random.default_rng(4)
+    clean = np.zeros(48000, np.float32)
+    clean[16000:32000] = rng.standard_normal(16000)  # digital silence around 1 s of "speech"
+    # no noise: exactly 1 everywhere, the silent bins included
+    np.testing.assert_array_equal(fa.waveform_ratio_mask(clean, clean), np.ones((75, 513)))
+    noisy = clean.copy()
+    noisy[:8000] += 0.1 * rng.standard_normal(8000).astype(np.float32)  # noise in 0-0.5 s only
+    m = fa.waveform_ratio_mask(clean, noisy)
+    assert m.shape == (75, 513) and m.dtype == np.float32
+    assert (m[:10] == 0).all()  # noise alone: mask 0
+    assert (m[15:] == 1).all()  # no noise reaches these frames: mask 1
+    S, N = fa.stft_magnitude(clean), fa.stft_magnitude(noisy.astype(np.float64) - clean)
+    np.testing.assert_allclose(m, np.where(N == 0, 1, fa.ideal_ratio_mask(S, N)), atol=1e-6)
+    with pytest.raises(ValueError, match="differ"):
+        fa.waveform_ratio_mask(clean, noisy[:-640])
