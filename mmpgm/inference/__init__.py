@@ -1,5 +1,7 @@
-"""Training loops: SVI on a Pyro ELBO (``svi.py``) and closed-form EM (``em.py``)."""
+"""Training loops: SVI on a Pyro ELBO (``svi.py``), closed-form EM (``em.py``), Appendix-A EM for
+the gated mixture (``em_mixture.py``) and cross-fitted gate training (``cross_fit.py``)."""
 
+from .cross_fit import CrossFitResult, fit_cross_fitted
 from .result import FitResult
 
-__all__ = ["FitResult"]
+__all__ = ["CrossFitResult", "FitResult", "fit_cross_fitted"]
