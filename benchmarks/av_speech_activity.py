@@ -77,6 +77,14 @@ MODALITIES = ("audio", "image", "flow")
 NUM_BANDS = 40
 SHRINKAGE_GRID = (0.0, 0.1, 0.3, 1.0, 3.0)
 PEERS = ("webrtcvad", "silero_vad")
+MIXTURES = (
+    "conditional",
+    "markov",
+    "conditional_colearn",
+    "markov_colearn",
+    "recurrent",
+    "recurrent_colearn",
+)
 
 
 # --------------------------------------------------------------------------- data
@@ -362,20 +370,25 @@ def crossfit_mixtures(uni, train, test, args, emit_row):
     (all training speakers) are computed once and shared by the gates that use them. Each gate
     is fit on the out-of-fold scores of all training speakers, its shrinkage toward equal
     weights chosen by leave-one-speaker-out CV. Returns the best row ``(accuracy, name, post)``."""
-    sets = [
+    sets = []
+    for expert, co, gates in [
         ("mlp", False, ("conditional", "markov")),
         ("mlp", True, ("conditional", "markov")),
         ("recurrent", False, ("recurrent",)),
         ("recurrent", True, ("recurrent",)),
-    ]
+    ]:
+        keep = tuple(g for g in gates if f"{g}{'_colearn' if co else ''}" in args.mixtures)
+        if keep or (expert, co) == ("mlp", False):  # the MLP set gives the uniform reference
+            sets.append((expert, co, keep))
     kw = dict(lr=args.lr, batch_size=args.batch, seed=args.seed)
     best = None
     for expert, co, gates in sets:
         t0 = time.perf_counter()
         base = build("conditional", co, args, expert=expert)
-        scores, evidence, _ = out_of_fold_scores(
-            base, train, "speaker", expert_steps=args.pretrain_steps, **kw
-        )
+        if gates:  # out-of-fold scores are only needed to fit a gate
+            scores, evidence, _ = out_of_fold_scores(
+                base, train, "speaker", expert_steps=args.pretrain_steps, **kw
+            )
         if expert == "mlp" and not co:
             final = uni  # same seed, data and steps: the unimodal experts of the table
         else:
@@ -702,6 +715,11 @@ def main(argv=None):
     )
     ap.add_argument("--joint", action="store_true", help="same as --training joint")
     ap.add_argument(
+        "--mixtures",
+        default=",".join(MIXTURES),
+        help=f"comma-separated subset of {','.join(MIXTURES)} (cross-fitted recipe)",
+    )
+    ap.add_argument(
         "--test-speakers",
         choices=("last", "all"),
         default="last",
@@ -729,6 +747,10 @@ def main(argv=None):
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--table", default=None, help="also write the markdown table to this file")
     args = ap.parse_args(argv)
+    args.mixtures = tuple(m.strip() for m in args.mixtures.split(",") if m.strip())
+    unknown = sorted(set(args.mixtures) - set(MIXTURES))
+    if unknown:
+        ap.error(f"--mixtures: unknown {unknown}; choose from {list(MIXTURES)}")
     if args.joint:
         args.training = "joint"
     q = args.quick
@@ -833,7 +855,8 @@ def main(argv=None):
                 best = crossfit_mixtures(uni, train, test, args, emit_row)
             else:
                 best = staged_or_joint_mixtures(uni, train, test, args, emit_row)
-            if not figure_done and noise == "babble" or (not figure_done and len(corpora) == 1):
+            wanted = noise == "babble" or len(corpora) == 1
+            if best is not None and not figure_done and wanted:
                 vc = test.labels["video_corrupted"]
                 n = int(torch.argmax((vc == 1).sum(1)))
                 save_figure(
