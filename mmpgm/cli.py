@@ -70,13 +70,10 @@ def _demo(args) -> int:
 
 
 def _demo_av(args) -> int:
-    import shutil
-
     from mmpgm.datasets.av_demo import format_table, run_av_demo
+    from mmpgm.features import missing_av_requirements
 
-    missing = [name for name, ok in [("espeak-ng (apt-get install espeak-ng)", shutil.which("espeak-ng")),
-                                     ("librosa and OpenCV (pip install -e '.[prep]')", _importable("librosa", "cv2"))]
-               if not ok]
+    missing = missing_av_requirements()
     if missing:
         print("mmpgm demo av needs " + " and ".join(missing), file=sys.stderr)
         return 2
@@ -91,12 +88,6 @@ def _demo_av(args) -> int:
     with open(os.path.join(args.out, "av_demo.json"), "w") as f:
         json.dump(result, f, indent=2)
     return 0
-
-
-def _importable(*names) -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(n) is not None for n in names)
 
 
 def _fit(args) -> int:

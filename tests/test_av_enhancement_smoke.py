@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -36,10 +35,10 @@ MODELS = (
 
 @pytest.mark.benchmark
 def test_av_enhancement_quick(tmp_path):
-    pytest.importorskip("librosa")
-    pytest.importorskip("cv2")
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs espeak-ng (apt-get install espeak-ng)")
+    from mmpgm.features import missing_av_requirements
+
+    if missing_av_requirements():
+        pytest.skip("needs " + "; ".join(missing_av_requirements()))
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     table, fig = tmp_path / "table.md", tmp_path / "fig.png"

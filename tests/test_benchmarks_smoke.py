@@ -67,12 +67,10 @@ def test_hmm_speed_quick():
 def test_av_speech_activity_quick_leave_one_speaker_out(tmp_path):
     """``av_speech_activity.py --quick --test-speakers all``: every row pooled over the three
     held-out speakers, the table written, the figure saved."""
-    import shutil
+    from mmpgm.features import missing_av_requirements
 
-    pytest.importorskip("librosa")
-    pytest.importorskip("cv2")
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs espeak-ng (apt-get install espeak-ng)")
+    if missing_av_requirements():
+        pytest.skip("needs " + "; ".join(missing_av_requirements()))
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     table, fig = tmp_path / "table.md", tmp_path / "fig.png"

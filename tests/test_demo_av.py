@@ -1,15 +1,15 @@
 """`mmpgm demo av --smoke` runs the small audio-visual experiment end to end."""
 
 import json
-import shutil
 
 import pytest
 
-pytest.importorskip("librosa")
-pytest.importorskip("cv2")
+from mmpgm.features import missing_av_requirements
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
+@pytest.mark.skipif(
+    bool(missing_av_requirements()), reason="needs " + "; ".join(missing_av_requirements())
+)
 def test_demo_av_smoke(tmp_path, capsys):
     from mmpgm.cli import main
 

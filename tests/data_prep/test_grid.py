@@ -7,18 +7,12 @@ import wave
 import numpy as np
 import pytest
 
-pytest.importorskip("librosa", reason="librosa not installed (pip install 'mmpgm[prep]')")
-cv2 = pytest.importorskip("cv2", reason="OpenCV not installed "
-                          "(pip install 'opencv-python-headless<5')")
-pytest.importorskip("skimage", reason="scikit-image not installed")
-pytest.importorskip("soundfile", reason="soundfile not installed")
-if not hasattr(cv2, "CascadeClassifier"):
-    pytest.skip("this OpenCV build has no CascadeClassifier (need opencv<5)",
-                allow_module_level=True)
-if shutil.which("espeak-ng") is None:
-    pytest.skip("espeak-ng binary not installed (apt-get install -y espeak-ng; see .ci/av_deps.sh)",
-                allow_module_level=True)
+from mmpgm.features import missing_av_requirements
 
+if missing_av_requirements():
+    pytest.skip("needs " + "; ".join(missing_av_requirements()), allow_module_level=True)
+
+import cv2  # noqa: E402
 from data_prep import grid, synth_grid  # noqa: E402
 from data_prep.synth_grid import parse_align  # noqa: E402
 
