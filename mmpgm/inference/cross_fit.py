@@ -14,7 +14,8 @@ group (one speaker) and does not transfer either. Cross-fitting, as in stacked g
    out-of-fold scores, :math:`\sum_t \log \sum_m g_{tm}(x_{\le t}) e^{\ell_{tm}}` (or the forward
    algorithm over the expert chain for the Markov gate), optionally shrunk toward equal weights
    by :math:`\kappa \sum_t \mathrm{KL}(u_t \,\|\, g_t)` (:math:`u_t` uniform over the experts
-   observed at frame ``t``; a MAP estimate under a symmetric Dirichlet prior on :math:`g_t`);
+   observed at frame ``t``; a MAP estimate under a symmetric Dirichlet prior on :math:`g_t`), or
+   toward a learned constant gate, with :math:`\kappa` chosen by leave-one-group-out validation;
 3. the experts are trained once more on all groups (the final experts), the gate is kept.
 
 The experts are frozen while the gate is fit, so step 2 never re-runs them: their scores are
@@ -32,6 +33,7 @@ import torch
 
 from ..data import MultimodalData
 from ..ops import mixture as ops
+from .progress import progress_bar
 
 __all__ = [
     "CrossFitResult",
@@ -158,6 +160,7 @@ def out_of_fold_scores(
     lr: float = 0.01,
     batch_size: int | None = None,
     seed: int = 0,
+    progress: bool | None = False,
 ):
     r"""Step 1 of the module docstring: per-frame out-of-fold component log-likelihoods.
 
@@ -165,7 +168,8 @@ def out_of_fold_scores(
     :math:`\log p(y_t \mid f^{(-g_n)}_m)` from a copy of expert ``m`` trained (from ``model``'s
     current weights, by :meth:`~mmpgm.models.mixture.GatedMixture.pretrain_experts`) on every
     group but sequence ``n``'s; ``evidence`` marks the labelled frames with an observed stream.
-    ``model`` is not modified except for its input standardization (set from ``data``)."""
+    ``model`` is not modified except for its input standardization (set from ``data``).
+    ``progress``: a bar over the folds (None: only on a terminal)."""
     _check_steps(expert_steps=expert_steps)
     data = model.check_data(data)
     g = resolve_groups(data, groups).to(data.device)
@@ -174,7 +178,9 @@ def out_of_fold_scores(
     p = model._param()
     scores = torch.zeros(N, T, M, dtype=p.dtype, device=p.device)
     evidence = torch.zeros(N, T, dtype=torch.bool, device=p.device)
-    for k, v in enumerate(g.unique()):
+    values = g.unique()
+    bar = progress_bar(len(values), "out-of-fold experts", progress)
+    for k, v in enumerate(values):
         held = torch.nonzero(g == v).flatten()
         fold = copy.deepcopy(model)
         fold.pretrain_experts(
@@ -186,6 +192,8 @@ def out_of_fold_scores(
         )
         scores[held], evidence[held] = fold.expert_scores(data[held])
         del fold
+        bar.update()
+    bar.close()
     return scores, evidence, g
 
 
@@ -338,6 +346,7 @@ def fit_cross_fitted(
     shrink_toward: str = "uniform",
     refit_experts: bool = True,
     out_of_fold=None,
+    progress: bool | None = None,
 ) -> CrossFitResult:
     r"""Cross-fitted training of a :class:`~mmpgm.models.mixture.GatedMixture` (see the module
     docstring); modifies ``model`` in place.
@@ -371,6 +380,8 @@ def fit_cross_fitted(
         ``(scores, evidence)`` from an earlier :func:`out_of_fold_scores` call with the same
         experts, data and groups (step 1 is then skipped: several gates can share one set of
         experts).
+    progress : bool or None
+        A progress bar over the out-of-fold expert fits (None: only when stderr is a terminal).
 
     Returns
     -------
@@ -397,7 +408,14 @@ def fit_cross_fitted(
     start = copy.deepcopy(model.experts.state_dict())
     if out_of_fold is None:
         scores, evidence, g = out_of_fold_scores(
-            model, data, g, expert_steps=expert_steps, lr=lr, batch_size=batch_size, seed=seed
+            model,
+            data,
+            g,
+            expert_steps=expert_steps,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
         )
     else:
         scores, evidence = out_of_fold
