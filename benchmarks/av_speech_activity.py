@@ -381,7 +381,7 @@ def crossfit_mixtures(uni, train, test, args, emit_row):
         if keep or (expert, co) == ("mlp", False):  # the MLP set gives the uniform reference
             sets.append((expert, co, keep))
     kw = dict(lr=args.lr, batch_size=args.batch, seed=args.seed)
-    best = None
+    best, posts = None, {}
     for expert, co, gates in sets:
         t0 = time.perf_counter()
         base = build("conditional", co, args, expert=expert)
@@ -449,9 +449,10 @@ def crossfit_mixtures(uni, train, test, args, emit_row):
                     "shrinkage_cv": {str(k): round(v, 4) for k, v in res.shrinkage_cv.items()},
                 },
             )
+            posts[name] = post
             if best is None or met["accuracy"] > best[0]:
                 best = (met["accuracy"], name, post)
-    return best
+    return best, posts
 
 
 def staged_or_joint_mixtures(uni, train, test, args, emit_row):
@@ -487,7 +488,7 @@ def staged_or_joint_mixtures(uni, train, test, args, emit_row):
             name="uniform_gate_reference",
             extra={"model": "staged experts, gate fixed at 1/M (not learned)"},
         )
-    best = None
+    best, posts = None, {}
     for gate in ("conditional", "markov", "recurrent"):
         for co in (False, True):
             expert = "recurrent" if gate == "recurrent" else "mlp"
@@ -516,9 +517,10 @@ def staged_or_joint_mixtures(uni, train, test, args, emit_row):
                     f"held-out training speaker",
                 },
             )
+            posts[name] = post
             if best is None or met["accuracy"] > best[0]:
                 best = (met["accuracy"], name, post)
-    return best
+    return best, posts
 
 
 # --------------------------------------------------------------------------- peers
@@ -637,7 +639,10 @@ def run_peers(root, test, corruption, seed, emit_row):
 
 
 # --------------------------------------------------------------------------- figure
-def save_figure(path, post, data, n, title):
+def save_figure(path, post, data, n, title, extra_gates=()):
+    """Fig. 17-18 style: (a) experts' and the mixture's p(speech), (b) the mixture's gate, and one
+    more gate panel per ``(name, posterior)`` in ``extra_gates`` (e.g. the conditional gate,
+    which reacts more to the corrupted video than a strongly shrunk one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -647,7 +652,9 @@ def save_figure(path, post, data, n, title):
     t = np.arange(L)
     y = data.labels["speech"][n, :L].numpy()
     vc = data.labels["video_corrupted"][n, :L].numpy()
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    extra_gates = list(extra_gates)
+    rows = 2 + len(extra_gates)
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 2.75 * rows), sharex=True)
     for ax in axes:
         on = np.flatnonzero(vc == 1)
         if len(on):
@@ -662,17 +669,22 @@ def save_figure(path, post, data, n, title):
     ax.set_ylabel("p(speech)")
     ax.set_title(f"(a) expert outputs - {title}")
     ax.legend(fontsize=7, ncol=3, loc="lower right")
-    ax = axes[1]
-    ax.stackplot(
-        t,
-        *[post.gate_weights[n, :L, i].numpy() for i in range(3)],
-        labels=list(MODALITIES),
-        alpha=0.8,
-    )
-    ax.set_ylabel("gate weight")
-    ax.set_xlabel("frame (25 fps)")
-    ax.set_title("(b) gate (attention) outputs")
-    ax.legend(fontsize=7, loc="lower right")
+    panels = [("(b) gate (attention) outputs", post)]
+    panels += [
+        (f"({chr(ord('c') + k)}) gate of the {name} mixture", p)
+        for k, (name, p) in enumerate(extra_gates)
+    ]
+    for ax, (panel_title, p) in zip(axes[1:], panels, strict=True):
+        ax.stackplot(
+            t,
+            *[p.gate_weights[n, :L, i].numpy() for i in range(3)],
+            labels=list(MODALITIES),
+            alpha=0.8,
+        )
+        ax.set_ylabel("gate weight")
+        ax.set_title(panel_title)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[-1].set_xlabel("frame (25 fps)")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -852,19 +864,21 @@ def main(argv=None):
             if args.timing_steps and noise == CONDITIONS[0][0] and fold == 0:
                 em_vs_svi(uni, train, test, args, emit_row)
             if args.training == "crossfit":
-                best = crossfit_mixtures(uni, train, test, args, emit_row)
+                best, posts = crossfit_mixtures(uni, train, test, args, emit_row)
             else:
-                best = staged_or_joint_mixtures(uni, train, test, args, emit_row)
+                best, posts = staged_or_joint_mixtures(uni, train, test, args, emit_row)
             wanted = noise == "babble" or len(corpora) == 1
             if best is not None and not figure_done and wanted:
                 vc = test.labels["video_corrupted"]
                 n = int(torch.argmax((vc == 1).sum(1)))
+                extra = [(k, v) for k, v in posts.items() if k == "conditional" != best[1]]
                 save_figure(
                     args.out,
                     best[2],
                     test,
                     n,
                     f"{cond}, {best[1]}, held-out speaker {test_speaker}",
+                    extra_gates=extra,
                 )
                 figure_done = True
             run_peers(
