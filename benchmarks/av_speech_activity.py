@@ -240,6 +240,11 @@ def build(gate: str, co: bool, args, expert: str = "mlp") -> GatedMixture:
     )
 
 
+def train_kw(args) -> dict:
+    """The optimizer settings every fit of this benchmark shares."""
+    return dict(lr=args.lr, seed=args.seed, batch_size=args.batch)
+
+
 def gate_split(train: MultimodalData):
     """Speaker-wise split of the training speakers: experts on all but the last, gate on the last."""
     spk = train.labels["speaker"]
@@ -262,17 +267,13 @@ def train_mixture(model, pretrained, train, args):
             model.pretrain_experts(
                 train,
                 num_steps=args.pretrain_steps,
-                lr=args.lr,
-                seed=args.seed,
-                batch_size=args.batch,
+                **train_kw(args),
             )
         mmpgm.fit(
             model,
             train,
             num_steps=args.steps,
-            lr=args.lr,
-            seed=args.seed,
-            batch_size=args.batch,
+            **train_kw(args),
             patience=0,
             elbo=model.fast_elbo(),
             progress=False,
@@ -284,17 +285,13 @@ def train_mixture(model, pretrained, train, args):
         model.pretrain_experts(
             experts_data,
             num_steps=args.pretrain_steps,
-            lr=args.lr,
-            seed=args.seed,
-            batch_size=args.batch,
+            **train_kw(args),
         )
     method = args.gate_method if model.gate_kind != "recurrent" else "svi"
     model.fit_gate(
         gate_data,
         num_steps=args.steps if method == "svi" else max(1, args.steps // args.m_steps),
-        lr=args.lr,
-        seed=args.seed,
-        batch_size=args.batch,
+        **train_kw(args),
         method=method,
         m_steps=args.m_steps,
     )
@@ -330,9 +327,7 @@ def em_vs_svi(pretrained, train, test, args, emit_row):
                     model,
                     train,
                     num_steps=steps,
-                    lr=args.lr,
-                    seed=args.seed,
-                    batch_size=args.batch,
+                    **train_kw(args),
                     patience=0,
                     progress=False,
                     elbo=model.default_elbo() if how == "svi_traceenum" else model.fast_elbo(),
@@ -380,7 +375,7 @@ def crossfit_mixtures(uni, train, test, args, emit_row):
         keep = tuple(g for g in gates if f"{g}{'_colearn' if co else ''}" in args.mixtures)
         if keep or (expert, co) == ("mlp", False):  # the MLP set gives the uniform reference
             sets.append((expert, co, keep))
-    kw = dict(lr=args.lr, batch_size=args.batch, seed=args.seed)
+    kw = train_kw(args)
     best, posts = None, {}
     for expert, co, gates in sets:
         t0 = time.perf_counter()
@@ -467,9 +462,7 @@ def staged_or_joint_mixtures(uni, train, test, args, emit_row):
         pre.pretrain_experts(
             gate_split(train)[0],
             num_steps=args.pretrain_steps,
-            lr=args.lr,
-            seed=args.seed,
-            batch_size=args.batch,
+            **train_kw(args),
         )
     if (
         args.training != "joint"
@@ -846,9 +839,7 @@ def main(argv=None):
             uni.pretrain_experts(
                 train,
                 num_steps=args.pretrain_steps,
-                lr=args.lr,
-                seed=args.seed,
-                batch_size=args.batch,
+                **train_kw(args),
             )
             secs = time.perf_counter() - t0
             post = uni.posterior(test)
