@@ -43,8 +43,14 @@ def run_av_demo(out_dir: str | None = None, smoke: bool = False, seed: int = 0) 
     corpus = os.path.join(root, "corpus")
     make_synth_grid(corpus, num_speakers=num_speakers, num_utterances=num_utterances, seed=seed)
     npz = os.path.join(root, "babble0dB_patch.npz")
-    prepare_grid(corpus, npz, audio_kind="logmel", seed=seed, progress=False,
-                 corruption={"audio_noise": "babble", "snr_db": 0.0, "video_patch": True})
+    prepare_grid(
+        corpus,
+        npz,
+        audio_kind="logmel",
+        seed=seed,
+        progress=False,
+        corruption={"audio_noise": "babble", "snr_db": 0.0, "video_patch": True},
+    )
     data = MultimodalData.load(npz)
     speaker = data.labels["speaker"]
     test_spk = int(speaker.max())
@@ -52,14 +58,27 @@ def run_av_demo(out_dir: str | None = None, smoke: bool = False, seed: int = 0) 
     train = data[torch.nonzero(speaker != test_spk).flatten()]
 
     torch.manual_seed(seed)
-    model = GatedMixture(data.obs_dims, gate="conditional", hidden_dim=32, context=4, gate_hidden_dim=32)
-    fit = fit_cross_fitted(model, train, "speaker", expert_steps=20 if smoke else 100,
-                           gate_steps=10 if smoke else 60, lr=0.01, seed=seed, batch_size=16)
+    model = GatedMixture(
+        data.obs_dims, gate="conditional", hidden_dim=32, context=4, gate_hidden_dim=32
+    )
+    fit = fit_cross_fitted(
+        model,
+        train,
+        "speaker",
+        expert_steps=20 if smoke else 100,
+        gate_steps=10 if smoke else 60,
+        lr=0.01,
+        seed=seed,
+        batch_size=16,
+    )
 
     post = model.posterior(test)
     y = test.labels["speech"]
     valid = (y >= 0) & test.time_mask
-    acc = {f"expert_{m}": _accuracy(post.expert_predictions[..., i], y, valid) for i, m in enumerate(model.modalities)}
+    acc = {
+        f"expert_{m}": _accuracy(post.expert_predictions[..., i], y, valid)
+        for i, m in enumerate(model.modalities)
+    }
     acc["equal_weights"] = _accuracy(post.expert_predictions.mean(-1), y, valid)
     acc["mixture"] = _accuracy(post.predictive, y, valid)
     video = [i for i, m in enumerate(model.modalities) if m in ("image", "flow")]
@@ -80,6 +99,8 @@ def format_table(result: dict) -> str:
     lines = ["| model | accuracy (unseen speaker, babble 0 dB + video patch) |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in result["accuracy"].items()]
     g = result["gate_video"]
-    lines.append(f"\nmean gate weight on the video experts: {g['inside']:.2f} inside corrupted video "
-                 f"segments, {g['outside']:.2f} outside")
+    lines.append(
+        f"\nmean gate weight on the video experts: {g['inside']:.2f} inside corrupted video "
+        f"segments, {g['outside']:.2f} outside"
+    )
     return "\n".join(lines)

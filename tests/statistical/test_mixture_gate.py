@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mmpgm
-from mmpgm.datasets import unreliable_stream_data
+from mmpgm.datasets import gate_report, unreliable_stream_data
 from mmpgm.models.mixture import GatedMixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,16 +36,8 @@ def _fit_and_measure(gate, elbo=None, num_steps=200):
         patience=0,
         elbo=elbo(model) if elbo else None,
     )
-    post = mmpgm.infer(model, test)
-    y = test.labels["speech"]
-    w_sharp = post.gate_weights[..., 1]
-    inside, outside = float(w_sharp[bad].mean()), float(w_sharp[~bad].mean())
-    acc_mix = float(((post.predictive > 0.5).long() == y).double().mean())
-    acc_experts = [
-        float(((post.expert_predictions[..., m] > 0.5).long() == y).double().mean())
-        for m in range(2)
-    ]
-    return inside, outside, acc_mix, acc_experts
+    r = gate_report(mmpgm.infer(model, test), test, bad)
+    return r["inside"], r["outside"], r["accuracy"], r["expert_accuracy"]
 
 
 def test_conditional_gate_drops_noisy_stream():
