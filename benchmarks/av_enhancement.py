@@ -72,10 +72,12 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm`, `data_prep` and 
         MODALITIES,
         NUM_BANDS,
         SHRINKAGE_GRID,
+        gate_cell,
         gate_video_weights,
         noisy_waveforms,
         reduce_audio,
         split_speakers,
+        write_table,
     )
 else:  # pragma: no cover
     from ._common import emit, env_info
@@ -84,10 +86,12 @@ else:  # pragma: no cover
         MODALITIES,
         NUM_BANDS,
         SHRINKAGE_GRID,
+        gate_cell,
         gate_video_weights,
         noisy_waveforms,
         reduce_audio,
         split_speakers,
+        write_table,
     )
 
 import numpy as np
@@ -540,19 +544,13 @@ def main(argv=None):
         "|---|---|---|---|---|---|---|\n"
     )
     for cond, name, met in rows:
-        gv = (
-            f"{met['gate_video_inside']:.3f} / {met['gate_video_outside']:.3f}"
-            if "gate_video_inside" in met
-            else ""
-        )
+        gv = gate_cell(met)
         out.write(
             f"| {cond} | {name} | {met['mask_mse']:.4f} | {met['mask_mse_video_patched']:.4f} | "
             f"{met['band_db_mse']:.2f} | {met['band_db_mse_speech']:.2f} | {gv} |\n"
         )
     out.write(f"\nfigure: {args.out}; corpora {t_data:.0f} s, total {total:.0f} s\n")
-    sys.stderr.write(out.getvalue())
-    if args.table:
-        Path(args.table).write_text(out.getvalue())
+    write_table(out.getvalue(), args.table)
     if tmp is not None:
         tmp.cleanup()
     return 0

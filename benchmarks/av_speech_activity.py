@@ -240,6 +240,32 @@ def build(gate: str, co: bool, args, expert: str = "mlp") -> GatedMixture:
     )
 
 
+def mixture_config(gate: str, expert: str, co: bool, args) -> dict:
+    """The JSON ``config`` fields of a mixture row."""
+    return {
+        "model": "GatedMixture",
+        "gate": gate,
+        "expert": expert,
+        "co_learning": co,
+        "steps": args.steps,
+        "pretrain_steps": args.pretrain_steps,
+    }
+
+
+def gate_cell(met: dict) -> str:
+    """Table cell ``inside / outside`` of the mean gate weight on the video experts ('' if none)."""
+    if "gate_video_inside" not in met:
+        return ""
+    return f"{met['gate_video_inside']:.3f} / {met['gate_video_outside']:.3f}"
+
+
+def write_table(text: str, path) -> None:
+    """The markdown summary to stderr and, when ``path`` is given, to that file."""
+    sys.stderr.write(text)
+    if path:
+        Path(path).write_text(text)
+
+
 def train_kw(args) -> dict:
     """The optimizer settings every fit of this benchmark shares."""
     return dict(lr=args.lr, seed=args.seed, batch_size=args.batch)
@@ -433,12 +459,7 @@ def crossfit_mixtures(uni, train, test, args, emit_row):
                 name=name,
                 seconds=expert_secs + res.seconds,
                 extra={
-                    "model": "GatedMixture",
-                    "gate": gate,
-                    "expert": expert,
-                    "co_learning": co,
-                    "steps": args.steps,
-                    "pretrain_steps": args.pretrain_steps,
+                    **mixture_config(gate, expert, co, args),
                     "training": "cross-fitted: out-of-fold expert scores per training speaker, "
                     "one gate on all, shrinkage by leave-one-speaker-out CV",
                     "shrinkage_cv": {str(k): round(v, 4) for k, v in res.shrinkage_cv.items()},
@@ -497,12 +518,7 @@ def staged_or_joint_mixtures(uni, train, test, args, emit_row):
                 name=name,
                 seconds=secs,
                 extra={
-                    "model": "GatedMixture",
-                    "gate": gate,
-                    "expert": expert,
-                    "co_learning": co,
-                    "steps": args.steps,
-                    "pretrain_steps": args.pretrain_steps,
+                    **mixture_config(gate, expert, co, args),
                     "training": "joint, collapsed ELBO"
                     if args.training == "joint"
                     else f"staged: experts on {train.num_sequences - gate_split(train)[1].num_sequences}"
@@ -916,11 +932,7 @@ def main(argv=None):
         if met is None:
             out.write(f"| {cond} | {name} | skipped: {skipped} | | | |{' |' if rotating else ''}\n")
             continue
-        gv = (
-            f"{met['gate_video_inside']:.3f} / {met['gate_video_outside']:.3f}"
-            if "gate_video_inside" in met
-            else ""
-        )
+        gv = gate_cell(met)
         per = ""
         if rotating:
             per = " " + " ".join(f"{a:.3f}" for a in met.get("accuracy_per_speaker", [])) + " |"
@@ -929,9 +941,7 @@ def main(argv=None):
             f"{met['accuracy_video_patched']:.3f} | {gv} |{per}\n"
         )
     out.write(f"\nfigure: {args.out}; total {time.perf_counter() - t_start:.0f} s\n")
-    sys.stderr.write(out.getvalue())
-    if args.table:
-        Path(args.table).write_text(out.getvalue())
+    write_table(out.getvalue(), args.table)
     if tmp is not None:
         tmp.cleanup()
     return 0
