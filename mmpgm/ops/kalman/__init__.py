@@ -77,7 +77,7 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
-from ._threads import cpu_single_thread
+from .._threads import cpu_single_thread
 from torch import Tensor
 
 from mmpgm.ops.linalg import symmetrize
