@@ -4,9 +4,8 @@ The public names are imported lazily (PEP 562), so light submodules such as
 ``mmpgm.features`` (used by data-preparation worker processes) do not pay for importing torch,
 Pyro and ArviZ.
 
-Models keep their Pyro parameters locally (``pyro.settings.set(module_local_params=True)`` is
-applied when a model module is imported), like ordinary ``torch.nn.Module`` s, so two models
-never share parameters through Pyro's global parameter store.
+Pyro settings: importing or using mmpgm changes none of them (see :mod:`mmpgm._pyro` for the
+policy); mmpgm models keep their parameters in the modules, like ``torch.nn.Module`` s.
 """
 
 import importlib
@@ -23,18 +22,21 @@ _EXPORTS = {
     "HMMParams": "mmpgm.models.hmm",
     "MultimodalLDS": "mmpgm.models.lds",
     "LDSParams": "mmpgm.models.lds",
-    "LDSPosterior": "mmpgm.lds_results",
-    "LDSImputation": "mmpgm.lds_results",
+    "LDSPosterior": "mmpgm.results",
+    "LDSImputation": "mmpgm.results",
     "GatedMixture": "mmpgm.models.mixture",
-    "MixturePosterior": "mmpgm.mixture_results",
+    "MixturePosterior": "mmpgm.results",
     "MVRNN": "mmpgm.models.mvrnn",
-    "MVRNNPosterior": "mmpgm.mvrnn_results",
-    "MVRNNImputation": "mmpgm.mvrnn_results",
+    "MVRNNPosterior": "mmpgm.results",
+    "MVRNNImputation": "mmpgm.results",
     "FitResult": "mmpgm.inference.result",
-    "Posterior": "mmpgm.posterior",
-    "Imputation": "mmpgm.posterior",
+    "Posterior": "mmpgm.results",
+    "Imputation": "mmpgm.results",
 }
-_SUBMODULES = ("observations", "ops", "models", "datasets", "diagnostics", "online", "plots", "features")
+_SUBMODULES = (
+    "observations", "ops", "models", "results", "inference", "datasets", "diagnostics", "online",
+    "plots", "features",
+)
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

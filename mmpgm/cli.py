@@ -12,65 +12,13 @@ import time
 def _demo(args) -> int:
     if args.which == "av":
         return _demo_av(args)
-    import torch
+    from mmpgm.demos.hmm import run_hmm_demo
 
-    import mmpgm
-    from mmpgm.datasets import demo_hmm
-    from mmpgm.diagnostics import align_params, permute_params, state_accuracy
-    from mmpgm.plots import plot_streams_with_states
-
-    torch.manual_seed(args.seed)
-    N, T, N_test = (30, 50, 10) if args.smoke else (100, 100, 40)
-    truth = demo_hmm(seed=args.seed)
-    train, latents = truth.sample(N, T, seed=args.seed)
-    test, _ = truth.sample(N_test, T, seed=args.seed + 1)
-    print(f"data: {N} training and {N_test} held-out sequences of {T} frames; streams "
-          + ", ".join(f"{m} ({d}-d)" for m, d in train.obs_dims.items()))
-    print("true model: 3 shared states, 2 private states per stream")
-    model = mmpgm.MultimodalHMM(train.obs_dims, num_shared_states=3, num_private_states=2).double()
-    t0 = time.perf_counter()
-    res = mmpgm.fit(model, train, method="em", num_steps=20 if args.smoke else 200,
-                    num_restarts=3, seed=args.seed, progress=args.progress)
-    elapsed = time.perf_counter() - t0
-    post = mmpgm.infer(model, train)
-    acc, _ = state_accuracy(latents["shared"], post.map["shared"], 3)
-    frames = N_test * T
-    with torch.no_grad():
-        ll_fit = float(model.log_likelihood(test).sum()) / frames
-        ll_true = float(truth.log_likelihood(test).sum()) / frames
-    fitted = permute_params(model.params, *align_params(truth.params, model.params))
-    trans_err = float((fitted.shared_transition - truth.params.shared_transition).abs().max())
-    # impute the video stream of the held-out data from audio and flow
-    imp = model.impute(test, "video")
-    rmse = float(((imp.mean - test.obs["video"]) ** 2).mean().sqrt())
-    base = float(((train.obs["video"].mean((0, 1)) - test.obs["video"]) ** 2).mean().sqrt())
-    summary = {
-        "fit_seconds": round(elapsed, 2),
-        "em_iterations": res.num_steps,
-        "shared_state_accuracy": round(acc, 4),
-        "heldout_loglik_per_frame": {"fitted": round(ll_fit, 4), "true_model": round(ll_true, 4)},
-        "shared_transition_max_abs_error": round(trans_err, 4),
-        "video_imputation_rmse": {"from_audio_and_flow": round(rmse, 4), "predict_mean": round(base, 4)},
-    }
-    print(f"fitted by EM in {elapsed:.1f} s ({res.num_steps} iterations)")
-    print(f"shared-state accuracy after label alignment: {acc:.3f}")
-    print(f"held-out log-likelihood per frame: fitted {ll_fit:.4f}, true model {ll_true:.4f} "
-          f"(gap {ll_true - ll_fit:+.4f} nats)")
-    print(f"shared transition matrix, max abs error: {trans_err:.4f}")
-    print(f"video imputed from audio+flow: RMSE {rmse:.3f} (predicting the mean: {base:.3f})")
-    os.makedirs(args.out, exist_ok=True)
-    fig = plot_streams_with_states(test, mmpgm.infer(model, test), index=0, true_states=None,
-                                   imputation=imp, imputed_modality="video")
-    path = os.path.join(args.out, "hmm_demo.png")
-    fig.savefig(path, dpi=110)
-    with open(os.path.join(args.out, "hmm_demo.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"figure: {path}")
+    run_hmm_demo(args.out, smoke=args.smoke, seed=args.seed, progress=args.progress)
     return 0
 
 
 def _demo_av(args) -> int:
-    from mmpgm.datasets.av_demo import format_table, run_av_demo
     from mmpgm.features import missing_av_requirements
 
     missing = missing_av_requirements()
@@ -81,10 +29,25 @@ def _demo_av(args) -> int:
     print("generating a GRID-layout corpus (espeak-ng speech, a real face photo), preparing it with "
           "0 dB babble and a video patch, training experts and a conditional gate ...")
     t0 = time.perf_counter()
-    result = run_av_demo(os.path.join(args.out, "av"), smoke=args.smoke, seed=args.seed)
+    # corpus generation and preparation belong to data_prep, which only this CLI imports
+    from data_prep.grid import prepare_grid
+    from data_prep.synth_grid import make_synth_grid
+
+    from mmpgm.data import MultimodalData
+    from mmpgm.demos.av import format_table, run_av_demo
+
+    num_speakers, num_utterances = (3, 3) if args.smoke else (5, 8)
+    root = os.path.join(args.out, "av")
+    corpus = os.path.join(root, "corpus")
+    make_synth_grid(corpus, num_speakers=num_speakers, num_utterances=num_utterances, seed=args.seed)
+    npz = os.path.join(root, "babble0dB_patch.npz")
+    prepare_grid(corpus, npz, audio_kind="logmel", seed=args.seed, progress=False,
+                 corruption={"audio_noise": "babble", "snr_db": 0.0, "video_patch": True})
+    result = run_av_demo(MultimodalData.load(npz), smoke=args.smoke, seed=args.seed)
+    result.update(speakers=num_speakers, clips=num_speakers * num_utterances)
     print(format_table(result))
-    print(f"({result['clips']} clips of {result['speakers']} speakers, {result['test_frames']} test frames; "
-          f"{time.perf_counter() - t0:.0f} s)")
+    print(f"({result['clips']} clips of {result['speakers']} speakers, {result['test_frames']} test "
+          f"frames; {time.perf_counter() - t0:.0f} s)")
     with open(os.path.join(args.out, "av_demo.json"), "w") as f:
         json.dump(result, f, indent=2)
     return 0

@@ -1,7 +1,8 @@
-"""ArviZ conversion, label alignment across restarts, and information criteria.
+"""Checking fits: label alignment across restarts, restarts as ArviZ chains, information
+criteria, state accuracy.
 
-All ArviZ-specific code lives here (written against the 0.2x ``InferenceData`` API that installs on
-Python 3.10-3.11).
+An analysis layer above the models and training (it reads ``model.params`` and draws Laplace
+samples); the conversions of results to ArviZ live in :mod:`mmpgm.results.arviz`.
 """
 
 from __future__ import annotations
@@ -12,53 +13,18 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from .inference.laplace import parameter_draws
 from .models.hmm import HMMParams
+from .results.arviz import parameter_chains_to_arviz
 
 __all__ = [
-    "posterior_to_inference_data",
     "align_params",
     "permute_params",
     "restarts_to_inference_data",
     "information_criteria",
     "state_accuracy",
+    "gate_report",
 ]
-
-
-def posterior_to_inference_data(post):
-    """:class:`arviz.InferenceData` of a :class:`mmpgm.Posterior` (see ``Posterior.to_arviz``)."""
-    import arviz as az
-
-    N, T = next(iter(post.marginals.values())).shape[:2]
-    posterior, dims, coords = {}, {}, {"sequence": np.arange(N), "time": np.arange(T)}
-    paths = post.samples if post.samples is not None else post.map
-    if paths is not None:
-        for name, z in paths.items():
-            arr = post.masked_paths(z if post.samples is not None else z[None])  # (S, N, T)
-            posterior[f"{name}_state"] = arr[None]  # chain axis
-            dims[f"{name}_state"] = ["sequence", "time"]
-    constant = {}
-    for name, p in post.marginals.items():
-        key = f"{name}_marginal"
-        constant[key] = p.detach().cpu().numpy()
-        dims[key] = ["sequence", "time", f"{name}_value"]
-        coords[f"{name}_value"] = np.arange(p.shape[-1])
-    if post.pointwise_log_likelihood is not None:
-        ll = post.pointwise_log_likelihood.detach().cpu().numpy()[None]  # (1, P, N)
-    else:
-        ll = post.log_likelihood.detach().cpu().numpy()[None, None]  # (1, 1, N)
-    dims["sequence_log_likelihood"] = ["sequence"]
-    kwargs = {}
-    if posterior:
-        kwargs["posterior"] = posterior
-    if not posterior:  # arviz needs a posterior group for some functions; give the draws index
-        kwargs["posterior"] = {"log_likelihood_draw": ll.sum(-1)}
-    return az.from_dict(
-        log_likelihood={"sequence_log_likelihood": ll},
-        constant_data=constant,
-        dims=dims,
-        coords=coords,
-        **kwargs,
-    )
 
 
 def _shared_signature(params: HMMParams) -> np.ndarray:
@@ -128,10 +94,6 @@ def restarts_to_inference_data(models, data=None, num_draws: int = 0, seed: int 
     :func:`arviz.ess` tell whether the restarts found the same optimum; with ``num_draws = 0``
     each chain holds its single point estimate.
     """
-    import arviz as az
-
-    from .inference.laplace import parameter_draws
-
     if len(models) < 1:
         raise ValueError("models: expected at least one fitted model")
     ref = models[0].params
@@ -145,8 +107,7 @@ def restarts_to_inference_data(models, data=None, num_draws: int = 0, seed: int 
         else:
             draws = [_flatten_params(permute_params(model.params, *perm))]
         chains.append({k: np.stack([d[k] for d in draws]) for k in draws[0]})
-    posterior = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
-    return az.from_dict(posterior=posterior)
+    return parameter_chains_to_arviz(chains)
 
 
 def information_criteria(model, data) -> dict:
@@ -185,3 +146,28 @@ def state_accuracy(true_states, estimated_states, num_states: int, lengths=None)
     perm = np.empty(num_states, dtype=int)
     perm[rows] = cols
     return float(conf.numpy()[rows, cols].sum() / max(1, len(t))), perm
+
+
+def gate_report(posterior, data, unreliable: torch.Tensor) -> dict:
+    """How a fitted mixture treats the unreliable stream of :func:`mmpgm.datasets.unreliable_stream_data`.
+
+    ``posterior``: a :class:`~mmpgm.results.MixturePosterior` of ``data``. Returns the
+    mean gate weight on ``sharp`` inside and outside its noise segments (``"inside"``,
+    ``"outside"``), the per-frame accuracy of the mixture (``"accuracy"``) and of each expert
+    alone (``"expert_accuracy"``, in the model's modality order)."""
+    y = data.labels["speech"]
+    sharp = list(posterior.modalities).index("sharp")
+    w = posterior.gate_weights[..., sharp]
+
+    def accuracy(p):
+        return float(((p > 0.5).long() == y).double().mean())
+
+    return {
+        "inside": float(w[unreliable].mean()),
+        "outside": float(w[~unreliable].mean()),
+        "accuracy": accuracy(posterior.predictive),
+        "expert_accuracy": [
+            accuracy(posterior.expert_predictions[..., m])
+            for m in range(posterior.expert_predictions.shape[-1])
+        ],
+    }

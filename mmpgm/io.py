@@ -1,61 +1,65 @@
-"""Saving and loading models: a config (constructor arguments) plus the state dict."""
+"""Loading models written by ``model.save(path)``.
+
+The file is read with ``torch.load(weights_only=True)``, which unpickles only tensors and plain
+containers, so a crafted file cannot run code; its header is checked before anything is built.
+"""
 
 from __future__ import annotations
 
-import copy
+import pickle
+import zipfile
 
 import torch
 
-_REGISTRY = {}
+from . import models  # noqa: F401  (importing the models registers their classes)
+from .models._savable import FORMAT_VERSION, registered_classes, save_model
 
+__all__ = ["load_model", "save_model"]
 
-class SavableModel:
-    """Mixin for models built from JSON-friendly constructor arguments kept in ``self._config``:
-    ``config()`` returns them, ``from_config(config)`` rebuilds an (unfitted) model, ``save(path)``
-    writes config and state dict for :func:`load_model`."""
-
-    def config(self) -> dict:
-        """Constructor arguments; ``type(model).from_config(model.config())``."""
-        return copy.deepcopy(self._config)
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
-
-    def save(self, path) -> None:
-        """Save to ``path``; read back with :func:`mmpgm.load_model`."""
-        save_model(self, path)
-
-
-def register(cls):
-    _REGISTRY[cls.__name__] = cls
-    return cls
-
-
-def save_model(model, path) -> None:
-    """Write ``model`` (its class name, constructor config and state dict) to ``path``."""
-    if not hasattr(model, "config"):
-        raise TypeError(f"model: {type(model).__name__} cannot be saved (no config())")
-    p = next(iter(model.parameters()))
-    torch.save(
-        {"class": type(model).__name__, "config": model.config(), "state_dict": model.state_dict(),
-         "dtype": str(p.dtype).replace("torch.", ""), "mmpgm_format": 1},
-        path,
-    )
+_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def load_model(path, map_location="cpu"):
-    """Load a model written by ``model.save(path)`` / :func:`save_model`."""
-    from . import models  # noqa: F401  (registers the classes)
+    """Load a model written by ``model.save(path)`` / :func:`mmpgm.save_model`.
 
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or state.get("mmpgm_format") != 1:
-        raise ValueError(f"{path}: not an mmpgm model file")
+    Raises
+    ------
+    ValueError
+        If ``path`` is not an mmpgm model file (a foreign file, a truncated file, a file with a
+        code-running payload), has a newer format version, or names an unknown model class.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: not an mmpgm model file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(state, dict) or "mmpgm_format" not in state:
+        raise ValueError(f"{path}: not an mmpgm model file (no mmpgm header)")
+    version = state["mmpgm_format"]
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ValueError(f"{path}: model-file format {version!r} is not supported by this mmpgm "
+                         f"(supports 1..{FORMAT_VERSION}); upgrade mmpgm")
+    for key, kind in (("class", str), ("config", dict), ("state_dict", dict), ("dtype", str)):
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"{path}: not an mmpgm model file ({key!r}: expected "
+                             f"{kind.__name__}, got {type(state.get(key)).__name__})")
+    classes = registered_classes()
     name = state["class"]
-    if name not in _REGISTRY:
-        raise ValueError(f"{path}: unknown model class {name!r}; known: {sorted(_REGISTRY)}")
-    model = _REGISTRY[name].from_config(state["config"])
+    if name not in classes:
+        raise ValueError(f"{path}: unknown model class {name!r}; known: {sorted(classes)}")
+    if state["dtype"] not in _DTYPES:
+        raise ValueError(f"{path}: dtype: expected one of {_DTYPES}, got {state['dtype']!r}")
+    try:
+        model = classes[name].from_config(state["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: config does not build a {name}: {err}") from None
     model = model.to(dtype=getattr(torch, state["dtype"]))
-    model.load_state_dict(state["state_dict"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: state_dict does not fit a {name} with this config: "
+                         f"{str(err).splitlines()[0]}") from None
     model._mmpgm_fitted = True
     return model

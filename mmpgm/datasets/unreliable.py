@@ -6,7 +6,7 @@ import torch
 
 from ..data import MultimodalData
 
-__all__ = ["gate_report", "unreliable_stream_data"]
+__all__ = ["unreliable_stream_data"]
 
 
 def unreliable_stream_data(
@@ -67,28 +67,3 @@ def unreliable_stream_data(
     if num_groups is not None:
         labels["group"] = torch.arange(N) % num_groups
     return MultimodalData({"steady": steady, "sharp": sharp}, labels=labels), bad
-
-
-def gate_report(posterior, data: MultimodalData, unreliable: torch.Tensor) -> dict:
-    """How a fitted mixture treats the unreliable stream of :func:`unreliable_stream_data`.
-
-    ``posterior``: a :class:`~mmpgm.mixture_results.MixturePosterior` of ``data``. Returns the
-    mean gate weight on ``sharp`` inside and outside its noise segments (``"inside"``,
-    ``"outside"``), the per-frame accuracy of the mixture (``"accuracy"``) and of each expert
-    alone (``"expert_accuracy"``, in the model's modality order)."""
-    y = data.labels["speech"]
-    sharp = list(posterior.modalities).index("sharp")
-    w = posterior.gate_weights[..., sharp]
-
-    def accuracy(p):
-        return float(((p > 0.5).long() == y).double().mean())
-
-    return {
-        "inside": float(w[unreliable].mean()),
-        "outside": float(w[~unreliable].mean()),
-        "accuracy": accuracy(posterior.predictive),
-        "expert_accuracy": [
-            accuracy(posterior.expert_predictions[..., m])
-            for m in range(posterior.expert_predictions.shape[-1])
-        ],
-    }

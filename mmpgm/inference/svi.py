@@ -50,7 +50,7 @@ def fit_svi(
     losses: list[float] = []
     start = 0
     if checkpoint is not None and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location=params[0].device, weights_only=False)
+        state = torch.load(checkpoint, map_location=params[0].device, weights_only=True)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
         losses = list(state["losses"])

@@ -31,13 +31,13 @@ from torch import nn
 from torch.distributions import constraints
 
 from ..data import MultimodalData
-from ..io import SavableModel, register
-from ..nn.module import TypedPyroModule
+from ._savable import SavableModel, register
+from .._pyro import TypedPyroModule
 from ._checks import check_finite, check_obs_dims, per_modality
 from ..observations import ObservationModel, make_observation
 from ..ops import hmm as ops
 from ..ops.kmeans import kmeans
-from ..posterior import Imputation, Posterior
+from ..results.hmm import Imputation, Posterior
 
 __all__ = ["MarkovChain", "MultimodalHMM", "HMMParams"]
 

@@ -51,10 +51,10 @@ from torch import nn
 from torch.distributions import constraints
 
 from ..data import MultimodalData
-from ..io import SavableModel, register
+from ._savable import SavableModel, register
 from ._checks import check_int, check_obs_dims, per_modality
-from ..lds_results import LDSImputation, LDSPosterior
-from ..nn.module import TypedPyroModule
+from ..results.lds import LDSImputation, LDSPosterior
+from .._pyro import TypedPyroModule
 from ..ops import kalman as kops
 
 __all__ = ["MultimodalLDS", "LDSParams", "BlockDynamics", "LinearEmission"]

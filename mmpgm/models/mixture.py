@@ -76,9 +76,9 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 
 from ..data import MultimodalData
-from ..io import SavableModel, register
+from ._savable import SavableModel, register
 from ._checks import check_obs_dims
-from ..mixture_results import MixturePosterior
+from ..results.mixture import MixturePosterior
 from ..nn.experts import Expert, check_choice
 from ..nn.gates import ConditionalGate, MarkovGate
 from ..ops import mixture as ops
@@ -738,7 +738,7 @@ class GatedMixture(SavableModel, PyroModule):
         map_path: bool = True,
     ) -> MixturePosterior:
         """Gate weights, responsibilities, expert-wise and causal mixture predictions (see
-        :class:`mmpgm.mixture_results.MixturePosterior`)."""
+        :class:`mmpgm.results.MixturePosterior`)."""
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
             raise ValueError(f"num_samples: expected a non-negative int, got {num_samples!r}")
         data = self.check_data(data)

@@ -37,9 +37,9 @@ from pyro.infer import Trace_ELBO
 from pyro.nn import PyroModule
 
 from ..data import MultimodalData
-from ..io import SavableModel, register
+from ._savable import SavableModel, register
 from ._checks import check_int, check_obs_dims, per_modality
-from ..mvrnn_results import MVRNNImputation, MVRNNPosterior
+from ..results.mvrnn import MVRNNImputation, MVRNNPosterior
 from ..nn.vrnn import MVRNNNet, make_likelihood
 
 __all__ = ["MVRNN"]

@@ -1,5 +1,1 @@
-"""Neural and parameter-holding building blocks."""
-
-from .module import TypedPyroModule
-
-__all__ = ["TypedPyroModule"]
+"""Neural parameterizers: experts, gates, recurrent cells and their likelihood heads."""

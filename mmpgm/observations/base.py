@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from ..nn.module import TypedPyroModule
+from .._pyro import TypedPyroModule
 
 
 class ObservationModel(TypedPyroModule):

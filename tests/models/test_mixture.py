@@ -6,7 +6,7 @@ from pyro.infer import TraceEnum_ELBO
 
 import mmpgm
 from mmpgm.data import MultimodalData
-from mmpgm.mixture_results import MixturePosterior
+from mmpgm.results import MixturePosterior
 from mmpgm.models.mixture import GatedMixture
 
 DIMS = {"audio": 4, "image": 3, "flow": 2}

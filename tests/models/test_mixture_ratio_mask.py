@@ -11,7 +11,7 @@ import torch
 import mmpgm
 from mmpgm.data import MultimodalData
 from mmpgm.features.audio import apply_ratio_mask, ideal_ratio_mask
-from mmpgm.mixture_results import MixturePosterior
+from mmpgm.results import MixturePosterior
 from mmpgm.models.mixture import GatedMixture
 
 DIMS = {"audio": 3, "video": 2}

@@ -12,7 +12,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 import mmpgm
 from mmpgm import MultimodalData
 from mmpgm.models.mvrnn import MVRNN
-from mmpgm.mvrnn_results import MVRNNImputation, MVRNNPosterior
+from mmpgm.results import MVRNNImputation, MVRNNPosterior
 from mmpgm.nn.vrnn import _inv_scale, product_of_experts
 
 DIMS = {"a": 3, "b": 2}

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import mmpgm
-from mmpgm.datasets import gate_report, unreliable_stream_data
+from mmpgm.datasets import unreliable_stream_data
+from mmpgm.diagnostics import gate_report
 from mmpgm.models.mixture import GatedMixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")

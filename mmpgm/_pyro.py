@@ -1,14 +1,17 @@
-"""A PyroModule whose parameters keep their dtype and device when values are assigned."""
+"""The Pyro-settings policy, and the typed ``PyroModule`` base of every parameter module.
+
+Policy: **mmpgm changes no Pyro setting**, on import or on use. Its models hold their parameters
+as module attributes (``PyroParam`` s of ``PyroModule`` s) and mmpgm never runs them inside a
+``PyroModule.__call__`` context, so with either value of ``pyro.settings module_local_params``
+their parameters stay in the modules (like ``torch.nn.Module`` s) and never enter Pyro's global
+parameter store: two models never share parameters by name, and a user's own ``PyroModule`` s
+keep whatever behaviour the user chose. ``tests/test_pyro_policy.py`` pins this for both values.
+"""
 
 from __future__ import annotations
 
-import pyro
 import torch
 from pyro.nn import PyroModule
-
-# PyroModule parameters live in the modules (like torch.nn.Module), not in Pyro's global
-# parameter store, so two models never share parameters by name. Every mmpgm model imports this.
-pyro.settings.set(module_local_params=True)
 
 
 class TypedPyroModule(PyroModule):

@@ -1,8 +1,9 @@
 """A small version of the paper's audio-visual speech-activity experiment (section 7, Table 1).
 
-Generates a GRID-layout corpus (espeak-ng speech, a real face photograph; see
-``data_prep/synth_grid.py``), prepares it with 0 dB babble noise and a bright video patch over
-20-30 frames, trains one expert per stream (audio log-mel, mouth DCT, optical flow) on some
+The corpus comes from the caller (the CLI's ``mmpgm demo av`` generates a GRID-layout corpus
+with ``data_prep/synth_grid.py``, espeak-ng speech and a real face photograph, and prepares it
+with 0 dB babble noise and a bright video patch over 20-30 frames; the library itself never
+imports ``data_prep``). The demo trains one expert per stream (audio log-mel, mouth DCT, optical flow) on some
 speakers, fits a conditional gate on their out-of-fold predictions (cross-fitting,
 :mod:`mmpgm.inference.cross_fit`: every training speaker scored by experts that never saw it),
 and reports
@@ -13,12 +14,11 @@ full experiment (all gates, co-learning, audio-only peer detectors).
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import torch
 
 from ..data import MultimodalData
+from ..inference.cross_fit import fit_cross_fitted
+from ..models.mixture import GatedMixture
 
 STREAMS = ("audio", "image", "flow")
 
@@ -27,40 +27,38 @@ def _accuracy(prob, y, valid):
     return float((((prob > 0.5).long() == y) & valid).sum() / valid.sum())
 
 
-def run_av_demo(out_dir: str | None = None, smoke: bool = False, seed: int = 0) -> dict:
-    """Run the demo; returns ``{"accuracy": {...}, "gate_video": {"inside", "outside"}, ...}``.
+def run_av_demo(data: MultimodalData, smoke: bool = False, seed: int = 0) -> dict:
+    """Run the demo on a prepared corpus.
 
-    Needs the ``prep`` extra (librosa, OpenCV) and the ``espeak-ng`` program.
+    Parameters
+    ----------
+    data : MultimodalData
+        Streams ``audio``, ``image``, ``flow``; labels ``speech`` ``(N, T)``, ``speaker`` ``(N,)``
+        and ``video_corrupted`` ``(N, T)`` (what ``mmpgm prep grid`` writes). The speaker with the
+        largest id is held out.
+    smoke : bool
+        Few training steps (CI).
+
+    Returns
+    -------
+    dict
+        ``{"accuracy": {...}, "gate_video": {"inside", "outside"}, "gate_shrinkage", "test_frames"}``.
     """
-    from data_prep.grid import prepare_grid
-    from data_prep.synth_grid import make_synth_grid
-
-    from ..inference.cross_fit import fit_cross_fitted
-    from ..models.mixture import GatedMixture
-
-    num_speakers, num_utterances = (3, 3) if smoke else (5, 8)
-    root = tempfile.mkdtemp(prefix="mmpgm_av_") if out_dir is None else out_dir
-    corpus = os.path.join(root, "corpus")
-    make_synth_grid(corpus, num_speakers=num_speakers, num_utterances=num_utterances, seed=seed)
-    npz = os.path.join(root, "babble0dB_patch.npz")
-    prepare_grid(
-        corpus,
-        npz,
-        audio_kind="logmel",
-        seed=seed,
-        progress=False,
-        corruption={"audio_noise": "babble", "snr_db": 0.0, "video_patch": True},
-    )
-    data = MultimodalData.load(npz)
+    if not isinstance(data, MultimodalData):
+        raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
+    missing = [k for k in ("speech", "speaker", "video_corrupted") if k not in data.labels]
+    if missing:
+        raise ValueError(f"data: labels {missing} are missing; got labels {sorted(data.labels)}")
     speaker = data.labels["speaker"]
     test_spk = int(speaker.max())
     test = data[torch.nonzero(speaker == test_spk).flatten()]
     train = data[torch.nonzero(speaker != test_spk).flatten()]
 
-    torch.manual_seed(seed)
-    model = GatedMixture(
-        data.obs_dims, gate="conditional", hidden_dim=32, context=4, gate_hidden_dim=32
-    )
+    with torch.random.fork_rng():  # the experts' initial weights, without reseeding the caller's RNG
+        torch.manual_seed(seed)
+        model = GatedMixture(
+            data.obs_dims, gate="conditional", hidden_dim=32, context=4, gate_hidden_dim=32
+        )
     fit = fit_cross_fitted(
         model,
         train,
@@ -90,8 +88,6 @@ def run_av_demo(out_dir: str | None = None, smoke: bool = False, seed: int = 0) 
         "gate_video": {"inside": float(w[corrupted].mean()), "outside": float(w[clean].mean())},
         "gate_shrinkage": fit.gate_shrinkage,
         "test_frames": int(valid.sum()),
-        "speakers": num_speakers,
-        "clips": num_speakers * num_utterances,
     }
 
 

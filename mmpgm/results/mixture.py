@@ -1,10 +1,9 @@
-"""Immutable result type of :meth:`mmpgm.models.mixture.GatedMixture.posterior` and its ArviZ view."""
+"""Immutable result type of :meth:`mmpgm.models.mixture.GatedMixture.posterior`."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 __all__ = ["MixturePosterior"]
@@ -49,11 +48,6 @@ class MixturePosterior(NamedTuple):
     modalities: tuple
     head: str | None = None
 
-    def _masked(self, paths: torch.Tensor) -> np.ndarray:
-        T = paths.shape[-1]
-        inside = torch.arange(T, device=paths.device) < self.lengths.to(paths.device)[:, None]
-        return torch.where(inside, paths, torch.full_like(paths, -1)).cpu().numpy()
-
     def to_arviz(self):
         """:class:`arviz.InferenceData` with named dims.
 
@@ -64,43 +58,6 @@ class MixturePosterior(NamedTuple):
         (dims ``sequence, time, expert[, class]``, ``frequency`` instead of ``class`` for a ratio
         mask) and ``predictive``.
         """
-        import arviz as az
+        from .arviz import mixture_posterior_to_arviz
 
-        N, T, M = self.gate_weights.shape
-        coords = {"sequence": np.arange(N), "time": np.arange(T), "expert": list(self.modalities)}
-        dims = {
-            "gate_weights": ["sequence", "time", "expert"],
-            "responsibilities": ["sequence", "time", "expert"],
-            "sequence_log_likelihood": ["sequence"],
-        }
-        constant = {
-            "gate_weights": self.gate_weights.detach().cpu().numpy(),
-            "responsibilities": self.responsibilities.detach().cpu().numpy(),
-            "expert_predictions": self.expert_predictions.detach().cpu().numpy(),
-            "predictive": self.predictive.detach().cpu().numpy(),
-        }
-        if self.expert_predictions.dim() == 4:
-            last = "frequency" if self.head == "ratio_mask" else "class"
-            dims["expert_predictions"] = ["sequence", "time", "expert", last]
-            dims["predictive"] = ["sequence", "time", last]
-            coords[last] = np.arange(self.expert_predictions.shape[-1])
-        else:
-            dims["expert_predictions"] = ["sequence", "time", "expert"]
-            dims["predictive"] = ["sequence", "time"]
-        ll = self.log_likelihood.detach().cpu().numpy()[None, None]
-        if self.samples is not None:
-            paths = self._masked(self.samples)[None]
-        elif self.map is not None:
-            paths = self._masked(self.map[None])[None]
-        else:
-            paths = None
-        posterior = {"expert": paths} if paths is not None else {"log_likelihood_draw": ll.sum(-1)}
-        if paths is not None:
-            dims["expert"] = ["sequence", "time"]
-        return az.from_dict(
-            posterior=posterior,
-            log_likelihood={"sequence_log_likelihood": ll},
-            constant_data=constant,
-            dims=dims,
-            coords=coords,
-        )
+        return mixture_posterior_to_arviz(self)

@@ -1,10 +1,9 @@
-"""Immutable result types of :class:`mmpgm.models.lds.MultimodalLDS` inference, and their ArviZ view."""
+"""Immutable result types of :class:`mmpgm.models.lds.MultimodalLDS` inference."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 __all__ = ["LDSPosterior", "LDSImputation"]
@@ -55,12 +54,6 @@ class LDSPosterior(NamedTuple):
             names += [f"{b}_{i}" for i in range(e - a)]
         return names
 
-    def _padded(self, x: torch.Tensor) -> np.ndarray:
-        """``(..., N, T, S)`` as numpy with padding frames set to NaN."""
-        T = x.shape[-2]
-        inside = torch.arange(T, device=x.device) < self.lengths.to(x.device)[:, None]
-        return torch.where(inside[..., None], x, torch.full_like(x, float("nan"))).detach().cpu().numpy()
-
     def to_arviz(self):
         """Convert to :class:`arviz.InferenceData` with named dims.
 
@@ -71,30 +64,9 @@ class LDSPosterior(NamedTuple):
         estimate), and ``constant_data`` (``state_mean`` and ``state_sd``, the marginal
         posterior means and standard deviations, dims ``(sequence, time, latent)``).
         """
-        import arviz as az
+        from .arviz import lds_posterior_to_arviz
 
-        N, T, S = self.state_mean.shape
-        coords = {"sequence": np.arange(N), "time": np.arange(T), "latent": self.latent_names()}
-        dims = {
-            "state": ["sequence", "time", "latent"],
-            "state_mean": ["sequence", "time", "latent"],
-            "state_sd": ["sequence", "time", "latent"],
-            "sequence_log_likelihood": ["sequence"],
-        }
-        if self.pointwise_log_likelihood is not None:
-            ll = self.pointwise_log_likelihood.detach().cpu().numpy()[None]
-        else:
-            ll = self.log_likelihood.detach().cpu().numpy()[None, None]
-        paths = self.samples if self.samples is not None else (
-            self.map[None] if self.map is not None else self.state_mean[None])
-        sd = self.state_cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
-        return az.from_dict(
-            posterior={"state": self._padded(paths)[None]},
-            log_likelihood={"sequence_log_likelihood": ll},
-            constant_data={"state_mean": self._padded(self.state_mean), "state_sd": self._padded(sd)},
-            dims=dims,
-            coords=coords,
-        )
+        return lds_posterior_to_arviz(self)
 
 
 class LDSImputation(NamedTuple):

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from mmpgm.datasets import gate_report, unreliable_stream_data
+from mmpgm.datasets import unreliable_stream_data
+from mmpgm.diagnostics import gate_report
 from mmpgm.inference.cross_fit import (
     _gate_log_weights,
     _shrinkage,

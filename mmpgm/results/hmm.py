@@ -1,10 +1,9 @@
-"""Immutable result types of inference, and their conversion to ArviZ."""
+"""Immutable result types of :class:`mmpgm.models.hmm.MultimodalHMM` inference."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 __all__ = ["Posterior", "Imputation"]
@@ -55,12 +54,6 @@ class Posterior(NamedTuple):
         single point estimate), and ``constant_data`` (the marginals with dims
         ``(sequence, time, <chain>_state_value)``).
         """
-        from .diagnostics import posterior_to_inference_data
+        from .arviz import hmm_posterior_to_arviz
 
-        return posterior_to_inference_data(self)
-
-    def masked_paths(self, paths: torch.Tensor) -> np.ndarray:
-        """Set padding frames of ``(..., N, T)`` state paths to -1, as numpy."""
-        T = paths.shape[-1]
-        inside = torch.arange(T, device=paths.device) < self.lengths.to(paths.device)[:, None]
-        return torch.where(inside, paths, torch.full_like(paths, -1)).cpu().numpy()
+        return hmm_posterior_to_arviz(self)

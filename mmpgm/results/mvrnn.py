@@ -1,17 +1,12 @@
-"""Immutable result types of the multimodal variational RNN, and their conversion to ArviZ."""
+"""Immutable result types of the multimodal variational RNN."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 __all__ = ["MVRNNPosterior", "MVRNNImputation"]
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy()
 
 
 class MVRNNPosterior(NamedTuple):
@@ -60,38 +55,9 @@ class MVRNNPosterior(NamedTuple):
         ``z_<block>_scale``, ``elbo``, ``reconstruction_<m>``, ``kl_<block>`` (dims ``sequence, time``)
         and ``observed_<m>``.
         """
-        import arviz as az
+        from .arviz import mvrnn_posterior_to_arviz
 
-        N, T = self.elbo.shape
-        inside = _np(self.time_mask)
-        coords = {"sequence": np.arange(N), "time": np.arange(T)}
-        dims, posterior, constant = {}, {}, {}
-        for b, mu in self.mean.items():
-            dim = f"z_{b}_dim"
-            coords[dim] = np.arange(mu.shape[-1])
-            draws = self.samples[b] if self.samples is not None else mu[None]
-            arr = _np(draws).copy()
-            arr[:, ~inside] = np.nan
-            posterior[f"z_{b}"] = arr[None]
-            dims[f"z_{b}"] = ["sequence", "time", dim]
-            for key, val in ((f"z_{b}_mean", mu), (f"z_{b}_scale", self.scale[b])):
-                constant[key] = _np(val)
-                dims[key] = ["sequence", "time", dim]
-            constant[f"kl_{b}"] = _np(self.kl[b])
-            dims[f"kl_{b}"] = ["sequence", "time"]
-        constant["elbo"] = _np(self.elbo)
-        dims["elbo"] = ["sequence", "time"]
-        for m, r in self.reconstruction.items():
-            constant[f"reconstruction_{m}"] = _np(r)
-            constant[f"observed_{m}"] = _np(self.mask[m])
-            dims[f"reconstruction_{m}"] = dims[f"observed_{m}"] = ["sequence", "time"]
-        if self.pointwise_log_likelihood is not None:
-            ll = _np(self.pointwise_log_likelihood)[None]
-        else:
-            ll = _np(self.log_likelihood)[None, None]
-        dims["sequence_elbo"] = ["sequence"]
-        return az.from_dict(posterior=posterior, log_likelihood={"sequence_elbo": ll},
-                            constant_data=constant, dims=dims, coords=coords)
+        return mvrnn_posterior_to_arviz(self)
 
 
 class MVRNNImputation(NamedTuple):
@@ -108,8 +74,6 @@ class MVRNNImputation(NamedTuple):
 
     def to_arviz(self):
         """``posterior_predictive`` group with ``x`` of dims ``(chain, draw, sequence, time, feature)``."""
-        import arviz as az
+        from .arviz import mvrnn_imputation_to_arviz
 
-        s = _np(self.samples)[None]
-        return az.from_dict(posterior_predictive={"x": s},
-                            dims={"x": ["sequence", "time", "feature"]})
+        return mvrnn_imputation_to_arviz(self)

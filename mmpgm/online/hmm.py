@@ -1,4 +1,4 @@
-"""Streaming filters: one frame in, filtered posterior and one-step prediction out.
+"""Streaming filter of a :class:`mmpgm.MultimodalHMM`: one frame in, filtered posterior and one-step prediction out.
 
 Memory is constant in the number of frames seen; each step equals the corresponding step of the
 batch forward filter (``mmpgm.infer(..., causal=True)``).
@@ -6,15 +6,15 @@ batch forward filter (``mmpgm.infer(..., causal=True)``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 
-from .ops import hmm as ops
+from ..models.hmm import MultimodalHMM
+from ..ops import hmm as ops
 
-__all__ = ["FilterState", "HMMFilter", "Filter"]
+__all__ = ["FilterState", "HMMFilter"]
 
 
 class FilterState(NamedTuple):
@@ -51,7 +51,9 @@ class HMMFilter:
     """
 
     def __init__(self, model, num_sequences: int = 1):
-        if not isinstance(num_sequences, int) or num_sequences < 1:
+        if not isinstance(model, MultimodalHMM):
+            raise TypeError(f"model: expected a MultimodalHMM, got {type(model).__name__}")
+        if not isinstance(num_sequences, int) or isinstance(num_sequences, bool) or num_sequences < 1:
             raise ValueError(f"num_sequences: expected a positive int, got {num_sequences!r}")
         self.model = model
         self.num_sequences = num_sequences
@@ -130,20 +132,3 @@ class HMMFilter:
         mean = torch.einsum("nij,ijd->nd", w, mu)
         second = torch.einsum("nij,ijde->nde", w, cov + mu[..., :, None] * mu[..., None, :])
         return mean, second - mean[:, :, None] * mean[:, None, :]
-
-
-def Filter(model, num_sequences: int = 1):
-    """A streaming filter for ``model`` (dispatches on the model type)."""
-    from .models.hmm import MultimodalHMM
-    from .models.lds import MultimodalLDS
-
-    if isinstance(model, MultimodalHMM):
-        return HMMFilter(model, num_sequences)
-    if isinstance(model, MultimodalLDS):
-        from .online_lds import LDSFilter
-
-        return LDSFilter(model, num_sequences)
-    raise TypeError(f"model: no streaming filter for {type(model).__name__}")
-
-
-del math

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..models.lds import MultimodalLDS
+
 __all__ = ["LDSFilter", "LDSFilterState"]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -68,8 +70,6 @@ class LDSFilter:
     """
 
     def __init__(self, model, num_sequences: int = 1):
-        from .models.lds import MultimodalLDS
-
         if not isinstance(model, MultimodalLDS):
             raise TypeError(f"model: expected a MultimodalLDS, got {type(model).__name__}")
         if not isinstance(num_sequences, int) or isinstance(num_sequences, bool) or num_sequences < 1:

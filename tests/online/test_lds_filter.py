@@ -7,7 +7,7 @@ import torch
 
 import mmpgm
 from mmpgm.models.lds import MultimodalLDS
-from mmpgm.online_lds import LDSFilter
+from mmpgm.online import LDSFilter
 
 pytestmark = pytest.mark.usefixtures("float64")
 

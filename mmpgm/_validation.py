@@ -1,0 +1,1 @@
+"""The one place for int / float / option / probability checks of user arguments."""

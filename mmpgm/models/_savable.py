@@ -1,0 +1,68 @@
+"""Saving models: a config (constructor arguments) plus the state dict, and the class registry.
+
+Lives beside the models (not in :mod:`mmpgm.io`) so that the model modules never import a layer
+above them; :func:`mmpgm.io.load_model` reads what :func:`save_model` writes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+__all__ = ["FORMAT_VERSION", "SavableModel", "register", "registered_classes", "save_model"]
+
+FORMAT_VERSION = 1
+"""Version of the model-file layout; :func:`mmpgm.io.load_model` refuses newer files."""
+
+_REGISTRY: dict = {}
+
+
+class SavableModel:
+    """Mixin for models built from JSON-friendly constructor arguments kept in ``self._config``:
+    ``config()`` returns them, ``from_config(config)`` rebuilds an (unfitted) model, ``save(path)``
+    writes config and state dict for :func:`mmpgm.load_model`."""
+
+    def config(self) -> dict:
+        """Constructor arguments; ``type(model).from_config(model.config())``."""
+        return copy.deepcopy(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def save(self, path) -> None:
+        """Save to ``path``; read back with :func:`mmpgm.load_model`."""
+        save_model(self, path)
+
+
+def register(cls):
+    """Class decorator: make ``cls`` loadable by name with :func:`mmpgm.load_model`."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def registered_classes() -> dict:
+    """A copy of the registry, class name -> class."""
+    return dict(_REGISTRY)
+
+
+def save_model(model, path) -> None:
+    """Write ``model`` (its class name, constructor config and state dict) to ``path``.
+
+    The file holds only dicts, lists, strings, numbers and tensors, so it loads with
+    ``torch.load(weights_only=True)``: loading it can never run code.
+    """
+    if not isinstance(model, SavableModel):
+        raise TypeError(f"model: {type(model).__name__} cannot be saved (not an mmpgm model)")
+    p = next(iter(model.parameters()))
+    torch.save(
+        {
+            "class": type(model).__name__,
+            "config": model.config(),
+            "state_dict": model.state_dict(),
+            "dtype": str(p.dtype).replace("torch.", ""),
+            "mmpgm_format": FORMAT_VERSION,
+        },
+        path,
+    )
