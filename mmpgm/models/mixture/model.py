@@ -75,13 +75,13 @@ from pyro.nn import PyroModule
 from pyro.ops.indexing import Vindex
 from torch import nn
 
-from ..data import MultimodalData
-from ._savable import SavableModel, register
-from ._checks import check_obs_dims
-from ..results.mixture import MixturePosterior
-from ..nn.experts import Expert, check_choice
-from ..nn.gates import ConditionalGate, MarkovGate
-from ..ops import mixture as ops
+from ...data import MultimodalData
+from .._savable import SavableModel, register
+from .._checks import check_obs_dims
+from ...results.mixture import MixturePosterior
+from ...nn.experts import Expert, check_choice
+from ...nn.gates import ConditionalGate, MarkovGate
+from ...ops import mixture as ops
 
 __all__ = ["GatedMixture", "CollapsedELBO", "Standardizer"]
 
@@ -604,7 +604,7 @@ class GatedMixture(SavableModel, PyroModule):
         _check_int("num_steps", num_steps, 1)
         check_choice("method", method, ("svi", "em"))
         if method == "em":
-            from ..inference.em_mixture import fit_em_mixture
+            from ...inference.em_mixture import fit_em_mixture
 
             return fit_em_mixture(
                 self,
@@ -616,7 +616,7 @@ class GatedMixture(SavableModel, PyroModule):
                 seed=seed,
                 gate_only=True,
             )[0]
-        from ..inference.cross_fit import fit_gate_to_scores
+        from ...inference.cross_fit import fit_gate_to_scores
 
         data = self.check_data(data)
         self.init_from_data(data)
