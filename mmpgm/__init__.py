@@ -34,8 +34,16 @@ _EXPORTS = {
     "Imputation": "mmpgm.results",
 }
 _SUBMODULES = (
-    "observations", "ops", "models", "results", "inference", "datasets", "diagnostics", "online",
-    "plots", "features",
+    "observations",
+    "ops",
+    "models",
+    "results",
+    "inference",
+    "datasets",
+    "diagnostics",
+    "online",
+    "plots",
+    "features",
 )
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)

@@ -1,1 +1,97 @@
-"""The one place for int / float / option / probability checks of user arguments."""
+"""The one place for checks of user arguments: ints, floats, options, probabilities.
+
+Every check raises ``ValueError`` (``TypeError`` for a value of the wrong kind where noted)
+whose message names the argument, what was expected and what was got, in one format:
+``"<name>: expected <what>, got <value>"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+import torch
+
+__all__ = ["check_int", "check_float", "check_choice", "check_probabilities", "probability_atol"]
+
+
+def check_int(name: str, value, *, minimum: int = 1, allow_none: bool = False):
+    """Return ``value`` if it is an int ``>= minimum`` (bools are refused), else raise.
+
+    ``allow_none`` lets ``None`` through (an optional argument left unset).
+    """
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        if minimum == 1:
+            what = "a positive int"
+        elif minimum == 0:
+            what = "a non-negative int"
+        else:
+            what = f"an int >= {minimum}"
+        if allow_none:
+            what += " or None"
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return value
+
+
+def check_float(
+    name: str,
+    value,
+    *,
+    minimum: float | None = None,
+    positive: bool = False,
+    allow_none: bool = False,
+) -> float | None:
+    """Return ``float(value)`` if it is a finite real number (``> 0`` when ``positive``,
+    ``>= minimum`` when given), else raise."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and positive:
+        ok = value > 0
+    if ok and minimum is not None:
+        ok = value >= minimum
+    if not ok:
+        what = "a finite positive float" if positive else "a finite float"
+        if minimum is not None:
+            what += f" >= {minimum}"
+        if allow_none:
+            what += " or None"
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value, choices: Collection):
+    """Return ``value`` if it is one of ``choices``, else raise."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def probability_atol(dtype: torch.dtype) -> float:
+    """Tolerance on a probability row's sum: a few hundred ulps of ``dtype``."""
+    return 256 * torch.finfo(dtype).eps
+
+
+def check_probabilities(
+    name: str, value: torch.Tensor, *, dim: int = -1, atol: float | None = None
+):
+    """Raise unless ``value`` holds finite probabilities in [0, 1] whose rows along ``dim`` sum to
+    one within ``atol`` (default :func:`probability_atol` of its dtype); names the worst row."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()) or bool((value > 1).any()):
+        bad = int(((~torch.isfinite(value)) | (value < 0) | (value > 1)).sum())
+        raise ValueError(f"{name}: expected probabilities in [0, 1], got {bad} entries outside")
+    tol = probability_atol(value.dtype) if atol is None else atol
+    err = (value.sum(dim) - 1).abs()
+    if err.numel() and float(err.max()) > tol:
+        worst = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+        raise ValueError(
+            f"{name}: expected rows summing to 1 (within {tol:.1e}), got row {worst} "
+            f"summing to {float(value.sum(dim)[worst] if worst else value.sum(dim)):.6g}"
+        )
+    return value

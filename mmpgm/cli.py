@@ -26,28 +26,39 @@ def _demo_av(args) -> int:
         print("mmpgm demo av needs " + " and ".join(missing), file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    print("generating a GRID-layout corpus (espeak-ng speech, a real face photo), preparing it with "
-          "0 dB babble and a video patch, training experts and a conditional gate ...")
+    print(
+        "generating a GRID-layout corpus (espeak-ng speech, a real face photo), preparing it with "
+        "0 dB babble and a video patch, training experts and a conditional gate ..."
+    )
     t0 = time.perf_counter()
     # corpus generation and preparation belong to data_prep, which only this CLI imports
     from data_prep.grid import prepare_grid
     from data_prep.synth_grid import make_synth_grid
-
     from mmpgm.data import MultimodalData
     from mmpgm.demos.av import format_table, run_av_demo
 
     num_speakers, num_utterances = (3, 3) if args.smoke else (5, 8)
     root = os.path.join(args.out, "av")
     corpus = os.path.join(root, "corpus")
-    make_synth_grid(corpus, num_speakers=num_speakers, num_utterances=num_utterances, seed=args.seed)
+    make_synth_grid(
+        corpus, num_speakers=num_speakers, num_utterances=num_utterances, seed=args.seed
+    )
     npz = os.path.join(root, "babble0dB_patch.npz")
-    prepare_grid(corpus, npz, audio_kind="logmel", seed=args.seed, progress=False,
-                 corruption={"audio_noise": "babble", "snr_db": 0.0, "video_patch": True})
+    prepare_grid(
+        corpus,
+        npz,
+        audio_kind="logmel",
+        seed=args.seed,
+        progress=False,
+        corruption={"audio_noise": "babble", "snr_db": 0.0, "video_patch": True},
+    )
     result = run_av_demo(MultimodalData.load(npz), smoke=args.smoke, seed=args.seed)
     result.update(speakers=num_speakers, clips=num_speakers * num_utterances)
     print(format_table(result))
-    print(f"({result['clips']} clips of {result['speakers']} speakers, {result['test_frames']} test "
-          f"frames; {time.perf_counter() - t0:.0f} s)")
+    print(
+        f"({result['clips']} clips of {result['speakers']} speakers, {result['test_frames']} test "
+        f"frames; {time.perf_counter() - t0:.0f} s)"
+    )
     with open(os.path.join(args.out, "av_demo.json"), "w") as f:
         json.dump(result, f, indent=2)
     return 0
@@ -57,13 +68,32 @@ def _fit(args) -> int:
     import mmpgm
 
     data = mmpgm.MultimodalData.load(args.data)
-    model = mmpgm.MultimodalHMM(data.obs_dims, num_shared_states=args.shared, num_private_states=args.private,
-                                emission=args.emission)
-    res = mmpgm.fit(model, data, method=args.method, num_steps=args.steps, seed=args.seed,
-                    num_restarts=args.restarts, progress=args.progress)
+    model = mmpgm.MultimodalHMM(
+        data.obs_dims,
+        num_shared_states=args.shared,
+        num_private_states=args.private,
+        emission=args.emission,
+    )
+    res = mmpgm.fit(
+        model,
+        data,
+        method=args.method,
+        num_steps=args.steps,
+        seed=args.seed,
+        num_restarts=args.restarts,
+        progress=args.progress,
+    )
     model.save(args.out)
-    print(json.dumps({"final_loss_per_frame": res.final_loss, "steps": res.num_steps,
-                      "converged": res.converged, "model": args.out}))
+    print(
+        json.dumps(
+            {
+                "final_loss_per_frame": res.final_loss,
+                "steps": res.num_steps,
+                "converged": res.converged,
+                "model": args.out,
+            }
+        )
+    )
     return 0
 
 
@@ -94,10 +124,15 @@ def _prep(args, rest) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="mmpgm", description="Multimodal probabilistic graphical models")
+    parser = argparse.ArgumentParser(
+        prog="mmpgm", description="Multimodal probabilistic graphical models"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="fit the multimodal HMM to an embedded synthetic dataset ('hmm', default), "
-                                    "or run a small audio-visual speech-activity experiment ('av')")
+    d = sub.add_parser(
+        "demo",
+        help="fit the multimodal HMM to an embedded synthetic dataset ('hmm', default), "
+        "or run a small audio-visual speech-activity experiment ('av')",
+    )
     d.add_argument("which", nargs="?", default="hmm", choices=["hmm", "av"])
     d.add_argument("--smoke", action="store_true", help="tiny, fast version (CI)")
     d.add_argument("--seed", type=int, default=0)

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from ._validation import check_int
+
 __all__ = ["MultimodalData"]
 
 
@@ -51,7 +53,9 @@ def _pad_ragged(seqs: Sequence, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         tensors.append(t)
     dims = {t.shape[1] for t in tensors}
     if len(dims) != 1:
-        raise ValueError(f"obs[{name!r}]: all sequences must share obs_dim, got dims {sorted(dims)}")
+        raise ValueError(
+            f"obs[{name!r}]: all sequences must share obs_dim, got dims {sorted(dims)}"
+        )
     lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
     dtype = tensors[0].dtype if tensors[0].is_floating_point() else torch.get_default_dtype()
     out = torch.full((len(tensors), int(lengths.max()), tensors[0].shape[1]), math.nan, dtype=dtype)
@@ -137,8 +141,7 @@ class MultimodalData:
         for name, t in tensors.items():
             if t.shape[0] != N:
                 raise ValueError(
-                    f"obs[{name!r}]: num_sequences {t.shape[0]} differs from "
-                    f"obs[{first!r}]'s {N}"
+                    f"obs[{name!r}]: num_sequences {t.shape[0]} differs from obs[{first!r}]'s {N}"
                 )
             if t.shape[1] != T:
                 raise ValueError(
@@ -146,7 +149,9 @@ class MultimodalData:
                     f"obs[{first!r}]'s {T}; pad ragged sequences and pass lengths"
                 )
         if N < 1 or T < 1:
-            raise ValueError(f"obs: expected at least one sequence and one frame, got (N={N}, T={T})")
+            raise ValueError(
+                f"obs: expected at least one sequence and one frame, got (N={N}, T={T})"
+            )
 
         if lengths is None:
             lengths = ragged_lengths if ragged_lengths is not None else torch.full((N,), T)
@@ -307,8 +312,7 @@ class MultimodalData:
 
     def batches(self, batch_size: int, shuffle: bool = False, generator=None) -> Iterator:
         """Iterate over ``MultimodalData`` minibatches of at most ``batch_size`` sequences."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        check_int("batch_size", batch_size)
         N = self.num_sequences
         order = torch.randperm(N, generator=generator) if shuffle else torch.arange(N)
         for start in range(0, N, batch_size):
@@ -327,7 +331,8 @@ class MultimodalData:
 
     # ------------------------------------------------------------------ I/O
     def save(self, path) -> None:
-        """Write one ``.npz`` with keys ``obs/<m>``, ``mask/<m>``, ``lengths``, ``labels/<name>``."""
+        """Write one ``.npz`` with keys ``obs/<m>``, ``mask/<m>``, ``lengths``,
+        ``labels/<name>``."""
         arrays = {f"obs/{k}": v.detach().cpu().numpy() for k, v in self.obs.items()}
         arrays.update({f"mask/{k}": v.cpu().numpy() for k, v in self.mask.items()})
         arrays["lengths"] = self.lengths.cpu().numpy()

@@ -28,7 +28,8 @@ __all__ = [
 
 
 def _shared_signature(params: HMMParams) -> np.ndarray:
-    """Per shared state: emission means averaged over private states, all modalities, ``(K_s, F)``."""
+    """Per shared state: emission means averaged over private states and modalities,
+    ``(K_s, F)``."""
     feats = []
     for e in params.emissions.values():
         mean = e["loc"] if "loc" in e else e["probs"]
@@ -67,9 +68,14 @@ def permute_params(params: HMMParams, shared_perm, private_perms) -> HMMParams:
     return HMMParams(
         shared_initial=params.shared_initial[sp],
         shared_transition=params.shared_transition[sp][:, sp],
-        private_initial={m: v[torch.as_tensor(np.asarray(private_perms[m]))] for m, v in params.private_initial.items()},
+        private_initial={
+            m: v[torch.as_tensor(np.asarray(private_perms[m]))]
+            for m, v in params.private_initial.items()
+        },
         private_transition={
-            m: v[torch.as_tensor(np.asarray(private_perms[m]))][:, torch.as_tensor(np.asarray(private_perms[m]))]
+            m: v[torch.as_tensor(np.asarray(private_perms[m]))][
+                :, torch.as_tensor(np.asarray(private_perms[m]))
+            ]
             for m, v in params.private_transition.items()
         },
         emissions=emissions,
@@ -149,7 +155,8 @@ def state_accuracy(true_states, estimated_states, num_states: int, lengths=None)
 
 
 def gate_report(posterior, data, unreliable: torch.Tensor) -> dict:
-    """How a fitted mixture treats the unreliable stream of :func:`mmpgm.datasets.unreliable_stream_data`.
+    """How a fitted mixture treats the unreliable stream of
+    :func:`mmpgm.datasets.unreliable_stream_data`.
 
     ``posterior``: a :class:`~mmpgm.results.MixturePosterior` of ``data``. Returns the
     mean gate weight on ``sharp`` inside and outside its noise segments (``"inside"``,

@@ -33,18 +33,24 @@ def load_model(path, map_location="cpu"):
     except FileNotFoundError:
         raise
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path}: not an mmpgm model file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise ValueError(
+            f"{path}: not an mmpgm model file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     if not isinstance(state, dict) or "mmpgm_format" not in state:
         raise ValueError(f"{path}: not an mmpgm model file (no mmpgm header)")
     version = state["mmpgm_format"]
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise ValueError(f"{path}: model-file format {version!r} is not supported by this mmpgm "
-                         f"(supports 1..{FORMAT_VERSION}); upgrade mmpgm")
+        raise ValueError(
+            f"{path}: model-file format {version!r} is not supported by this mmpgm "
+            f"(supports 1..{FORMAT_VERSION}); upgrade mmpgm"
+        )
     for key, kind in (("class", str), ("config", dict), ("state_dict", dict), ("dtype", str)):
         if not isinstance(state.get(key), kind):
-            raise ValueError(f"{path}: not an mmpgm model file ({key!r}: expected "
-                             f"{kind.__name__}, got {type(state.get(key)).__name__})")
+            raise ValueError(
+                f"{path}: not an mmpgm model file ({key!r}: expected "
+                f"{kind.__name__}, got {type(state.get(key)).__name__})"
+            )
     classes = registered_classes()
     name = state["class"]
     if name not in classes:
@@ -59,7 +65,8 @@ def load_model(path, map_location="cpu"):
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: state_dict does not fit a {name} with this config: "
-                         f"{str(err).splitlines()[0]}") from None
+        raise ValueError(
+            f"{path}: state_dict does not fit a {name} with this config: {str(err).splitlines()[0]}"
+        ) from None
     model._mmpgm_fitted = True
     return model

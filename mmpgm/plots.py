@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def plot_streams_with_states(data, posterior, index: int = 0, chain: str = "shared", true_states=None,
-                             imputation=None, imputed_modality=None, figsize=None):
+def plot_streams_with_states(
+    data,
+    posterior,
+    index: int = 0,
+    chain: str = "shared",
+    true_states=None,
+    imputation=None,
+    imputed_modality=None,
+    figsize=None,
+):
     """Each modality's stream of sequence ``index`` over time, the frames coloured by the MAP
     ``chain`` state, and a bottom panel with the posterior marginals of that chain.
 
@@ -19,34 +27,64 @@ def plot_streams_with_states(data, posterior, index: int = 0, chain: str = "shar
     marg = posterior.marginals[chain][index, :L].detach().cpu().numpy()
     K = marg.shape[-1]
     colors = plt.get_cmap("tab10")(np.arange(K) % 10)
-    path = (posterior.map[chain][index, :L] if posterior.map is not None else posterior.marginals[chain][index, :L].argmax(-1)).cpu().numpy()
+    path = (
+        (
+            posterior.map[chain][index, :L]
+            if posterior.map is not None
+            else posterior.marginals[chain][index, :L].argmax(-1)
+        )
+        .cpu()
+        .numpy()
+    )
     nrows = len(mods) + 1 + (true_states is not None)
     fig, axes = plt.subplots(nrows, 1, sharex=True, figsize=figsize or (10, 1.6 * nrows + 0.6))
     t = np.arange(L)
-    for ax, m in zip(axes, mods):
+    for ax, m in zip(axes, mods, strict=False):
         x = data.obs[m][index, :L].detach().cpu().numpy()
         mask = data.mask[m][index, :L].cpu().numpy()
         for k in range(K):
-            ax.fill_between(t, 0, 1, where=path == k, color=colors[k], alpha=0.15, step="mid",
-                            transform=ax.get_xaxis_transform(), linewidth=0)
+            ax.fill_between(
+                t,
+                0,
+                1,
+                where=path == k,
+                color=colors[k],
+                alpha=0.15,
+                step="mid",
+                transform=ax.get_xaxis_transform(),
+                linewidth=0,
+            )
         xs = np.where(mask[:, None], x, np.nan)
         imputed = imputation is not None and m == imputed_modality
         shown = min(2, x.shape[-1]) if imputed else x.shape[-1]
         lines = ax.plot(t, xs[:, :shown], lw=0.9)
         if imputed:
             mean = imputation.mean[index, :L].detach().cpu().numpy()
-            var = np.diagonal(imputation.covariance[index, :L].detach().cpu().numpy(), axis1=-2, axis2=-1)
+            var = np.diagonal(
+                imputation.covariance[index, :L].detach().cpu().numpy(), axis1=-2, axis2=-1
+            )
             sd = np.sqrt(np.clip(var, 0, None))
             for d in range(shown):
                 c = lines[d].get_color()
                 ax.plot(t, mean[:, d], "--", color=c, lw=1.0)
-                ax.fill_between(t, mean[:, d] - 2 * sd[:, d], mean[:, d] + 2 * sd[:, d], color=c, alpha=0.12)
-            ax.set_title(f"{m} (first {shown} dims): observed (solid) and imputed from the other streams "
-                         "(dashed, +-2 sd)", fontsize=8)
+                ax.fill_between(
+                    t, mean[:, d] - 2 * sd[:, d], mean[:, d] + 2 * sd[:, d], color=c, alpha=0.12
+                )
+            ax.set_title(
+                f"{m} (first {shown} dims): observed (solid) and imputed from the other streams "
+                "(dashed, +-2 sd)",
+                fontsize=8,
+            )
         ax.set_ylabel(m)
     ax = axes[len(mods)]
-    ax.stackplot(t, marg.T, colors=colors, alpha=0.8, step="mid",
-                 labels=[f"{chain} state {k}" for k in range(K)])
+    ax.stackplot(
+        t,
+        marg.T,
+        colors=colors,
+        alpha=0.8,
+        step="mid",
+        labels=[f"{chain} state {k}" for k in range(K)],
+    )
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"p({chain})")
     ax.legend(loc="upper right", fontsize=7, ncol=K)

@@ -38,8 +38,12 @@ def test_user_mask_combines_and_save_load_roundtrip(tmp_path):
     obs = make()
     mask = {"audio": torch.ones(3, 5, dtype=torch.bool)}
     mask["audio"][1, 1:3] = False
-    d = MultimodalData(obs, mask=mask, labels={"shared": torch.full((3, 5), -1), "speaker": torch.arange(3)},
-                       meta={"note": "x"})
+    d = MultimodalData(
+        obs,
+        mask=mask,
+        labels={"shared": torch.full((3, 5), -1), "speaker": torch.arange(3)},
+        meta={"note": "x"},
+    )
     p = tmp_path / "d.npz"
     d.save(p)
     e = MultimodalData.load(p)
@@ -63,16 +67,37 @@ def test_batches_slicing_and_moves():
 @pytest.mark.parametrize(
     "build,match",
     [
-        (lambda o: MultimodalData({"a": o["audio"][0]}), r"obs\['a'\].*\(num_sequences, num_timesteps, obs_dim\)"),
+        (
+            lambda o: MultimodalData({"a": o["audio"][0]}),
+            r"obs\['a'\].*\(num_sequences, num_timesteps, obs_dim\)",
+        ),
         (lambda o: MultimodalData({"a": o["audio"][..., None]}), r"obs\['a'\].*got \(3, 5, 4, 1\)"),
-        (lambda o: MultimodalData({"a": o["audio"], "b": o["video"][:2]}), r"obs\['b'\]: num_sequences 2"),
-        (lambda o: MultimodalData({"a": o["audio"], "b": o["video"][:, :4]}), r"obs\['b'\]: num_timesteps 4"),
-        (lambda o: MultimodalData(o, lengths=[5, 6, 5]), r"lengths: expected values in \[1, num_timesteps=5\]"),
+        (
+            lambda o: MultimodalData({"a": o["audio"], "b": o["video"][:2]}),
+            r"obs\['b'\]: num_sequences 2",
+        ),
+        (
+            lambda o: MultimodalData({"a": o["audio"], "b": o["video"][:, :4]}),
+            r"obs\['b'\]: num_timesteps 4",
+        ),
+        (
+            lambda o: MultimodalData(o, lengths=[5, 6, 5]),
+            r"lengths: expected values in \[1, num_timesteps=5\]",
+        ),
         (lambda o: MultimodalData(o, lengths=[5, 0, 5]), r"lengths: expected values in \[1"),
         (lambda o: MultimodalData(o, lengths=[5, 5]), r"lengths: expected shape \(3,\)"),
-        (lambda o: MultimodalData(o, mask={"lidar": torch.ones(3, 5, dtype=torch.bool)}), r"mask: unknown modality 'lidar'"),
-        (lambda o: MultimodalData(o, mask={"audio": torch.ones(3, 4, dtype=torch.bool)}), r"mask\['audio'\]: expected shape \(3, 5\)"),
-        (lambda o: MultimodalData(o, labels={"y": torch.zeros(3, 2)}), r"labels\['y'\]: expected shape"),
+        (
+            lambda o: MultimodalData(o, mask={"lidar": torch.ones(3, 5, dtype=torch.bool)}),
+            r"mask: unknown modality 'lidar'",
+        ),
+        (
+            lambda o: MultimodalData(o, mask={"audio": torch.ones(3, 4, dtype=torch.bool)}),
+            r"mask\['audio'\]: expected shape \(3, 5\)",
+        ),
+        (
+            lambda o: MultimodalData(o, labels={"y": torch.zeros(3, 2)}),
+            r"labels\['y'\]: expected shape",
+        ),
         (lambda o: MultimodalData({}), r"obs: expected at least one modality"),
     ],
 )
@@ -108,8 +133,11 @@ def test_per_frame_vector_labels_roundtrip(tmp_path):
     g = torch.Generator().manual_seed(1)
     irm = torch.rand(7, 5, 3, dtype=torch.float64, generator=g)
     irm[2, 1, 0] = math.nan
-    d = MultimodalData(make(N=7), lengths=[5, 4, 3, 5, 5, 2, 1],
-                       labels={"irm": irm, "speech": torch.zeros(7, 5), "speaker": torch.arange(7)})
+    d = MultimodalData(
+        make(N=7),
+        lengths=[5, 4, 3, 5, 5, 2, 1],
+        labels={"irm": irm, "speech": torch.zeros(7, 5), "speaker": torch.arange(7)},
+    )
     assert d.labels["irm"].shape == (7, 5, 3)
     idx = torch.tensor([5, 2, 0])
     torch.testing.assert_close(d[idx].labels["irm"], irm[idx], rtol=0, atol=0, equal_nan=True)

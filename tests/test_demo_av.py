@@ -18,7 +18,11 @@ def test_demo_av_smoke(tmp_path, capsys):
     assert "| mixture |" in out and "gate weight on the video experts" in out
     result = json.loads((tmp_path / "av_demo.json").read_text())
     assert set(result["accuracy"]) == {
-        "expert_audio", "expert_image", "expert_flow", "equal_weights", "mixture"
+        "expert_audio",
+        "expert_image",
+        "expert_flow",
+        "equal_weights",
+        "mixture",
     }
     assert result["gate_shrinkage"] >= 0
     assert all(0.0 <= a <= 1.0 for a in result["accuracy"].values())

@@ -28,8 +28,9 @@ def _fit_three_models(local):
         models = [
             mmpgm.MultimodalHMM({"audio": 4, "video": 6, "flow": 2}, num_shared_states=2),
             mmpgm.MultimodalLDS({"audio": 4, "video": 6, "flow": 2}, shared_dim=1, private_dim=1),
-            mmpgm.MVRNN({"audio": 4, "video": 6, "flow": 2}, hidden_dim=4, shared_dim=2,
-                        private_dim=1),
+            mmpgm.MVRNN(
+                {"audio": 4, "video": 6, "flow": 2}, hidden_dim=4, shared_dim=2, private_dim=1
+            ),
         ]
         losses = []
         for model in models:
@@ -51,9 +52,11 @@ def test_importing_mmpgm_changes_no_pyro_setting():
     import subprocess
     import sys
 
-    code = ("import pyro; before = pyro.settings.get(); import mmpgm; mmpgm.MultimodalHMM({'a': 1}); "
-            "import mmpgm.online, mmpgm.inference, mmpgm.diagnostics; "
-            "assert pyro.settings.get() == before, (before, pyro.settings.get())")
+    code = (
+        "import pyro; before = pyro.settings.get(); import mmpgm; mmpgm.MultimodalHMM({'a': 1}); "
+        "import mmpgm.online, mmpgm.inference, mmpgm.diagnostics; "
+        "assert pyro.settings.get() == before, (before, pyro.settings.get())"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_int
 from ..data import MultimodalData
 
 __all__ = ["unreliable_stream_data"]
@@ -44,10 +45,8 @@ def unreliable_stream_data(
     unreliable : bool tensor ``(N, T)``
         True where ``sharp`` is noise.
     """
-    if not isinstance(num_timesteps, int) or num_timesteps < 3:
-        raise ValueError(f"num_timesteps: expected an int >= 3, got {num_timesteps!r}")
-    if not isinstance(num_sequences, int) or num_sequences < 1:
-        raise ValueError(f"num_sequences: expected an int >= 1, got {num_sequences!r}")
+    check_int("num_timesteps", num_timesteps, minimum=3)
+    check_int("num_sequences", num_sequences)
     N, T = num_sequences, num_timesteps
     g = torch.Generator().manual_seed(seed)
     b = torch.zeros(N, T, dtype=torch.long)

@@ -3,7 +3,8 @@
 The corpus comes from the caller (the CLI's ``mmpgm demo av`` generates a GRID-layout corpus
 with ``data_prep/synth_grid.py``, espeak-ng speech and a real face photograph, and prepares it
 with 0 dB babble noise and a bright video patch over 20-30 frames; the library itself never
-imports ``data_prep``). The demo trains one expert per stream (audio log-mel, mouth DCT, optical flow) on some
+imports ``data_prep``). The demo trains one expert per stream (audio log-mel, mouth DCT, optical
+flow) on some
 speakers, fits a conditional gate on their out-of-fold predictions (cross-fitting,
 :mod:`mmpgm.inference.cross_fit`: every training speaker scored by experts that never saw it),
 and reports
@@ -42,7 +43,8 @@ def run_av_demo(data: MultimodalData, smoke: bool = False, seed: int = 0) -> dic
     Returns
     -------
     dict
-        ``{"accuracy": {...}, "gate_video": {"inside", "outside"}, "gate_shrinkage", "test_frames"}``.
+        ``{"accuracy": {...}, "gate_video": {"inside", "outside"}, "gate_shrinkage",
+            "test_frames"}``.
     """
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
@@ -54,7 +56,9 @@ def run_av_demo(data: MultimodalData, smoke: bool = False, seed: int = 0) -> dic
     test = data[torch.nonzero(speaker == test_spk).flatten()]
     train = data[torch.nonzero(speaker != test_spk).flatten()]
 
-    with torch.random.fork_rng():  # the experts' initial weights, without reseeding the caller's RNG
+    with (
+        torch.random.fork_rng()
+    ):  # the experts' initial weights, without reseeding the caller's RNG
         torch.manual_seed(seed)
         model = GatedMixture(
             data.obs_dims, gate="conditional", hidden_dim=32, context=4, gate_hidden_dim=32

@@ -26,13 +26,22 @@ def run_hmm_demo(out_dir: str, *, smoke: bool = False, seed: int = 0, progress=N
     truth = demo_hmm(seed=seed)
     train, latents = truth.sample(N, T, seed=seed)
     test, _ = truth.sample(N_test, T, seed=seed + 1)
-    print(f"data: {N} training and {N_test} held-out sequences of {T} frames; streams "
-          + ", ".join(f"{m} ({d}-d)" for m, d in train.obs_dims.items()))
+    print(
+        f"data: {N} training and {N_test} held-out sequences of {T} frames; streams "
+        + ", ".join(f"{m} ({d}-d)" for m, d in train.obs_dims.items())
+    )
     print("true model: 3 shared states, 2 private states per stream")
     model = MultimodalHMM(train.obs_dims, num_shared_states=3, num_private_states=2).double()
     t0 = time.perf_counter()
-    res = fit(model, train, method="em", num_steps=20 if smoke else 200,
-              num_restarts=3, seed=seed, progress=progress)
+    res = fit(
+        model,
+        train,
+        method="em",
+        num_steps=20 if smoke else 200,
+        num_restarts=3,
+        seed=seed,
+        progress=progress,
+    )
     elapsed = time.perf_counter() - t0
     post = infer(model, train)
     acc, _ = state_accuracy(latents["shared"], post.map["shared"], 3)
@@ -52,18 +61,28 @@ def run_hmm_demo(out_dir: str, *, smoke: bool = False, seed: int = 0, progress=N
         "shared_state_accuracy": round(acc, 4),
         "heldout_loglik_per_frame": {"fitted": round(ll_fit, 4), "true_model": round(ll_true, 4)},
         "shared_transition_max_abs_error": round(trans_err, 4),
-        "video_imputation_rmse": {"from_audio_and_flow": round(rmse, 4),
-                                  "predict_mean": round(base, 4)},
+        "video_imputation_rmse": {
+            "from_audio_and_flow": round(rmse, 4),
+            "predict_mean": round(base, 4),
+        },
     }
     print(f"fitted by EM in {elapsed:.1f} s ({res.num_steps} iterations)")
     print(f"shared-state accuracy after label alignment: {acc:.3f}")
-    print(f"held-out log-likelihood per frame: fitted {ll_fit:.4f}, true model {ll_true:.4f} "
-          f"(gap {ll_true - ll_fit:+.4f} nats)")
+    print(
+        f"held-out log-likelihood per frame: fitted {ll_fit:.4f}, true model {ll_true:.4f} "
+        f"(gap {ll_true - ll_fit:+.4f} nats)"
+    )
     print(f"shared transition matrix, max abs error: {trans_err:.4f}")
     print(f"video imputed from audio+flow: RMSE {rmse:.3f} (predicting the mean: {base:.3f})")
     os.makedirs(out_dir, exist_ok=True)
-    fig = plot_streams_with_states(test, infer(model, test), index=0, true_states=None,
-                                   imputation=imp, imputed_modality="video")
+    fig = plot_streams_with_states(
+        test,
+        infer(model, test),
+        index=0,
+        true_states=None,
+        imputation=imp,
+        imputed_modality="video",
+    )
     path = os.path.join(out_dir, "hmm_demo.png")
     fig.savefig(path, dpi=110)
     with open(os.path.join(out_dir, "hmm_demo.json"), "w") as f:

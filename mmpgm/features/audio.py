@@ -23,6 +23,7 @@ target of ``GatedMixture(head="ratio_mask")``; ``apply_ratio_mask`` multiplies a
 ``waveform_ratio_mask`` is the IRM of a clean and a noisy waveform on exactly the frames of
 ``audio_features`` (``stft_magnitude``, the one STFT definition both use).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,10 +41,25 @@ LOG_EPS = 1e-5
 FEATURE_KINDS = ("stft", "logmel", "mfcc")
 
 __all__ = [
-    "SAMPLE_RATE", "N_FFT", "FRAME_RATE", "HOP", "N_BINS", "FEATURE_KINDS",
-    "AudioReadError", "AlignInfo", "load_audio", "num_frames", "frame_signal_stft",
-    "stft_magnitude", "audio_features", "align_frames", "frame_rms", "resample",
-    "ideal_ratio_mask", "apply_ratio_mask", "waveform_ratio_mask",
+    "SAMPLE_RATE",
+    "N_FFT",
+    "FRAME_RATE",
+    "HOP",
+    "N_BINS",
+    "FEATURE_KINDS",
+    "AudioReadError",
+    "AlignInfo",
+    "load_audio",
+    "num_frames",
+    "frame_signal_stft",
+    "stft_magnitude",
+    "audio_features",
+    "align_frames",
+    "frame_rms",
+    "resample",
+    "ideal_ratio_mask",
+    "apply_ratio_mask",
+    "waveform_ratio_mask",
 ]
 
 
@@ -61,8 +77,12 @@ class AlignInfo:
     trimmed: int
 
     def as_dict(self) -> dict:
-        return {"n_in": self.n_in, "n_out": self.n_out, "padded": self.padded,
-                "trimmed": self.trimmed}
+        return {
+            "n_in": self.n_in,
+            "n_out": self.n_out,
+            "padded": self.padded,
+            "trimmed": self.trimmed,
+        }
 
 
 def load_audio(path, sr: int = SAMPLE_RATE, min_seconds: float = 0.02) -> np.ndarray:
@@ -82,7 +102,8 @@ def load_audio(path, sr: int = SAMPLE_RATE, min_seconds: float = 0.02) -> np.nda
     except Exception as exc:
         if path.lower().endswith((".wav", ".flac", ".ogg")):
             raise AudioReadError(
-                f"cannot decode audio {path}: {type(exc).__name__}: {exc}") from exc
+                f"cannot decode audio {path}: {type(exc).__name__}: {exc}"
+            ) from exc
         try:  # other containers (e.g. audio tracks of .mpg/.mp4) through audioread
             import librosa
 
@@ -91,12 +112,14 @@ def load_audio(path, sr: int = SAMPLE_RATE, min_seconds: float = 0.02) -> np.nda
                 y, native = librosa.load(path, sr=None, mono=True)
         except Exception as exc2:
             raise AudioReadError(
-                f"cannot decode audio {path}: {type(exc2).__name__}: {exc2}") from exc2
+                f"cannot decode audio {path}: {type(exc2).__name__}: {exc2}"
+            ) from exc2
     if native != sr and y.size:
         y = resample(y, native, sr)
     if y.size < max(1, int(min_seconds * sr)):
         raise AudioReadError(
-            f"audio {path} too short: {y.size} samples at {sr} Hz (truncated or empty file?)")
+            f"audio {path} too short: {y.size} samples at {sr} Hz (truncated or empty file?)"
+        )
     if not np.all(np.isfinite(y)):
         raise AudioReadError(f"audio {path} contains non-finite samples")
     return y.astype(np.float32, copy=False)
@@ -165,8 +188,9 @@ def stft_magnitude(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.abs(frame_signal_stft(_mono_16k(y, sr))).astype(np.float32, copy=False)
 
 
-def audio_features(y: np.ndarray, sr: int = SAMPLE_RATE, kind: str = "stft", *,
-                   n_mels: int = 40, n_mfcc: int = 13) -> np.ndarray:
+def audio_features(
+    y: np.ndarray, sr: int = SAMPLE_RATE, kind: str = "stft", *, n_mels: int = 40, n_mfcc: int = 13
+) -> np.ndarray:
     """Per-frame features of a waveform, shape (T, D) float32, T = round(duration*25).
 
     ``y`` is resampled to 16 kHz first if ``sr`` differs.  ``kind`` is one of
@@ -183,7 +207,7 @@ def audio_features(y: np.ndarray, sr: int = SAMPLE_RATE, kind: str = "stft", *,
         import librosa
 
         mel = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels)
-        logmel = np.log(mag ** 2 @ mel.T + LOG_EPS ** 2)
+        logmel = np.log(mag**2 @ mel.T + LOG_EPS**2)
         if kind == "logmel":
             out = logmel
         else:
@@ -240,8 +264,14 @@ def _positive(name, value):
         raise ValueError(f"{name}: expected a positive number, got {value!r}")
 
 
-def ideal_ratio_mask(clean_magnitude, noise_magnitude, *, eps: float = 1e-8,
-                     power: float = 0.5, spectral_power: float = 2.0):
+def ideal_ratio_mask(
+    clean_magnitude,
+    noise_magnitude,
+    *,
+    eps: float = 1e-8,
+    power: float = 0.5,
+    spectral_power: float = 2.0,
+):
     r"""Ideal ratio mask (IRM) of a clean-speech and a noise spectrogram, values in [0, 1].
 
     .. math::
@@ -268,20 +298,21 @@ def ideal_ratio_mask(clean_magnitude, noise_magnitude, *, eps: float = 1e-8,
         import torch
 
         ref = clean_magnitude if isinstance(clean_magnitude, torch.Tensor) else noise_magnitude
-        s, n = (torch.as_tensor(a, device=ref.device).abs() for a in (clean_magnitude,
-                                                                      noise_magnitude))
+        s, n = (
+            torch.as_tensor(a, device=ref.device).abs() for a in (clean_magnitude, noise_magnitude)
+        )
         if not s.is_floating_point():
             s = s.to(torch.get_default_dtype())
-        s, n = s ** spectral_power, n.to(s.dtype) ** spectral_power
+        s, n = s**spectral_power, n.to(s.dtype) ** spectral_power
         ratio = (s / (s + n).clamp_min(eps)).clamp(0.0, 1.0)
     else:
         s = np.abs(np.asarray(clean_magnitude))
         n = np.abs(np.asarray(noise_magnitude))
         if s.dtype.kind != "f":
             s = s.astype(np.float64)
-        s, n = s ** spectral_power, n.astype(s.dtype) ** spectral_power
+        s, n = s**spectral_power, n.astype(s.dtype) ** spectral_power
         ratio = np.clip(s / np.maximum(s + n, eps), 0.0, 1.0)
-    return ratio if power == 1 else ratio ** power
+    return ratio if power == 1 else ratio**power
 
 
 def apply_ratio_mask(mask, noisy_magnitude):
@@ -303,13 +334,16 @@ def apply_ratio_mask(mask, noisy_magnitude):
         mask, noisy = np.asarray(mask), np.asarray(noisy_magnitude)
     bad = ~((mask >= 0) & (mask <= 1))  # NaN fails both comparisons
     if bool(bad.any()):
-        raise ValueError(f"mask: expected values in [0, 1], got {int(bad.sum())} outside "
-                         f"(NaN included), e.g. {mask[bad][:3].tolist()}")
+        raise ValueError(
+            f"mask: expected values in [0, 1], got {int(bad.sum())} outside "
+            f"(NaN included), e.g. {mask[bad][:3].tolist()}"
+        )
     return mask * noisy
 
 
-def waveform_ratio_mask(clean: np.ndarray, noisy: np.ndarray, sr: int = SAMPLE_RATE,
-                        **irm_kwargs) -> np.ndarray:
+def waveform_ratio_mask(
+    clean: np.ndarray, noisy: np.ndarray, sr: int = SAMPLE_RATE, **irm_kwargs
+) -> np.ndarray:
     """Ideal ratio mask (T, 513) float32 of a noisy waveform against its clean source.
 
     The noise is ``noisy - clean`` (what was added, e.g. by

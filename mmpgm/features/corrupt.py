@@ -16,6 +16,7 @@ reproduced.
   paper's casino noise).  SNR is ``10 log10(sum s^2 / sum n^2)`` over the
   corrupted span.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,18 @@ from .audio import FRAME_RATE, HOP, SAMPLE_RATE
 
 NOISE_KINDS = ("white", "babble", "nonstationary")
 
-__all__ = ["NOISE_KINDS", "corrupt_video", "corrupt_audio", "add_noise_at_snr", "snr_db",
-           "white_noise", "pink_noise", "babble_noise", "nonstationary_noise",
-           "frames_to_samples"]
+__all__ = [
+    "NOISE_KINDS",
+    "corrupt_video",
+    "corrupt_audio",
+    "add_noise_at_snr",
+    "snr_db",
+    "white_noise",
+    "pink_noise",
+    "babble_noise",
+    "nonstationary_noise",
+    "frames_to_samples",
+]
 
 
 def _check_rng(rng):
@@ -46,8 +56,15 @@ def _segment(rng, T, seg_range):
     return start, length
 
 
-def corrupt_video(frames: np.ndarray, rng: np.random.Generator, *, side_range=(50, 150),
-                  seg_range=(20, 30), brightness_range=(0, 255), region=None):
+def corrupt_video(
+    frames: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    side_range=(50, 150),
+    seg_range=(20, 30),
+    brightness_range=(0, 255),
+    region=None,
+):
     """Overlay a square patch of random brightness on a random frame segment.
 
     ``frames``: (T, H, W[, C]) uint8.  The side is drawn uniformly from
@@ -74,11 +91,18 @@ def corrupt_video(frames: np.ndarray, rng: np.random.Generator, *, side_range=(5
     y0 = int(min(max(round(cy - side / 2), 0), H - side))
     value = int(rng.integers(int(brightness_range[0]), int(brightness_range[1]) + 1))
     out = frames.copy()
-    out[start:start + length, y0:y0 + side, x0:x0 + side] = value
+    out[start : start + length, y0 : y0 + side, x0 : x0 + side] = value
     ind = np.zeros(T, dtype=bool)
-    ind[start:start + length] = True
-    rec = {"type": "video_patch", "x": x0, "y": y0, "side": side, "brightness": value,
-           "start_frame": start, "n_frames": length}
+    ind[start : start + length] = True
+    rec = {
+        "type": "video_patch",
+        "x": x0,
+        "y": y0,
+        "side": side,
+        "brightness": value,
+        "start_frame": start,
+        "n_frames": length,
+    }
     return out, ind, rec
 
 
@@ -132,7 +156,7 @@ def babble_noise(sources, n: int, rng: np.random.Generator):
             raise ValueError("babble source is empty or silent")
         src = np.resize(src, max(n, src.size))  # tile if short
         off = int(rng.integers(0, src.size))
-        out += np.roll(src, -off)[:n] / np.sqrt(np.mean(src ** 2))
+        out += np.roll(src, -off)[:n] / np.sqrt(np.mean(src**2))
         offsets.append(off)
     return out, {"n_sources": len(sources), "offsets": offsets}
 
@@ -164,9 +188,17 @@ def frames_to_samples(frame: int, hop: int = HOP) -> int:
     return int(frame * hop)
 
 
-def corrupt_audio(y: np.ndarray, rng: np.random.Generator, kind: str = "white", snr: float = 0.0,
-                  *, sr: int = SAMPLE_RATE, n_frames: int | None = None, babble_sources=None,
-                  seg_range=None):
+def corrupt_audio(
+    y: np.ndarray,
+    rng: np.random.Generator,
+    kind: str = "white",
+    snr: float = 0.0,
+    *,
+    sr: int = SAMPLE_RATE,
+    n_frames: int | None = None,
+    babble_sources=None,
+    seg_range=None,
+):
     """Add ``kind`` noise to waveform ``y`` at exactly ``snr`` dB.
 
     The noise covers the whole clip, or with ``seg_range=(lo, hi)`` a random
@@ -190,8 +222,13 @@ def corrupt_audio(y: np.ndarray, rng: np.random.Generator, kind: str = "white", 
         f1 = f0 + length
         a, b = min(len(y), f0 * hop), min(len(y), f1 * hop)
     n = b - a
-    rec = {"type": "audio_noise", "kind": kind, "snr_db": float(snr), "start_frame": f0,
-           "n_frames": f1 - f0}
+    rec = {
+        "type": "audio_noise",
+        "kind": kind,
+        "snr_db": float(snr),
+        "start_frame": f0,
+        "n_frames": f1 - f0,
+    }
     if kind == "white":
         noise = white_noise(n, rng)
     elif kind == "babble":

@@ -29,6 +29,7 @@ Pipeline for one clip:
 7. :func:`align_frames` (re-exported from :mod:`mmpgm.features.audio`) pads
    or trims to the audio frame count, reporting how many frames it changed.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,9 +48,21 @@ FLOW_DIM = 3 + N_FLOW_BINS
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
 __all__ = [
-    "VideoReadError", "FaceBox", "read_video", "detect_face", "crop_faces",
-    "mouth_crops", "dct_features", "zigzag_indices", "flow_features", "video_features",
-    "mouth_box", "align_frames", "FACE_SIZE", "N_DCT", "FLOW_DIM",
+    "VideoReadError",
+    "FaceBox",
+    "read_video",
+    "detect_face",
+    "crop_faces",
+    "mouth_crops",
+    "dct_features",
+    "zigzag_indices",
+    "flow_features",
+    "video_features",
+    "mouth_box",
+    "align_frames",
+    "FACE_SIZE",
+    "N_DCT",
+    "FLOW_DIM",
 ]
 
 
@@ -79,8 +92,10 @@ def _cv2():
     import cv2
 
     if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
-        raise ImportError("this OpenCV build lacks CascadeClassifier / cv2.data; "
-                          "install 'opencv-python-headless<5'")
+        raise ImportError(
+            "this OpenCV build lacks CascadeClassifier / cv2.data; "
+            "install 'opencv-python-headless<5'"
+        )
     return cv2
 
 
@@ -138,8 +153,9 @@ def detect_face(frame: np.ndarray, min_size_frac: float = 0.15) -> FaceBox:
     gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     H, W = gray.shape
     ms = max(16, int(min_size_frac * min(H, W)))
-    faces = _cascade().detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1,
-                                        minNeighbors=5, minSize=(ms, ms))
+    faces = _cascade().detectMultiScale(
+        cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5, minSize=(ms, ms)
+    )
     if len(faces):
         x, y, w, h = max((tuple(int(v) for v in f) for f in faces), key=lambda b: b[2] * b[3])
         return FaceBox(x, y, w, h, True)
@@ -169,8 +185,9 @@ def crop_faces(frames: np.ndarray, box: FaceBox, size: int = FACE_SIZE) -> np.nd
     cv2 = _cv2()
     g = _gray(frames)
     x0, y0, x1, y1 = _clip_box(box.as_tuple(), g.shape[2], g.shape[1])
-    return np.stack([cv2.resize(f[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
-                     for f in g])
+    return np.stack(
+        [cv2.resize(f[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA) for f in g]
+    )
 
 
 def mouth_box(box: FaceBox, width_frac: float = MOUTH_WIDTH_FRAC):
@@ -186,14 +203,20 @@ def mouth_crops(frames: np.ndarray, box: FaceBox, size=MOUTH_SIZE) -> np.ndarray
     cv2 = _cv2()
     g = _gray(frames)
     x0, y0, x1, y1 = _clip_box(mouth_box(box), g.shape[2], g.shape[1])
-    return np.stack([cv2.resize(f[y0:y1, x0:x1], tuple(size), interpolation=cv2.INTER_AREA)
-                     for f in g]).astype(np.float32) / 255.0
+    return (
+        np.stack(
+            [cv2.resize(f[y0:y1, x0:x1], tuple(size), interpolation=cv2.INTER_AREA) for f in g]
+        ).astype(np.float32)
+        / 255.0
+    )
 
 
 def zigzag_indices(h: int, w: int, k: int):
     """Row/column indices of the first ``k`` entries of an (h, w) array in JPEG zig-zag order."""
-    order = sorted(((i, j) for i in range(h) for j in range(w)),
-                   key=lambda ij: (ij[0] + ij[1], ij[0] if (ij[0] + ij[1]) % 2 else ij[1]))
+    order = sorted(
+        ((i, j) for i in range(h) for j in range(w)),
+        key=lambda ij: (ij[0] + ij[1], ij[0] if (ij[0] + ij[1]) % 2 else ij[1]),
+    )
     if k > len(order):
         raise ValueError(f"k={k} exceeds the {h}x{w} coefficients")
     rows, cols = zip(*order[:k], strict=True)
@@ -229,9 +252,18 @@ def flow_features(crops: np.ndarray, n_bins: int = N_FLOW_BINS) -> np.ndarray:
     for t in range(1, T):
         if np.array_equal(crops[t - 1], crops[t]):
             continue  # identical frames: no motion (Farneback leaves ~0.01 px of numerical noise)
-        flow = cv2.calcOpticalFlowFarneback(crops[t - 1], crops[t], None, pyr_scale=0.5,
-                                            levels=2, winsize=9, iterations=3, poly_n=5,
-                                            poly_sigma=1.1, flags=0)
+        flow = cv2.calcOpticalFlowFarneback(
+            crops[t - 1],
+            crops[t],
+            None,
+            pyr_scale=0.5,
+            levels=2,
+            winsize=9,
+            iterations=3,
+            poly_n=5,
+            poly_sigma=1.1,
+            flags=0,
+        )
         dx, dy = flow[..., 0], flow[..., 1]
         mag, ang = cv2.cartToPolar(dx, dy)
         bins = np.minimum((ang * (n_bins / (2 * math.pi))).astype(np.int64), n_bins - 1)
@@ -242,8 +274,9 @@ def flow_features(crops: np.ndarray, n_bins: int = N_FLOW_BINS) -> np.ndarray:
     return out
 
 
-def video_features(frames: np.ndarray, box: FaceBox | None = None, n_frames: int | None = None,
-                   k: int = N_DCT):
+def video_features(
+    frames: np.ndarray, box: FaceBox | None = None, n_frames: int | None = None, k: int = N_DCT
+):
     """All video features of one clip.
 
     Returns ``(feats, info)`` with ``feats = {"image": (T, k), "flow": (T, 11),
@@ -255,8 +288,11 @@ def video_features(frames: np.ndarray, box: FaceBox | None = None, n_frames: int
     if box is None:
         box = detect_face(frames[0])
     mouths = mouth_crops(frames, box)
-    feats = {"image": dct_features(mouths, k), "flow": flow_features(mouths),
-             "face": crop_faces(frames, box)}
+    feats = {
+        "image": dct_features(mouths, k),
+        "flow": flow_features(mouths),
+        "face": crop_faces(frames, box),
+    }
     info = {"face_box": box.as_dict(), "face_found": box.found, "n_video_frames": len(frames)}
     if n_frames is not None:
         al = None
@@ -264,6 +300,6 @@ def video_features(frames: np.ndarray, box: FaceBox | None = None, n_frames: int
             feats[key], al = align_frames(feats[key], n_frames, mode="edge")
         if al.padded:
             # motion in padded (repeated) frames is zero, not a copy of the last motion
-            feats["flow"][n_frames - al.padded:] = 0.0
+            feats["flow"][n_frames - al.padded :] = 0.0
         info["align"] = al.as_dict()
     return feats, info

@@ -23,14 +23,15 @@ def parameter_precision(model, data) -> list:
     for n in range(data.num_sequences):
         ll = model.log_likelihood(data[n]).sum()
         grads = torch.autograd.grad(ll, params, allow_unused=True)
-        for f, g in zip(fisher, grads):
+        for f, g in zip(fisher, grads, strict=False):
             if g is not None:
                 f.add_(g.detach() ** 2)
     return [f + 1.0 for f in fisher]
 
 
 def parameter_draws(model, data, num_draws: int, seed: int | None = None):
-    """Yield ``num_draws`` times with the model's parameters set to a Laplace draw (restored after)."""
+    """Yield ``num_draws`` times with the model's parameters set to a Laplace draw (restored
+    after)."""
     params = _unconstrained(model)
     precision = parameter_precision(model, data)
     gen = torch.Generator().manual_seed(0 if seed is None else seed)
@@ -38,17 +39,19 @@ def parameter_draws(model, data, num_draws: int, seed: int | None = None):
     try:
         for _ in range(num_draws):
             with torch.no_grad():
-                for p, m, prec in zip(params, saved, precision):
+                for p, m, prec in zip(params, saved, precision, strict=False):
                     eps = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
                     p.copy_(m + eps / prec.sqrt())
             yield
     finally:
         with torch.no_grad():
-            for p, m in zip(params, saved):
+            for p, m in zip(params, saved, strict=False):
                 p.copy_(m)
 
 
-def laplace_log_likelihood_draws(model, data, num_draws: int, seed: int | None = None) -> torch.Tensor:
+def laplace_log_likelihood_draws(
+    model, data, num_draws: int, seed: int | None = None
+) -> torch.Tensor:
     """``(num_draws, N)`` per-sequence log-likelihoods under Laplace parameter draws."""
     out = []
     for _ in parameter_draws(model, data, num_draws, seed):

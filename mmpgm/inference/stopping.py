@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from .._validation import check_float, check_int
+
 
 class PlateauStopper:
     """Stop when the best loss has not improved by more than ``tol`` (absolute, per frame)
     for ``patience`` consecutive steps."""
 
     def __init__(self, patience: int | None, tol: float):
-        if patience is not None and (not isinstance(patience, int) or patience < 1):
-            raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
-        if not tol >= 0:
-            raise ValueError(f"tol: expected a non-negative float, got {tol!r}")
+        check_int("patience", patience, allow_none=True)
+        check_float("tol", tol, minimum=0.0)
         self.patience, self.tol = patience, tol
         self.best = float("inf")
         self.since = 0

@@ -25,5 +25,7 @@ def make_observation(kind, obs_dim, num_shared_states, num_private_states):
     if isinstance(kind, ObservationModel):
         return kind
     if kind not in _KINDS:
-        raise ValueError(f"emission: unknown observation model {kind!r}; expected one of {sorted(_KINDS)}")
+        raise ValueError(
+            f"emission: unknown observation model {kind!r}; expected one of {sorted(_KINDS)}"
+        )
     return _KINDS[kind](obs_dim, num_shared_states, num_private_states)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+
 from .._pyro import TypedPyroModule
+from .._validation import check_int
 
 
 class ObservationModel(TypedPyroModule):
@@ -23,13 +25,9 @@ class ObservationModel(TypedPyroModule):
 
     def __init__(self, obs_dim: int, num_shared_states: int, num_private_states: int):
         super().__init__()
-        for name, v in [
-            ("obs_dim", obs_dim),
-            ("num_shared_states", num_shared_states),
-            ("num_private_states", num_private_states),
-        ]:
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        check_int("obs_dim", obs_dim)
+        check_int("num_shared_states", num_shared_states)
+        check_int("num_private_states", num_private_states)
         self.obs_dim = obs_dim
         self.num_shared_states = num_shared_states
         self.num_private_states = num_private_states
@@ -58,7 +56,8 @@ class ObservationModel(TypedPyroModule):
         raise NotImplementedError
 
     def sample_at(self, shared, private, generator=None) -> torch.Tensor:
-        """Draw ``x`` for index tensors ``shared``, ``private`` of equal shape ``S``: ``S + (obs_dim,)``."""
+        """Draw ``x`` for index tensors ``shared``, ``private`` of equal shape ``S``: ``S +
+        (obs_dim,)``."""
         raise NotImplementedError
 
     def m_step(self, x: torch.Tensor, weights: torch.Tensor) -> None:

@@ -77,7 +77,9 @@ class CategoricalObservation(ObservationModel):
     def init_from_data(self, x, generator=None, means=None):
         onehot = torch.nn.functional.one_hot(self._index(x), self.num_categories).to(self.probs)
         freq = onehot.mean(0) + 0.1
-        noise = torch.rand(self.probs.shape, generator=generator, dtype=self.probs.dtype).to(self.probs.device)
+        noise = torch.rand(self.probs.shape, generator=generator, dtype=self.probs.dtype).to(
+            self.probs.device
+        )
         p = freq * (0.5 + noise)
         self.probs = p / p.sum(-1, keepdim=True)
 

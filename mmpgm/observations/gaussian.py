@@ -47,10 +47,13 @@ class _GaussianBase(ObservationModel):
         return mean, var
 
     def _loc_given_precision(self, sx, n, precision):
-        """Mode of mu given the covariance: ``(n P + T)^{-1} (P sx + T mu0)``, T = prior precision."""
+        """Mode of mu given the covariance: ``(n P + T)^{-1} (P sx + T mu0)``, T = prior
+        precision."""
         prior_prec = 1.0 / self.prior_scale**2
         if precision.dim() == 3:  # diagonal (K_s, K_m, D)
-            return (precision * sx + prior_prec * self.prior_loc) / (n[..., None] * precision + prior_prec)
+            return (precision * sx + prior_prec * self.prior_loc) / (
+                n[..., None] * precision + prior_prec
+            )
         A = n[..., None, None] * precision + torch.diag_embed(prior_prec)
         b = (precision @ sx[..., None]).squeeze(-1) + prior_prec * self.prior_loc
         return torch.linalg.solve(A, b[..., None]).squeeze(-1)
@@ -76,7 +79,9 @@ class DiagonalGaussianObservation(_GaussianBase):
         prec = self.scale.reshape(-1, self.obs_dim) ** -2  # (K, D)
         mu = self.loc.reshape(-1, self.obs_dim)
         quad = (x**2) @ prec.T - 2 * x @ (mu * prec).T + (mu**2 * prec).sum(-1)
-        const = self.scale.reshape(-1, self.obs_dim).log().sum(-1) + 0.5 * self.obs_dim * math.log(2 * math.pi)
+        const = self.scale.reshape(-1, self.obs_dim).log().sum(-1) + 0.5 * self.obs_dim * math.log(
+            2 * math.pi
+        )
         return (-0.5 * quad - const).reshape(x.shape[:-1] + self.state_shape)
 
     def distribution(self, shared, private):
@@ -157,7 +162,9 @@ class FullGaussianObservation(_GaussianBase):
         L = self.scale_tril
         logdet = 2 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         psi = torch.diag_embed(self.prior_var * (self.nu0 + D + 1))  # prior mode = prior_var
-        Linv = torch.linalg.solve_triangular(L, torch.eye(D, dtype=L.dtype, device=L.device), upper=False)
+        Linv = torch.linalg.solve_triangular(
+            L, torch.eye(D, dtype=L.dtype, device=L.device), upper=False
+        )
         trace = (psi.diagonal() * (Linv**2).sum(-2)).sum(-1)  # tr(Psi Sigma^-1), Psi diagonal
         iw = (-0.5 * (self.nu0 + D + 1) * logdet - 0.5 * trace).sum()
         return self._loc_log_prior() + iw
@@ -179,7 +186,12 @@ class FullGaussianObservation(_GaussianBase):
         cov = self.covariance()
         mu = self._loc_given_precision(sx, n, torch.linalg.inv(cov))
         outer = mu[..., :, None] * sx[..., None, :]
-        S = sxx - outer - outer.transpose(-1, -2) + n[..., None, None] * mu[..., :, None] * mu[..., None, :]
+        S = (
+            sxx
+            - outer
+            - outer.transpose(-1, -2)
+            + n[..., None, None] * mu[..., :, None] * mu[..., None, :]
+        )
         psi = torch.diag_embed(self.prior_var * (self.nu0 + D + 1))
         cov = (psi + S) / (self.nu0 + n[..., None, None] + D + 1)
         cov = 0.5 * (cov + cov.transpose(-1, -2))
@@ -197,11 +209,13 @@ class FullGaussianObservation(_GaussianBase):
         flat = means.reshape(-1, self.obs_dim)
         xc = x - flat[torch.cdist(x, flat).argmin(-1)]
         self.loc = means
-        cov = xc.T @ xc / max(1, x.shape[0]) + 1e-6 * torch.eye(self.obs_dim, dtype=x.dtype, device=x.device)
-        self.scale_tril = torch.linalg.cholesky(cov).expand(self.scale_tril.shape).clone().to(self.scale_tril)
+        cov = xc.T @ xc / max(1, x.shape[0]) + 1e-6 * torch.eye(
+            self.obs_dim, dtype=x.dtype, device=x.device
+        )
+        self.scale_tril = (
+            torch.linalg.cholesky(cov).expand(self.scale_tril.shape).clone().to(self.scale_tril)
+        )
 
     def num_free_parameters(self):
         D = self.obs_dim
         return self.num_shared_states * self.num_private_states * (D + D * (D + 1) // 2)
-
-

@@ -42,7 +42,9 @@ def hmm_posterior_to_arviz(post) -> az.InferenceData:
     if paths is not None:
         for name, z in paths.items():
             draws = z if post.samples is not None else z[None]  # (S, N, T)
-            posterior[f"{name}_state"] = mask_padding(draws, post.lengths, time_dim=-1, fill=-1)[None]
+            posterior[f"{name}_state"] = mask_padding(draws, post.lengths, time_dim=-1, fill=-1)[
+                None
+            ]
             dims[f"{name}_state"] = ["sequence", "time"]
     constant = {}
     for name, p in post.marginals.items():
@@ -115,8 +117,11 @@ def mixture_posterior_to_arviz(post) -> az.InferenceData:
         dims["expert_predictions"] = ["sequence", "time", "expert"]
         dims["predictive"] = ["sequence", "time"]
     ll = _np(post.log_likelihood)[None, None]
-    draws = post.samples if post.samples is not None else (
-        post.map[None] if post.map is not None else None)
+    draws = (
+        post.samples
+        if post.samples is not None
+        else (post.map[None] if post.map is not None else None)
+    )
     if draws is not None:
         posterior = {"expert": mask_padding(draws, post.lengths, time_dim=-1, fill=-1)[None]}
         dims["expert"] = ["sequence", "time"]
@@ -140,7 +145,9 @@ def mvrnn_posterior_to_arviz(post) -> az.InferenceData:
         dim = f"z_{b}_dim"
         coords[dim] = np.arange(mu.shape[-1])
         draws = post.samples[b] if post.samples is not None else mu[None]
-        posterior[f"z_{b}"] = mask_padding(draws, post.lengths, time_dim=-2, fill=float("nan"))[None]
+        posterior[f"z_{b}"] = mask_padding(draws, post.lengths, time_dim=-2, fill=float("nan"))[
+            None
+        ]
         dims[f"z_{b}"] = ["sequence", "time", dim]
         for key, val in ((f"z_{b}_mean", mu), (f"z_{b}_scale", post.scale[b])):
             constant[key] = _np(val)
@@ -164,7 +171,8 @@ def mvrnn_posterior_to_arviz(post) -> az.InferenceData:
 
 
 def mvrnn_imputation_to_arviz(imputation) -> az.InferenceData:
-    """``posterior_predictive`` group with ``x`` of dims ``(chain, draw, sequence, time, feature)``."""
+    """``posterior_predictive`` group with ``x`` of dims ``(chain, draw, sequence, time,
+    feature)``."""
     return az.from_dict(
         posterior_predictive={"x": _np(imputation.samples)[None]},
         dims={"x": ["sequence", "time", "feature"]},

@@ -12,7 +12,8 @@ __all__ = ["Posterior", "Imputation"]
 class Imputation(NamedTuple):
     r"""Posterior predictive of one modality given the others.
 
-    mean : ``(N, T, D)`` :math:`E[x^m_t \mid x^{-m}]` (class probabilities for a categorical modality).
+    mean : ``(N, T, D)`` :math:`E[x^m_t \mid x^{-m}]` (class probabilities for a categorical
+        modality).
     covariance : ``(N, T, D, D)`` :math:`\mathrm{Cov}[x^m_t \mid x^{-m}]`.
     state_weights : ``(N, T, K_s, K_m)`` :math:`p(s_t, p^m_t \mid x^{-m})`, the mixture weights.
     """

@@ -18,12 +18,15 @@ class MixturePosterior(NamedTuple):
         (categorical), ``(N, T)`` mean (normal) or ``(N, T, F)`` the gate-weighted mixture of the
         experts' masks :math:`\sum_m g_{tm} \sigma(o_{m,t})` (ratio_mask; the mean of the
         predictive, in ``[0, 1]``).
-    gate_weights : ``(N, T, M)`` prior gate weights :math:`p(c_t = m \mid x_{\le t})` (for the Markov
+    gate_weights : ``(N, T, M)`` prior gate weights :math:`p(c_t = m \mid x_{\le t})` (for the
+        Markov
         gate, the chain's marginal given the inputs); exactly 0 on unobserved experts.
     responsibilities : ``(N, T, M)`` :math:`p(c_t = m \mid y, x)`: smoothed (all labels) or, with
-        ``causal``, filtered :math:`p(c_t \mid y_{\le t}, x_{\le t})`; the gate weights on unlabelled frames
+        ``causal``, filtered :math:`p(c_t \mid y_{\le t}, x_{\le t})`; the gate weights on
+            unlabelled frames
         (conditional gates).
-    expert_predictions : expert-wise predictions, ``(N, T, M)`` :math:`p(y_t = 1 \mid x^m)` (bernoulli),
+    expert_predictions : expert-wise predictions, ``(N, T, M)`` :math:`p(y_t = 1 \mid x^m)`
+        (bernoulli),
         ``(N, T, M, K)`` (categorical), ``(N, T, M)`` means (normal) or ``(N, T, M, F)`` masks
         :math:`\sigma(o_{m,t})` (ratio_mask).
     map : ``(N, T)`` int64 most probable expert path given ``y`` (or None).

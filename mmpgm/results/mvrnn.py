@@ -14,13 +14,14 @@ class MVRNNPosterior(NamedTuple):
 
     Blocks are ``"shared"`` (:math:`z^s`) and every modality name (:math:`z^m`).
 
-    mean, scale : dict block -> ``(N, T, Z)`` parameters of :math:`q(z_t \mid x_t, h_{t-1})` along the
-        noise-free path (each :math:`z_t` set to its guide mean): the posterior mean path.
+    mean, scale : dict block -> ``(N, T, Z)`` parameters of :math:`q(z_t \mid x_t, h_{t-1})` along
+        the noise-free path (each :math:`z_t` set to its guide mean): the posterior mean path.
     samples : dict block -> ``(S, N, T, Z)`` ancestral draws from :math:`q`, or None.
     elbo : ``(N, T)`` per-frame ELBO, :math:`\sum_m \text{reconstruction}_m - \sum_b \text{kl}_b`
         (eq. 45-47), averaged over ``max(S, 1)`` draws; 0 on padding.
-    reconstruction : dict modality -> ``(N, T)`` :math:`E_q \log p(x^m_t \mid z^m_t, z^s_t, h^m_{t-1})`
-        (eq. 45); 0 where the modality is missing.
+    reconstruction : dict modality -> ``(N, T)``
+        :math:`E_q \log p(x^m_t \mid z^m_t, z^s_t, h^m_{t-1})` (eq. 45); 0 where the modality is
+        missing.
     kl : dict block -> ``(N, T)`` analytic :math:`\mathrm{KL}(q \| p)` per frame (eq. 46 for the
         modalities, eq. 47 for ``"shared"``); 0 for a missing modality (its posterior is its prior).
     log_likelihood : ``(N,)`` per-sequence ELBO, a lower bound on :math:`\log p(x^{(n)})`.
@@ -52,8 +53,8 @@ class MVRNNPosterior(NamedTuple):
         ``posterior``: ``z_<block>`` with dims ``(chain, draw, sequence, time, z_<block>_dim)`` (the
         draws, or the mean path as a single draw), NaN on padding. ``log_likelihood``:
         ``sequence_elbo`` ``(chain, draw, sequence)``. ``constant_data``: ``z_<block>_mean``,
-        ``z_<block>_scale``, ``elbo``, ``reconstruction_<m>``, ``kl_<block>`` (dims ``sequence, time``)
-        and ``observed_<m>``.
+        ``z_<block>_scale``, ``elbo``, ``reconstruction_<m>``, ``kl_<block>`` (dims
+        ``sequence, time``) and ``observed_<m>``.
         """
         from .arviz import mvrnn_posterior_to_arviz
 
@@ -73,7 +74,8 @@ class MVRNNImputation(NamedTuple):
     samples: torch.Tensor
 
     def to_arviz(self):
-        """``posterior_predictive`` group with ``x`` of dims ``(chain, draw, sequence, time, feature)``."""
+        """``posterior_predictive`` group with ``x`` of dims ``(chain, draw, sequence, time,
+        feature)``."""
         from .arviz import mvrnn_imputation_to_arviz
 
         return mvrnn_imputation_to_arviz(self)

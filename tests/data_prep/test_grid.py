@@ -1,4 +1,5 @@
 """GRID-layout corpus generator and preparation, end to end on a tiny synthetic corpus."""
+
 import json
 import shutil
 import time
@@ -13,6 +14,7 @@ if missing_av_requirements():
     pytest.skip("needs " + "; ".join(missing_av_requirements()), allow_module_level=True)
 
 import cv2  # noqa: E402
+
 from data_prep import grid, synth_grid  # noqa: E402
 from data_prep.synth_grid import parse_align  # noqa: E402
 
@@ -80,8 +82,9 @@ def test_synth_is_fast_and_deterministic(tmp_path):
     ids = [u["id"] for u in m1["speakers"]["s1"]["utterances"]]
     assert ids == [u["id"] for u in m2["speakers"]["s1"]["utterances"]]
     for u in ids:
-        assert (tmp_path / "a/align/s1" / f"{u}.align").read_text() == \
-               (tmp_path / "b/align/s1" / f"{u}.align").read_text()
+        assert (tmp_path / "a/align/s1" / f"{u}.align").read_text() == (
+            tmp_path / "b/align/s1" / f"{u}.align"
+        ).read_text()
 
 
 def test_prepare_shapes_and_labels(corpus, prepared):
@@ -243,8 +246,22 @@ def test_corruptions_recorded_and_parallel_equals_serial(corpus, tmp_path):
     root, _ = corpus
     cfg = {"audio_noise": "babble", "snr_db": 5.0, "video_patch": True}
     grid.prepare_grid(root, tmp_path / "a.npz", corruption=cfg, seed=7, progress=False)
-    rc = grid.main([str(root), str(tmp_path / "b.npz"), "--workers", "2", "--audio-noise",
-                    "babble", "--snr", "5", "--video-patch", "--seed", "7", "--no-progress"])
+    rc = grid.main(
+        [
+            str(root),
+            str(tmp_path / "b.npz"),
+            "--workers",
+            "2",
+            "--audio-noise",
+            "babble",
+            "--snr",
+            "5",
+            "--video-patch",
+            "--seed",
+            "7",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     # OpenCV has run in this process (synthesis), so workers must be spawned, not forked
     assert grid._start_method() == "spawn"
@@ -258,7 +275,7 @@ def test_corruptions_recorded_and_parallel_equals_serial(corpus, tmp_path):
         for n, s in enumerate(a["meta/corruption"]):
             recs = {r["type"]: r for r in json.loads(s)}
             v, au = recs["video_patch"], recs["audio_noise"]
-            assert vc[n, v["start_frame"]:v["start_frame"] + v["n_frames"]].all()
+            assert vc[n, v["start_frame"] : v["start_frame"] + v["n_frames"]].all()
             assert abs(au["measured_snr_db"] - 5.0) < 0.1 and au["kind"] == "babble"
             # babble comes from the other speaker
             spk = a["meta/speaker_id"][n]
@@ -266,8 +283,10 @@ def test_corruptions_recorded_and_parallel_equals_serial(corpus, tmp_path):
 
 
 def test_synth_main_cli(tmp_path):
-    assert synth_grid.main([str(tmp_path / "c"), "--speakers", "1", "--utterances", "1",
-                            "--quiet"]) == 0
+    assert (
+        synth_grid.main([str(tmp_path / "c"), "--speakers", "1", "--utterances", "1", "--quiet"])
+        == 0
+    )
     assert len(list((tmp_path / "c").glob("s1/*.avi"))) == 1
 
 
@@ -290,8 +309,7 @@ def _logreg_accuracy(Xtr, ytr, Xte, yte, l2=1.0):
         g[:-1] += l2 * w[:-1]
         return loss, g
 
-    w = minimize(f, np.zeros(A.shape[1]), jac=True, method="L-BFGS-B",
-                 options={"maxiter": 300}).x
+    w = minimize(f, np.zeros(A.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 300}).x
     return float(((B @ w > 0).astype(int) == yte).mean())
 
 
@@ -324,6 +342,10 @@ def test_each_modality_predicts_speech_on_held_out_clips(tmp_path):
         if k != "audio":  # the 513-bin spectrum needs no context (and would be slow with it)
             p = np.pad(x, ((0, 0), (1, 1), (0, 0)), mode="edge")
             xc = np.concatenate([p[:, :-2], x, p[:, 2:]], -1)
-        acc = _logreg_accuracy(xc[~test].reshape(-1, xc.shape[-1]), y[~test].ravel(),
-                               xc[test].reshape(-1, xc.shape[-1]), y[test].ravel())
+        acc = _logreg_accuracy(
+            xc[~test].reshape(-1, xc.shape[-1]),
+            y[~test].ravel(),
+            xc[test].reshape(-1, xc.shape[-1]),
+            y[test].ravel(),
+        )
         assert acc >= majority + 0.10, (k, acc, majority)

@@ -1,5 +1,6 @@
 """Ideal-ratio-mask targets of the GRID preparation (``prepare_grid(targets=("irm",))``,
 ``--irm``), on a tiny generated corpus."""
+
 import shutil
 
 import numpy as np
@@ -35,8 +36,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def babble(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("irm_out") / "babble.npz"
-    grid.prepare_grid(corpus, out, corruption=BABBLE, seed=SEED, progress=False,
-                      targets=("irm",))
+    grid.prepare_grid(corpus, out, corruption=BABBLE, seed=SEED, progress=False, targets=("irm",))
     with np.load(out, allow_pickle=False) as f:
         return out, {k: f[k] for k in f.files}
 
@@ -55,15 +55,27 @@ def rebuild(root, uid, corruption, seed):
     if cc.video_patch:
         frames, _ = fv.read_video(u.video)
         box = fv.detect_face(frames[0])
-        fc.corrupt_video(frames, rng, side_range=cc.patch_side_range,
-                         seg_range=cc.patch_seg_range, region=box.as_tuple())
+        fc.corrupt_video(
+            frames,
+            rng,
+            side_range=cc.patch_side_range,
+            seg_range=cc.patch_seg_range,
+            region=box.as_tuple(),
+        )
     if cc.audio_noise is None:
         return clean, clean
     sources = None
     if cc.audio_noise == "babble":
         sources = [fa.load_audio(p) for p in grid._babble_for(utts, i, seed, cc.n_babble)]
-    noisy, _, _ = fc.corrupt_audio(clean, rng, cc.audio_noise, cc.snr_db, n_frames=T,
-                                   babble_sources=sources, seg_range=cc.audio_seg_range)
+    noisy, _, _ = fc.corrupt_audio(
+        clean,
+        rng,
+        cc.audio_noise,
+        cc.snr_db,
+        n_frames=T,
+        babble_sources=sources,
+        seg_range=cc.audio_seg_range,
+    )
     return clean, noisy
 
 
@@ -85,8 +97,9 @@ def test_irm_shape_range_padding_and_roundtrip(babble, tmp_path):
     assert tuple(md.labels["irm"].shape) == (N, 75, 513)
     from mmpgm.models.mixture import GatedMixture
 
-    model = GatedMixture({"audio": 513, "image": 32, "flow": 11}, head="ratio_mask",
-                         mask_dim=513, target="irm")
+    model = GatedMixture(
+        {"audio": 513, "image": 32, "flow": 11}, head="ratio_mask", mask_dim=513, target="irm"
+    )
     assert model.check_data(md).labels["irm"].shape == (N, 75, 513)  # a valid target
     md.save(tmp_path / "again.npz")
     with np.load(tmp_path / "again.npz") as f:
@@ -118,8 +131,8 @@ def test_irm_recovers_clean_magnitude(corpus, babble):
     # ~1 where the clean energy dominates (local SNR > 20 dB), ~0 where the noise does
     # (bins with energy above the eps guard of ideal_ratio_mask)
     audible = np.maximum(S, Nz) > 1e-3
-    assert irm[audible & (S ** 2 > 100 * Nz ** 2)].min() > 0.99
-    assert irm[audible & (Nz ** 2 > 100 * S ** 2)].max() < 0.11
+    assert irm[audible & (S**2 > 100 * Nz**2)].min() > 0.99
+    assert irm[audible & (Nz**2 > 100 * S**2)].max() < 0.11
 
     def log_mse(mag):
         return float(np.mean((np.log(mag + fa.LOG_EPS) - np.log(S + fa.LOG_EPS)) ** 2))
@@ -128,15 +141,18 @@ def test_irm_recovers_clean_magnitude(corpus, babble):
     assert log_mse(fa.apply_ratio_mask(irm, Y)) < 0.5 * noisy_err
     # the magnitude-ratio variant |S| / (|S| + |N|) from the same clean / noise spectra
     ratio = fa.waveform_ratio_mask(clean, noisy, power=1, spectral_power=1)
-    np.testing.assert_allclose(ratio, np.where(Nz == 0, 1, S / np.maximum(S + Nz, 1e-8)),
-                               atol=1e-5)
+    np.testing.assert_allclose(ratio, np.where(Nz == 0, 1, S / np.maximum(S + Nz, 1e-8)), atol=1e-5)
     assert log_mse(fa.apply_ratio_mask(ratio, Y)) < noisy_err
 
 
 def test_irm_is_one_without_noise_cli(corpus, tmp_path):
     out = tmp_path / "clean.npz"
-    assert grid.main([str(corpus), str(out), "--video-patch", "--irm", "--shard", "0/2",
-                      "--no-progress"]) == 0
+    assert (
+        grid.main(
+            [str(corpus), str(out), "--video-patch", "--irm", "--shard", "0/2", "--no-progress"]
+        )
+        == 0
+    )
     with np.load(out) as f:
         irm, lengths = f["labels/irm"], f["lengths"]
         inside = np.arange(irm.shape[1])[None, :] < lengths[:, None]
@@ -150,8 +166,15 @@ def test_irm_is_one_without_noise_cli(corpus, tmp_path):
 
 def test_irm_is_one_outside_a_noisy_segment(corpus, tmp_path):
     cfg = {"audio_noise": "nonstationary", "snr_db": -5.0, "audio_seg_range": (20, 30)}
-    grid.prepare_grid(corpus, tmp_path / "seg.npz", corruption=cfg, seed=SEED, shard="1/2",
-                      progress=False, targets="irm")
+    grid.prepare_grid(
+        corpus,
+        tmp_path / "seg.npz",
+        corruption=cfg,
+        seed=SEED,
+        shard="1/2",
+        progress=False,
+        targets="irm",
+    )
     with np.load(tmp_path / "seg.npz") as f:
         irm, ac = f["labels/irm"], f["labels/audio_corrupted"]
     for n in range(len(irm)):

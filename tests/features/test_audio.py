@@ -1,4 +1,5 @@
 """Audio features: exact 25 frames/s framing, shapes, kinds, alignment, read errors."""
+
 import numpy as np
 import pytest
 
@@ -38,7 +39,7 @@ def test_frames_are_centred_on_their_40ms_interval():
     # a burst inside [t*hop, (t+1)*hop) must peak at frame t
     for t in (0, 10, 37, 74):
         y = np.zeros(48000, np.float32)
-        y[t * 640 + 200: t * 640 + 440] = np.random.default_rng(t).standard_normal(240)
+        y[t * 640 + 200 : t * 640 + 440] = np.random.default_rng(t).standard_normal(240)
         energy = np.exp(fa.audio_features(y)).sum(1)
         assert int(np.argmax(energy)) == t
 
@@ -66,7 +67,9 @@ def test_load_audio_errors_name_the_file(tmp_path):
     with pytest.raises(fa.AudioReadError, match="garbage.wav"):
         fa.load_audio(bad)
     good = tmp_path / "ok.wav"
-    sf.write(str(good), np.random.default_rng(0).uniform(-.5, .5, 22050).astype(np.float32), 22050)
+    sf.write(
+        str(good), np.random.default_rng(0).uniform(-0.5, 0.5, 22050).astype(np.float32), 22050
+    )
     y = fa.load_audio(good)
     assert y.shape == (16000,)
     with pytest.raises(fa.AudioReadError):

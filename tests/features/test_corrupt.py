@@ -1,4 +1,5 @@
 """Corruptions: exact SNR, patch segment/location/indicator, determinism, validation."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,10 @@ from mmpgm.features import corrupt as fc
 def _speech_like(n, seed=0):
     r = np.random.default_rng(seed)
     t = np.arange(n) / 16000
-    return (np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
-            + 0.01 * r.standard_normal(n)).astype(np.float32)
+    return (
+        np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
+        + 0.01 * r.standard_normal(n)
+    ).astype(np.float32)
 
 
 @pytest.mark.parametrize("kind", fc.NOISE_KINDS)
@@ -19,8 +22,9 @@ def _speech_like(n, seed=0):
 def test_snr_within_0p1_db(kind, snr):
     y = _speech_like(48000)
     babble = [_speech_like(30000 + 1000 * k, seed=k + 1) for k in range(4)]
-    noisy, ind, rec = fc.corrupt_audio(y, np.random.default_rng(3), kind, snr,
-                                       babble_sources=babble)
+    noisy, ind, rec = fc.corrupt_audio(
+        y, np.random.default_rng(3), kind, snr, babble_sources=babble
+    )
     assert noisy.shape == y.shape and noisy.dtype == np.float32
     measured = fc.snr_db(y, noisy.astype(np.float64) - y)
     assert abs(measured - snr) < 0.1
@@ -31,12 +35,13 @@ def test_snr_within_0p1_db(kind, snr):
 
 def test_noise_on_a_segment():
     y = _speech_like(48000)
-    noisy, ind, rec = fc.corrupt_audio(y, np.random.default_rng(0), "white", 5.0,
-                                       seg_range=(20, 30))
+    noisy, ind, rec = fc.corrupt_audio(
+        y, np.random.default_rng(0), "white", 5.0, seg_range=(20, 30)
+    )
     s, n = rec["start_frame"], rec["n_frames"]
-    assert 20 <= n <= 30 and ind.sum() == n and ind[s:s + n].all()
+    assert 20 <= n <= 30 and ind.sum() == n and ind[s : s + n].all()
     diff = noisy - y
-    assert np.all(diff[: s * 640] == 0) and np.all(diff[(s + n) * 640:] == 0)
+    assert np.all(diff[: s * 640] == 0) and np.all(diff[(s + n) * 640 :] == 0)
     a, b = s * 640, (s + n) * 640
     assert abs(fc.snr_db(y[a:b], diff[a:b]) - 5.0) < 0.1
 
@@ -71,9 +76,9 @@ def test_video_patch_located_where_the_label_says(seed):
     changed = np.any(out != frames, axis=(1, 2, 3))
     assert np.array_equal(changed, ind)
     s, x, y, side = rec["start_frame"], rec["x"], rec["y"], rec["side"]
-    assert ind[s:s + rec["n_frames"]].all()
+    assert ind[s : s + rec["n_frames"]].all()
     patch_mask = np.zeros((H, W), bool)
-    patch_mask[y:y + side, x:x + side] = True
+    patch_mask[y : y + side, x : x + side] = True
     diff = np.any(out[s] != frames[s], axis=-1)
     assert not diff[~patch_mask].any()
     assert np.all(out[s][patch_mask] == rec["brightness"])

@@ -1,12 +1,15 @@
 """Video features: Haar face box, mouth DCT, Farneback flow, padding, read errors."""
+
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2", reason="OpenCV not installed "
-                          "(pip install 'opencv-python-headless<5')")
+cv2 = pytest.importorskip(
+    "cv2", reason="OpenCV not installed (pip install 'opencv-python-headless<5')"
+)
 if not hasattr(cv2, "CascadeClassifier"):
-    pytest.skip("this OpenCV build has no CascadeClassifier (need opencv<5)",
-                allow_module_level=True)
+    pytest.skip(
+        "this OpenCV build has no CascadeClassifier (need opencv<5)", allow_module_level=True
+    )
 pytest.importorskip("skimage", reason="scikit-image not installed")
 
 from data_prep.synth_grid import base_face_image, render_video  # noqa: E402
@@ -42,8 +45,9 @@ def test_flow_nonzero_when_mouth_moves_and_zero_when_static(base):
     box = fv.detect_face(base)
     rng = np.random.default_rng(0)
     T = 20
-    moving = render_video(base, box.as_tuple(), 0.5 + 0.5 * np.sin(np.arange(T) * 1.3), rng,
-                          head_motion=False)
+    moving = render_video(
+        base, box.as_tuple(), 0.5 + 0.5 * np.sin(np.arange(T) * 1.3), rng, head_motion=False
+    )
     static = render_video(base, box.as_tuple(), np.zeros(T), rng, head_motion=False)
     fm = fv.flow_features(fv.mouth_crops(moving, box))
     fs = fv.flow_features(fv.mouth_crops(static, box))
@@ -82,8 +86,9 @@ def test_video_features_pad_and_trim_to_audio_frames(base):
     assert feats["face"].shape == (15, 64, 64) and feats["face"].dtype == np.uint8
     assert info["align"] == {"n_in": 12, "n_out": 15, "padded": 3, "trimmed": 0}
     assert info["face_found"]
-    assert np.all(feats["flow"][12:] == 0) and np.array_equal(feats["image"][12:],
-                                                             np.repeat(feats["image"][11:12], 3, 0))
+    assert np.all(feats["flow"][12:] == 0) and np.array_equal(
+        feats["image"][12:], np.repeat(feats["image"][11:12], 3, 0)
+    )
     feats, info = fv.video_features(frames, box, n_frames=10)
     assert feats["image"].shape == (10, 32) and info["align"]["trimmed"] == 2
 
