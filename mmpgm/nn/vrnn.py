@@ -1,8 +1,9 @@
 r"""Building blocks of the multimodal variational RNN (paper section 5.4, eq. 42-47).
 
-Everything here is plain PyTorch (no Pyro): Gaussian heads, observation likelihoods, the
-precision-weighted product of Gaussian experts, the analytic Gaussian KL, and
-:class:`MVRNNNet`, which holds every network of the model and runs the recurrence over time.
+:class:`MVRNNNet` holds every network of the model and runs the recurrence over time; its
+Gaussian heads are in :mod:`mmpgm.nn.heads`, the observation likelihoods in
+:mod:`mmpgm.nn.likelihoods` and the Gaussian algebra (product of experts, analytic KL) in
+:mod:`mmpgm.ops.gaussian`.
 
 Recurrence (``b`` ranges over the shared block ``s`` and the modalities ``m``; :math:`o^m_t`
 is the observed-bit of modality ``m`` at frame ``t``, missing frames are zero-filled):
@@ -10,10 +11,12 @@ is the observed-bit of modality ``m`` at frame ``t``, missing frames are zero-fi
 .. math::
     p(z^b_t \mid h^b_{t-1}) &= \mathcal N(\mu^{p,b}(h^b_{t-1}), \sigma^{p,b}(h^b_{t-1})^2), \\
     q(z^s_t \mid x_t, h^s_{t-1}) &\propto p(z^s_t \mid h^s_{t-1})
-        \prod_{m: o^m_t = 1} \mathcal N(z^s_t; \mu^{e,m}(x^m_t, h^s_{t-1}), \sigma^{e,m}(\cdot)^2), \\
+        \prod_{m: o^m_t = 1} \mathcal N(z^s_t; \mu^{e,m}(x^m_t, h^s_{t-1}), \sigma^{e,m}(\cdot)^2),
+        \\
     q(z^m_t \mid x^m_t, h^m_{t-1}, z^s_t) &= \mathcal N(\mu^{q,m}(x^m_t, h^m_{t-1}, z^s_t), \cdot)
         \text{ if } o^m_t = 1 \text{ else } p(z^m_t \mid h^m_{t-1}), \\
-    p(x^m_t \mid z^m_t, z^s_t, h^m_{t-1}) &= \mathrm{Lik}_m(\mathrm{dec}_m(z^m_t, z^s_t, h^m_{t-1})), \\
+    p(x^m_t \mid z^m_t, z^s_t, h^m_{t-1}) &= \mathrm{Lik}_m(\mathrm{dec}_m(z^m_t, z^s_t,
+        h^m_{t-1})), \\
     h^s_t &= \mathrm{GRU}_s([x^1_t o^1_t, o^1_t, \dots, x^M_t o^M_t, o^M_t, z^s_t], h^s_{t-1}), \\
     h^m_t &= \mathrm{GRU}_m([x^m_t o^m_t, o^m_t, z^m_t], h^m_{t-1}).
 
@@ -28,7 +31,6 @@ terms run vectorized over time after the loop.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -36,70 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "GaussianHead",
-    "GaussianLikelihood",
-    "BernoulliLikelihood",
-    "make_likelihood",
-    "product_of_experts",
-    "gaussian_kl",
-    "gaussian_log_prob",
-    "gru_update",
-    "MVRNNNet",
-    "ScanResult",
-]
+from ..ops.gaussian import gaussian_kl, gaussian_log_prob, product_of_experts
+from .heads import GaussianHead, split_loc_scale
+from .likelihoods import make_likelihood
 
-MIN_SCALE = 1e-3
-
-
-def _scale(raw: torch.Tensor, min_scale: float = MIN_SCALE) -> torch.Tensor:
-    return F.softplus(raw) + min_scale
-
-
-def _inv_scale(scale: torch.Tensor, min_scale: float = MIN_SCALE) -> torch.Tensor:
-    y = (scale - min_scale).clamp_min(1e-6)
-    return y + torch.log(-torch.expm1(-y))  # softplus^-1
-
-
-# --------------------------------------------------------------------------- math helpers
-def product_of_experts(prior_loc, prior_scale, locs, scales, masks):
-    r"""Precision-weighted product of diagonal Gaussian experts.
-
-    Parameters
-    ----------
-    prior_loc, prior_scale : ``(..., Z)`` the prior expert (always present).
-    locs, scales : ``(M, ..., Z)`` the data experts.
-    masks : ``(M, ...)`` bool, True where expert ``m`` is present (its modality observed).
-
-    Returns
-    -------
-    loc, scale : ``(..., Z)`` of :math:`\propto \mathcal N(\mu_0, \sigma_0^2) \prod_{m \in
-        \text{present}} \mathcal N(\mu_m, \sigma_m^2)`: precision :math:`\sum_m \sigma_m^{-2}`,
-        mean :math:`\sum_m \sigma_m^{-2} \mu_m / \sum_m \sigma_m^{-2}`. Absent experts enter
-        through ``torch.where`` (their values never reach the result, not even as NaN).
-    """
-    prec0 = prior_scale.pow(-2)
-    prec = scales.pow(-2)
-    present = masks[..., None]
-    zero = torch.zeros((), dtype=prec.dtype, device=prec.device)
-    prec = torch.where(present, prec, zero)
-    weighted = torch.where(present, prec * locs, zero)
-    total = prec0 + prec.sum(0)
-    loc = (prec0 * prior_loc + weighted.sum(0)) / total
-    return loc, total.rsqrt()
-
-
-def gaussian_kl(q_loc, q_scale, p_loc, p_scale) -> torch.Tensor:
-    r""":math:`\mathrm{KL}(\mathcal N(\mu_q, \sigma_q^2) \| \mathcal N(\mu_p, \sigma_p^2))` summed over the last axis."""
-    var_ratio = (q_scale / p_scale).pow(2)
-    t1 = ((q_loc - p_loc) / p_scale).pow(2)
-    return 0.5 * (var_ratio + t1 - 1 - var_ratio.log()).sum(-1)
-
-
-def gaussian_log_prob(x, loc, scale) -> torch.Tensor:
-    """Diagonal Gaussian log-density summed over the last axis."""
-    z = (x - loc) / scale
-    return (-0.5 * z.pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+__all__ = ["gru_update", "MVRNNNet", "ScanResult", "make_likelihood", "split_loc_scale"]
 
 
 def gru_update(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -113,133 +56,13 @@ def gru_update(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Ten
     return n + z * (h - n)
 
 
-# --------------------------------------------------------------------------- modules
-class GaussianHead(nn.Module):
-    """Two-layer MLP ``in_dim -> hidden_dim (ReLU) -> out_dim``; with ``hidden_dim = 0`` a single
-    linear layer. Used for Gaussian parameters (``out_dim = 2 Z``: loc, raw scale) and decoders."""
-
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int):
-        super().__init__()
-        self.in_dim, self.out_dim, self.hidden_dim = in_dim, out_dim, hidden_dim
-        if hidden_dim:
-            self.l1 = nn.Linear(in_dim, hidden_dim)
-            self.l2 = nn.Linear(hidden_dim, out_dim)
-        else:
-            self.l1 = nn.Linear(in_dim, out_dim)
-            self.l2 = None
-
-    def finish(self, pre_activation: torch.Tensor) -> torch.Tensor:
-        """Output given the first layer's pre-activation (lets callers split that matmul)."""
-        return pre_activation if self.l2 is None else self.l2(torch.relu(pre_activation))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(self.l1(x))
-
-
-def split_loc_scale(raw: torch.Tensor):
-    loc, s = raw.chunk(2, -1)
-    return loc, _scale(s)
-
-
-class GaussianLikelihood(nn.Module):
-    r"""Diagonal Gaussian observation model :math:`\mathcal N(x; \mu, \mathrm{diag}\,\sigma^2)`;
-    the decoder emits ``2 D`` numbers (loc, raw scale with :math:`\sigma = \mathrm{softplus} + 10^{-3}`)."""
-
-    kind = "gaussian"
-
-    def __init__(self, obs_dim: int):
-        super().__init__()
-        self.obs_dim = obs_dim
-        self.num_params = 2 * obs_dim
-
-    def log_prob(self, x, raw):
-        loc, scale = split_loc_scale(raw)
-        return gaussian_log_prob(x, loc, scale)
-
-    def mean(self, raw):
-        return raw[..., : self.obs_dim]
-
-    def variance(self, raw):
-        return split_loc_scale(raw)[1].pow(2)
-
-    def sample(self, raw, generator=None):
-        loc, scale = split_loc_scale(raw)
-        eps = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device, generator=generator)
-        return loc + scale * eps
-
-    def distribution(self, raw):
-        import pyro.distributions as dist
-
-        loc, scale = split_loc_scale(raw)
-        return dist.Normal(loc, scale).to_event(1)
-
-    @torch.no_grad()
-    def init_bias(self, bias: torch.Tensor, x: torch.Tensor) -> None:
-        """Start the decoder at the data's per-dimension mean and standard deviation (``x``:
-        observed frames ``(F, D)``)."""
-        D = self.obs_dim
-        mu = x.mean(0)
-        sd = x.std(0) if x.shape[0] > 1 else torch.ones_like(mu)
-        bias[:D] = mu.to(bias)
-        bias[D:] = _inv_scale(sd.clamp_min(0.05)).to(bias)
-
-
-class BernoulliLikelihood(nn.Module):
-    """Independent Bernoulli observations in ``{0, 1}`` (the decoder emits ``D`` logits)."""
-
-    kind = "bernoulli"
-
-    def __init__(self, obs_dim: int):
-        super().__init__()
-        self.obs_dim = obs_dim
-        self.num_params = obs_dim
-
-    def log_prob(self, x, raw):
-        return -F.binary_cross_entropy_with_logits(raw, x, reduction="none").sum(-1)
-
-    def mean(self, raw):
-        return torch.sigmoid(raw)
-
-    def variance(self, raw):
-        p = torch.sigmoid(raw)
-        return p * (1 - p)
-
-    def sample(self, raw, generator=None):
-        return torch.bernoulli(torch.sigmoid(raw), generator=generator)
-
-    def distribution(self, raw):
-        import pyro.distributions as dist
-
-        return dist.Bernoulli(logits=raw).to_event(1)
-
-    @torch.no_grad()
-    def init_bias(self, bias, x):
-        p = x.mean(0).clamp(0.01, 0.99)
-        bias[:] = torch.log(p / (1 - p)).to(bias)
-
-
-LIKELIHOODS = {"gaussian": GaussianLikelihood, "bernoulli": BernoulliLikelihood}
-
-
-def make_likelihood(spec, obs_dim: int, name: str = "likelihood") -> nn.Module:
-    """A likelihood module from a name in :data:`LIKELIHOODS` or a ready module (which must have
-    ``num_params``, ``log_prob(x, raw)``, ``mean(raw)``, ``variance(raw)``, ``sample(raw, generator)``,
-    ``distribution(raw)`` and ``kind``)."""
-    if isinstance(spec, str):
-        if spec not in LIKELIHOODS:
-            raise ValueError(f"{name}: expected one of {sorted(LIKELIHOODS)} or a module, got {spec!r}")
-        return LIKELIHOODS[spec](obs_dim)
-    needed = ("num_params", "log_prob", "mean", "variance", "sample", "distribution", "kind")
-    if not isinstance(spec, nn.Module) or not all(hasattr(spec, a) for a in needed):
-        raise TypeError(f"{name}: expected a likelihood name or an nn.Module with {needed}, got {spec!r}")
-    return spec
-
-
 class ScanResult(NamedTuple):
     r"""Output of :meth:`MVRNNNet.scan`, time-major.
 
-    reconstruction : dict m -> ``(T, N)`` :math:`\log p(x^m_t \mid z^m_t, z^s_t, h^m_{t-1})`, 0 where missing.
-    kl : dict block -> ``(T, N)`` analytic KL of eq. 46-47 (``"shared"`` and every modality), 0 on padding.
+    reconstruction : dict m -> ``(T, N)`` :math:`\log p(x^m_t \mid z^m_t, z^s_t, h^m_{t-1})`, 0
+        where missing.
+    kl : dict block -> ``(T, N)`` analytic KL of eq. 46-47 (``"shared"`` and every modality), 0 on
+        padding.
     latents : dict block -> ``(T, N, Z)`` the sampled (or given) latents.
     q_loc, q_scale, p_loc, p_scale : dict block -> ``(T, N, Z)`` guide and prior parameters.
     decoded : dict m -> ``(T, N, P)`` the raw likelihood parameters.
@@ -276,8 +99,15 @@ class MVRNNNet(nn.Module):
         Per-modality likelihoods (:func:`make_likelihood`).
     """
 
-    def __init__(self, obs_dims: Mapping[str, int], hidden_dim: int, shared_dim: int,
-                 private_dims: Mapping[str, int], head_dim: int, likelihoods: Mapping[str, nn.Module]):
+    def __init__(
+        self,
+        obs_dims: Mapping[str, int],
+        hidden_dim: int,
+        shared_dim: int,
+        private_dims: Mapping[str, int],
+        head_dim: int,
+        likelihoods: Mapping[str, nn.Module],
+    ):
         super().__init__()
         self.modalities = tuple(obs_dims)
         self.obs_dims = dict(obs_dims)
@@ -288,7 +118,9 @@ class MVRNNNet(nn.Module):
         in_all = sum(d + 1 for d in obs_dims.values())
         self.gru_shared = nn.GRUCell(in_all + Zs, H)
         self.prior_shared = GaussianHead(H, 2 * Zs, E)
-        self.experts = nn.ModuleDict({m: GaussianHead(d + H, 2 * Zs, E) for m, d in obs_dims.items()})
+        self.experts = nn.ModuleDict(
+            {m: GaussianHead(d + H, 2 * Zs, E) for m, d in obs_dims.items()}
+        )
         self.gru_private = nn.ModuleDict()
         self.prior_private = nn.ModuleDict()
         self.encoders = nn.ModuleDict()
@@ -302,14 +134,27 @@ class MVRNNNet(nn.Module):
             self.decoders[m] = GaussianHead(Zm + Zs + H, self.likelihoods[m].num_params, E)
 
     # ------------------------------------------------------------------ helpers
-    def draw_noise(self, num_steps: int, batch: int, *, dtype=None, device=None, generator=None) -> dict:
+    def draw_noise(
+        self, num_steps: int, batch: int, *, dtype=None, device=None, generator=None
+    ) -> dict:
         """Standard-normal noise for :meth:`scan`: block -> ``(T, N, Z)``, drawn shared first, then
         the modalities in order (the fixed order lets other implementations share the noise)."""
         p = self.gru_shared.weight_hh
         dtype, device = dtype or p.dtype, device or p.device
-        out = {"shared": torch.randn(num_steps, batch, self.shared_dim, dtype=dtype, device=device, generator=generator)}
+        out = {
+            "shared": torch.randn(
+                num_steps, batch, self.shared_dim, dtype=dtype, device=device, generator=generator
+            )
+        }
         for m in self.modalities:
-            out[m] = torch.randn(num_steps, batch, self.private_dims[m], dtype=dtype, device=device, generator=generator)
+            out[m] = torch.randn(
+                num_steps,
+                batch,
+                self.private_dims[m],
+                dtype=dtype,
+                device=device,
+                generator=generator,
+            )
         return out
 
     def initial_state(self, batch: int, dtype=None, device=None):
@@ -359,7 +204,13 @@ class MVRNNNet(nn.Module):
             pre["gru_private_wz"][m] = gz
             pre["private_w_h"][m] = torch.cat([g.weight_hh, self.prior_private[m].l1.weight, qh], 0)
             pre["private_b_h"][m] = torch.cat(
-                [g.bias_hh, self.prior_private[m].l1.bias, torch.zeros_like(self.encoders[m].l1.bias)], 0)
+                [
+                    g.bias_hh,
+                    self.prior_private[m].l1.bias,
+                    torch.zeros_like(self.encoders[m].l1.bias),
+                ],
+                0,
+            )
         # per-frame views via unbind: indexing [t] inside the loop would make every backward step
         # zero-fill a full (T, N, .) gradient buffer (quadratic in T); unbind's backward stacks once
         pre["gru_shared_x"] = pre["gru_shared_x"].unbind(0)
@@ -371,42 +222,58 @@ class MVRNNNet(nn.Module):
         E = self.prior_shared.l1.out_features
         pre["shared_split"] = [3 * H, E] + [self.experts[m].l1.out_features for m in mods]
         pre["z_split"] = [3 * H] + [self.encoders[m].l1.out_features for m in mods]
-        pre["private_split"] = {m: [3 * H, self.prior_private[m].l1.out_features,
-                                    self.encoders[m].l1.out_features] for m in mods}
+        pre["private_split"] = {
+            m: [3 * H, self.prior_private[m].l1.out_features, self.encoders[m].l1.out_features]
+            for m in mods
+        }
         return pre
 
     # ------------------------------------------------------------------ one step, in pieces
     def shared_step(self, pre, t, h_s, masks_t):
-        """Prior and PoE posterior of :math:`z^s_t`; returns ``(p_loc, p_scale, q_loc, q_scale, gh_s)``."""
+        """Prior and PoE posterior of :math:`z^s_t`; returns ``(p_loc, p_scale, q_loc, q_scale,
+        gh_s)``."""
         parts = F.linear(h_s, pre["shared_w_h"], pre["shared_b_h"]).split(pre["shared_split"], -1)
         gh_s, prior_pre, expert_h = parts[0], parts[1], parts[2:]
         p_loc, p_scale = split_loc_scale(self.prior_shared.finish(prior_pre))
         e_loc, e_scale = [], []
         for i, m in enumerate(self.modalities):
-            loc, scale = split_loc_scale(self.experts[m].finish(pre["expert_x"][m][t] + expert_h[i]))
+            loc, scale = split_loc_scale(
+                self.experts[m].finish(pre["expert_x"][m][t] + expert_h[i])
+            )
             e_loc.append(loc)
             e_scale.append(scale)
         stack_m = torch.stack([masks_t[m] for m in self.modalities])
-        q_loc, q_scale = product_of_experts(p_loc, p_scale, torch.stack(e_loc), torch.stack(e_scale), stack_m)
+        q_loc, q_scale = product_of_experts(
+            p_loc, p_scale, torch.stack(e_loc), torch.stack(e_scale), stack_m
+        )
         return p_loc, p_scale, q_loc, q_scale, gh_s
 
     def shared_z_projection(self, pre, z_s):
         """``(gi_s_z, {m: encoder z^s part})`` from one fused matmul."""
         parts = F.linear(z_s, pre["shared_w_z"]).split(pre["z_split"], -1)
-        return parts[0], dict(zip(self.modalities, parts[1:]))
+        return parts[0], dict(zip(self.modalities, parts[1:], strict=False))
 
     def private_step(self, pre, t, m, h_m, enc_z, mask_t):
         """Prior and posterior of :math:`z^m_t` (posterior = prior where ``mask_t`` is False);
         returns ``(p_loc, p_scale, q_loc, q_scale, gh_m)``."""
         gh, prior_pre, enc_h = F.linear(h_m, pre["private_w_h"][m], pre["private_b_h"][m]).split(
-            pre["private_split"][m], -1)
+            pre["private_split"][m], -1
+        )
         p_loc, p_scale = split_loc_scale(self.prior_private[m].finish(prior_pre))
-        q_loc, q_scale = split_loc_scale(self.encoders[m].finish(pre["enc_x"][m][t] + enc_h + enc_z))
+        q_loc, q_scale = split_loc_scale(
+            self.encoders[m].finish(pre["enc_x"][m][t] + enc_h + enc_z)
+        )
         Zm = self.private_dims[m]
         if Zm == 0:
             return p_loc[..., :0], p_scale[..., :0], q_loc[..., :0], q_scale[..., :0], gh
         obs = mask_t[:, None]
-        return p_loc, p_scale, torch.where(obs, q_loc, p_loc), torch.where(obs, q_scale, p_scale), gh
+        return (
+            p_loc,
+            p_scale,
+            torch.where(obs, q_loc, p_loc),
+            torch.where(obs, q_scale, p_scale),
+            gh,
+        )
 
     def shared_update(self, pre, t, gi_z, gh_s, h_s):
         return gru_update(pre["gru_shared_x"][t] + gi_z, gh_s, h_s)
@@ -416,11 +283,14 @@ class MVRNNNet(nn.Module):
         return gru_update(gi, gh_m, h_m)
 
     def decode(self, m, z_m, z_s, h_m_prev):
-        """Raw likelihood parameters of :math:`p(x^m_t \\mid z^m_t, z^s_t, h^m_{t-1})` (any leading shape)."""
+        """Raw likelihood parameters of :math:`p(x^m_t \\mid z^m_t, z^s_t, h^m_{t-1})` (any leading
+        shape)."""
         return self.decoders[m](torch.cat([z_m, z_s, h_m_prev], -1))
 
     # ------------------------------------------------------------------ the whole sequence
-    def scan(self, xs, masks, time_mask, *, noise=None, latents=None, log_ratio: bool = False) -> ScanResult:
+    def scan(
+        self, xs, masks, time_mask, *, noise=None, latents=None, log_ratio: bool = False
+    ) -> ScanResult:
         r"""Run guide and model together over all frames (time-major inputs).
 
         Parameters
@@ -458,7 +328,7 @@ class MVRNNNet(nn.Module):
                 z_s = q_loc + q_scale * noise["shared"][t]
             else:
                 z_s = q_loc
-            for k, v in zip(keys, (z_s, q_loc, q_scale, p_loc, p_scale)):
+            for k, v in zip(keys, (z_s, q_loc, q_scale, p_loc, p_scale), strict=False):
                 store[k]["shared"].append(v)
             gi_z, enc_z = self.shared_z_projection(pre, z_s)
             new_h = {}
@@ -470,7 +340,7 @@ class MVRNNNet(nn.Module):
                     z_m = ql + qs * noise[m][t]
                 else:
                     z_m = ql
-                for k, v in zip(keys, (z_m, ql, qs, pl, ps)):
+                for k, v in zip(keys, (z_m, ql, qs, pl, ps), strict=False):
                     store[k][m].append(v)
                 h_prev[m].append(h_m[m])
                 new_h[m] = self.private_update(pre, t, m, z_m, gh_m, h_m[m])
@@ -482,7 +352,8 @@ class MVRNNNet(nn.Module):
     @property
     def can_batch(self) -> bool:
         """Whether :meth:`scan` can run every stream's heads as one batched matmul (all private
-        sizes equal and positive, MLP heads); ``self.batched = False`` forces the per-modality loop."""
+        sizes equal and positive, MLP heads); ``self.batched = False`` forces the per-modality
+        loop."""
         sizes = set(self.private_dims.values())
         return self.batched and self.head_dim > 0 and len(sizes) == 1 and sizes.pop() > 0
 
@@ -498,7 +369,10 @@ class MVRNNNet(nn.Module):
         dtype, device = xs[mods[0]].dtype, xs[mods[0]].device
 
         def stack_w(layers):  # Linear layers -> (M, in, out) weights and (M, 1, out) biases
-            return (torch.stack([l.weight.t() for l in layers]), torch.stack([l.bias for l in layers])[:, None])
+            return (
+                torch.stack([l.weight.t() for l in layers]),
+                torch.stack([l.bias for l in layers])[:, None],
+            )
 
         # inputs, for all frames at once
         inputs, expert_x, enc_x, gru_x, gru_wz, w_h, b_h = [], [], [], [], [], [], []
@@ -515,19 +389,33 @@ class MVRNNNet(nn.Module):
             gru_x.append(F.linear(torch.cat([xs[m] * o, o], -1), gx, g.bias_ih))
             gru_wz.append(gz.t())
             w_h.append(torch.cat([g.weight_hh, self.prior_private[m].l1.weight, qh], 0).t())
-            b_h.append(torch.cat([g.bias_hh, self.prior_private[m].l1.bias,
-                                  torch.zeros_like(self.encoders[m].l1.bias)])[None])
-        W_s_x, W_s_z = self.gru_shared.weight_ih.split([self.gru_shared.weight_ih.shape[1] - Zs, Zs], 1)
+            b_h.append(
+                torch.cat(
+                    [
+                        g.bias_hh,
+                        self.prior_private[m].l1.bias,
+                        torch.zeros_like(self.encoders[m].l1.bias),
+                    ]
+                )[None]
+            )
+        W_s_x, W_s_z = self.gru_shared.weight_ih.split(
+            [self.gru_shared.weight_ih.shape[1] - Zs, Zs], 1
+        )
         gs_x = F.linear(torch.cat(inputs, -1), W_s_x, self.gru_shared.bias_ih).unbind(0)
         expert_x = torch.stack(expert_x, 1).unbind(0)  # T x (M, N, E)
         enc_x = torch.stack(enc_x, 1).unbind(0)
         gru_x = torch.stack(gru_x, 1).unbind(0)
         gru_wz = torch.stack(gru_wz)  # (M, Zm, 3H)
         w_h, b_h = torch.stack(w_h), torch.stack(b_h)  # (M, H, 3H + 2E), (M, 1, 3H + 2E)
-        ws = torch.cat([self.gru_shared.weight_hh, self.prior_shared.l1.weight]
-                       + [self.experts[m].l1.weight[:, self.obs_dims[m]:] for m in mods], 0)
+        ws = torch.cat(
+            [self.gru_shared.weight_hh, self.prior_shared.l1.weight]
+            + [self.experts[m].l1.weight[:, self.obs_dims[m] :] for m in mods],
+            0,
+        )
         bs = torch.cat([self.gru_shared.bias_hh, self.prior_shared.l1.bias, ws.new_zeros(M * E)])
-        wz = torch.cat([W_s_z] + [self.encoders[m].l1.weight[:, self.obs_dims[m] + H:] for m in mods], 0)
+        wz = torch.cat(
+            [W_s_z] + [self.encoders[m].l1.weight[:, self.obs_dims[m] + H :] for m in mods], 0
+        )
         ex_w2, ex_b2 = stack_w([self.experts[m].l2 for m in mods])
         pr_w2, pr_b2 = stack_w([self.prior_private[m].l2 for m in mods])
         en_w2, en_b2 = stack_w([self.encoders[m].l2 for m in mods])
@@ -541,13 +429,18 @@ class MVRNNNet(nn.Module):
 
         h_s = torch.zeros(N, H, dtype=dtype, device=device)
         h_m = torch.zeros(M, N, H, dtype=dtype, device=device)
-        out = {k: [] for k in ("zs", "qls", "qss", "pls", "pss", "zm", "qlm", "qsm", "plm", "psm", "hm")}
+        out = {
+            k: []
+            for k in ("zs", "qls", "qss", "pls", "pss", "zm", "qlm", "qsm", "plm", "psm", "hm")
+        }
         for t in range(T):
             a = F.linear(h_s, ws, bs)
             gh_s, prior_pre, ex_h = a.split([3 * H, E, M * E], -1)
             p_loc, p_scale = split_loc_scale(self.prior_shared.l2(torch.relu(prior_pre)))
             ex_h = ex_h.reshape(N, M, E).transpose(0, 1)
-            e_loc, e_scale = split_loc_scale(torch.baddbmm(ex_b2, torch.relu(expert_x[t] + ex_h), ex_w2))
+            e_loc, e_scale = split_loc_scale(
+                torch.baddbmm(ex_b2, torch.relu(expert_x[t] + ex_h), ex_w2)
+            )
             q_loc, q_scale = product_of_experts(p_loc, p_scale, e_loc, e_scale, obs[t])
             if latents is not None:
                 z_s = lat_s[t]
@@ -556,11 +449,13 @@ class MVRNNNet(nn.Module):
             else:
                 z_s = q_loc
             b = F.linear(z_s, wz)
-            gi_z, enc_z = b[:, :3 * H], b[:, 3 * H:].reshape(N, M, E).transpose(0, 1)
+            gi_z, enc_z = b[:, : 3 * H], b[:, 3 * H :].reshape(N, M, E).transpose(0, 1)
             c = torch.baddbmm(b_h, h_m, w_h)
             gh_m, pr_pre, enc_h = c.split([3 * H, E, E], -1)
             pl, ps = split_loc_scale(torch.baddbmm(pr_b2, torch.relu(pr_pre), pr_w2))
-            ql, qs = split_loc_scale(torch.baddbmm(en_b2, torch.relu(enc_x[t] + enc_h + enc_z), en_w2))
+            ql, qs = split_loc_scale(
+                torch.baddbmm(en_b2, torch.relu(enc_x[t] + enc_h + enc_z), en_w2)
+            )
             seen = obs[t][..., None]
             ql, qs = torch.where(seen, ql, pl), torch.where(seen, qs, ps)
             if latents is not None:
@@ -569,16 +464,22 @@ class MVRNNNet(nn.Module):
                 z_m = ql + qs * eps_m[t]
             else:
                 z_m = ql
-            for k, v in zip(out, (z_s, q_loc, q_scale, p_loc, p_scale, z_m, ql, qs, pl, ps, h_m)):
+            step = (z_s, q_loc, q_scale, p_loc, p_scale, z_m, ql, qs, pl, ps, h_m)
+            for k, v in zip(out, step, strict=True):
                 out[k].append(v)
             h_m = gru_update(gru_x[t] + torch.bmm(z_m, gru_wz), gh_m, h_m)
             h_s = gru_update(gs_x[t] + gi_z, gh_s, h_s)
         st = {}
-        for key, (ks, km) in {"z": ("zs", "zm"), "ql": ("qls", "qlm"), "qs": ("qss", "qsm"),
-                              "pl": ("pls", "plm"), "ps": ("pss", "psm")}.items():
+        for key, (ks, km) in {
+            "z": ("zs", "zm"),
+            "ql": ("qls", "qlm"),
+            "qs": ("qss", "qsm"),
+            "pl": ("pls", "plm"),
+            "ps": ("pss", "psm"),
+        }.items():
             per_m = torch.stack(out[km]).unbind(1)
-            st[key] = {"shared": torch.stack(out[ks]), **dict(zip(mods, per_m))}
-        h_prev = dict(zip(mods, torch.stack(out["hm"]).unbind(1)))
+            st[key] = {"shared": torch.stack(out[ks]), **dict(zip(mods, per_m, strict=False))}
+        h_prev = dict(zip(mods, torch.stack(out["hm"]).unbind(1), strict=False))
         return st, h_prev
 
     def _finish(self, st, h_prev, xs, masks, time_mask, log_ratio):
@@ -592,7 +493,9 @@ class MVRNNNet(nn.Module):
             kl[b] = torch.where(time_mask, k, zero)
             if log_ratio:
                 z = st["z"][b]
-                r = gaussian_log_prob(z, st["pl"][b], st["ps"][b]) - gaussian_log_prob(z, st["ql"][b], st["qs"][b])
+                r = gaussian_log_prob(z, st["pl"][b], st["ps"][b]) - gaussian_log_prob(
+                    z, st["ql"][b], st["qs"][b]
+                )
                 r = torch.where(time_mask, r, zero)
                 lr = r if lr is None else lr + r
         for m in mods:

@@ -13,7 +13,8 @@ import mmpgm
 from mmpgm import MultimodalData
 from mmpgm.models.mvrnn import MVRNN
 from mmpgm.results import MVRNNImputation, MVRNNPosterior
-from mmpgm.nn.vrnn import _inv_scale, product_of_experts
+from mmpgm.nn.heads import _inv_scale
+from mmpgm.ops.gaussian import product_of_experts
 
 DIMS = {"a": 3, "b": 2}
 
