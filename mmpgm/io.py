@@ -7,6 +7,7 @@ containers, so a crafted file cannot run code; its header is checked before anyt
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 
 import torch
@@ -29,7 +30,9 @@ def load_model(path, map_location="cpu"):
         code-running payload), has a newer format version, or names an unknown model class.
     """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning: we refuse it below
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
