@@ -182,13 +182,13 @@ def run_config(cfg, impls, repeats, budget_s, agree_draws, jit_budget_s=120.0):
         return d
 
     # JIT ELBOs find the parameters through param sites: register the networks with pyro.module
-    def jit_model(*args, vectorized=True):
+    def jit_model(*args, program="vectorized"):
         pyro.module("mvrnn", model.net)
-        return model.model(rebuild(args), vectorized=vectorized)
+        return model.model(rebuild(args), program=program)
 
-    def jit_guide(*args, vectorized=True):
+    def jit_guide(*args, program="vectorized"):
         pyro.module("mvrnn", model.net)
-        return model.guide(rebuild(args), vectorized=vectorized)
+        return model.guide(rebuild(args), program=program)
 
     losses = {
         "mmpgm": lambda: elbos["mmpgm"].differentiable_loss(model.model, model.guide, data),
@@ -197,9 +197,9 @@ def run_config(cfg, impls, repeats, budget_s, agree_draws, jit_budget_s=120.0):
         "mmpgm_jit": lambda: elbos["mmpgm_jit"].differentiable_loss(jit_model, jit_guide, *flat),
     }
     for k in ("pyro_jit_trace_elbo", "pyro_jit_meanfield_elbo"):
-        losses[k] = (lambda e: lambda: e.differentiable_loss(jit_model, jit_guide, *flat, vectorized=False))(elbos[k])
+        losses[k] = (lambda e: lambda: e.differentiable_loss(jit_model, jit_guide, *flat, program="sites"))(elbos[k])
     for k in ("pyro_trace_elbo", "pyro_meanfield_elbo"):
-        losses[k] = (lambda e: lambda: e.differentiable_loss(model.model, model.guide, data, vectorized=False))(elbos[k])
+        losses[k] = (lambda e: lambda: e.differentiable_loss(model.model, model.guide, data, program="sites"))(elbos[k])
     fns = {k: step(losses[k]) for k in impls if k in losses}
 
     # agreement under the same noise (before any optimizer step changes the parameters)
@@ -217,9 +217,9 @@ def run_config(cfg, impls, repeats, budget_s, agree_draws, jit_budget_s=120.0):
         # the site program's guide draws its own noise; give mmpgm the same latents instead
         pyro.set_rng_seed(0)
         with torch.no_grad():
-            mf = float(TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, data, vectorized=False))
+            mf = float(TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, data, program="sites"))
             pyro.set_rng_seed(0)
-            tr = pyro.poutine.trace(model.guide).get_trace(data, vectorized=False)
+            tr = pyro.poutine.trace(model.guide).get_trace(data, program="sites")
             lat = {b: torch.stack([tr.nodes[f"z_{b}_{t}"]["value"] for t in range(T)]) for b in model.blocks}
             ref_lat = float(-model.sequence_elbo(data, latents=lat).sum())
         agreement["pyro_meanfield_elbo"] = rel_diff(mf, ref_lat)
@@ -228,7 +228,7 @@ def run_config(cfg, impls, repeats, budget_s, agree_draws, jit_budget_s=120.0):
             a = b = 0.0
             for s in range(agree_draws):
                 pyro.set_rng_seed(100 + s)
-                a += float(Trace_ELBO().differentiable_loss(model.model, model.guide, data, vectorized=False))
+                a += float(Trace_ELBO().differentiable_loss(model.model, model.guide, data, program="sites"))
                 pyro.set_rng_seed(100 + s)
                 b += float(losses["mmpgm"]())
         agreement["pyro_trace_elbo"] = rel_diff(a, b)

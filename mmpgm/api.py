@@ -1,4 +1,9 @@
-"""``mmpgm.fit`` and ``mmpgm.infer``: the two entry points every model shares."""
+"""``mmpgm.fit`` and ``mmpgm.infer``: the two entry points every model shares.
+
+Both take a :class:`~mmpgm.models.MultimodalModel` and follow its protocol
+(:mod:`mmpgm.models._base`): the data are validated once here (``model.check_data``) and the
+checked data are passed down, ``program`` names one of ``model.PROGRAMS``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ import copy
 import pyro
 
 from .data import MultimodalData
-from .inference.em import fit_em
+from .inference.em import check_em, fit_em
 from .inference.result import FitResult
 from .inference.svi import fit_svi
+from .models import MultimodalModel
 
 __all__ = ["fit", "infer"]
 
@@ -23,13 +29,22 @@ def _check_positive_int(name, value, allow_none=False):
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
+def _check_model(model) -> None:
+    if not isinstance(model, MultimodalModel):
+        raise TypeError(
+            "model: expected an mmpgm model (a MultimodalModel: MultimodalHMM, MultimodalLDS, "
+            f"MVRNN or GatedMixture), got {type(model).__name__}"
+        )
+
+
 def fit(
     model,
     data: MultimodalData,
     *,
     method: str = "svi",
+    program: str | None = None,
     num_steps: int | None = None,
-    lr: float = 0.05,
+    lr: float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
     clip_norm: float | None = 10.0,
@@ -37,7 +52,6 @@ def fit(
     tol: float | None = None,
     num_restarts: int = 1,
     init: str = "auto",
-    enumerate: bool = False,
     elbo=None,
     checkpoint: str | None = None,
     checkpoint_every: int = 50,
@@ -47,66 +61,123 @@ def fit(
 
     Parameters
     ----------
-    model : PyroModule
-        A model with ``model(data)``/``guide(data)`` (e.g. :class:`mmpgm.MultimodalHMM`).
+    model : MultimodalModel
+        :class:`mmpgm.MultimodalHMM`, :class:`mmpgm.MultimodalLDS`, :class:`mmpgm.MVRNN` or
+        :class:`mmpgm.GatedMixture` (anything else raises ``TypeError``).
     data : MultimodalData
+        Validated once here (``model.check_data``) and moved to the model's device and dtype.
     method : {"svi", "em"}
-        ``"svi"``: Adam on ``Trace_ELBO`` of the collapsed program (exact marginal likelihood,
-        the default fast path), or ``TraceEnum_ELBO`` over the enumerated program with
-        ``enumerate=True``. ``"em"``: closed-form Baum-Welch / MAP-EM where the model has it.
+        ``"svi"``: Adam on ``model.default_elbo(program)`` of the Pyro program ``program``.
+        ``"em"``: the model's EM: closed-form Baum-Welch / MAP-EM (``model.em_step``) for the
+        HMM and the LDS, the Appendix-A EM
+        (:func:`mmpgm.inference.em_mixture.fit_em_mixture`) for the gated mixture; the MVRNN has
+        no EM (``ValueError``).
+    program : str, optional
+        ``method="svi"`` only: which Pyro program trains, one of ``model.PROGRAMS`` (default
+        the first, the model's fast exact or vectorized program):
+
+        * MultimodalHMM: ``"collapsed"`` (chains summed out by the factorial forward
+          algorithm), ``"enumerated"`` (per-step sites, ``TraceEnum_ELBO``);
+        * MultimodalLDS: ``"collapsed"`` (Kalman filter), ``"gaussian_hmm"`` (Pyro's
+          ``GaussianHMM``; fully observed, equal-length data);
+        * GatedMixture: ``"enumerated"`` (expert indicators enumerated), ``"collapsed"``;
+        * MVRNN: ``"vectorized"`` (one pass, ELBO as a factor), ``"sites"`` (per-frame sites).
+
+        The exact programs of one model give the same loss. An unknown name raises
+        ``ValueError``.
     num_steps : int
         Maximum optimizer steps (epochs when ``batch_size`` is set) or EM iterations.
-        Default 1000 (svi) or 200 (em).
-    lr, clip_norm : float
-        Adam learning rate; gradient-norm clipping (None = off).
+        Default 1000 (svi), 200 (em) or 20 (em of a GatedMixture, whose iterations each run
+        several Adam M-steps).
+    lr : float, optional
+        Adam learning rate: default 0.05 (svi); for the gated mixture's EM, the learning rate
+        of its M-steps (default that of :func:`~mmpgm.inference.em_mixture.fit_em_mixture`).
+    clip_norm : float, optional
+        Gradient-norm clipping (svi; None = off).
     batch_size : int, optional
-        Sequences per minibatch (the likelihood is rescaled to the full data set).
+        Sequences per minibatch (the likelihood is rescaled to the full data set); svi, and the
+        gated mixture's EM.
     seed : int
-        Seeds Pyro/torch, the data-driven initialization and minibatch order: same seed, same result.
-    patience, tol : early stopping: stop when the loss per frame has not improved by ``tol``
-        for ``patience`` steps (0 = never stop early). Defaults: svi 100 / 1e-4, em 5 / 1e-6.
+        Seeds Pyro/torch, the data-driven initialization and minibatch order: same seed, same
+        result.
+    patience, tol : int, float, optional
+        Early stopping: stop when the loss per frame has not improved by ``tol`` for
+        ``patience`` steps (0 = never stop early). Defaults: svi 100 / 1e-4, em 5 / 1e-6 (the
+        gated mixture's EM runs all ``num_steps`` iterations).
     num_restarts : int
         Fit from this many data-driven initializations (seeds ``seed .. seed+R-1``) and keep the
         best final loss.
-    elbo : pyro.infer.ELBO, optional
-        The ELBO for ``method="svi"``; default ``model.default_elbo()`` when the model defines
-        it, else ``Trace_ELBO`` (``TraceEnum_ELBO`` with ``enumerate=True``).
     init : {"auto", "data", "none"}
-        ``"auto"`` initializes from data on the first fit of a model only.
+        ``"auto"`` initializes from data (``model.init_from_data``) on the first fit of a model
+        only.
+    elbo : pyro.infer.ELBO, optional
+        The ELBO for ``method="svi"``; default ``model.default_elbo(program)``.
     checkpoint : str, optional
         Path of a checkpoint file (svi): saved every ``checkpoint_every`` steps and resumed from
         when it exists.
+    checkpoint_every : int
+        Steps between checkpoints.
     progress : bool, optional
         tqdm progress bar; default on only when stderr is a terminal.
 
     Returns
     -------
     FitResult
+        Losses per observed frame, method, steps run, convergence flag, wall time.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a :class:`~mmpgm.models.MultimodalModel`, or ``data`` not a
+        :class:`MultimodalData`.
+    ValueError
+        An unknown ``method`` or ``program``, ``method="em"`` for a model without EM, or an
+        option that does not apply to the method.
+
+    Examples
+    --------
+    >>> model = mmpgm.MultimodalHMM({"accel": 3, "gyro": 3}, num_shared_states=4)
+    >>> data, _ = model.sample(5, 20, seed=0)
+    >>> result = mmpgm.fit(model, data, num_steps=50, progress=False)
+    >>> result = mmpgm.fit(model, data, program="enumerated", num_steps=5, progress=False)
     """
+    _check_model(model)
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     if init not in ("auto", "data", "none"):
         raise ValueError(f"init: expected 'auto', 'data' or 'none', got {init!r}")
-    num_steps = num_steps if num_steps is not None else (1000 if method == "svi" else 200)
+    em_kind = None
+    if method == "em":
+        em_kind = check_em(model)
+        if program is not None or checkpoint is not None or elbo is not None:
+            raise ValueError(
+                "method='em': program, elbo and checkpoint apply to method='svi' only")
+        if batch_size is not None and em_kind != "mixture":
+            raise ValueError(
+                f"batch_size: applies to method='svi' (and the gated mixture's EM), not to the "
+                f"closed-form EM of {type(model).__name__}; got {batch_size!r}")
+    else:
+        program = model.check_program(program)
+    if num_steps is None:
+        num_steps = 1000 if method == "svi" else (20 if em_kind == "mixture" else 200)
     _check_positive_int("num_steps", num_steps)
     _check_positive_int("batch_size", batch_size, allow_none=True)
     _check_positive_int("num_restarts", num_restarts)
-    if not lr > 0:
+    if lr is None and method == "svi":
+        lr = 0.05
+    if lr is not None and not lr > 0:
         raise ValueError(f"lr: expected a positive float, got {lr!r}")
-    if method == "em" and (batch_size is not None or enumerate or checkpoint is not None):
-        raise ValueError("method='em': batch_size, enumerate and checkpoint apply to method='svi' only")
     if patience is None:
         patience = 100 if method == "svi" else 5
     elif patience == 0:
         patience = None  # early stopping off
     if tol is None:
         tol = 1e-4 if method == "svi" else 1e-6
-    if hasattr(model, "check_data"):
-        data = model.check_data(data)
+    data = model.check_data(data)  # the one validation; everything below gets checked data
 
-    do_init = init == "data" or (init == "auto" and not getattr(model, "_mmpgm_fitted", False))
+    do_init = init == "data" or (init == "auto" and not model._mmpgm_fitted)
     if checkpoint is not None and num_restarts > 1:
         raise ValueError("checkpoint: not supported with num_restarts > 1")
     start_state = copy.deepcopy(model.state_dict())
@@ -115,17 +186,19 @@ def fit(
         pyro.set_rng_seed(seed + r)
         if r > 0:
             model.load_state_dict(start_state)
-        if do_init and hasattr(model, "init_from_data"):
+        if do_init:
             model.init_from_data(data, seed=seed + r)
         if method == "em":
-            result = fit_em(model, data, num_steps=num_steps, patience=patience, tol=tol, progress=progress)
+            result = fit_em(
+                model, data, num_steps=num_steps, patience=patience, tol=tol, progress=progress,
+                lr=lr, batch_size=batch_size, seed=seed + r,
+            )
         else:
             result = fit_svi(
                 model, data, num_steps=num_steps, lr=lr, batch_size=batch_size, seed=seed + r,
                 clip_norm=clip_norm, patience=patience, tol=tol, progress=progress,
-                checkpoint=checkpoint, checkpoint_every=checkpoint_every, enumerate=enumerate,
-                elbo=elbo if elbo is not None else (
-                    model.default_elbo() if hasattr(model, "default_elbo") and not enumerate else None),
+                checkpoint=checkpoint, checkpoint_every=checkpoint_every, program=program,
+                elbo=elbo,
             )
         if best is None or result.final_loss < best[0].final_loss:
             best = (result, copy.deepcopy(model.state_dict()) if num_restarts > 1 else None)
@@ -149,6 +222,10 @@ def infer(
 
     Parameters
     ----------
+    model : MultimodalModel
+        A fitted model; ``model.posterior(data, causal=, num_samples=, seed=, map_path=)`` is
+        called with the data validated once here.
+    data : MultimodalData
     causal : bool
         Filtered marginals :math:`p(z_t | x_{1:t})` (online, nothing from the future) instead of
         smoothed :math:`p(z_t | x_{1:T})`.
@@ -166,14 +243,20 @@ def infer(
     Returns
     -------
     Posterior
+        The model's result type (``Posterior``, ``LDSPosterior``, ``MixturePosterior``,
+        ``MVRNNPosterior``).
     """
+    _check_model(model)
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
     if not isinstance(num_samples, int) or num_samples < 0:
         raise ValueError(f"num_samples: expected a non-negative int, got {num_samples!r}")
     if not isinstance(num_param_samples, int) or num_param_samples < 0:
-        raise ValueError(f"num_param_samples: expected a non-negative int, got {num_param_samples!r}")
-    post = model.posterior(data, causal=causal, num_samples=num_samples, seed=seed, map_path=map_path)
+        raise ValueError(
+            f"num_param_samples: expected a non-negative int, got {num_param_samples!r}")
+    data = model.check_data(data)
+    post = model.posterior(
+        data, causal=causal, num_samples=num_samples, seed=seed, map_path=map_path)
     if num_param_samples:
         if "pointwise_log_likelihood" not in getattr(type(post), "_fields", ()):
             raise ValueError(

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from .progress import progress_bar
 from .result import FitResult
@@ -32,17 +31,21 @@ def fit_svi(
     progress,
     checkpoint,
     checkpoint_every: int,
-    enumerate: bool,
+    program: str | None = None,
     elbo=None,
 ) -> FitResult:
-    """Minimize ``elbo.differentiable_loss(model.model, model.guide, batch)`` with Adam.
+    """Minimize ``elbo.differentiable_loss(model.model, model.guide, batch, program=program)``
+    with Adam.
 
-    The loop is plain PyTorch (so the model can be wrapped in DDP); gradients are clipped to
-    ``clip_norm``; the loss is reported per observed frame.
+    ``model`` is a :class:`~mmpgm.models.MultimodalModel` and ``data`` what its ``check_data``
+    returned (:func:`mmpgm.fit` checks once; minibatches of checked data stay checked, so no
+    step re-validates). ``elbo`` defaults to ``model.default_elbo(program)``. The loop is plain
+    PyTorch (so the model can be wrapped in DDP); gradients are clipped to ``clip_norm``; the
+    loss is reported per observed frame.
     """
+    program = model.check_program(program)
     if elbo is None:
-        elbo = TraceEnum_ELBO(max_plate_nesting=1) if enumerate else Trace_ELBO()
-    kwargs = {"enumerated": True} if enumerate else {}
+        elbo = model.default_elbo(program)
     N = data.num_sequences
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -68,10 +71,14 @@ def fit_svi(
     try:
         for step in range(start, num_steps):
             epoch_loss = 0.0
-            batches = [data] if batch_size is None or batch_size >= N else data.batches(batch_size, shuffle=True, generator=gen)
+            if batch_size is None or batch_size >= N:
+                batches = [data]
+            else:
+                batches = model.checked_batches(data, batch_size, shuffle=True, generator=gen)
             for batch in batches:
                 optim.zero_grad()
-                loss = elbo.differentiable_loss(model.model, model.guide, batch, num_sequences=N, **kwargs)
+                loss = elbo.differentiable_loss(
+                    model.model, model.guide, batch, num_sequences=N, program=program)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"fit: the loss became {float(loss)} at step {step}; lower lr, check the data "

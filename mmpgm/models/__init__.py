@@ -1,8 +1,13 @@
-"""Pyro programs (``PyroModule`` s with ``model`` and ``guide``)."""
+"""Pyro programs (``PyroModule`` s with ``model`` and ``guide``), all following the
+:class:`MultimodalModel` protocol (:mod:`mmpgm.models._base`)."""
 
+from ._base import MultimodalModel
 from .hmm import HMMParams, MarkovChain, MultimodalHMM
 from .lds import LDSParams, MultimodalLDS
 from .mixture import GatedMixture
 from .mvrnn import MVRNN
 
-__all__ = ["MultimodalHMM", "HMMParams", "MarkovChain", "MultimodalLDS", "LDSParams", "GatedMixture", "MVRNN"]
+__all__ = [
+    "MultimodalModel", "MultimodalHMM", "HMMParams", "MarkovChain", "MultimodalLDS", "LDSParams",
+    "GatedMixture", "MVRNN",
+]

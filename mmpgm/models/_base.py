@@ -36,6 +36,8 @@ What :func:`mmpgm.fit` and :func:`mmpgm.infer` rely on, and nothing more:
 ``em_step(data)``
     Closed-form EM step where the model has one (:func:`mmpgm.fit` with ``method="em"``);
     the base raises ``NotImplementedError`` and :attr:`has_em_step` is False.
+``init_from_data(data, seed=0)``
+    Data-driven start that :func:`mmpgm.fit` runs before a model's first fit (base: nothing).
 
 The base also brings :class:`~mmpgm.models._savable.SavableModel` (``config``, ``save``).
 """
@@ -63,6 +65,7 @@ class MultimodalModel(SavableModel, PyroModule):
     docstring of :mod:`mmpgm.models._base`)."""
 
     PROGRAMS: tuple[str, ...] = ()
+    _mmpgm_fitted = False  # set by mmpgm.fit; init="auto" initializes from data until then
 
     # ------------------------------------------------------------------ programs
     @property
@@ -152,6 +155,10 @@ class MultimodalModel(SavableModel, PyroModule):
         data = self._checked(data)
         for batch in data.batches(batch_size, shuffle=shuffle, generator=generator):
             yield self._mark_checked(batch)
+
+    # ------------------------------------------------------------------ fitting hooks
+    def init_from_data(self, data: MultimodalData, seed: int = 0) -> None:
+        """Data-driven start, run by :func:`mmpgm.fit` before the first fit (base: nothing)."""
 
     # ------------------------------------------------------------------ results
     def log_likelihood(self, data: MultimodalData) -> torch.Tensor:

@@ -25,13 +25,15 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from pyro.nn import PyroModule, PyroParam
 from pyro.ops.indexing import Vindex
 from torch import nn
 from torch.distributions import constraints
 
 from ..data import MultimodalData
-from ._savable import SavableModel, register
+from ._base import MultimodalModel
+from ._savable import register
 from .._pyro import TypedPyroModule
 from ._checks import check_finite, check_obs_dims, per_modality
 from ..observations import ObservationModel, make_observation
@@ -111,7 +113,7 @@ class HMMParams(NamedTuple):
 
 
 @register
-class MultimodalHMM(SavableModel, PyroModule):
+class MultimodalHMM(MultimodalModel):
     r"""Multimodal HMM with a shared chain and one private chain per modality.
 
     Parameters
@@ -136,6 +138,10 @@ class MultimodalHMM(SavableModel, PyroModule):
     >>> model.log_likelihood(data).shape
     torch.Size([5])
     """
+
+    PROGRAMS = ("collapsed", "enumerated")
+    """Pyro programs (:meth:`model`): ``"collapsed"`` (default; the chains summed out exactly by
+    :mod:`mmpgm.ops.hmm`) and ``"enumerated"`` (per-step sites for ``TraceEnum_ELBO``)."""
 
     def __init__(
         self,
@@ -200,13 +206,8 @@ class MultimodalHMM(SavableModel, PyroModule):
     def _chains(self):
         return [self.shared_chain] + [self.private_chains[m] for m in self.modalities]
 
-    def _param(self):
-        return next(iter(self.parameters()))
-
-    def check_data(self, data) -> MultimodalData:
-        if not isinstance(data, MultimodalData):
-            raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
-        data.check_modalities(self.data_dims)
+    def _check_labels(self, data) -> None:
+        """``labels['shared']``, where given: per-frame, ``-1`` (unknown) or a shared state."""
         if "shared" in data.labels:
             lab = data.labels["shared"]
             if lab.dim() != 2:
@@ -219,8 +220,6 @@ class MultimodalHMM(SavableModel, PyroModule):
                     "data.labels['shared']: expected -1 (unknown) or a state in "
                     f"[0, {self.num_shared_states - 1}], got values {sorted(set(lab[bad].tolist()))[:5]}"
                 )
-        p = self._param()
-        return data.to(device=p.device, dtype=p.dtype)
 
     # ------------------------------------------------------------------ likelihood pieces
     def modality_log_probs(self, data: MultimodalData, exclude=()) -> dict:
@@ -285,7 +284,7 @@ class MultimodalHMM(SavableModel, PyroModule):
         With ``labels['shared']`` this is the joint log-probability of the observations and the
         given shared states.
         """
-        data = self.check_data(data)
+        data = self._checked(data)
         return ops.factorial_log_likelihood(*self._ops_args(data))
 
     def log_prior(self) -> torch.Tensor:
@@ -311,7 +310,7 @@ class MultimodalHMM(SavableModel, PyroModule):
 
         Called by :func:`mmpgm.fit` before the first fit; ``seed`` makes it reproducible.
         """
-        data = self.check_data(data)
+        data = self._checked(data)
         gen = torch.Generator().manual_seed(seed)
         inside = data.time_mask
         cols = []
@@ -350,7 +349,7 @@ class MultimodalHMM(SavableModel, PyroModule):
     def em_step(self, data: MultimodalData) -> torch.Tensor:
         """One Baum-Welch (MAP-EM) step on the factorial model; returns the log joint
         ``sum_n log p(x_n) + log p(theta)`` at the parameters *before* the update."""
-        data = self.check_data(data)
+        data = self._checked(data)
         init, trans, logE = self._ops_args(data)
         sm = ops.factorial_smooth([a.detach() for a in init], [a.detach() for a in trans], logE.detach())
         log_joint = sm.log_likelihood.sum() + self.log_prior()
@@ -365,21 +364,30 @@ class MultimodalHMM(SavableModel, PyroModule):
         return log_joint
 
     # ------------------------------------------------------------------ Pyro programs
-    def model(self, data: MultimodalData, *, enumerated: bool = False, num_sequences: int | None = None):
+    def default_elbo(self, program: str | None = None) -> ELBO:
+        """``Trace_ELBO()`` for ``"collapsed"``, ``TraceEnum_ELBO(max_plate_nesting=1)`` for
+        ``"enumerated"``."""
+        if self.check_program(program) == "enumerated":
+            return TraceEnum_ELBO(max_plate_nesting=1)
+        return Trace_ELBO()
+
+    def model(self, data: MultimodalData, *, program: str | None = None,
+              num_sequences: int | None = None):
         """The generative program.
 
-        With ``enumerated=False`` (the fast path used for training) the discrete chains are
-        collapsed exactly by :func:`mmpgm.ops.hmm.factorial_log_likelihood` and enter as one
-        ``pyro.factor`` per sequence. With ``enumerated=True`` every state is a per-step sample
+        ``program="collapsed"`` (default, the fast path used for training): the discrete chains
+        are collapsed exactly by :func:`mmpgm.ops.hmm.factorial_log_likelihood` and enter as one
+        ``pyro.factor`` per sequence. ``program="enumerated"``: every state is a per-step sample
         site enumerated in parallel by :class:`pyro.infer.TraceEnum_ELBO` inside
         ``pyro.markov``, missing frames masked with ``poutine.mask``; both give the same loss.
 
         ``num_sequences`` is the full dataset size when ``data`` is a minibatch (scales the
         likelihood against the prior).
         """
-        data = self.check_data(data)
+        data = self._checked(data)
         N, T = data.num_sequences, data.num_timesteps
         total = N if num_sequences is None else num_sequences
+        enumerated = self.check_program(program) == "enumerated"
         pyro.factor("log_prior", self.log_prior())
         plate = pyro.plate("sequences", total, subsample=torch.arange(N, device=data.device), dim=-1)
         if not enumerated:
@@ -409,10 +417,6 @@ class MultimodalHMM(SavableModel, PyroModule):
                             obs=values[m][:, t],
                         )
 
-    def guide(self, data: MultimodalData, **kwargs):
-        """MAP guide: parameters are point estimates (``PyroParam`` s); states are enumerated or
-        collapsed in the model, so the guide samples nothing."""
-
     # ------------------------------------------------------------------ posteriors
     def posterior(
         self,
@@ -424,7 +428,7 @@ class MultimodalHMM(SavableModel, PyroModule):
         map_path: bool = True,
     ) -> Posterior:
         """Exact posterior over the chains (see :func:`mmpgm.infer`)."""
-        data = self.check_data(data)
+        data = self._checked(data)
         args = self._ops_args(data)
         C = len(self.chain_names)
         with torch.no_grad():
@@ -466,7 +470,7 @@ class MultimodalHMM(SavableModel, PyroModule):
         """
         if modality not in self.modalities:
             raise ValueError(f"modality: unknown modality {modality!r}; the model has {list(self.modalities)}")
-        data = self.check_data(data)
+        data = self._checked(data)
         i = self.modalities.index(modality)
         with torch.no_grad():
             args = self._ops_args(data, exclude=(modality,))

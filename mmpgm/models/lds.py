@@ -51,7 +51,8 @@ from torch import nn
 from torch.distributions import constraints
 
 from ..data import MultimodalData
-from ._savable import SavableModel, register
+from ._base import MultimodalModel
+from ._savable import register
 from ._checks import check_int, check_obs_dims, per_modality
 from ..results.lds import LDSImputation, LDSPosterior
 from .._pyro import TypedPyroModule
@@ -192,7 +193,7 @@ class LDSParams(NamedTuple):
 
 
 @register
-class MultimodalLDS(SavableModel, PyroModule):
+class MultimodalLDS(MultimodalModel):
     r"""Multimodal linear dynamical system with a shared latent block and private blocks.
 
     Parameters
@@ -222,6 +223,11 @@ class MultimodalLDS(SavableModel, PyroModule):
     >>> model.log_likelihood(data).shape
     torch.Size([2])
     """
+
+    PROGRAMS = ("collapsed", "gaussian_hmm")
+    """Pyro programs (:meth:`model`): ``"collapsed"`` (default; Kalman filter, masks and ragged
+    lengths) and ``"gaussian_hmm"`` (a ``pyro.distributions.GaussianHMM`` site, fully observed
+    equal-length data only)."""
 
     def __init__(
         self,
@@ -274,9 +280,6 @@ class MultimodalLDS(SavableModel, PyroModule):
                             prior_precision=float(prior_precision), prior_noise=float(prior_noise))
 
     # ------------------------------------------------------------------ structure
-    def _param(self):
-        return next(iter(self.parameters()))
-
     def _state_index(self, modality: str) -> torch.Tensor:
         """Indices of the state entries modality ``modality`` sees: shared, then its private block."""
         a, e = self.block_slices["shared"]
@@ -314,12 +317,8 @@ class MultimodalLDS(SavableModel, PyroModule):
         )
 
     # ------------------------------------------------------------------ data
-    def check_data(self, data) -> MultimodalData:
-        """Validate ``data`` (modalities, sizes, finite observed values); move it to the model's
-        device and dtype."""
-        if not isinstance(data, MultimodalData):
-            raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
-        data.check_modalities(self.obs_dims)
+    def _check_observations(self, data) -> None:
+        """Floating-point observations, finite wherever the mask says observed."""
         for m in self.modalities:
             x = data.obs[m]
             if not x.is_floating_point():
@@ -329,8 +328,6 @@ class MultimodalLDS(SavableModel, PyroModule):
                 raise ValueError(
                     f"data.obs[{m!r}]: {int(bad.any(-1).sum())} frames hold NaN/inf where the mask says "
                     "observed; mark them unobserved in data.mask")
-        p = self._param()
-        return data.to(device=p.device, dtype=p.dtype)
 
     def _ops_inputs(self, data: MultimodalData, exclude=()):
         mask = {m: (torch.zeros_like(data.mask[m]) if m in exclude else data.mask[m]) for m in self.modalities}
@@ -339,7 +336,7 @@ class MultimodalLDS(SavableModel, PyroModule):
     # ------------------------------------------------------------------ likelihood
     def log_likelihood(self, data: MultimodalData) -> torch.Tensor:
         r"""Exact, differentiable :math:`\log p(x^{(n)}_{\text{observed}})` per sequence, ``(N,)``."""
-        data = self.check_data(data)
+        data = self._checked(data)
         obs, mask, lengths = self._ops_inputs(data)
         return kops.kalman_log_likelihood(self.linear_gaussian_params(), obs, mask, lengths=lengths)
 
@@ -412,10 +409,11 @@ class MultimodalLDS(SavableModel, PyroModule):
         return dist.GaussianHMM(init, trans, dist.MultivariateNormal(loc, _sym(cov)), C.mT,
                                 dist.MultivariateNormal(d, _sym(R)), duration=T)
 
-    def model(self, data: MultimodalData, *, num_sequences: int | None = None, program: str = "collapsed"):
+    def model(self, data: MultimodalData, *, program: str | None = None,
+              num_sequences: int | None = None):
         """The generative program.
 
-        ``program="collapsed"`` (the fast path :func:`mmpgm.fit` trains): the states are
+        ``program="collapsed"`` (default, the fast path :func:`mmpgm.fit` trains): the states are
         integrated out exactly by the Kalman filter (:func:`mmpgm.ops.kalman.kalman_log_likelihood`,
         per-modality masks, ragged lengths) and enter as one ``pyro.factor`` per sequence inside the
         ``sequences`` plate, after a global ``log_prior`` factor.
@@ -424,26 +422,22 @@ class MultimodalLDS(SavableModel, PyroModule):
 
         ``num_sequences`` is the full dataset size when ``data`` is a minibatch.
         """
-        data = self.check_data(data)
+        data = self._checked(data)
         N, T = data.num_sequences, data.num_timesteps
         total = N if num_sequences is None else num_sequences
+        program = self.check_program(program)
         pyro.factor("log_prior", self.log_prior())
         plate = pyro.plate("sequences", total, subsample=torch.arange(N, device=data.device), dim=-1)
         if program == "collapsed":
             with plate:
                 pyro.factor("log_likelihood", self.log_likelihood(data))
-        elif program == "gaussian_hmm":
+        else:  # "gaussian_hmm"
             if not all(bool(data.mask[m].all()) for m in self.modalities):
                 raise ValueError("program='gaussian_hmm': needs fully observed, equal-length data; "
                                  "use program='collapsed' for masks and ragged lengths")
             x = torch.cat([data.obs[m] for m in self.modalities], -1)
             with plate:
                 pyro.sample("obs", self.pyro_gaussian_hmm(T), obs=x)
-        else:
-            raise ValueError(f"program: expected 'collapsed' or 'gaussian_hmm', got {program!r}")
-
-    def guide(self, data: MultimodalData, **kwargs):
-        """MAP guide: parameters are point estimates; the states are integrated out in the model."""
 
     # ------------------------------------------------------------------ initialization
     @torch.no_grad()
@@ -461,7 +455,7 @@ class MultimodalLDS(SavableModel, PyroModule):
 
         Deterministic (``seed`` is accepted for the :func:`mmpgm.fit` protocol).
         """
-        data = self.check_data(data)
+        data = self._checked(data)
         p = self._param()
         inside = data.time_mask
         cols, stats = [], {}
@@ -570,7 +564,7 @@ class MultimodalLDS(SavableModel, PyroModule):
         * initial state: :math:`\\mu_0` the mean of the first smoothed states, :math:`P_0` the
           inverse-Wishart mode.
         """
-        data = self.check_data(data)
+        data = self._checked(data)
         sm = self._smoothed_second_moments(data)
         log_joint = sm.log_likelihood.sum() + self.log_prior()
         mean, cov, cross = sm.means, sm.covs, sm.cross_covs
@@ -680,7 +674,7 @@ class MultimodalLDS(SavableModel, PyroModule):
         """
         if not isinstance(num_samples, int) or num_samples < 0:
             raise ValueError(f"num_samples: expected a non-negative int, got {num_samples!r}")
-        data = self.check_data(data)
+        data = self._checked(data)
         obs, mask, lengths = self._ops_inputs(data)
         with torch.no_grad():
             lg = self.linear_gaussian_params()
@@ -710,7 +704,7 @@ class MultimodalLDS(SavableModel, PyroModule):
         """
         if modality not in self.modalities:
             raise ValueError(f"modality: unknown modality {modality!r}; the model has {list(self.modalities)}")
-        data = self.check_data(data)
+        data = self._checked(data)
         obs, mask, lengths = self._ops_inputs(data, exclude=(modality,))
         with torch.no_grad():
             lg = self.linear_gaussian_params()

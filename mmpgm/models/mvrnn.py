@@ -33,11 +33,11 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
-from pyro.nn import PyroModule
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from ..data import MultimodalData
-from ._savable import SavableModel, register
+from ._base import MultimodalModel
+from ._savable import register
 from ._checks import check_int, check_obs_dims, per_modality
 from ..results.mvrnn import MVRNNImputation, MVRNNPosterior
 from ..nn.vrnn import MVRNNNet, make_likelihood
@@ -46,7 +46,7 @@ __all__ = ["MVRNN"]
 
 
 @register
-class MVRNN(SavableModel, PyroModule):
+class MVRNN(MultimodalModel):
     r"""Multimodal variational RNN with shared and private stochastic latents.
 
     Parameters
@@ -68,13 +68,14 @@ class MVRNN(SavableModel, PyroModule):
         Weight of the KL terms in the training objective (KL annealing: set ``model.kl_scale``
         between calls to :func:`mmpgm.fit`; 1 = the ELBO). Results always report the true ELBO.
     vectorized : bool
-        Training program. True (default): guide and model run together in one pass
-        (:meth:`mmpgm.nn.vrnn.MVRNNNet.scan`, analytic KL, reparameterized draws) and the
-        per-sequence ELBO enters as ``pyro.factor`` inside the ``sequences`` plate (the guide
-        samples nothing). False: one ``pyro.sample`` site per latent and frame inside
-        ``pyro.markov``, with ``poutine.mask`` / ``poutine.scale``, for any Pyro ELBO
-        (``TraceMeanField_ELBO`` gives the same analytic-KL objective). Both programs can also be
-        chosen per call with ``model.model(data, vectorized=...)``.
+        The default training program. True (default): ``program="vectorized"``, guide and model
+        run together in one pass (:meth:`mmpgm.nn.vrnn.MVRNNNet.scan`, analytic KL,
+        reparameterized draws) and the per-sequence ELBO enters as ``pyro.factor`` inside the
+        ``sequences`` plate (the guide samples nothing). False: ``program="sites"``, one
+        ``pyro.sample`` site per latent and frame inside ``pyro.markov``, with ``poutine.mask`` /
+        ``poutine.scale``, for any Pyro ELBO (``TraceMeanField_ELBO`` gives the same analytic-KL
+        objective). Either program can also be chosen per call with
+        ``model.model(data, program=...)`` or ``mmpgm.fit(..., program=...)``.
 
     Examples
     --------
@@ -83,6 +84,10 @@ class MVRNN(SavableModel, PyroModule):
     >>> model.log_likelihood(data).shape
     torch.Size([3])
     """
+
+    PROGRAMS = ("vectorized", "sites")
+    """Pyro programs (:meth:`model`): ``"vectorized"`` (one pass, the ELBO as a factor) and
+    ``"sites"`` (per-frame sample sites); the default follows the constructor's ``vectorized``."""
 
     def __init__(self, obs_dims: Mapping[str, int], hidden_dim: int = 64, shared_dim: int = 16,
                  private_dim=8, head_dim: int | None = None, likelihood="gaussian",
@@ -129,29 +134,24 @@ class MVRNN(SavableModel, PyroModule):
         """Latent blocks: ``"shared"`` then the modalities."""
         return ("shared",) + self.modalities
 
-    def _param(self):
-        return self.net.gru_shared.weight_hh
+    @property
+    def default_program(self) -> str:
+        """``"vectorized"``, or ``"sites"`` for a model built with ``vectorized=False``."""
+        return "vectorized" if self.vectorized else "sites"
 
-    def default_elbo(self):
+    def default_elbo(self, program: str | None = None) -> ELBO:
         """``Trace_ELBO()`` on the vectorized program (its guide samples nothing, and the factor is
-        the analytic-KL ELBO); ``TraceMeanField_ELBO`` when ``vectorized=False``."""
-        if self.vectorized:
+        the analytic-KL ELBO); ``TraceMeanField_ELBO()`` on the ``"sites"`` program."""
+        if self.check_program(program) == "vectorized":
             return Trace_ELBO()
-        from pyro.infer import TraceMeanField_ELBO
-
         return TraceMeanField_ELBO()
 
     # ------------------------------------------------------------------ data
-    def check_data(self, data) -> MultimodalData:
-        """Validate ``data`` against the model and move it to the model's device and dtype."""
-        if not isinstance(data, MultimodalData):
-            raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
-        data.check_modalities(self.obs_dims)
+    def _check_observations(self, data) -> None:
+        """Floating-point observations."""
         for m in self.modalities:
             if not data.obs[m].is_floating_point():
                 raise TypeError(f"data.obs[{m!r}]: expected floating-point observations, got {data.obs[m].dtype}")
-        p = self._param()
-        return data.to(device=p.device, dtype=p.dtype)
 
     def _inputs(self, data: MultimodalData, exclude=(), repeat: int = 1):
         """Time-major zero-filled inputs, masks and time mask, each sequence repeated ``repeat``
@@ -171,7 +171,7 @@ class MVRNN(SavableModel, PyroModule):
     def init_from_data(self, data: MultimodalData, seed: int = 0) -> None:
         """Start each decoder's output bias at its modality's observed mean and scale (called by
         :func:`mmpgm.fit` before the first fit)."""
-        data = self.check_data(data)
+        data = self._checked(data)
         for m in self.modalities:
             obs = data.mask[m]
             if not bool(obs.any()):
@@ -201,20 +201,22 @@ class MVRNN(SavableModel, PyroModule):
     def sequence_elbo(self, data: MultimodalData, kl_scale: float | None = None, **kwargs) -> torch.Tensor:
         """``(N,)`` single-draw reparameterized ELBO per sequence (KL weighted by ``kl_scale``,
         default :attr:`kl_scale`); differentiable."""
-        data = self.check_data(data)
+        data = self._checked(data)
         res, _ = self.elbo_terms(data, **kwargs)
         w = self.kl_scale if kl_scale is None else kl_scale
         total = sum(res.reconstruction.values()) - w * sum(res.kl.values())
         return total.sum(0)
 
     # ------------------------------------------------------------------ Pyro programs
-    def model(self, data: MultimodalData, *, num_sequences: int | None = None, vectorized: bool | None = None):
-        """The generative program (see the class docstring for the two forms).
+    def model(self, data: MultimodalData, *, program: str | None = None,
+              num_sequences: int | None = None):
+        """The generative program ``program`` (``"vectorized"`` or ``"sites"``; default
+        :attr:`default_program`; see the class docstring for the two forms).
 
         ``num_sequences``: full data set size when ``data`` is a minibatch (the plate rescales).
         """
-        data = self.check_data(data)
-        vectorized = self.vectorized if vectorized is None else vectorized
+        data = self._checked(data)
+        vectorized = self.check_program(program) == "vectorized"
         N = data.num_sequences
         total = N if num_sequences is None else num_sequences
         plate = pyro.plate("sequences", total, subsample=torch.arange(N, device=data.device), dim=-1)
@@ -224,13 +226,13 @@ class MVRNN(SavableModel, PyroModule):
             return
         self._site_program(data, plate, guide=False)
 
-    def guide(self, data: MultimodalData, *, num_sequences: int | None = None, vectorized: bool | None = None):
+    def guide(self, data: MultimodalData, *, program: str | None = None,
+              num_sequences: int | None = None):
         """The guide :math:`q(z_t \\mid x_t, h_{t-1})` (eq. 43): nothing to sample in the vectorized
-        program (it lives inside the model's factor); per-frame sites otherwise."""
-        vectorized = self.vectorized if vectorized is None else vectorized
-        if vectorized:
+        program (it lives inside the model's factor); per-frame sites in ``"sites"``."""
+        if self.check_program(program) == "vectorized":
             return
-        data = self.check_data(data)
+        data = self._checked(data)
         N = data.num_sequences
         total = N if num_sequences is None else num_sequences
         plate = pyro.plate("sequences", total, subsample=torch.arange(N, device=data.device), dim=-1)
@@ -317,7 +319,7 @@ class MVRNN(SavableModel, PyroModule):
         """
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
             raise ValueError(f"num_samples: expected a non-negative int, got {num_samples!r}")
-        data = self.check_data(data)
+        data = self._checked(data)
         N, T = data.num_sequences, data.num_timesteps
         S = max(num_samples, 1)
         with torch.no_grad():
@@ -347,7 +349,7 @@ class MVRNN(SavableModel, PyroModule):
         """
         if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
             raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
-        data = self.check_data(data)
+        data = self._checked(data)
         self._seeded(seed)
         if num_particles == 1:
             return self.sequence_elbo(data, kl_scale=1.0)
@@ -368,7 +370,7 @@ class MVRNN(SavableModel, PyroModule):
             raise ValueError(f"modality: unknown modality {modality!r}; the model has {list(self.modalities)}")
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
-        data = self.check_data(data)
+        data = self._checked(data)
         N, T, S = data.num_sequences, data.num_timesteps, num_samples
         lik = self.net.likelihoods[modality]
         with torch.no_grad():

@@ -34,7 +34,7 @@ def random_model(obs_dims, K_s, K_m, emission="diag", seed=0):
 
 
 def enum_loss(model, data):
-    return TraceEnum_ELBO(max_plate_nesting=1).loss(model.model, model.guide, data, enumerated=True)
+    return TraceEnum_ELBO(max_plate_nesting=1).loss(model.model, model.guide, data, program="enumerated")
 
 
 def collapsed_loss(model, data):
@@ -230,5 +230,5 @@ def test_enumerated_training_path_runs():
     truth = random_model({"a": 2}, 2, 2)
     data, _ = truth.sample(4, 5, seed=0)
     model = MultimodalHMM({"a": 2}, 2, 2)
-    res = mmpgm.fit(model, data, num_steps=3, enumerate=True, progress=False)
+    res = mmpgm.fit(model, data, num_steps=3, program="enumerated", progress=False)
     assert res.num_steps == 3 and np.isfinite(res.losses).all()

@@ -42,7 +42,7 @@ def make_data(seed=1, N=4, T=6, lengths=None, missing=True):
 
 def guide_latents(model, data, seed):
     pyro.set_rng_seed(seed)
-    tr = pyro.poutine.trace(model.guide).get_trace(data, vectorized=False)
+    tr = pyro.poutine.trace(model.guide).get_trace(data, program="sites")
     T = data.num_timesteps
     return {b: torch.stack([tr.nodes[f"z_{b}_{t}"]["value"] for t in range(T)]) for b in model.blocks}
 
@@ -97,7 +97,7 @@ def test_site_program_meanfield_loss_and_gradient_equal_the_vectorized_elbo():
     model = make_model()
     data = make_data(lengths=[6, 4, 6, 2])
     pyro.set_rng_seed(5)
-    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, data, vectorized=False)
+    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, data, program="sites")
     g_site = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     lat = guide_latents(model, data, 5)
     ref = -model.sequence_elbo(data, latents=lat).sum()
@@ -118,16 +118,16 @@ def test_model_reuses_guide_states_only_when_replayed():
     step = model.net.shared_step
     model.net.shared_step = lambda *a, **k: calls.append(1) or step(*a, **k)
     pyro.set_rng_seed(2)
-    gtr = pyro.poutine.trace(model.guide).get_trace(data, vectorized=False)
+    gtr = pyro.poutine.trace(model.guide).get_trace(data, program="sites")
     assert len(calls) == data.num_timesteps
-    cached = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=gtr)).get_trace(data, vectorized=False)
+    cached = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=gtr)).get_trace(data, program="sites")
     assert len(calls) == data.num_timesteps  # nothing recomputed by the replayed model
     assert model._site_cache is None  # consumed
-    fresh = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=gtr)).get_trace(data, vectorized=False)
+    fresh = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=gtr)).get_trace(data, program="sites")
     assert len(calls) == 2 * data.num_timesteps  # a model run without a fresh guide recomputes
     torch.testing.assert_close(cached.log_prob_sum(), fresh.log_prob_sum(), rtol=1e-12, atol=1e-12)
     # Trace_ELBO (Monte Carlo KL) runs and is finite
-    assert math.isfinite(float(Trace_ELBO().loss(model.model, model.guide, data, vectorized=False)))
+    assert math.isfinite(float(Trace_ELBO().loss(model.model, model.guide, data, program="sites")))
 
 
 def test_default_training_loss_is_the_negative_elbo_and_kl_scale_weights_the_kl():
