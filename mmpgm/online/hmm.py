@@ -98,7 +98,7 @@ class HMMFilter:
         init = [c.initial_probs.detach() for c in chains]
         trans = [c.transition_probs.detach() for c in chains]
         logE = self._frame_log_emission(frame)
-        self._filtered, inc = ops.factorial_filter_step(self._filtered, init, trans, logE)
+        self._filtered, inc = ops.factorial_filter_step(init, trans, logE, self._filtered)
         self._log_likelihood = inc if self._log_likelihood is None else self._log_likelihood + inc
         self._step += 1
         predicted = ops.factorial_predict(self._filtered, trans)

@@ -15,11 +15,25 @@ contribute exactly nothing, so ragged batches need no special case here.
 
 All routines are batched over leading dimensions of ``log_emissions`` and work in the scaled
 probability domain: each frame's factor is divided by its maximum and each forward message is
-normalized, so nothing underflows while products stay plain matrix products. The transition of
-the joint state is applied one chain at a time (cost per step :math:`\prod_c K_c \sum_c K_c`)
-or, for small products, as one dense Kronecker matrix (cost :math:`(\prod_c K_c)^2`), which is
-faster when the product is small; ``dense=None`` picks by size (see
-``benchmarks/hmm_speed.py``).
+normalized, so nothing underflows while products stay plain matrix products.
+
+How the joint transition is applied is the keyword ``transition`` of every routine (checked in
+one place, :func:`transition_groups`):
+
+``"dense"``
+    one product-space Kronecker matrix, cost per step :math:`(\prod_c K_c)^2`;
+``"chainwise"``
+    one chain at a time, never forming a product-space matrix, cost per step
+    :math:`\prod_c K_c \sum_c K_c`;
+``"grouped"``
+    adjacent chains grouped greedily into Kronecker blocks of at most ``max_group_states``
+    states (default :data:`GROUP_MAX_STATES`), each block applied as one matrix;
+``"auto"`` (default)
+    picks by size from the measured constants :data:`GROUP_MAX_STATES` (sum-product routines:
+    ``"grouped"``) and :data:`DENSE_MAX_STATES` (:func:`factorial_viterbi`: ``"dense"`` up to
+    it, ``"chainwise"`` above). Only ``"auto"`` and the default of ``"grouped"`` read them.
+
+All choices are exact; they differ only in rounding and speed.
 
 The log-likelihood is a custom autograd function whose backward pass is the exact backward
 recursion (hand-written because no torch/Pyro routine does the factored backward pass without
@@ -39,6 +53,9 @@ import torch
 from ._threads import cpu_single_thread
 
 __all__ = [
+    "DENSE_MAX_STATES",
+    "GROUP_MAX_STATES",
+    "TRANSITIONS",
     "ForwardResult",
     "SmoothResult",
     "ViterbiResult",
@@ -48,18 +65,26 @@ __all__ = [
     "factorial_viterbi",
     "factorial_sample",
     "chain_marginals",
+    "chain_groups",
+    "transition_groups",
     "factorial_filter_step",
     "factorial_predict",
     "use_dense",
 ]
 
-# Product sizes up to this use one dense (P, P) transition per step; above it, per-chain
-# transitions. Measured with `benchmarks/hmm_speed.py --crossover` (N=64, T=75, 1 thread, 2-core
-# CPU): dense was faster up to P = 128 for 2, 3 and 4 chains, per-chain from P = 256.
+#: Largest product of state counts for which ``transition="auto"`` runs
+#: :func:`factorial_viterbi` with one dense product-space transition (chain-wise above it).
+#: Measured with ``benchmarks/hmm_speed.py --crossover`` (N=64, T=75, 1 thread, 2-core CPU):
+#: dense was faster up to P = 128 for 2, 3 and 4 chains, per-chain from P = 256.
+#: Read only by ``"auto"``; pass ``transition=`` to choose otherwise.
 DENSE_MAX_STATES = 128
-# Forward-backward groups adjacent chains into Kronecker blocks of at most this many states
-# (measured at A1/A2/A3 with benchmarks/hmm_speed.py configs: 64 was best or within noise).
+#: Largest Kronecker block (product of its chains' state counts) with which ``"auto"`` (and
+#: ``"grouped"`` without ``max_group_states``) groups adjacent chains in the sum-product
+#: routines. Measured at A1/A2/A3 with ``benchmarks/hmm_speed.py``: 64 was best or within noise.
+#: Pass ``transition="grouped", max_group_states=...`` for another grouping.
 GROUP_MAX_STATES = 64
+#: The allowed values of the ``transition`` keyword.
+TRANSITIONS = ("auto", "dense", "chainwise", "grouped")
 
 
 class ForwardResult(NamedTuple):
@@ -67,10 +92,13 @@ class ForwardResult(NamedTuple):
 
     log_likelihood : ``batch_shape``, :math:`\\log p(x_{1:T})`.
     filtered : ``batch_shape + (T, K_1, ..., K_C)``, :math:`p(z_t | x_{1:t})`.
+    predicted : ``batch_shape + (T, K_1, ..., K_C)``, the one-step prediction
+        :math:`p(z_t | x_{1:t-1})` (at ``t = 1`` the initial joint distribution).
     """
 
     log_likelihood: torch.Tensor
     filtered: torch.Tensor
+    predicted: torch.Tensor
 
 
 class SmoothResult(NamedTuple):
@@ -107,7 +135,9 @@ def _check(initial_probs, transition_probs, log_emissions):
     if not isinstance(initial_probs, (list, tuple)) or not isinstance(
         transition_probs, (list, tuple)
     ):
-        raise TypeError("initial_probs and transition_probs: expected sequences of tensors, one per chain")
+        raise TypeError(
+            "initial_probs and transition_probs: expected sequences of tensors, one per chain"
+        )
     C = len(initial_probs)
     if C == 0 or len(transition_probs) != C:
         raise ValueError(
@@ -115,12 +145,13 @@ def _check(initial_probs, transition_probs, log_emissions):
             f"{len(initial_probs)} and {len(transition_probs)}"
         )
     sizes = tuple(int(p.shape[-1]) for p in initial_probs)
-    for c, (p, a) in enumerate(zip(initial_probs, transition_probs)):
+    for c, (p, a) in enumerate(zip(initial_probs, transition_probs, strict=True)):
         if p.dim() != 1:
             raise ValueError(f"initial_probs[{c}]: expected shape (K,), got {tuple(p.shape)}")
         if a.shape != (sizes[c], sizes[c]):
             raise ValueError(
-                f"transition_probs[{c}]: expected shape {(sizes[c], sizes[c])}, got {tuple(a.shape)}"
+                f"transition_probs[{c}]: expected shape {(sizes[c], sizes[c])}, "
+                f"got {tuple(a.shape)}"
             )
     if log_emissions.dim() < C + 1 or tuple(log_emissions.shape[-C:]) != sizes:
         raise ValueError(
@@ -132,8 +163,21 @@ def _check(initial_probs, transition_probs, log_emissions):
 
 def chain_groups(sizes: Sequence[int], max_states: int | None = None) -> list:
     """Group adjacent chains greedily while a group's product of state counts stays at most
-    ``max_states`` (default :data:`GROUP_MAX_STATES`); each group's transition is then applied as
-    one Kronecker matrix. Fewer, larger products beat many tiny ones until the matrix work grows."""
+    ``max_states`` (default :data:`GROUP_MAX_STATES`).
+
+    Parameters
+    ----------
+    sizes : sequence of ``C`` ints
+        State counts ``K_1, ..., K_C``.
+    max_states : int, optional
+        Largest product of state counts in one group (a chain larger than it is a group alone).
+
+    Returns
+    -------
+    list of lists of int
+        Chain indices of each group, in order; each group's transition is then applied as one
+        Kronecker matrix. Fewer, larger products beat many tiny ones until the matrix work grows.
+    """
     limit = GROUP_MAX_STATES if max_states is None else max_states
     groups, current, size = [], [], 1
     for c, k in enumerate(sizes):
@@ -147,8 +191,72 @@ def chain_groups(sizes: Sequence[int], max_states: int | None = None) -> list:
 
 
 def use_dense(sizes: Sequence[int]) -> bool:
-    """Whether one dense product-space transition is expected to beat per-chain transitions."""
+    """Whether ``transition="auto"`` runs :func:`factorial_viterbi` with one dense product-space
+    transition (product of ``sizes`` at most :data:`DENSE_MAX_STATES`)."""
     return math.prod(sizes) <= DENSE_MAX_STATES
+
+
+def transition_groups(
+    sizes: Sequence[int],
+    transition: str = "auto",
+    max_group_states: int | None = None,
+    *,
+    max_product: bool = False,
+) -> list:
+    """The chain grouping a routine uses for ``transition`` (the one place it is checked).
+
+    Parameters
+    ----------
+    sizes : sequence of ``C`` ints
+        State counts ``K_1, ..., K_C``.
+    transition : {"auto", "dense", "chainwise", "grouped"}
+        See the module docstring.
+    max_group_states : int, optional
+        Only with ``"grouped"``: the largest Kronecker block (default :data:`GROUP_MAX_STATES`).
+    max_product : bool
+        Resolve ``"auto"`` as :func:`factorial_viterbi` does (dense up to
+        :data:`DENSE_MAX_STATES`, chain-wise above) instead of as the sum-product routines do
+        (grouped by :data:`GROUP_MAX_STATES`).
+
+    Returns
+    -------
+    list of lists of int
+        Chain indices of each group: ``[[0, ..., C-1]]`` is dense, ``[[0], ..., [C-1]]``
+        chain-wise.
+
+    Raises
+    ------
+    ValueError
+        For a ``transition`` not in :data:`TRANSITIONS`, or a ``max_group_states`` that is not a
+        positive int or is given without ``transition="grouped"``.
+    """
+    if not isinstance(transition, str) or transition not in TRANSITIONS:
+        raise ValueError(
+            f"transition: expected one of {', '.join(map(repr, TRANSITIONS))}, got {transition!r}"
+        )
+    if max_group_states is not None:
+        if transition != "grouped":
+            raise ValueError(
+                f"max_group_states: only used with transition='grouped', got transition="
+                f"{transition!r} and max_group_states={max_group_states!r}"
+            )
+        if (
+            isinstance(max_group_states, bool)
+            or not isinstance(max_group_states, int)
+            or max_group_states < 1
+        ):
+            raise ValueError(f"max_group_states: expected a positive int, got {max_group_states!r}")
+    C = len(sizes)
+    if transition == "auto":
+        if max_product:
+            transition = "dense" if use_dense(sizes) else "chainwise"
+        else:
+            transition = "grouped"
+    if transition == "dense":
+        return [list(range(C))]
+    if transition == "chainwise":
+        return [[c] for c in range(C)]
+    return chain_groups(sizes, max_group_states)
 
 
 def _kron(mats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -156,6 +264,24 @@ def _kron(mats: Sequence[torch.Tensor]) -> torch.Tensor:
     for m in mats[1:]:
         out = torch.kron(out, m)
     return out
+
+
+def _log_kron(log_mats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``log(kron(exp(L_1), ..., exp(L_n)))`` as a sum of broadcast logs (no underflow of the
+    products of small probabilities), ``(prod K, prod K)``."""
+    if len(log_mats) == 1:
+        return log_mats[0]
+    sizes = [m.shape[0] for m in log_mats]
+    n = len(sizes)
+    out = torch.zeros(
+        tuple(sizes) + tuple(sizes), dtype=log_mats[0].dtype, device=log_mats[0].device
+    )
+    for c, m in enumerate(log_mats):
+        shape = [1] * (2 * n)
+        shape[c] = shape[n + c] = sizes[c]
+        out = out + m.reshape(shape)
+    P = math.prod(sizes)
+    return out.reshape(P, P)
 
 
 def _apply_chains(x: torch.Tensor, mats: Sequence, sizes: Sequence[int]) -> torch.Tensor:
@@ -168,7 +294,7 @@ def _apply_chains(x: torch.Tensor, mats: Sequence, sizes: Sequence[int]) -> torc
     previous chain the last axis. After ``C`` steps the axes are back in order.
     """
     B = x.shape[0]
-    for k, m in zip(reversed(sizes), reversed(list(mats))):
+    for k, m in zip(reversed(sizes), reversed(list(mats)), strict=True):
         if m is not None:
             x = (x.reshape(-1, k) @ m.transpose(0, 1)).reshape(B, -1, m.shape[0])
         else:
@@ -177,11 +303,43 @@ def _apply_chains(x: torch.Tensor, mats: Sequence, sizes: Sequence[int]) -> torc
     return x.reshape(B, -1)
 
 
-class _Model:
-    """Internal: flattened factorial HMM quantities shared by the routines below."""
+class _Transition:
+    """Internal: the joint transition of grouped chains, ``x -> x T`` and ``v -> T v``.
 
-    def __init__(self, initial_probs, transition_probs, log_emissions, dense):
-        self.sizes = _check(initial_probs, transition_probs, log_emissions)
+    ``groups`` from :func:`transition_groups`; a group's matrix is the Kronecker product of its
+    chains' (detached) transitions, one dense matrix when all chains form one group.
+    """
+
+    def __init__(self, sizes, transition_probs, groups):
+        self.sizes = tuple(sizes)
+        self.trans = [a.detach() for a in transition_probs]
+        self.groups = groups
+        self.group_sizes = [math.prod(self.sizes[c] for c in g) for g in groups]
+        self.group_trans = [_kron([self.trans[c] for c in g]) for g in groups]
+
+    def predict(self, alpha):
+        """One-step prediction :math:`\\sum_z alpha(z) T(z, z')`, ``(B, P)``."""
+        return _apply_chains(alpha, [a.transpose(0, 1) for a in self.group_trans], self.group_sizes)
+
+    def pull_back(self, v):
+        """:math:`\\sum_{z'} T(z, z') v(z')`, ``(B, P)``."""
+        return _apply_chains(v, self.group_trans, self.group_sizes)
+
+
+class _Model(_Transition):
+    """Internal: flattened factorial HMM quantities shared by the routines below.
+
+    The forward recursion is :meth:`predict` then :meth:`condition`, once per frame; the
+    streaming :func:`factorial_filter_step` runs the same two methods on one frame.
+    """
+
+    def __init__(
+        self, initial_probs, transition_probs, log_emissions, transition, max_group_states=None
+    ):
+        sizes = _check(initial_probs, transition_probs, log_emissions)
+        super().__init__(
+            sizes, transition_probs, transition_groups(sizes, transition, max_group_states)
+        )
         C = len(self.sizes)
         self.batch_shape = log_emissions.shape[: -C - 1]
         self.T = log_emissions.shape[-C - 1]
@@ -194,47 +352,49 @@ class _Model:
         self.shift = shift.squeeze(-1)  # (B, T)
         self.E = torch.exp(logE.detach() - shift)  # (B, T, P)
         self.init = [p.detach() for p in initial_probs]
-        self.trans = [a.detach() for a in transition_probs]
-        self.init_flat = _kron([p[None, :] for p in self.init]).reshape(self.P)
-        # Adjacent chains are grouped; a group's transition is the Kronecker product of its
-        # chains' (one dense matrix when all chains form one group).
-        if dense is None:
-            self.groups = chain_groups(self.sizes)
-        else:
-            self.groups = [list(range(C))] if dense else [[c] for c in range(C)]
-        self.group_sizes = [math.prod(self.sizes[c] for c in g) for g in self.groups]
-        self.group_trans = [_kron([self.trans[c] for c in g]) for g in self.groups]
 
-    def predict(self, alpha):
-        """One-step prediction :math:`\\sum_z alpha(z) T(z, z')`, ``(B, P)``."""
-        return _apply_chains(alpha, [a.transpose(0, 1) for a in self.group_trans], self.group_sizes)
+    @functools.cached_property
+    def init_flat(self):
+        """Joint initial distribution ``(P,)`` (on first use: a streaming step past the first
+        frame never needs it)."""
+        return _kron([p[None, :] for p in self.init]).reshape(self.P)
 
-    def pull_back(self, v):
-        """:math:`\\sum_{z'} T(z, z') v(z')`, ``(B, P)``."""
-        return _apply_chains(v, self.group_trans, self.group_sizes)
+    @staticmethod
+    def condition(pred, e):
+        """Condition the prediction ``pred`` ``(B, P)`` (or ``(P,)``) on one frame's scaled
+        factor ``e`` ``(B, P)``: the normalized filtered message ``(B, P)`` and its normalizer
+        ``(B,)``."""
+        a = pred * e
+        c = a.sum(-1, keepdim=True)
+        return a / c, c.squeeze(-1)
 
-    def forward(self):
+    def forward(self, with_predicted: bool = False):
+        """Scaled forward messages ``(B, T, P)`` (the filtered marginals), per-frame normalizers
+        ``(B, T)`` and, with ``with_predicted``, the one-step predictions ``(B, T, P)`` (else
+        None)."""
         alphas = torch.empty_like(self.E)
         norms = torch.empty(self.B, self.T, dtype=self.E.dtype, device=self.E.device)
-        a = self.init_flat * self.E[:, 0]
+        predicted = torch.empty_like(self.E) if with_predicted else None
+        pred = self.init_flat
         for t in range(self.T):
-            if t > 0:
-                a = self.predict(a) * self.E[:, t]
-            c = a.sum(-1, keepdim=True)
-            a = a / c
+            if predicted is not None:
+                predicted[:, t] = pred
+            a, norms[:, t] = self.condition(pred, self.E[:, t])
             alphas[:, t] = a
-            norms[:, t] = c.squeeze(-1)
-        return alphas, norms
+            if t + 1 < self.T:
+                pred = self.predict(a)
+        return alphas, norms, predicted
 
     def log_likelihood(self, norms):
         return norms.log().sum(-1) + self.shift.sum(-1)
 
-    def backward(self, norms, weight=None):
+    def backward(self, alphas, norms, weight=None):
         """Scaled backward messages ``b_t`` with ``alpha_t * b_t = p(z_t | x)``.
 
-        With ``weight`` (``(B,)``, the incoming gradient per sequence) also returns the gradients
-        of ``sum_b weight_b log p(x_b)`` with respect to the initial and transition
-        probabilities (division-free; times the parameter they are the expected counts).
+        ``alphas`` and ``norms`` are :meth:`forward`'s. With ``weight`` (``(B,)``, the incoming
+        gradient per sequence) also returns the gradients of ``sum_b weight_b log p(x_b)`` with
+        respect to the initial and transition probabilities (division-free; times the parameter
+        they are the expected counts).
         """
         betas = torch.empty_like(self.E)
         b = torch.ones(self.B, self.P, dtype=self.E.dtype, device=self.E.device)
@@ -246,7 +406,7 @@ class _Model:
         for t in range(self.T - 1, 0, -1):
             g = self.E[:, t] * b / norms[:, t, None]  # d log Z / d predicted probability at t
             if grads:
-                b = self._adjoint_step(self.alphas[:, t - 1] * weight[:, None], g, gt)
+                b = self._adjoint_step(alphas[:, t - 1] * weight[:, None], g, gt)
             else:
                 b = self.pull_back(g)
             betas[:, t - 1] = b
@@ -259,17 +419,17 @@ class _Model:
             mats = [None if k == c else self.init[k][None, :] for k in range(C)]
             gi.append(_apply_chains(g1, mats, sizes).sum(0))
         gt_chains = []
-        for group, grad in zip(self.groups, gt):
+        for group, grad in zip(self.groups, gt, strict=True):
             gt_chains.extend(self._split_group_grad(grad, group))
         return betas, gi, gt_chains
 
     def _adjoint_step(self, prev, g, grads):
         """Pull ``g`` back through one factored transition, accumulating transition gradients.
 
-        The prediction applies chains ``C-1, ..., 0`` in turn as ``x -> x @ A_c`` with chain ``c``
-        as the last axis (then rotated to the front). Replaying those steps on ``prev`` gives each
-        matrix product's input ``u_c``; the adjoint runs them backwards: ``dA_c += u_c^T gy`` and
-        ``gy -> gy A_c^T``.
+        The prediction applies groups ``G-1, ..., 0`` in turn as ``x -> x @ A_g`` with group
+        ``g`` as the last axis (then rotated to the front). Replaying those steps on ``prev``
+        gives each matrix product's input ``u_g``; the adjoint runs them backwards:
+        ``dA_g += u_g^T gy`` and ``gy -> gy A_g^T``.
         """
         B, sizes, trans = self.B, self.group_sizes, self.group_trans
         inputs = []
@@ -280,7 +440,7 @@ class _Model:
             inputs.append(u)
             x = (u @ trans[c]).reshape(B, -1, k).transpose(1, 2)
         gy = g
-        for c, u in zip(range(len(sizes)), reversed(inputs)):
+        for c, u in zip(range(len(sizes)), reversed(inputs), strict=True):
             k = sizes[c]
             gy = gy.reshape(B, k, -1).transpose(1, 2).reshape(-1, k)
             grads[c].addmm_(u.transpose(0, 1), gy)
@@ -329,10 +489,10 @@ def _small_steps_single_thread(fn):
 
 class _FactorialLogZ(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, log_emissions, dense, num_chains, *params):
+    def forward(ctx, log_emissions, transition, max_group_states, num_chains, *params):
         init, trans = list(params[:num_chains]), list(params[num_chains:])
-        m = _Model(init, trans, log_emissions, dense)
-        alphas, norms = m.forward()
+        m = _Model(init, trans, log_emissions, transition, max_group_states)
+        alphas, norms, _ = m.forward()
         ctx.model = m
         ctx.save_for_backward(alphas, norms)
         ctx.num_chains = num_chains
@@ -350,16 +510,15 @@ class _FactorialLogZ(torch.autograd.Function):
         m = ctx.model
         weight = grad_output.reshape(m.B)
         grads = [None] * (2 * ctx.num_chains)
-        m.alphas = alphas
-        if any(ctx.needs_input_grad[3:]):
-            betas, gi, gt = m.backward(norms, weight)
+        if any(ctx.needs_input_grad[4:]):
+            betas, gi, gt = m.backward(alphas, norms, weight)
             grads = gi + gt
         else:
-            betas = m.backward(norms)
+            betas = m.backward(alphas, norms)
         grad_emissions = None
         if ctx.needs_input_grad[0]:
             grad_emissions = (alphas * betas * weight[:, None, None]).reshape(ctx.emission_shape)
-        return (grad_emissions, None, None, *grads)
+        return (grad_emissions, None, None, None, *grads)
 
 
 @_small_steps_single_thread
@@ -368,7 +527,8 @@ def factorial_log_likelihood(
     transition_probs: Sequence[torch.Tensor],
     log_emissions: torch.Tensor,
     *,
-    dense: bool | None = None,
+    transition: str = "auto",
+    max_group_states: int | None = None,
 ) -> torch.Tensor:
     r"""Differentiable :math:`\log p(x_{1:T})` of a factorial HMM.
 
@@ -380,8 +540,11 @@ def factorial_log_likelihood(
         Transition matrix of each chain, indexed ``(old, new)``.
     log_emissions : tensor ``batch_shape + (T, K_1, ..., K_C)``
         Log emission factor of every joint state at every frame (0 where nothing is observed).
-    dense : bool, optional
-        Force the dense product-space (True) or per-chain (False) transition; default by size.
+    transition : {"auto", "dense", "chainwise", "grouped"}, default "auto"
+        How the joint transition is applied (see the module docstring); exact either way.
+    max_group_states : int, optional
+        With ``transition="grouped"``: the largest Kronecker block of adjacent chains (default
+        :data:`GROUP_MAX_STATES`).
 
     Returns
     -------
@@ -389,40 +552,78 @@ def factorial_log_likelihood(
         Gradients flow to all three inputs through the exact backward recursion.
     """
     C = len(initial_probs)
-    return _FactorialLogZ.apply(log_emissions, dense, C, *initial_probs, *transition_probs)
+    return _FactorialLogZ.apply(
+        log_emissions, transition, max_group_states, C, *initial_probs, *transition_probs
+    )
 
 
 @_small_steps_single_thread
-def factorial_forward(initial_probs, transition_probs, log_emissions, *, dense=None) -> ForwardResult:
-    """Forward filter: log-likelihood and filtered joint marginals :math:`p(z_t | x_{1:t})`.
+def factorial_forward(
+    initial_probs: Sequence[torch.Tensor],
+    transition_probs: Sequence[torch.Tensor],
+    log_emissions: torch.Tensor,
+    *,
+    transition: str = "auto",
+    max_group_states: int | None = None,
+) -> ForwardResult:
+    r"""Forward filter: log-likelihood, filtered :math:`p(z_t | x_{1:t})` and predicted
+    :math:`p(z_t | x_{1:t-1})` joint marginals.
 
-    Shapes as in :func:`factorial_log_likelihood`; not differentiable (use that function).
+    Parameters
+    ----------
+    initial_probs, transition_probs, log_emissions, transition, max_group_states
+        As in :func:`factorial_log_likelihood`.
+
+    Returns
+    -------
+    ForwardResult
+        ``log_likelihood`` ``batch_shape``; ``filtered`` and ``predicted``
+        ``batch_shape + (T, K_1, ..., K_C)``. Not differentiable (use
+        :func:`factorial_log_likelihood`).
     """
     with torch.no_grad():
-        m = _Model(initial_probs, transition_probs, log_emissions, dense)
-        alphas, norms = m.forward()
+        m = _Model(initial_probs, transition_probs, log_emissions, transition, max_group_states)
+        alphas, norms, predicted = m.forward(with_predicted=True)
         shape = m.batch_shape + (m.T,) + tuple(m.sizes)
-        return ForwardResult(m.log_likelihood(norms).reshape(m.batch_shape), alphas.reshape(shape))
+        return ForwardResult(
+            m.log_likelihood(norms).reshape(m.batch_shape),
+            alphas.reshape(shape),
+            predicted.reshape(shape),
+        )
 
 
 @_small_steps_single_thread
-def factorial_smooth(initial_probs, transition_probs, log_emissions, *, dense=None) -> SmoothResult:
+def factorial_smooth(
+    initial_probs: Sequence[torch.Tensor],
+    transition_probs: Sequence[torch.Tensor],
+    log_emissions: torch.Tensor,
+    *,
+    transition: str = "auto",
+    max_group_states: int | None = None,
+) -> SmoothResult:
     """Forward-backward: smoothed joint marginals and expected initial/transition counts.
 
-    Shapes as in :func:`factorial_log_likelihood`. The counts are summed over the batch and time
-    (the sufficient statistics of Baum-Welch / EM).
+    Parameters
+    ----------
+    initial_probs, transition_probs, log_emissions, transition, max_group_states
+        As in :func:`factorial_log_likelihood`.
+
+    Returns
+    -------
+    SmoothResult
+        Marginals ``batch_shape + (T, K_1, ..., K_C)``; the counts are summed over the batch
+        and time (the sufficient statistics of Baum-Welch / EM).
     """
     with torch.no_grad():
-        m = _Model(initial_probs, transition_probs, log_emissions, dense)
-        alphas, norms = m.forward()
-        m.alphas = alphas
+        m = _Model(initial_probs, transition_probs, log_emissions, transition, max_group_states)
+        alphas, norms, _ = m.forward()
         weight = torch.ones(m.B, dtype=m.E.dtype, device=m.E.device)
-        betas, gi, gt = m.backward(norms, weight)
+        betas, gi, gt = m.backward(alphas, norms, weight)
         shape = m.batch_shape + (m.T,) + tuple(m.sizes)
         marg = alphas * betas
         marg = marg / marg.sum(-1, keepdim=True)  # exact up to rounding; renormalize
-        init_counts = tuple(g * p for g, p in zip(gi, m.init))
-        trans_counts = tuple(g * a for g, a in zip(gt, m.trans))
+        init_counts = tuple(g * p for g, p in zip(gi, m.init, strict=True))
+        trans_counts = tuple(g * a for g, a in zip(gt, m.trans, strict=True))
         return SmoothResult(
             m.log_likelihood(norms).reshape(m.batch_shape),
             marg.reshape(shape),
@@ -433,21 +634,45 @@ def factorial_smooth(initial_probs, transition_probs, log_emissions, *, dense=No
 
 
 def chain_marginals(joint: torch.Tensor, num_chains: int) -> tuple:
-    """Split joint marginals ``(..., K_1, ..., K_C)`` into ``C`` per-chain marginals ``(..., K_c)``."""
+    """Split joint marginals ``(..., K_1, ..., K_C)`` into ``C`` per-chain marginals
+    ``(..., K_c)``."""
     C = num_chains
     dims = list(range(joint.dim() - C, joint.dim()))
     return tuple(joint.sum([d for d in dims if d != dims[c]]) for c in range(C))
 
 
 @_small_steps_single_thread
-def factorial_viterbi(initial_probs, transition_probs, log_emissions, *, dense=None) -> ViterbiResult:
+def factorial_viterbi(
+    initial_probs: Sequence[torch.Tensor],
+    transition_probs: Sequence[torch.Tensor],
+    log_emissions: torch.Tensor,
+    *,
+    transition: str = "auto",
+    max_group_states: int | None = None,
+) -> ViterbiResult:
     r"""Joint MAP path :math:`\arg\max_z p(x, z)` over all chains (max-product in log space).
 
-    Per-chain max-plus products are exact because the transition factorizes over chains:
-    :math:`\max_{z} \sum_c \log A_c(z_c, z'_c) + v(z) = \max_{z_1} (\dots \max_{z_C}(\dots))`.
-    Back-pointers of every chain-wise maximization are kept and replayed backwards.
+    Per-group max-plus products are exact because the transition factorizes over chains:
+    :math:`\max_{z} \sum_c \log A_c(z_c, z'_c) + v(z) = \max_{z_1} (\dots \max_{z_C}(\dots))`;
+    a group's log-transition is the Kronecker sum of its chains'. Back-pointers of every
+    group-wise maximization are kept and replayed backwards.
+
+    Parameters
+    ----------
+    initial_probs, transition_probs, log_emissions, max_group_states
+        As in :func:`factorial_log_likelihood`.
+    transition : {"auto", "dense", "chainwise", "grouped"}, default "auto"
+        As there, except that ``"auto"`` is ``"dense"`` up to :data:`DENSE_MAX_STATES` joint
+        states and ``"chainwise"`` above (max-plus products have no matrix-product kernel, so
+        blocks do not pay off as in the sum-product routines).
+
+    Returns
+    -------
+    ViterbiResult
+        ``log_prob`` ``batch_shape``; ``path`` ``batch_shape + (T, C)`` int64.
     """
     sizes = _check(initial_probs, transition_probs, log_emissions)
+    groups = transition_groups(sizes, transition, max_group_states, max_product=True)
     C = len(sizes)
     batch_shape = log_emissions.shape[: -C - 1]
     T = log_emissions.shape[-C - 1]
@@ -457,32 +682,26 @@ def factorial_viterbi(initial_probs, transition_probs, log_emissions, *, dense=N
         B = logE.shape[0]
         log_init = _kron([p[None, :] for p in initial_probs]).reshape(P).log()
         log_trans = [a.log() for a in transition_probs]
-        dense = use_dense(sizes) if dense is None else dense
+        gsizes = [math.prod(sizes[c] for c in g) for g in groups]
+        glt = [_log_kron([log_trans[c] for c in g]) for g in groups]
         v = log_init + logE[:, 0]
-        pointers = []  # per t>0: list of per-chain back-pointer tensors
-        if dense:
-            # dense log-transition as a sum of broadcast per-chain terms
-            lt = torch.zeros(tuple(sizes) + tuple(sizes), dtype=logE.dtype, device=logE.device)
-            for c in range(C):
-                shape = [1] * (2 * C)
-                shape[c] = shape[C + c] = sizes[c]
-                lt = lt + log_trans[c].reshape(shape)
-            lt = lt.reshape(P, P)
+        dense = len(groups) == 1
+        pointers = []  # per t>0: (B, P) best previous joint state if dense, else per group
         for t in range(1, T):
             if dense:
-                vals, idx = (v[:, :, None] + lt).max(1)
-                pointers.append(idx)  # (B, P): best previous joint state
+                vals, idx = (v[:, :, None] + glt[0]).max(1)
+                pointers.append(idx)
                 v = vals + logE[:, t]
-            else:
-                ptrs = []
-                x = v
-                for c, k in enumerate(sizes):
-                    x = x.reshape(B, k, -1)  # (B, old_c, R)
-                    vals, idx = (x[:, :, None, :] + log_trans[c][None, :, :, None]).max(1)
-                    ptrs.append(idx)  # (B, new_c, R): argmax old_c given new_c and the rest
-                    x = vals.transpose(1, 2)
-                v = x.reshape(B, P) + logE[:, t]
-                pointers.append(ptrs)
+                continue
+            ptrs = []
+            x = v
+            for g, k in enumerate(gsizes):
+                x = x.reshape(B, k, -1)  # (B, old_g, R)
+                vals, idx = (x[:, :, None, :] + glt[g][None, :, :, None]).max(1)
+                ptrs.append(idx)  # (B, new_g, R): argmax old_g given new_g and the rest
+                x = vals.transpose(1, 2)
+            v = x.reshape(B, P) + logE[:, t]
+            pointers.append(ptrs)
         log_prob, last = v.max(-1)
         path_flat = torch.empty(B, T, dtype=torch.long, device=logE.device)
         path_flat[:, T - 1] = last
@@ -491,7 +710,8 @@ def factorial_viterbi(initial_probs, transition_probs, log_emissions, *, dense=N
             if dense:
                 cur = pointers[t - 1].gather(1, cur[:, None]).squeeze(1)
             else:
-                cur = _backtrack_factored(pointers[t - 1], cur, sizes)
+                # the flat index over the groups' states is the one over the chains' states
+                cur = _backtrack_factored(pointers[t - 1], cur, gsizes)
             path_flat[:, t - 1] = cur
         path = torch.stack(_unravel(path_flat, sizes), -1)
         return ViterbiResult(log_prob.reshape(batch_shape), path.reshape(batch_shape + (T, C)))
@@ -507,18 +727,18 @@ def _unravel(flat: torch.Tensor, sizes: Sequence[int]) -> list:
 
 def _ravel(idx: Sequence[torch.Tensor], sizes: Sequence[int]) -> torch.Tensor:
     flat = torch.zeros_like(idx[0])
-    for i, k in zip(idx, sizes):
+    for i, k in zip(idx, sizes, strict=True):
         flat = flat * k + i
     return flat
 
 
 def _backtrack_factored(ptrs, cur_flat, sizes):
-    """Recover the previous joint state from per-chain back-pointers.
+    """Recover the previous joint state from per-group back-pointers (``sizes``: the groups').
 
-    During the forward sweep chain ``c``'s maximization saw the tensor with axis order
+    During the forward sweep group ``c``'s maximization saw the tensor with axis order
     ``(old_c, new_{c-1}..new_0 rotated ..., old_{c+1}..old_{C-1})``; concretely after processing
-    chains ``0..c-1`` the layout was ``(old_c, ..., old_{C-1}, new_0, ..., new_{c-1})``.
-    We replay the chains in reverse, reading ``old_c`` given ``new_c`` and the rest.
+    groups ``0..c-1`` the layout was ``(old_c, ..., old_{C-1}, new_0, ..., new_{c-1})``.
+    We replay the groups in reverse, reading ``old_c`` given ``new_c`` and the rest.
     """
     C = len(sizes)
     new = _unravel(cur_flat, sizes)
@@ -537,15 +757,26 @@ def _backtrack_factored(ptrs, cur_flat, sizes):
 
 @_small_steps_single_thread
 def factorial_sample(
-    initial_probs,
-    transition_probs,
-    log_emissions,
+    initial_probs: Sequence[torch.Tensor],
+    transition_probs: Sequence[torch.Tensor],
+    log_emissions: torch.Tensor,
     num_samples: int,
     *,
     generator: torch.Generator | None = None,
-    dense=None,
+    transition: str = "auto",
+    max_group_states: int | None = None,
 ) -> torch.Tensor:
     r"""Forward-filter backward-sample joint state paths :math:`z_{1:T} \sim p(z | x)`.
+
+    Parameters
+    ----------
+    initial_probs, transition_probs, log_emissions, transition, max_group_states
+        As in :func:`factorial_log_likelihood` (``transition`` is that of the forward filter;
+        the backward draws are chain-wise). Every choice consumes ``generator`` identically.
+    num_samples : int
+        Number of paths ``S`` per sequence.
+    generator : torch.Generator, optional
+        Source of randomness (default: torch's global one).
 
     Returns
     -------
@@ -554,8 +785,8 @@ def factorial_sample(
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
     with torch.no_grad():
-        m = _Model(initial_probs, transition_probs, log_emissions, dense)
-        alphas, _ = m.forward()
+        m = _Model(initial_probs, transition_probs, log_emissions, transition, max_group_states)
+        alphas, _, _ = m.forward()
         S, B, T, P, sizes = num_samples, m.B, m.T, m.P, m.sizes
         C = len(sizes)
 
@@ -581,56 +812,82 @@ def factorial_sample(
 
 
 def factorial_filter_step(
-    filtered: torch.Tensor | None,
-    initial_probs,
-    transition_probs,
+    initial_probs: Sequence[torch.Tensor],
+    transition_probs: Sequence[torch.Tensor],
     log_emission: torch.Tensor,
+    filtered: torch.Tensor | None = None,
     *,
-    dense: bool | None = None,
+    transition: str = "auto",
+    max_group_states: int | None = None,
 ):
     r"""One step of the forward filter, for streaming use (constant memory).
 
+    The same prediction and conditioning, with the same grouping of chains, as one frame of
+    :func:`factorial_forward`.
+
     Parameters
     ----------
-    filtered : ``batch_shape + (K_1, ..., K_C)`` or None
-        :math:`p(z_{t-1} \mid x_{1:t-1})`; None at the first frame.
+    initial_probs, transition_probs, transition, max_group_states
+        As in :func:`factorial_log_likelihood`.
     log_emission : ``batch_shape + (K_1, ..., K_C)``
         Log factor of frame ``t`` (0 where nothing is observed).
+    filtered : ``batch_shape + (K_1, ..., K_C)``, optional
+        :math:`p(z_{t-1} \mid x_{1:t-1})`; None (default) at the first frame.
 
     Returns
     -------
     filtered : :math:`p(z_t \mid x_{1:t})`, same shape as ``log_emission``.
     log_increment : ``batch_shape``, :math:`\log p(x_t \mid x_{1:t-1})`.
     """
-    sizes = _check(initial_probs, transition_probs, log_emission.unsqueeze(-len(initial_probs) - 1))
+    C = len(initial_probs)
+    if filtered is not None and filtered.shape != log_emission.shape:
+        raise ValueError(
+            f"filtered: expected the shape of log_emission {tuple(log_emission.shape)}, got "
+            f"{tuple(filtered.shape)}"
+        )
+    with torch.no_grad():
+        m = _Model(
+            initial_probs,
+            transition_probs,
+            log_emission.unsqueeze(-C - 1),
+            transition,
+            max_group_states,
+        )
+        pred = m.init_flat if filtered is None else m.predict(filtered.reshape(m.B, m.P))
+        a, c = m.condition(pred, m.E[:, 0])
+        out = a.reshape(log_emission.shape)
+        return out, (c.log() + m.shift[:, 0]).reshape(m.batch_shape)
+
+
+def factorial_predict(
+    filtered: torch.Tensor,
+    transition_probs: Sequence[torch.Tensor],
+    *,
+    transition: str = "auto",
+    max_group_states: int | None = None,
+) -> torch.Tensor:
+    r"""One-step state prediction :math:`p(z_{t+1} \mid x_{1:t})` from filtered marginals.
+
+    Parameters
+    ----------
+    filtered : ``batch_shape + (K_1, ..., K_C)``
+        :math:`p(z_t \mid x_{1:t})`.
+    transition_probs, transition, max_group_states
+        As in :func:`factorial_log_likelihood`.
+
+    Returns
+    -------
+    Tensor, same shape as ``filtered``.
+    """
+    sizes = tuple(int(a.shape[0]) for a in transition_probs)
     C = len(sizes)
-    P = math.prod(sizes)
-    batch_shape = log_emission.shape[:-C]
+    if filtered.dim() < C or tuple(filtered.shape[filtered.dim() - C :]) != sizes:
+        raise ValueError(
+            f"filtered: expected shape batch_shape + {sizes}, got {tuple(filtered.shape)}"
+        )
     with torch.no_grad():
-        logE = log_emission.reshape(-1, P)
-        shift = logE.amax(-1, keepdim=True)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        e = torch.exp(logE - shift)
-        if filtered is None:
-            pred = _kron([p[None, :] for p in initial_probs]).reshape(1, P)
-        else:
-            prev = filtered.reshape(-1, P)
-            if (use_dense(sizes) if dense is None else dense):
-                pred = prev @ _kron(list(transition_probs))
-            else:
-                pred = _apply_chains(prev, [a.transpose(0, 1) for a in transition_probs], sizes)
-        a = pred * e
-        c = a.sum(-1, keepdim=True)
-        out = (a / c).reshape(batch_shape + tuple(sizes))
-        return out, (c.log() + shift).squeeze(-1).reshape(batch_shape)
-
-
-def factorial_predict(filtered: torch.Tensor, transition_probs) -> torch.Tensor:
-    r"""One-step state prediction :math:`p(z_{t+1} \mid x_{1:t})` from filtered marginals
-    ``batch_shape + (K_1, ..., K_C)``."""
-    sizes = tuple(a.shape[0] for a in transition_probs)
-    P = math.prod(sizes)
-    with torch.no_grad():
-        prev = filtered.reshape(-1, P)
-        pred = _apply_chains(prev, [a.transpose(0, 1) for a in transition_probs], sizes)
+        step = _Transition(
+            sizes, transition_probs, transition_groups(sizes, transition, max_group_states)
+        )
+        pred = step.predict(filtered.reshape(-1, math.prod(sizes)))
         return pred.reshape(filtered.shape)

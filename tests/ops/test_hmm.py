@@ -49,7 +49,10 @@ def brute_force(init, trans, logE):
         for t, si in enumerate(path):
             z = states[si]
             if t == 0:
-                lp += sum(math.log(init[c][z[c]]) if init[c][z[c]] > 0 else -math.inf for c in range(len(sizes)))
+                lp += sum(
+                    math.log(init[c][z[c]]) if init[c][z[c]] > 0 else -math.inf
+                    for c in range(len(sizes))
+                )
             else:
                 zp = states[path[t - 1]]
                 for c in range(len(sizes)):
@@ -71,17 +74,17 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("transition", ["dense", "chainwise"])
 @pytest.mark.parametrize("sizes,T,batch", SHAPES)
-def test_against_brute_force(sizes, T, batch, dense):
+def test_against_brute_force(sizes, T, batch, transition):
     init, trans = random_params(sizes, seed=T * 7 + batch, zero_prob=True)
     mask = torch.zeros(batch, T, dtype=torch.bool)
     if T > 2:
         mask[0, 1:3] = True  # a stretch with nothing observed
     logE = random_log_emissions(batch, T, sizes, seed=len(sizes), mask_frames=mask)
-    sm = factorial_smooth(init, trans, logE, dense=dense)
-    fw = factorial_forward(init, trans, logE, dense=dense)
-    vit = factorial_viterbi(init, trans, logE, dense=dense)
+    sm = factorial_smooth(init, trans, logE, transition=transition)
+    fw = factorial_forward(init, trans, logE, transition=transition)
+    vit = factorial_viterbi(init, trans, logE, transition=transition)
     C = len(sizes)
     for b in range(batch):
         states, paths, logp = brute_force(init, trans, logE[b])
@@ -116,13 +119,17 @@ def test_against_brute_force(sizes, T, batch, dense):
         torch.testing.assert_close(logp[paths.index(ours)], logp[best], rtol=1e-12, atol=1e-12)
         if batch == 1:
             for c in range(C):
-                torch.testing.assert_close(sm.initial_counts[c], init_counts[c], rtol=1e-9, atol=1e-12)
-                torch.testing.assert_close(sm.transition_counts[c], trans_counts[c], rtol=1e-9, atol=1e-12)
+                torch.testing.assert_close(
+                    sm.initial_counts[c], init_counts[c], rtol=1e-9, atol=1e-12
+                )
+                torch.testing.assert_close(
+                    sm.transition_counts[c], trans_counts[c], rtol=1e-9, atol=1e-12
+                )
 
 
 @pytest.mark.parametrize("uniform", [True, False])
-@pytest.mark.parametrize("dense", [True, False])
-def test_gradients_match_autograd_of_naive_forward(dense, uniform):
+@pytest.mark.parametrize("transition", ["dense", "chainwise"])
+def test_gradients_match_autograd_of_naive_forward(transition, uniform):
     sizes, T, batch = (2, 3, 2), 5, 3
     init, trans = random_params(sizes, seed=3)
     logE = random_log_emissions(batch, T, sizes, seed=4)
@@ -130,7 +137,10 @@ def test_gradients_match_autograd_of_naive_forward(dense, uniform):
     C = len(sizes)
     # the usual .sum().backward() (uniform weights) and a weighted sum
     w = torch.full((3,), 0.7) if uniform else torch.tensor([0.5, -1.0, 2.0])
-    (factorial_log_likelihood(leaves[:C], leaves[C : 2 * C], leaves[-1], dense=dense) * w).sum().backward()
+    (
+        factorial_log_likelihood(leaves[:C], leaves[C : 2 * C], leaves[-1], transition=transition)
+        * w
+    ).sum().backward()
     ours = [x.grad for x in leaves]
 
     leaves2 = [p.clone().requires_grad_() for p in init + trans] + [logE.clone().requires_grad_()]
@@ -145,7 +155,7 @@ def test_gradients_match_autograd_of_naive_forward(dense, uniform):
     for t in range(1, T):
         la = torch.logsumexp(la[:, :, None] + A.log(), 1) + le_flat[:, t]
     (torch.logsumexp(la, -1) * w).sum().backward()
-    for a, b in zip(ours, [x.grad for x in leaves2]):
+    for a, b in zip(ours, [x.grad for x in leaves2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
@@ -164,12 +174,12 @@ def test_dense_and_factored_agree_at_moderate_size():
     sizes, T, batch = (3, 4, 2), 20, 5
     init, trans = random_params(sizes, seed=8)
     logE = random_log_emissions(batch, T, sizes, seed=9)
-    a = factorial_smooth(init, trans, logE, dense=True)
-    b = factorial_smooth(init, trans, logE, dense=False)
+    a = factorial_smooth(init, trans, logE, transition="dense")
+    b = factorial_smooth(init, trans, logE, transition="chainwise")
     torch.testing.assert_close(a.log_likelihood, b.log_likelihood, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(a.marginals, b.marginals, rtol=1e-9, atol=1e-12)
-    va = factorial_viterbi(init, trans, logE, dense=True)
-    vb = factorial_viterbi(init, trans, logE, dense=False)
+    va = factorial_viterbi(init, trans, logE, transition="dense")
+    vb = factorial_viterbi(init, trans, logE, transition="chainwise")
     assert torch.equal(va.path, vb.path)
 
 
@@ -194,15 +204,19 @@ def test_padding_frames_contribute_nothing():
     logE = random_log_emissions(1, 6, sizes, seed=13)
     padded = torch.cat([logE, torch.zeros((1, 4) + sizes)], 1)
     torch.testing.assert_close(
-        factorial_log_likelihood(init, trans, padded), factorial_log_likelihood(init, trans, logE),
-        rtol=1e-12, atol=1e-12,
+        factorial_log_likelihood(init, trans, padded),
+        factorial_log_likelihood(init, trans, logE),
+        rtol=1e-12,
+        atol=1e-12,
     )
     a = factorial_smooth(init, trans, padded).marginals[:, :6]
-    torch.testing.assert_close(a, factorial_smooth(init, trans, logE).marginals, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        a, factorial_smooth(init, trans, logE).marginals, rtol=1e-10, atol=1e-12
+    )
 
 
-@pytest.mark.parametrize("dense", [True, False])
-def test_ffbs_matches_exact_path_distribution(dense):
+@pytest.mark.parametrize("transition", ["dense", "chainwise"])
+def test_ffbs_matches_exact_path_distribution(transition):
     """Exact path frequencies: chi-square over all joint paths at a tiny size."""
     sizes, T = (2, 2), 3
     init, trans = random_params(sizes, seed=14)
@@ -211,7 +225,9 @@ def test_ffbs_matches_exact_path_distribution(dense):
     probs = torch.exp(logp - torch.logsumexp(logp, 0))
     S = 20000
     g = torch.Generator().manual_seed(0)
-    samples = factorial_sample(init, trans, logE, S, generator=g, dense=dense)[:, 0]  # (S, T, C)
+    samples = factorial_sample(init, trans, logE, S, generator=g, transition=transition)[
+        :, 0
+    ]  # (S, T, C)
     index = {tuple(st): i for i, st in enumerate(states)}
     path_index = {p: n for n, p in enumerate(paths)}
     counts = torch.zeros(len(paths))
@@ -242,7 +258,9 @@ def test_float32_long_sequence_is_finite():
     init, trans = random_params(sizes, seed=1)
     logE = random_log_emissions(2, 5000, sizes, seed=2)
     ll64 = factorial_log_likelihood(init, trans, logE)
-    ll32 = factorial_log_likelihood([p.float() for p in init], [a.float() for a in trans], logE.float())
+    ll32 = factorial_log_likelihood(
+        [p.float() for p in init], [a.float() for a in trans], logE.float()
+    )
     assert torch.isfinite(ll32).all()
     # per-frame rounding of float32 (~6e-8 relative) accumulates over 5000 frames
     torch.testing.assert_close(ll32.double(), ll64, rtol=1e-5, atol=0)
