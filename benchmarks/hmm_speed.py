@@ -11,9 +11,10 @@ all on the same data in the same run:
     only :func:`mmpgm.ops.hmm.factorial_log_likelihood` + backward, given precomputed
     ``log_emissions`` (requires grad, as in the full path).
 ``mmpgm_dense`` / ``mmpgm_factored``
-    the full path with the product-space transition forced dense / per-chain (by patching
-    ``mmpgm.ops.hmm.DENSE_MAX_STATES`` in this process; the dense one only where
-    ``P^2 N T <= --max-dense-work``).
+    the full path with the product-space transition forced by keyword:
+    ``factorial_log_likelihood(..., transition="dense" / "chainwise")`` on the model's chain
+    probabilities and ``log_emissions`` (the dense one only where ``P^2 N T <=
+    --max-dense-work``); ``mmpgm`` runs ``transition="auto"``.
 ``hmmlearn_log`` / ``hmmlearn_scaling``
     ``GaussianHMM(covariance_type="diag").score(X, lengths)`` on the flattened product-state
     model (``P = K_s K_m^M`` states, start = Kronecker product of the chain initials, transition
@@ -37,8 +38,10 @@ Output: one JSON line per configuration (``DESIGN.md`` section 8); ``speedup[imp
 median_s[impl] / median_s["mmpgm"]``; ``agreement[impl]`` = relative difference of the total
 log-likelihood to mmpgm's; ``peak_mib`` = extra peak RSS of one call, each implementation
 measured in a fresh subprocess (``--quick``: in-process). ``--crossover`` instead times the
-dense vs per-chain transition of the ops for products 8..512 and prints the measured crossover
-(to set ``DENSE_MAX_STATES``).
+``transition="dense"`` vs ``"chainwise"`` ops for products 8..512 and prints the measured
+crossover (to set ``DENSE_MAX_STATES``).
+
+The builders of the implementations are in ``_hmm_impls.py`` (``BUILDERS``).
 
 Usage::
 
@@ -51,7 +54,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -64,10 +66,11 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm` and `_common` imp
     sys.path.insert(0, str(_here))
     sys.path.insert(1, str(_here.parent))
     from _common import PeakRSS, emit, env_info, rel_diff, run_worker, time_interleaved
+    from _hmm_impls import Skip, build_impl, product_size, zero_grads
 else:  # pragma: no cover - imported as benchmarks.hmm_speed
     from ._common import PeakRSS, emit, env_info, rel_diff, run_worker, time_interleaved
+    from ._hmm_impls import Skip, build_impl, product_size, zero_grads
 
-import numpy as np
 import torch
 
 BENCHMARK = "hmm_speed"
@@ -88,10 +91,6 @@ NO_GRADIENT = ("hmmlearn_log", "hmmlearn_scaling")
 
 
 # --------------------------------------------------------------------------- problem set-up
-def product_size(cfg) -> int:
-    return cfg["K_s"] * cfg["K_m"] ** len(cfg["dims"])
-
-
 def make_problem(cfg, seed: int):
     """A random float64 ``MultimodalHMM`` and ``N`` sequences of length ``T`` sampled from it."""
     from mmpgm.models.hmm import HMMParams, MultimodalHMM
@@ -120,263 +119,6 @@ def make_problem(cfg, seed: int):
     model.set_params(HMMParams(s_init, s_trans, p_init, p_trans, emis))
     data, _ = model.sample(cfg["N"], cfg["T"], seed=seed + 1)
     return model, data
-
-
-def _kron_t(mats):
-    out = mats[0]
-    for m in mats[1:]:
-        out = torch.kron(out, m)
-    return out
-
-
-def product_emission_params(params, names, sizes):
-    """Per-product-state ``(P, sum D)`` means and scales: modality ``m`` depends on
-    ``(shared, private_m)``; the product index is row-major over ``(K_s, K_1..K_M)``."""
-    M = len(names)
-    locs, scales = [], []
-    for i, m in enumerate(names):
-        for src, out in ((params["loc"][m], locs), (params["scale"][m], scales)):
-            D = src.shape[-1]
-            shape = [sizes[0]] + [1] * M + [D]
-            shape[1 + i] = sizes[1 + i]
-            out.append(src.reshape(shape).expand(tuple(sizes) + (D,)))
-    P = math.prod(sizes)
-    return torch.cat(locs, -1).reshape(P, -1), torch.cat(scales, -1).reshape(P, -1)
-
-
-def _leaf_params(model):
-    """Constrained parameter values as fresh float64 leaves (requires_grad) for the peers."""
-    prm = model.params
-    names = list(model.modalities)
-    leaf = lambda t: t.detach().clone().requires_grad_(True)  # noqa: E731
-    return {
-        "init": [leaf(prm.shared_initial)] + [leaf(prm.private_initial[m]) for m in names],
-        "trans": [leaf(prm.shared_transition)] + [leaf(prm.private_transition[m]) for m in names],
-        "loc": {m: leaf(prm.emissions[m]["loc"]) for m in names},
-        "scale": {m: leaf(prm.emissions[m]["scale"]) for m in names},
-    }
-
-
-def _zero(tensors):
-    for t in tensors:
-        t.grad = None
-
-
-# --------------------------------------------------------------------------- implementations
-class Skip(Exception):
-    """An implementation that cannot or should not run on this configuration (reason)."""
-
-
-@contextlib.contextmanager
-def _dense_max_states(value):
-    from mmpgm.ops import hmm as ops
-
-    old = ops.DENSE_MAX_STATES
-    ops.DENSE_MAX_STATES = value
-    try:
-        yield
-    finally:
-        ops.DENSE_MAX_STATES = old
-
-
-def build_impl(name, model, data, cfg, opts):
-    """Return ``(run, extra)``: ``run()`` does one log-likelihood (+ gradient) evaluation and
-    returns the total log-likelihood as a float; ``extra`` holds e.g. the compile time."""
-    P = product_size(cfg)
-    N, T = cfg["N"], cfg["T"]
-    dense_work = P * P * N * T
-    names = list(model.modalities)
-    sizes = model.chain_sizes
-
-    if name == "mmpgm":
-
-        def run():
-            model.zero_grad(set_to_none=True)
-            ll = model.log_likelihood(data).sum()
-            ll.backward()
-            return ll.item()
-
-        return run, {}
-
-    if name in ("mmpgm_dense", "mmpgm_factored"):
-        if name == "mmpgm_dense" and dense_work > opts.max_dense_work:
-            raise Skip(f"P^2*N*T = {dense_work:.2e} > --max-dense-work {opts.max_dense_work:.0e}")
-        threshold = 1 << 62 if name == "mmpgm_dense" else 0
-
-        def run():
-            with _dense_max_states(threshold):
-                model.zero_grad(set_to_none=True)
-                ll = model.log_likelihood(data).sum()
-                ll.backward()
-            return ll.item()
-
-        return run, {}
-
-    if name == "mmpgm_ops":
-        from mmpgm.ops.hmm import factorial_log_likelihood
-
-        lp = _leaf_params(model)
-        with torch.no_grad():
-            logE = model.log_emissions(data).detach().contiguous().clone()
-        logE.requires_grad_(True)
-        leaves = lp["init"] + lp["trans"] + [logE]
-
-        def run():
-            _zero(leaves)
-            ll = factorial_log_likelihood(lp["init"], lp["trans"], logE).sum()
-            ll.backward()
-            return ll.item()
-
-        return run, {}
-
-    if name in ("hmmlearn_log", "hmmlearn_scaling"):
-        if dense_work > opts.max_dense_work:
-            est = dense_work * (4.7e-9 if name == "hmmlearn_log" else 1.3e-9)
-            raise Skip(
-                f"P^2*N*T = {dense_work:.2e} > --max-dense-work {opts.max_dense_work:.0e} "
-                f"(its product-space forward would take ~{est:.0f} s here)"
-            )
-        try:
-            from hmmlearn.hmm import GaussianHMM
-        except ImportError as e:
-            raise Skip(f"hmmlearn not importable: {e}") from None
-        prm = model.params
-        with torch.no_grad():
-            loc, scale = product_emission_params(
-                {
-                    "loc": {m: prm.emissions[m]["loc"] for m in names},
-                    "scale": {m: prm.emissions[m]["scale"] for m in names},
-                },
-                names,
-                sizes,
-            )
-            start = _kron_t(
-                [prm.shared_initial[None]] + [prm.private_initial[m][None] for m in names]
-            )[0]
-            trans = _kron_t([prm.shared_transition] + [prm.private_transition[m] for m in names])
-        impl = name.split("_", 1)[1]
-        hmm = GaussianHMM(
-            n_components=P, covariance_type="diag", implementation=impl, init_params="", params=""
-        )
-        hmm.n_features = loc.shape[1]
-        hmm.startprob_ = start.numpy().copy()
-        hmm.transmat_ = trans.numpy().copy()
-        hmm.means_ = loc.numpy().copy()
-        hmm.covars_ = (scale**2).numpy().copy()
-        X = (
-            torch.cat([data.obs[m] for m in names], -1)
-            .reshape(N * T, -1)
-            .numpy()
-            .astype(np.float64)
-        )
-        lengths = np.full(N, T)
-
-        def run():
-            return float(hmm.score(X, lengths))
-
-        return run, {"gradient": False}
-
-    if name == "pyro_trace_enum":
-        from pyro.infer import TraceEnum_ELBO
-
-        elbo = TraceEnum_ELBO(max_plate_nesting=1)
-        with torch.no_grad():
-            log_prior = float(model.log_prior())
-
-        def run():
-            model.zero_grad(set_to_none=True)
-            loss = elbo.differentiable_loss(model.model, model.guide, data, enumerated=True)
-            loss.backward()
-            return -loss.item() - log_prior
-
-        return run, {}
-
-    if name == "pyro_discrete_hmm":
-        gib = dense_work * 8 / 2**30
-        if gib > opts.max_discrete_hmm_gib:
-            raise Skip(
-                f"its (N, T, P, P) float64 tensor would take {gib:.1f} GiB "
-                f"> --max-discrete-hmm-gib {opts.max_discrete_hmm_gib}"
-            )
-        import pyro.distributions as dist
-
-        lp = _leaf_params(model)
-        leaves = lp["init"] + lp["trans"] + list(lp["loc"].values()) + list(lp["scale"].values())
-        x = torch.cat([data.obs[m] for m in names], -1)
-
-        def run():
-            _zero(leaves)
-            init = _kron_t([p[None] for p in lp["init"]])[0]
-            trans = _kron_t(lp["trans"])
-            loc, scale = product_emission_params(lp, names, sizes)
-            # The state before the first frame is integrated out through a first transition
-            # whose rows are all the initial distribution.
-            logits = torch.cat([init.log().expand(1, P, P), trans.log().expand(T - 1, P, P)], 0)
-            d = dist.DiscreteHMM(
-                torch.zeros(P, dtype=x.dtype), logits, dist.Normal(loc, scale).to_event(1)
-            )
-            ll = d.log_prob(x).sum()
-            ll.backward()
-            return ll.item()
-
-        return run, {}
-
-    if name == "dynamax":
-        try:
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
-            import jax.numpy as jnp
-            from dynamax.hidden_markov_model.inference import hmm_filter
-        except Exception as e:  # noqa: BLE001 - any import problem means: skip
-            raise Skip(f"dynamax/jax not importable: {type(e).__name__}: {e}") from None
-        prm = model.params
-        xs = [jnp.asarray(data.obs[m].numpy()) for m in names]
-        args = (
-            [jnp.asarray(prm.shared_initial.numpy())]
-            + [jnp.asarray(prm.private_initial[m].numpy()) for m in names],
-            [jnp.asarray(prm.shared_transition.numpy())]
-            + [jnp.asarray(prm.private_transition[m].numpy()) for m in names],
-            [jnp.asarray(prm.emissions[m]["loc"].numpy()) for m in names],
-            [jnp.asarray(prm.emissions[m]["scale"].numpy()) for m in names],
-        )
-        M = len(names)
-
-        def total_ll(inits, transs, locs, scales):
-            init = inits[0]
-            trans = transs[0]
-            for a, b in zip(inits[1:], transs[1:], strict=True):
-                init = jnp.kron(init, a)
-                trans = jnp.kron(trans, b)
-            total = 0.0
-            for i, (x, loc, scale) in enumerate(zip(xs, locs, scales, strict=True)):
-                z = (x[:, :, None, None, :] - loc) / scale
-                lp = (
-                    -0.5 * jnp.sum(z * z, -1)
-                    - jnp.sum(jnp.log(scale), -1)
-                    - 0.5 * x.shape[-1] * math.log(2 * math.pi)
-                )
-                shape = [N, T, sizes[0]] + [1] * M
-                shape[3 + i] = sizes[1 + i]
-                total = total + lp.reshape(shape)
-            ll = jnp.broadcast_to(total, (N, T) + tuple(sizes)).reshape(N, T, P)
-            per_seq = jax.vmap(lambda l: hmm_filter(init, trans, l).marginal_loglik)(ll)
-            return per_seq.sum()
-
-        t0 = time.perf_counter()
-        compiled = (
-            jax.jit(jax.value_and_grad(total_ll, argnums=(0, 1, 2, 3))).lower(*args).compile()
-        )
-        compile_s = time.perf_counter() - t0
-
-        def run():
-            value, grads = compiled(*args)
-            jax.block_until_ready(grads)
-            return float(value)
-
-        return run, {"compile_s": compile_s}
-
-    raise ValueError(f"unknown implementation {name!r}")
 
 
 # --------------------------------------------------------------------------- memory worker
@@ -527,9 +269,9 @@ CROSSOVER_SHAPES = {
 
 
 def crossover(opts, log):
-    """Time ``factorial_log_likelihood`` + backward with ``dense=True`` vs ``dense=False`` for
-    products 8..512 (2, 3 and 4 chains), and pick the ``DENSE_MAX_STATES`` that minimizes the
-    mean slowdown relative to the faster choice over all measured shapes."""
+    """Time ``factorial_log_likelihood`` + backward with ``transition="dense"`` vs
+    ``"chainwise"`` for products 8..512 (2, 3 and 4 chains), and pick the ``DENSE_MAX_STATES``
+    that minimizes the mean slowdown relative to the faster choice over all measured shapes."""
     from mmpgm.ops import hmm as ops
 
     N, T = (8, 20) if opts.quick else (opts.crossover_n, opts.crossover_t)
@@ -554,16 +296,18 @@ def crossover(opts, log):
             ).requires_grad_()
             leaves = init + trans + [logE]
 
-            def make(dense, init=init, trans=trans, logE=logE, leaves=leaves):
+            def make(transition, init=init, trans=trans, logE=logE, leaves=leaves):
                 def run():
-                    _zero(leaves)
-                    ll = ops.factorial_log_likelihood(init, trans, logE, dense=dense).sum()
+                    zero_grads(leaves)
+                    ll = ops.factorial_log_likelihood(
+                        init, trans, logE, transition=transition
+                    ).sum()
                     ll.backward()
 
                 return run
 
             t = time_interleaved(
-                {"dense": make(True), "factored": make(False)},
+                {"dense": make("dense"), "factored": make("chainwise")},
                 repeats=opts.repeats,
                 warmup=opts.warmup,
                 budget_s=opts.budget_s / 4,
