@@ -32,7 +32,14 @@ import numpy as np
 import torch
 
 from ..data import MultimodalData
-from ..ops import mixture as ops
+from .mixture import (
+    _check_gate_options,
+    _check_scores,
+    _check_steps,
+    _train_experts,
+    _train_gate,
+    fit_gate_to_scores,
+)
 from .progress import progress_bar
 
 __all__ = [
@@ -65,7 +72,8 @@ class CrossFitResult(NamedTuple):
     fold_expert_log_likelihood : dict
         Group -> tuple of ``M`` out-of-fold log-likelihood per labelled frame of each expert alone.
     expert_losses : list of float
-        Final expert training on all groups (per-frame losses of :meth:`pretrain_experts`).
+        Final expert training on all groups (per-frame losses of
+        :func:`~mmpgm.inference.mixture.pretrain_experts`).
     seconds : float
         Wall time of the whole fit.
     """
@@ -106,51 +114,6 @@ def resolve_groups(data: MultimodalData, groups) -> torch.Tensor:
     return g
 
 
-def _gate_log_weights(model, data):
-    """Masked gate log-weights of ``data`` (the experts are not run)."""
-    xs, masks = model._inputs(data)
-    avail = torch.stack(masks, -1)
-    if model.gate_kind == "markov":
-        init_logits, trans_logits = model.gate(xs, masks)
-        return avail, (
-            ops.masked_log_weights(init_logits, avail[:, 0]),
-            ops.masked_log_weights(trans_logits, avail[:, :, None, :]),
-        )
-    return avail, ops.masked_log_weights(model.gate(xs, masks), avail)
-
-
-def _mixture_ll(model, log_w, lc, ev):
-    if model.gate_kind == "markov":
-        return ops.markov_log_likelihood(log_w[0], log_w[1], lc, ev)
-    return ops.mixture_log_likelihood(log_w, lc, ev)
-
-
-def _shrinkage(log_w, avail, frames, center_logits=None):
-    """``sum_t KL(pi_t || g_t)`` over ``frames`` (bool ``(N, T)``): ``pi_t`` is
-    ``softmax(center_logits)`` (uniform when None) renormalized over the experts observed at
-    frame ``t`` (``avail``). For the Markov gate every transition row is shrunk (and the initial
-    distribution)."""
-
-    def kl(lw, av):
-        if center_logits is None:
-            logits = torch.zeros_like(lw)
-        else:
-            logits = center_logits.to(lw.dtype).expand_as(lw)
-        neg = torch.full((), -float("inf"), dtype=lw.dtype, device=lw.device)
-        log_pi = torch.log_softmax(torch.where(av, logits, neg), -1)
-        pi = log_pi.exp()
-        diff = torch.where(av, log_pi - lw, torch.zeros_like(lw))
-        return (pi * diff).sum(-1)
-
-    if isinstance(log_w, tuple):
-        init, trans = log_w
-        rows = kl(trans, avail[:, :, None, :].expand_as(trans)).mean(-1)  # (N, T)
-        first = kl(init, avail[:, 0])
-        rows = torch.cat([first[:, None], rows[:, 1:]], 1)
-        return (rows * frames.to(rows.dtype)).sum()
-    return (kl(log_w, avail) * frames.to(log_w.dtype)).sum()
-
-
 def out_of_fold_scores(
     model,
     data: MultimodalData,
@@ -166,16 +129,23 @@ def out_of_fold_scores(
 
     Returns ``(scores (N, T, M), evidence (N, T) bool, groups (N,))``: ``scores[n, t, m]`` is
     :math:`\log p(y_t \mid f^{(-g_n)}_m)` from a copy of expert ``m`` trained (from ``model``'s
-    current weights, by :meth:`~mmpgm.models.mixture.GatedMixture.pretrain_experts`) on every
-    group but sequence ``n``'s; ``evidence`` marks the labelled frames with an observed stream.
+    current weights, by :func:`~mmpgm.inference.mixture.pretrain_experts`) on every group but
+    sequence ``n``'s; ``evidence`` marks the labelled frames with an observed stream.
     ``model`` is not modified except for its input standardization (set from ``data``).
     ``progress``: a bar over the folds (None: only on a terminal)."""
     _check_steps(expert_steps=expert_steps)
     data = model.check_data(data)
     g = resolve_groups(data, groups).to(data.device)
     model.init_from_data(data)
+    return _out_of_fold_scores(model, data, g, expert_steps, lr, batch_size, seed, progress)
+
+
+def _out_of_fold_scores(model, data, g, expert_steps, lr, batch_size, seed, progress):
+    """:func:`out_of_fold_scores` on checked data, groups ``g (N,)`` and a model whose
+    standardization is set: the folds are copies of it, trained and scored without validating
+    the data again."""
     N, T, M = data.num_sequences, data.num_timesteps, model.num_experts
-    p = model._param()
+    p = next(model.parameters())
     scores = torch.zeros(N, T, M, dtype=p.dtype, device=p.device)
     evidence = torch.zeros(N, T, dtype=torch.bool, device=p.device)
     values = g.unique()
@@ -183,7 +153,8 @@ def out_of_fold_scores(
     for k, v in enumerate(values):
         held = torch.nonzero(g == v).flatten()
         fold = copy.deepcopy(model)
-        fold.pretrain_experts(
+        _train_experts(
+            fold,
             data[torch.nonzero(g != v).flatten()],
             num_steps=expert_steps,
             lr=lr,
@@ -195,80 +166,6 @@ def out_of_fold_scores(
         bar.update()
     bar.close()
     return scores, evidence, g
-
-
-def fit_gate_to_scores(
-    model,
-    data: MultimodalData,
-    scores: torch.Tensor,
-    evidence: torch.Tensor,
-    *,
-    num_steps: int = 100,
-    lr: float = 0.01,
-    batch_size: int | None = None,
-    seed: int = 0,
-    gate_shrinkage: float = 0.0,
-    shrink_toward: str = "uniform",
-) -> list:
-    r"""Step 2 of the module docstring: fit ``model.gate`` alone (Adam, ``num_steps`` epochs) to
-    maximize :math:`\log p(y \mid x)` with the experts' per-frame scores fixed to ``scores``
-    ``(N, T, M)`` (e.g. from :func:`out_of_fold_scores`), minus
-    :math:`\kappa \sum_t \mathrm{KL}(\pi \| g_t)` (``gate_shrinkage``), :math:`\pi`
-    renormalized over the experts observed at each frame: equal weights with
-    ``shrink_toward="uniform"`` (default; a symmetric Dirichlet prior on :math:`g_t`), or with
-    ``"constant"`` a constant weight vector fit jointly, so that only the gate's frame-to-frame
-    variation is shrunk (a large :math:`\kappa` then gives the best constant gate). On the
-    audio-visual benchmark (babble, held-out speaker) ``"constant"`` had the better held-out
-    log-likelihood but the *lower* accuracy (0.884 vs 0.901; it trusts the video experts ~90%
-    and loses the audio expert's tie-breaking vote) and a gate that hardly reacts to corrupted
-    video (0.87 vs 0.90 inside/outside, against 0.68 vs 0.73). Returns the per-frame losses,
-    one per epoch."""
-    _check_steps(num_steps=num_steps)
-    if not isinstance(gate_shrinkage, (int, float)) or not gate_shrinkage >= 0:
-        raise ValueError(f"gate_shrinkage: expected a non-negative float, got {gate_shrinkage!r}")
-    if shrink_toward not in ("constant", "uniform"):
-        raise ValueError(f"shrink_toward: expected 'constant' or 'uniform', got {shrink_toward!r}")
-    data = model.check_data(data)
-    N, T, M = data.num_sequences, data.num_timesteps, model.num_experts
-    if tuple(scores.shape) != (N, T, M) or tuple(evidence.shape) != (N, T):
-        raise ValueError(
-            f"scores, evidence: expected shapes ({N}, {T}, {M}) and ({N}, {T}), "
-            f"got {tuple(scores.shape)} and {tuple(evidence.shape)}"
-        )
-    p = model._param()
-    scores = scores.to(device=p.device, dtype=p.dtype)
-    evidence = evidence.to(p.device)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    params = list(model.gate.parameters())
-    center = None
-    if shrink_toward == "constant" and gate_shrinkage > 0:
-        center = torch.zeros(M, dtype=p.dtype, device=p.device, requires_grad=True)
-        params = params + [center]
-    optim = torch.optim.Adam(params, lr=lr)
-    size = batch_size or N
-    losses = []
-    for _ in range(num_steps):
-        order = torch.randperm(N, generator=gen) if size < N else torch.arange(N)
-        total, frames = 0.0, 0.0
-        for s in range(0, N, size):
-            idx = order[s : s + size].to(data.device)
-            b = data[idx]
-            optim.zero_grad()
-            avail, log_w = _gate_log_weights(model, b)
-            ev = evidence[idx]
-            n = float(ev.sum())
-            obj = _mixture_ll(model, log_w, scores[idx], ev).sum()
-            if gate_shrinkage > 0:
-                shrunk = b.time_mask & avail.any(-1)
-                obj = obj - gate_shrinkage * _shrinkage(log_w, avail, shrunk, center)
-            loss = -obj / max(n, 1.0)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            optim.step()
-            total, frames = total + loss.item() * n, frames + n
-        losses.append(total / max(frames, 1.0))
-    return losses
 
 
 def grouped_gate_cv(
@@ -290,10 +187,23 @@ def grouped_gate_cv(
     is fit by :func:`fit_gate_to_scores` on the other groups and scored on :math:`g`. Returns
     :math:`\kappa` -> held-out mixture log-likelihood per labelled frame (pooled over groups);
     ``model`` is not modified. Cheap: the experts are never run (their ``scores`` are fixed)."""
+    _check_steps(num_steps=num_steps)
+    for kappa in shrinkages:
+        _check_gate_options(kappa, shrink_toward)
     data = model.check_data(data)
+    _check_scores(model, data, scores, evidence)
     g = resolve_groups(data, groups).to(data.device)
+    fit_kw = dict(
+        num_steps=num_steps, lr=lr, batch_size=batch_size, seed=seed, shrink_toward=shrink_toward
+    )
+    return _grouped_gate_cv(model, data, scores, evidence, g, shrinkages, **fit_kw)
+
+
+def _grouped_gate_cv(model, data, scores, evidence, g, shrinkages, **fit_kw) -> dict:
+    """:func:`grouped_gate_cv` on checked data and arguments."""
     evidence = evidence.to(g.device)
     start = copy.deepcopy(model.gate.state_dict())
+    p = next(model.parameters())
     out = {}
     for kappa in shrinkages:
         total, frames = 0.0, 0.0
@@ -301,35 +211,19 @@ def grouped_gate_cv(
             fit = torch.nonzero(g != v).flatten()
             held = torch.nonzero(g == v).flatten()
             model.gate.load_state_dict(start)
-            fit_gate_to_scores(
-                model,
-                data[fit],
-                scores[fit],
-                evidence[fit],
-                num_steps=num_steps,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed,
-                gate_shrinkage=kappa,
-                shrink_toward=shrink_toward,
+            _train_gate(
+                model, data[fit], scores[fit], evidence[fit], gate_shrinkage=kappa, **fit_kw
             )
             with torch.no_grad():
-                _, log_w = _gate_log_weights(model, data[held])
-                p = model._param()
-                ll = _mixture_ll(
-                    model, log_w, scores[held].to(device=p.device, dtype=p.dtype), evidence[held]
+                _, log_w = model.gate_log_weights(data[held])
+                ll = model.mixture_log_likelihood(
+                    log_w, scores[held].to(device=p.device, dtype=p.dtype), evidence[held]
                 )
             total += float(ll.sum())
             frames += float(evidence[held].sum())
         out[float(kappa)] = total / max(frames, 1.0)
     model.gate.load_state_dict(start)
     return out
-
-
-def _check_steps(**kw):
-    for name, v in kw.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
 
 
 def fit_cross_fitted(
@@ -362,8 +256,8 @@ def fit_cross_fitted(
         Group of every sequence (e.g. ``"speaker"``, a per-sequence label); at least 2 groups.
         Each group is held out once.
     expert_steps : int
-        Epochs of :meth:`~mmpgm.models.mixture.GatedMixture.pretrain_experts` per fold (and for
-        the final experts).
+        Epochs of :func:`~mmpgm.inference.mixture.pretrain_experts` per fold (and for the final
+        experts).
     gate_steps : int
         Adam epochs of the gate stage (over all groups).
     gate_shrinkage : float or sequence of float
@@ -402,25 +296,19 @@ def fit_cross_fitted(
             "gate_shrinkage: expected a non-negative float or a non-empty list of them, "
             f"got {gate_shrinkage!r}"
         )
+    _check_gate_options(0.0, shrink_toward)
     t0 = time.perf_counter()
-    data = model.check_data(data)
-    g = resolve_groups(data, groups)
+    data = model.check_data(data)  # the one validation of the data; every stage below trusts it
+    g = resolve_groups(data, groups).to(data.device)
     start = copy.deepcopy(model.experts.state_dict())
+    model.init_from_data(data)
     if out_of_fold is None:
-        scores, evidence, g = out_of_fold_scores(
-            model,
-            data,
-            g,
-            expert_steps=expert_steps,
-            lr=lr,
-            batch_size=batch_size,
-            seed=seed,
-            progress=progress,
+        scores, evidence, g = _out_of_fold_scores(
+            model, data, g, expert_steps, lr, batch_size, seed, progress
         )
     else:
         scores, evidence = out_of_fold
-        model.init_from_data(data)
-        g = g.to(data.device)
+        _check_scores(model, data, scores, evidence)
     fit_kw = dict(
         num_steps=gate_steps,
         lr=lr,
@@ -431,13 +319,13 @@ def fit_cross_fitted(
     cv = None
     kappa = float(grid[0])
     if len(grid) > 1:
-        cv = grouped_gate_cv(model, data, scores, evidence, g, grid, **fit_kw)
+        cv = _grouped_gate_cv(model, data, scores, evidence, g, grid, **fit_kw)
         kappa = max(cv, key=cv.get)
-    gate_losses = fit_gate_to_scores(model, data, scores, evidence, gate_shrinkage=kappa, **fit_kw)
+    gate_losses = _train_gate(model, data, scores, evidence, gate_shrinkage=kappa, **fit_kw)
     fold_ll, fold_expert = {}, {}
     with torch.no_grad():
-        _, log_w = _gate_log_weights(model, data)
-        ll = _mixture_ll(model, log_w, scores, evidence)
+        _, log_w = model.gate_log_weights(data)
+        ll = model.mixture_log_likelihood(log_w, scores, evidence)
         for v in g.unique():
             rows = g == v
             ev = evidence[rows]
@@ -448,8 +336,8 @@ def fit_cross_fitted(
     expert_losses = []
     if refit_experts:
         model.experts.load_state_dict(start)
-        expert_losses = model.pretrain_experts(
-            data, num_steps=expert_steps, lr=lr, seed=seed, batch_size=batch_size
+        expert_losses = _train_experts(
+            model, data, num_steps=expert_steps, lr=lr, seed=seed, batch_size=batch_size
         )
     return CrossFitResult(
         groups=tuple(_key(v) for v in g.unique()),

@@ -23,47 +23,27 @@ import time
 
 import torch
 
-from ..ops import mixture as ops
-
 __all__ = ["em_posteriors", "em_objective", "fit_em_mixture"]
 
 
-def em_posteriors(model, data, fw):
+def em_posteriors(model, data, outputs):
     """E-step: ``(r (N, T, M), extra)`` with ``extra = (gamma_1 (N, M), xi (N, T, M, M))`` for the
-    Markov gate, ``None`` otherwise; all detached. ``fw`` = ``model._forward(data)``."""
-    out, _, avail, log_w = fw
-    y, lab = model._target(data)
-    ev = model._evidence_mask(data, lab, avail)
-    with torch.enable_grad():
-        lc = model._component(out, y).detach().requires_grad_(True)
-        if model.gate_kind == "markov":
-            li = log_w[0].detach().requires_grad_(True)
-            lt = log_w[1].detach().requires_grad_(True)
-            ll = ops.markov_log_likelihood(li, lt, lc, ev).sum()
-            r, g1, xi = torch.autograd.grad(ll, (lc, li, lt))
-            return r, (g1, xi)
-        lw = log_w.detach()
-        ll = ops.mixture_log_likelihood(lw, lc, ev).sum()
-        (r,) = torch.autograd.grad(ll, (lc,))
-        return r, None
+    Markov gate, ``None`` otherwise; all detached. ``outputs`` = ``model.forward_outputs(data)``
+    (:class:`~mmpgm.models.mixture.MixtureOutputs`), ``data`` checked by ``model.check_data``."""
+    scores = model.target_scores(outputs, data)
+    return model.gating.posterior_statistics(
+        outputs.log_weights, scores.log_component, scores.evidence
+    )
 
 
-def _finite(x):
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-
-
-def em_objective(model, data, fw, r, extra, gate_only: bool = False):
-    """Expected complete-data log-likelihood minus the penalty (a scalar to maximize)."""
-    out, _, avail, log_w = fw
-    if model.gate_kind == "markov":
-        g1, xi = extra
-        q = (g1 * _finite(log_w[0])).sum() + (xi * _finite(log_w[1])).sum()
-    else:
-        q = (r * _finite(log_w)).sum()
+def em_objective(model, data, outputs, r, extra, gate_only: bool = False):
+    """Expected complete-data log-likelihood minus the penalty (a scalar to maximize), at the
+    current ``outputs = model.forward_outputs(data)`` with the E-step's ``(r, extra)``."""
+    q = model.gating.expected_log_prior(outputs.log_weights, r, extra)
     if not gate_only:
-        y, _ = model._target(data)
-        q = q + (r * model._component(out, y)).sum()
-        pen = model._penalty_frames(data, fw)
+        scores = model.target_scores(outputs, data)
+        q = q + (r * scores.log_component).sum()
+        pen = model.frame_penalty(outputs, scores)
         if pen is not None:
             q = q - pen.sum()
     return q
@@ -85,10 +65,12 @@ def fit_em_mixture(
     ``gate_only=True`` keeps the experts fixed (staged training: only the gate's parameters are
     updated, on the gate terms of :math:`Q`). Returns ``(losses, seconds)``: the negative
     log-likelihood per labelled frame (minus penalty when training everything) before each
-    iteration, and the wall time.
+    iteration, and the wall time. ``data`` is validated once here (``model.check_data``).
     """
-    if model.gate_kind == "recurrent":
-        raise ValueError("gate: EM is implemented for 'conditional' and 'markov', got 'recurrent'")
+    if not model.gating.supports_em:
+        raise ValueError(
+            f"gate: EM is implemented for 'conditional' and 'markov', got {model.gate_kind!r}"
+        )
     for name, v in (("num_iters", num_iters), ("m_steps", m_steps)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
@@ -108,16 +90,20 @@ def fit_em_mixture(
         )
         for b in batches:
             with torch.no_grad():
-                fw = model._forward(b)
-                r, extra = em_posteriors(model, b, fw)
-                ll = model._log_likelihood(b, fw).sum()
-                pen = None if gate_only else model._penalty_frames(b, fw)
+                outputs = model.forward_outputs(b)
+                scores = model.target_scores(outputs, b)
+                r, extra = model.gating.posterior_statistics(
+                    outputs.log_weights, scores.log_component, scores.evidence
+                )
+                ll = model.log_likelihood_from_outputs(outputs, scores).sum()
+                pen = None if gate_only else model.frame_penalty(outputs, scores)
                 total += float(ll - (0.0 if pen is None else pen.sum()))
                 frames += float(r.sum())
             scale = max(1.0, float(r.sum()))
             for _ in range(m_steps):
                 optim.zero_grad()
-                loss = -em_objective(model, b, model._forward(b), r, extra, gate_only) / scale
+                outputs = model.forward_outputs(b)
+                loss = -em_objective(model, b, outputs, r, extra, gate_only) / scale
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 10.0)
                 optim.step()

@@ -15,16 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validation import check_choice
+
 __all__ = ["Expert", "causal_context", "check_choice"]
 
 
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
-
-
 def causal_context(x: torch.Tensor, context: int) -> torch.Tensor:
-    """Stack ``x (N, T, D)`` with its ``context`` previous frames (zeros before t=0): ``(N, T, D*(context+1))``."""
+    """Stack ``x (N, T, D)`` with its ``context`` previous frames (zeros before t=0):
+    ``(N, T, D*(context+1))``."""
     if context == 0:
         return x
     frames = [x]

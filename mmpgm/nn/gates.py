@@ -26,7 +26,8 @@ __all__ = ["GateEncoder", "ConditionalGate", "MarkovGate"]
 
 
 class GateEncoder(nn.Module):
-    """Features ``(N, T, H)`` from all streams: MLP over ``context`` past frames, optionally a GRU."""
+    """Features ``(N, T, H)`` from all streams: MLP over ``context`` past frames, optionally a
+    GRU."""
 
     def __init__(self, in_dims, hidden_dim: int = 32, context: int = 0, recurrent: bool = False):
         super().__init__()
@@ -37,7 +38,7 @@ class GateEncoder(nn.Module):
 
     def forward(self, xs, masks):
         cols = []
-        for x, mask in zip(xs, masks):
+        for x, mask in zip(xs, masks, strict=True):
             m = mask.to(x.dtype)[..., None]
             cols += [x * m, m]
         h = self.body(causal_context(torch.cat(cols, -1), self.context))
@@ -61,8 +62,9 @@ class ConditionalGate(nn.Module):
 class MarkovGate(nn.Module):
     """``forward(xs, masks) -> (initial_logits (N, M), transition_logits (N, T, M, M))`` (eq. 16).
 
-    ``transition_logits[n, t, i, j]`` are the logits of :math:`p(c_t = j \\mid c_{t-1} = i, x_{\\le t})`;
-    ``stickiness`` is the initial extra logit on staying with the same expert.
+    ``transition_logits[n, t, i, j]`` are the logits of
+    :math:`p(c_t = j \\mid c_{t-1} = i, x_{\\le t})`; ``stickiness`` is the initial extra logit on
+    staying with the same expert.
     """
 
     def __init__(

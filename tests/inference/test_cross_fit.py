@@ -8,14 +8,13 @@ import torch
 from mmpgm.datasets import unreliable_stream_data
 from mmpgm.diagnostics import gate_report
 from mmpgm.inference.cross_fit import (
-    _gate_log_weights,
-    _shrinkage,
     fit_cross_fitted,
     fit_gate_to_scores,
     grouped_gate_cv,
     out_of_fold_scores,
     resolve_groups,
 )
+from mmpgm.inference.mixture import _shrinkage, pretrain_experts
 from mmpgm.models.mixture import GatedMixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,14 +41,14 @@ def test_out_of_fold_scores_come_from_experts_that_never_saw_the_group(float64):
     for k, v in enumerate(g.unique()):
         held = torch.nonzero(g == v).flatten()
         ref = copy.deepcopy(model)
-        ref.pretrain_experts(
-            data[torch.nonzero(g != v).flatten()], num_steps=3, lr=0.05, seed=5 + k
+        pretrain_experts(
+            ref, data[torch.nonzero(g != v).flatten()], num_steps=3, lr=0.05, seed=5 + k
         )
         with torch.no_grad():
             d = ref.check_data(data[held])
-            out, _, _, _ = ref._forward(d)
-            y, _ = ref._target(d)
-            expected = ref._component(out, y)
+            out, _, _, _ = ref.forward_outputs(d)
+            y, _ = ref.targets(d)
+            expected = ref.component_log_prob(out, y)
         torch.testing.assert_close(scores[held], expected, rtol=0, atol=1e-12)
 
 
@@ -108,7 +107,7 @@ def test_gate_stage_trains_only_the_gate_and_shrinkage_flattens_it(gate, float64
 
     def spread():
         with torch.no_grad():
-            _, log_w = _gate_log_weights(model, model.check_data(data))
+            _, log_w = model.gate_log_weights(model.check_data(data))
         lw = log_w[1] if isinstance(log_w, tuple) else log_w
         return float((lw.exp() - 0.5).abs().mean())
 
@@ -131,7 +130,7 @@ def test_gate_stage_trains_only_the_gate_and_shrinkage_flattens_it(gate, float64
         shrink_toward="constant",
     )
     with torch.no_grad():
-        _, log_w = _gate_log_weights(model, model.check_data(data))
+        _, log_w = model.gate_log_weights(model.check_data(data))
     w = (log_w[1] if isinstance(log_w, tuple) else log_w).exp()[..., 0]
     assert float(w.std()) < 0.25 * free
 

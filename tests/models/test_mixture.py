@@ -6,8 +6,8 @@ from pyro.infer import TraceEnum_ELBO
 
 import mmpgm
 from mmpgm.data import MultimodalData
-from mmpgm.results import MixturePosterior
 from mmpgm.models.mixture import GatedMixture
+from mmpgm.results import MixturePosterior
 
 DIMS = {"audio": 4, "image": 3, "flow": 2}
 GATES = ["conditional", "markov", "recurrent"]
@@ -59,9 +59,10 @@ def test_enumerated_loss_equals_closed_form(gate, head, _, co, beta):
     loss = model.default_elbo().loss(model.model, model.guide, data)
     closed = -(model.log_likelihood(data).sum() - model.penalty(data).sum()).detach()
     assert abs(loss - float(closed)) < 1e-6 * max(1.0, abs(float(closed)))
-    assert abs(model.fast_elbo().loss(model.model, model.guide, data) - float(closed)) < 1e-9 * abs(
-        float(closed)
+    collapsed = model.default_elbo("collapsed").loss(
+        model.model, model.guide, data, program="collapsed"
     )
+    assert abs(collapsed - float(closed)) < 1e-9 * abs(float(closed))
     if co == 0:
         assert float(model.penalty(data).abs().sum().detach()) == 0.0
     else:
@@ -233,15 +234,6 @@ def test_fit_and_save_load_roundtrip(tmp_path):
         )
 
 
-def test_fast_elbo_fit_and_pretraining():
-    data = _data(N=4, T=10)
-    model = _model("markov")
-    losses = model.pretrain_experts(data, num_steps=20, lr=0.02)
-    assert losses[-1] < losses[0]
-    res = mmpgm.fit(model, data, num_steps=10, lr=0.02, elbo=model.fast_elbo(), patience=0)
-    assert res.losses[-1] < res.losses[0]
-
-
 def test_float32_follows_model():
     data = _data()
     torch.manual_seed(0)
@@ -292,73 +284,3 @@ def test_bad_inputs():
         model.log_likelihood(per_seq)
     with pytest.raises(ValueError, match="num_samples"):
         model.posterior(data, num_samples=-1)
-
-
-# ---------------------------------------------------------------- Appendix-A EM and staged gate fit
-@pytest.mark.parametrize("gate", ["conditional", "markov"])
-def test_em_posteriors_exact_and_q_gradient_equals_loglik_gradient(gate):
-    from mmpgm.inference.em_mixture import em_objective, em_posteriors
-    from mmpgm.ops import mixture as ops
-
-    data = _data(N=3, T=6)
-    model = _model(gate, co_learning_units=3)
-    data = model.check_data(data)
-    with torch.no_grad():
-        fw = model._forward(data)
-        r, extra = em_posteriors(model, data, fw)
-        y, lab = model._target(data)
-        lc = model._component(fw[0], y)
-        ev = model._evidence_mask(data, lab, fw[2])
-        if gate == "markov":
-            ref = ops.markov_smooth(fw[3][0], fw[3][1], lc, ev)
-        else:
-            ref = ops.mixture_responsibilities(fw[3], lc, ev)
-    # responsibilities = the closed-form smoother on evidence frames, zero elsewhere
-    torch.testing.assert_close(r[ev], ref[ev], rtol=0, atol=1e-10)
-    assert float(r[~ev].abs().max()) == 0.0
-    if gate == "markov":  # pairwise marginals are consistent with the singles
-        g1, xi = extra
-        torch.testing.assert_close(g1, ref[:, 0], rtol=0, atol=1e-10)
-        torch.testing.assert_close(xi[:, 1:].sum(-2), ref[:, 1:], rtol=0, atol=1e-10)
-    # Fisher's identity: grad Q = grad (log p(y|x) - penalty) at the E-step parameters
-    params = list(model.parameters())
-    q = em_objective(model, data, model._forward(data), r, extra)
-    gq = torch.autograd.grad(q, params, allow_unused=True)
-    obj = model.log_likelihood(data).sum() - model.penalty(data).sum()
-    gl = torch.autograd.grad(obj, params, allow_unused=True)
-    for a, b in zip(gq, gl, strict=True):
-        if a is None or b is None:
-            assert a is None and b is None
-        else:
-            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
-
-
-@pytest.mark.parametrize(
-    "gate,method", [("conditional", "em"), ("markov", "em"), ("recurrent", "svi")]
-)
-def test_fit_gate_trains_only_the_gate(gate, method):
-    data = _data(N=4, T=10)
-    model = _model(gate)
-    model.pretrain_experts(data, num_steps=5, lr=0.02)
-    experts = {k: v.clone() for k, v in model.experts.state_dict().items()}
-    before = float(model.log_likelihood(data).sum().detach())
-    losses = model.fit_gate(data, num_steps=8, lr=0.05, method=method, m_steps=3)
-    assert len(losses) == 8 and losses[-1] < losses[0]
-    assert float(model.log_likelihood(data).sum().detach()) > before
-    for k, v in model.experts.state_dict().items():
-        assert torch.equal(v, experts[k])
-
-
-def test_em_full_fit_and_errors():
-    from mmpgm.inference.em_mixture import fit_em_mixture
-
-    data = _data(N=4, T=10)
-    model = _model("conditional", co_learning_units=2)
-    losses, secs = fit_em_mixture(model, data, num_iters=6, m_steps=3, lr=0.05, batch_size=2)
-    assert len(losses) == 6 and losses[-1] < losses[0] and secs > 0
-    with pytest.raises(ValueError, match="gate"):
-        fit_em_mixture(_model("recurrent"), data, num_iters=1)
-    with pytest.raises(ValueError, match="m_steps"):
-        fit_em_mixture(model, data, num_iters=1, m_steps=0)
-    with pytest.raises(ValueError, match="method"):
-        model.fit_gate(data, method="adam")

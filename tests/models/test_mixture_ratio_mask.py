@@ -11,8 +11,9 @@ import torch
 import mmpgm
 from mmpgm.data import MultimodalData
 from mmpgm.features.audio import apply_ratio_mask, ideal_ratio_mask
-from mmpgm.results import MixturePosterior
+from mmpgm.inference.mixture import fit_gate, pretrain_experts
 from mmpgm.models.mixture import GatedMixture
+from mmpgm.results import MixturePosterior
 
 DIMS = {"audio": 3, "video": 2}
 F = 4
@@ -57,7 +58,7 @@ def _brute_component(model, data):
     raw expert outputs (mask logits, log-scale)."""
     data = model.check_data(data)
     with torch.no_grad():
-        out, _, avail, log_w = model._forward(data)
+        out, _, avail, log_w = model.forward_outputs(data)
     y = data.labels["irm"]
     N, T, M = avail.shape
     lc = torch.zeros(N, T, M)
@@ -85,7 +86,7 @@ def test_enumerated_loss_equals_closed_form(gate, T, co, beta):
     closed_t = -(model.log_likelihood(data) - model.penalty(data)).sum()
     closed = float(closed_t.detach())
     assert abs(loss - closed) < 1e-6 * max(1.0, abs(closed))
-    fast = model.fast_elbo().loss(model.model, model.guide, data)
+    fast = model.default_elbo("collapsed").loss(model.model, model.guide, data, program="collapsed")
     assert abs(fast - closed) < 1e-9 * max(1.0, abs(closed))
     loss2 = model.default_elbo().loss(model.model, model.guide, data, num_sequences=6)
     assert abs(loss2 - 2 * closed) < 1e-6 * max(1.0, abs(closed))  # minibatch scaling
@@ -139,7 +140,7 @@ def test_missing_bins_are_summed_out():
     lc, ev, _ = _brute_component(model, data)
     lc2, ev2, _ = _brute_component(model, data2)
     assert torch.equal(ev, ev2) and not bool(ev[-1, 0]) and bool(ev[0, -1])
-    out = model._forward(model.check_data(data))[0]
+    out = model.forward_outputs(model.check_data(data)).expert_outputs
     scale = torch.nn.functional.softplus(out[0, 1, :, F]) + 1e-3
     extra = torch.distributions.Normal(torch.sigmoid(out[0, 1, :, 2]), scale).log_prob(
         torch.tensor(0.3)
@@ -147,7 +148,7 @@ def test_missing_bins_are_summed_out():
     torch.testing.assert_close(lc2[0, 1] - lc[0, 1], extra.detach(), rtol=1e-10, atol=1e-10)
     with torch.no_grad():
         torch.testing.assert_close(
-            model._component(out, model._target(data)[0]), lc, rtol=1e-10, atol=1e-10
+            model.component_log_prob(out, model.targets(data)[0]), lc, rtol=1e-10, atol=1e-10
         )
     # no target at all: no evidence, zero likelihood, and the Pyro program still runs
     bare = MultimodalData(data.obs, mask=data.mask, lengths=data.lengths)
@@ -180,9 +181,9 @@ def test_posterior_shapes_and_predictive(gate):
 def test_save_load_float32_and_staged_fit(tmp_path):
     data = _data(N=4, T=6)
     model = _model("markov")
-    losses = model.pretrain_experts(data, num_steps=10, lr=0.02)
+    losses = pretrain_experts(model, data, num_steps=10, lr=0.02)
     assert losses[-1] < losses[0]
-    losses = model.fit_gate(data, num_steps=4, lr=0.05, method="em", m_steps=2)
+    losses = fit_gate(model, data, num_steps=4, lr=0.05, method="em", m_steps=2)
     assert all(math.isfinite(v) for v in losses)
     path = tmp_path / "m.pt"
     model.save(path)
@@ -227,7 +228,7 @@ def test_gate_learns_which_stream_carries_the_mask(gate):
         {"a": F, "b": F}, gate=gate, head="ratio_mask", mask_dim=F, target="irm",
         hidden_dim=16, gate_hidden_dim=16,
     )
-    mmpgm.fit(model, train, num_steps=100, lr=0.03, seed=0, patience=0, elbo=model.fast_elbo())
+    mmpgm.fit(model, train, num_steps=100, lr=0.03, seed=0, patience=0, program="collapsed")
     post = mmpgm.infer(model, test)
     y = test.labels["irm"]
     mse_mix = float(((post.predictive - y) ** 2).mean())
