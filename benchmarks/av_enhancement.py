@@ -100,6 +100,7 @@ import torch
 import mmpgm
 from mmpgm.data import MultimodalData
 from mmpgm.inference.cross_fit import fit_cross_fitted, out_of_fold_scores
+from mmpgm.inference.mixture import pretrain_experts
 from mmpgm.models.mixture import GatedMixture
 
 BENCH = "av_enhancement"
@@ -285,7 +286,7 @@ def run_condition(train, test, score, args, emit_row):
             base, train, "speaker", expert_steps=args.pretrain_steps, **kw
         )
         final = copy.deepcopy(base)
-        final.pretrain_experts(train, num_steps=args.pretrain_steps, **kw)
+        pretrain_experts(final, train, num_steps=args.pretrain_steps, **kw)
         expert_secs = time.perf_counter() - t0
         post = final.posterior(test)
         kind = "causal GRU" if expert == "recurrent" else f"MLP, context {args.context}"

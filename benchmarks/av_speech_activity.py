@@ -69,6 +69,7 @@ import torch
 import mmpgm
 from mmpgm.data import MultimodalData
 from mmpgm.inference.cross_fit import fit_cross_fitted, out_of_fold_scores
+from mmpgm.inference.mixture import fit_gate, pretrain_experts
 from mmpgm.models.mixture import GatedMixture
 
 BENCH = "av_speech_activity"
@@ -290,7 +291,8 @@ def train_mixture(model, pretrained, train, args):
             model.standardizers[m].load_state_dict(pretrained.standardizers[m].state_dict())
     if args.training == "joint":
         if pretrained is None:
-            model.pretrain_experts(
+            pretrain_experts(
+                model,
                 train,
                 num_steps=args.pretrain_steps,
                 **train_kw(args),
@@ -301,20 +303,22 @@ def train_mixture(model, pretrained, train, args):
             num_steps=args.steps,
             **train_kw(args),
             patience=0,
-            elbo=model.fast_elbo(),
+            program="collapsed",
             progress=False,
         )
         return time.perf_counter() - t0
     experts_data, gate_data = gate_split(train)
     model.init_from_data(train)
     if pretrained is None:
-        model.pretrain_experts(
+        pretrain_experts(
+            model,
             experts_data,
             num_steps=args.pretrain_steps,
             **train_kw(args),
         )
-    method = args.gate_method if model.gate_kind != "recurrent" else "svi"
-    model.fit_gate(
+    method = args.gate_method if model.gating.supports_em else "svi"
+    fit_gate(
+        model,
         gate_data,
         num_steps=args.steps if method == "svi" else max(1, args.steps // args.m_steps),
         **train_kw(args),
@@ -356,7 +360,7 @@ def em_vs_svi(pretrained, train, test, args, emit_row):
                     **train_kw(args),
                     patience=0,
                     progress=False,
-                    elbo=model.default_elbo() if how == "svi_traceenum" else model.fast_elbo(),
+                    program="enumerated" if how == "svi_traceenum" else "collapsed",
                 )
             secs = time.perf_counter() - t0
             with torch.no_grad():
@@ -414,7 +418,7 @@ def crossfit_mixtures(uni, train, test, args, emit_row):
             final = uni  # same seed, data and steps: the unimodal experts of the table
         else:
             final = copy.deepcopy(base)
-            final.pretrain_experts(train, num_steps=args.pretrain_steps, **kw)
+            pretrain_experts(final, train, num_steps=args.pretrain_steps, **kw)
         expert_secs = time.perf_counter() - t0
         tag = ("_gru" if expert == "recurrent" else "") + ("_colearn" if co else "")
         post = final.posterior(test)
@@ -480,7 +484,8 @@ def staged_or_joint_mixtures(uni, train, test, args, emit_row):
     ):  # staged: the MLP experts of the mixtures never see the gate speaker
         pre = build("conditional", False, args)
         pre.init_from_data(train)
-        pre.pretrain_experts(
+        pretrain_experts(
+            pre,
             gate_split(train)[0],
             num_steps=args.pretrain_steps,
             **train_kw(args),
@@ -852,7 +857,8 @@ def main(argv=None):
             # unimodal experts, each trained alone (the shared pre-training of the MLP experts)
             uni = build("conditional", False, args)
             t0 = time.perf_counter()
-            uni.pretrain_experts(
+            pretrain_experts(
+                uni,
                 train,
                 num_steps=args.pretrain_steps,
                 **train_kw(args),
