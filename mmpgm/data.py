@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -72,9 +73,11 @@ class MultimodalData:
     obs : Mapping[str, Tensor | ndarray | list of arrays]
         Modality name -> ``(num_sequences, num_timesteps, obs_dim)`` float array, or a list of
         ragged ``(T_i, obs_dim)`` arrays (padded with NaN). NaN entries mean "missing": a frame
-        with any NaN in modality ``m`` is treated as unobserved in ``m``. Integer arrays are
-        accepted for categorical modalities (``obs_dim = 1``, values in ``0..C-1``; use a
-        negative value for a missing frame).
+        with any NaN in modality ``m`` is treated as unobserved in ``m``. ``+/-inf`` is refused
+        (``ValueError``: use NaN for missing values). Integer arrays (categorical modalities,
+        ``obs_dim = 1``, values in ``0..C-1``; counts) are stored as floats of the default dtype,
+        a negative value meaning a missing frame; half-precision floats are converted to the
+        default dtype.
     lengths : array ``(num_sequences,)``, optional
         True lengths; frames at ``t >= lengths[n]`` are padding and never contribute. Default:
         ``num_timesteps`` (or the ragged lengths).
@@ -89,7 +92,8 @@ class MultimodalData:
         A per-frame ``labels["shared"]`` (``-1`` = unknown) clamps the shared state of the
         multimodal HMM on the frames where it is given (semi-supervised fitting).
     meta : Mapping[str, object], optional
-        Free-form metadata (JSON-serializable) kept through save/load.
+        Free-form metadata (JSON-serializable) kept through save/load with its types (strings,
+        lists of strings, and any other JSON value).
 
     Attributes
     ----------
@@ -135,6 +139,19 @@ class MultimodalData:
                 )
             if t.dtype == torch.bool or t.is_complex():
                 raise TypeError(f"obs[{name!r}]: expected a real numeric array, got {t.dtype}")
+            if not t.is_floating_point():
+                # integer data (categorical modalities, counts): stored as floats, negative = NaN
+                f = t.to(torch.get_default_dtype())
+                t = torch.where(t < 0, torch.full_like(f, math.nan), f)
+            elif t.dtype in (torch.float16, torch.bfloat16):
+                t = t.to(torch.get_default_dtype())  # half precision is too coarse to fit in
+            if bool(torch.isinf(t).any()):
+                where = torch.nonzero(torch.isinf(t).any(-1))[:5].tolist()
+                raise ValueError(
+                    f"obs[{name!r}]: expected finite values or NaN (missing), got "
+                    f"{int(torch.isinf(t).sum())} entries that are +/-inf, first at "
+                    f"(sequence, frame) {where}; replace them with NaN to mark them missing"
+                )
             tensors[name] = t
         first = next(iter(tensors))
         N, T = tensors[first].shape[:2]
@@ -177,10 +194,7 @@ class MultimodalData:
                     f"mask: unknown modality {name!r}; modalities are {sorted(tensors)}"
                 )
         for name, t in tensors.items():
-            if t.is_floating_point():
-                present = ~torch.isnan(t).any(-1)
-            else:
-                present = (t >= 0).all(-1)
+            present = ~torch.isnan(t).any(-1)
             m = inside & present.cpu()
             if name in user_mask:
                 um = _as_tensor(user_mask[name], f"mask[{name!r}]")
@@ -338,16 +352,34 @@ class MultimodalData:
         arrays["lengths"] = self.lengths.cpu().numpy()
         arrays.update({f"labels/{k}": v.cpu().numpy() for k, v in self.labels.items()})
         for k, v in self.meta.items():
-            if isinstance(v, (list, tuple)) and all(isinstance(e, str) for e in v):
+            if isinstance(v, str):
+                arrays[f"meta/{k}"] = np.asarray(v)
+            elif isinstance(v, (list, tuple)) and v and all(isinstance(e, str) for e in v):
                 arrays[f"meta/{k}"] = np.asarray(v, dtype=str)  # per-sequence strings stay an array
-            else:
-                arrays[f"meta/{k}"] = np.asarray(v if isinstance(v, str) else json.dumps(v))
+            else:  # any other JSON value keeps its type through a JSON string
+                try:
+                    arrays[f"meta_json/{k}"] = np.asarray(json.dumps(v))
+                except TypeError as err:
+                    raise TypeError(
+                        f"meta[{k!r}]: expected a JSON-serializable value ({err})"
+                    ) from None
         np.savez_compressed(path, **arrays)
 
     @classmethod
     def load(cls, path) -> "MultimodalData":
         """Read a ``.npz`` written by :meth:`save` or by ``data_prep``."""
-        with np.load(path, allow_pickle=False) as f:
+        try:
+            npz = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(
+                f"{path}: not a MultimodalData .npz file (expected the arrays written by "
+                f"MultimodalData.save or `mmpgm prep`; reading it failed: {err})"
+            ) from None
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not a MultimodalData .npz file (a single .npy array)")
+        with npz as f:
             keys = list(f.keys())
             obs = {k[4:]: f[k] for k in keys if k.startswith("obs/")}
             if not obs:
@@ -360,4 +392,6 @@ class MultimodalData:
                 if k.startswith("meta/"):
                     v = f[k]
                     meta[k[5:]] = v.tolist() if v.dtype.kind != "U" or v.ndim else str(v)
+                elif k.startswith("meta_json/"):
+                    meta[k[10:]] = json.loads(str(f[k]))
         return cls(obs, lengths=lengths, mask=mask or None, labels=labels or None, meta=meta)

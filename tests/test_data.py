@@ -159,3 +159,43 @@ def test_per_frame_vector_labels_roundtrip(tmp_path):
     match = r"labels\['irm'\]: expected shape \(7,\), \(7, 5\) or \(7, 5, \.\.\.\)"
     with pytest.raises(ValueError, match=match):
         MultimodalData(make(N=7), labels={"irm": irm[:, :4]})
+
+
+def test_inf_is_refused_by_name():
+    x = np.zeros((2, 4, 3))
+    x[1, 2, 0] = np.inf
+    with pytest.raises(
+        ValueError, match=r"obs\['a'\]: expected finite values or NaN .* \[\[1, 2\]\]"
+    ):
+        MultimodalData({"a": x})
+
+
+def test_integer_and_half_arrays_become_floats():
+    ints = np.array([[[0], [2], [-1]]])
+    d = MultimodalData({"c": ints, "h": torch.ones(1, 3, 2, dtype=torch.float16)})
+    assert d.obs["c"].dtype == torch.get_default_dtype()
+    assert d.obs["h"].dtype == torch.get_default_dtype()
+    assert d.mask["c"].tolist() == [[True, True, False]]
+
+
+def test_meta_round_trips_with_its_types(tmp_path):
+    meta = {
+        "name": "x",
+        "speakers": ["s1", "s2"],
+        "rate": 25,
+        "cfg": {"snr": [0.0, 5.5]},
+        "flag": True,
+        "empty": [],
+    }
+    d = MultimodalData({"a": np.zeros((2, 3, 1))}, meta=meta)
+    d.save(tmp_path / "d.npz")
+    assert MultimodalData.load(tmp_path / "d.npz").meta == meta
+
+
+def test_load_refuses_a_file_that_is_not_npz(tmp_path):
+    (tmp_path / "x.csv").write_text("sequence,time,a\n0,0,1.0\n")
+    with pytest.raises(ValueError, match="not a MultimodalData .npz file"):
+        MultimodalData.load(tmp_path / "x.csv")
+    np.save(tmp_path / "y.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="not a MultimodalData .npz file"):
+        MultimodalData.load(tmp_path / "y.npy")
