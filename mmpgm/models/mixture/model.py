@@ -11,7 +11,7 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from torch import nn
 
-from ..._validation import check_choice, check_int
+from ..._validation import check_choice, check_float, check_int
 from ...data import MultimodalData
 from ...nn.experts import Expert
 from ...nn.standardize import Standardizer
@@ -20,25 +20,11 @@ from .._base import MultimodalModel
 from .._checks import check_obs_dims
 from .._savable import register
 from .gating import make_gating
-from .heads import make_head
+from .heads import HEADS, make_head
 from .outputs import LogWeights, MixtureOutputs, TargetScores
+from .penalty import co_learning_penalty, co_learning_weights, expert_fit_penalty
 
 __all__ = ["GatedMixture"]
-
-
-def _co_learning_lambda(value, names) -> dict:
-    if isinstance(value, Mapping):
-        if set(value) != set(names):
-            raise ValueError(
-                f"co_learning_weight: expected a weight for each of {list(names)}, "
-                f"got keys {sorted(value)}"
-            )
-        lam = {m: float(value[m]) for m in names}
-    else:
-        lam = {m: float(value) for m in names}
-    if any(not v >= 0 for v in lam.values()):
-        raise ValueError(f"co_learning_weight: expected non-negative weights, got {lam}")
-    return lam
 
 
 @register
@@ -121,33 +107,24 @@ class GatedMixture(MultimodalModel):
         super().__init__()
         names = check_obs_dims(obs_dims)
         self.gating = make_gating(gate)
-        check_choice("head", head, ("bernoulli", "categorical", "normal", "ratio_mask"))
+        check_choice("head", head, tuple(HEADS))
         check_choice("expert", expert, ("mlp", "recurrent"))
         if not isinstance(target, str):
             raise TypeError(f"target: expected a label name (str), got {target!r}")
         self.target_head = make_head(head, target, num_classes, mask_dim)
-        for name, v, lo in [
-            ("hidden_dim", hidden_dim, 1),
-            ("num_layers", num_layers, 1),
-            ("context", context, 0),
-            ("gate_hidden_dim", gate_hidden_dim, 1),
-            ("co_learning_units", co_learning_units, 0),
-        ]:
-            check_int(name, v, minimum=lo)
+        sizes = dict(hidden_dim=hidden_dim, num_layers=num_layers, gate_hidden_dim=gate_hidden_dim)
+        for name, v in sizes.items():
+            check_int(name, v)
+        check_int("context", context, minimum=0)
+        check_int("co_learning_units", co_learning_units, minimum=0)
         gate_context = context if gate_context is None else gate_context
         check_int("gate_context", gate_context, minimum=0)
         if co_learning_units > hidden_dim:
             raise ValueError(
                 f"co_learning_units: expected <= hidden_dim={hidden_dim}, got {co_learning_units}"
             )
-        lam = _co_learning_lambda(co_learning_weight, names)
-        if (
-            not isinstance(expert_weight, (int, float))
-            or isinstance(expert_weight, bool)
-            or not expert_weight >= 0
-        ):
-            raise ValueError(f"expert_weight: expected a non-negative float, got {expert_weight!r}")
-        self.expert_weight = float(expert_weight)
+        lam = co_learning_weights(co_learning_weight, names)
+        self.expert_weight = check_float("expert_weight", expert_weight, minimum=0.0)
         self.modalities = names
         self.obs_dims = {m: obs_dims[m] for m in names}
         self.gate_kind = gate
@@ -158,12 +135,9 @@ class GatedMixture(MultimodalModel):
         self.co_learning_units = co_learning_units
         out_dim = self.target_head.out_dim
         self.standardizers = nn.ModuleDict({m: Standardizer(obs_dims[m]) for m in names})
-        self.experts = nn.ModuleDict(
-            {
-                m: Expert(obs_dims[m], out_dim, hidden_dim, num_layers, expert, context)
-                for m in names
-            }
-        )
+        self.experts = nn.ModuleDict({
+            m: Expert(obs_dims[m], out_dim, hidden_dim, num_layers, expert, context) for m in names
+        })  # fmt: skip
         dims = [obs_dims[m] for m in names]
         self.gate = self.gating.network(
             dims, gate_hidden_dim, gate_context, gate_recurrent, stickiness
@@ -215,7 +189,19 @@ class GatedMixture(MultimodalModel):
         return torch.stack([o for o, _ in pairs], 2), tuple(h for _, h in pairs)
 
     def forward_outputs(self, data: MultimodalData) -> MixtureOutputs:
-        """Run the experts and the gate on checked ``data``: :class:`MixtureOutputs`."""
+        """Run the experts and the gate.
+
+        Parameters
+        ----------
+        data : MultimodalData
+            As returned by :meth:`check_data` (``N`` sequences, ``T`` frames; not validated).
+
+        Returns
+        -------
+        MixtureOutputs
+            ``expert_outputs (N, T, M, P)``, ``hidden`` (``M`` x ``(N, T, H)``), ``available
+            (N, T, M)`` and the masked log gate weights.
+        """
         xs, masks = self._inputs(data)
         out, hidden = self._run_experts(xs, masks)
         avail = torch.stack(masks, -1)
@@ -224,22 +210,47 @@ class GatedMixture(MultimodalModel):
         )
 
     def gate_log_weights(self, data: MultimodalData) -> tuple[torch.Tensor, LogWeights]:
-        """Run only the gate: ``(available (N, T, M) bool, log_weights)`` (shapes as in
-        :class:`MixtureOutputs`)."""
+        """Run only the gate (no expert) on checked ``data``.
+
+        Returns
+        -------
+        available : Tensor ``(N, T, M)`` bool
+        log_weights : Tensor ``(N, T, M)`` or MarkovLogWeights
+            As :attr:`MixtureOutputs.log_weights`.
+        """
         xs, masks = self._inputs(data)
         avail = torch.stack(masks, -1)
         return avail, self.gating.log_weights(self.gate(xs, masks), avail)
 
     def targets(self, data: MultimodalData) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(y, labelled (N, T) bool)``: the label ``data.labels[target]`` in the model's dtype
-        (long for ``head="categorical"``), a valid dummy value at unlabelled frames (ratio mask:
-        ``(N, T, F)`` with NaN at missing bins); zeros and no labelled frame without the label."""
+        """The target of checked ``data``.
+
+        Returns
+        -------
+        y : Tensor ``(N, T)`` or ``(N, T, F)``
+            ``data.labels[target]`` in the model's dtype (long for ``head="categorical"``), a
+            valid dummy value at unlabelled frames (ratio mask: NaN at missing bins); zeros
+            when ``data`` has no such label.
+        labelled : Tensor ``(N, T)`` bool
+        """
         p = self._param()
         return self.target_head.target(data, p.dtype, p.device)
 
     def component_log_prob(self, expert_outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        r""":math:`\log p(y_t \mid c_t = m)` ``(N, T, M)`` from ``expert_outputs (N, T, M, P)``
-        and ``y`` of :meth:`targets` (ratio mask: NaN bins summed out)."""
+        r"""Log-likelihood of the target under every expert.
+
+        Parameters
+        ----------
+        expert_outputs : Tensor ``(N, T, M, P)``
+            :attr:`MixtureOutputs.expert_outputs`.
+        y : Tensor ``(N, T)`` or ``(N, T, F)``
+            From :meth:`targets`.
+
+        Returns
+        -------
+        Tensor ``(N, T, M)``
+            :math:`\log p(y_t \mid c_t = m)` (ratio mask: NaN bins summed out).
+        """
         return self.target_head.log_prob(expert_outputs, y)
 
     @staticmethod
@@ -248,15 +259,30 @@ class GatedMixture(MultimodalModel):
         return labelled & available.any(-1)
 
     def target_scores(self, outputs: MixtureOutputs, data: MultimodalData) -> TargetScores:
-        """:meth:`targets`, :meth:`component_log_prob` and :meth:`evidence_mask` at once."""
+        """:meth:`targets`, :meth:`component_log_prob` and :meth:`evidence_mask` of checked
+        ``data`` at once: :class:`TargetScores` (``target``, ``labelled (N, T)``,
+        ``log_component (N, T, M)``, ``evidence (N, T)``)."""
         y, lab = self.targets(data)
         lc = self.component_log_prob(outputs.expert_outputs, y)
         return TargetScores(y, lab, lc, self.evidence_mask(lab, outputs.available))
 
     def mixture_log_likelihood(self, log_weights, log_component, evidence) -> torch.Tensor:
-        r"""Exact :math:`\log p(y \mid x)` per sequence ``(N,)`` with the indicators summed out,
-        from log gate weights (as in :class:`MixtureOutputs`), ``log_component (N, T, M)`` and
-        ``evidence (N, T)`` (e.g. out-of-fold scores of :meth:`expert_scores`)."""
+        r"""Exact :math:`\log p(y \mid x)` with the indicators summed out (the gate's sum or
+        the forward algorithm over its chain).
+
+        Parameters
+        ----------
+        log_weights : Tensor ``(N, T, M)`` or MarkovLogWeights
+            As :attr:`MixtureOutputs.log_weights` (or from :meth:`gate_log_weights`).
+        log_component : Tensor ``(N, T, M)``
+            :math:`\ell_{tm}`, e.g. :attr:`TargetScores.log_component` or out-of-fold scores.
+        evidence : Tensor ``(N, T)`` bool
+            Frames that carry evidence (the others contribute a factor 1).
+
+        Returns
+        -------
+        Tensor ``(N,)``
+        """
         return self.gating.log_likelihood(log_weights, log_component, evidence)
 
     def log_likelihood_from_outputs(self, outputs: MixtureOutputs, scores: TargetScores):
@@ -268,22 +294,33 @@ class GatedMixture(MultimodalModel):
     def frame_penalty(
         self, outputs: MixtureOutputs, scores: TargetScores, *, expert_fit: bool = True
     ) -> torch.Tensor | None:
-        r"""Per-frame penalty ``(N, T)``: co-learning :math:`\mathcal L_{co}` (eq. 20) plus, with
-        ``expert_fit``, :math:`-\beta \sum_m \log p(y_t \mid f_m)` over the labelled frames where
-        stream ``m`` is observed; None when the included terms are off. ``expert_fit=False`` is
-        the co-learning term alone (expert pre-training fits the experts on their own)."""
+        r"""The penalties of every frame.
+
+        Parameters
+        ----------
+        outputs : MixtureOutputs
+        scores : TargetScores
+            Of the same data.
+        expert_fit : bool
+            Include the expert-fit term :math:`-\beta \sum_m \log p(y_t \mid f_m)` over the
+            labelled frames where stream ``m`` is observed; ``False`` leaves the co-learning
+            term alone (expert pre-training, which fits the experts on their own).
+
+        Returns
+        -------
+        Tensor ``(N, T)`` or None
+            Co-learning :math:`\mathcal L_{co}` (eq. 20) plus the included expert-fit term;
+            None when the included terms are off.
+        """
         avail, total = outputs.available, None
-        n = self.co_learning_units
-        if n > 0 and bool((self.co_learning_lambda > 0).any()):
-            z = torch.stack([h[..., :n] for h in outputs.hidden], 2)  # (N, T, M, n)
-            a = avail.to(z.dtype)[..., None]
-            zeta = (z * a).sum(2, keepdim=True) / a.sum(2, keepdim=True).clamp_min(1.0)
-            dist2 = ((z - zeta) ** 2).sum(-1)  # (N, T, M)
-            total = (self.co_learning_lambda.to(z.dtype) * dist2 * avail.to(z.dtype)).sum(-1)
+        if self.co_learning_units > 0 and bool((self.co_learning_lambda > 0).any()):
+            total = co_learning_penalty(
+                outputs.hidden, avail, self.co_learning_lambda, self.co_learning_units
+            )
         if expert_fit and self.expert_weight > 0:
-            lc = scores.log_component
-            w = avail & scores.labelled[..., None]
-            fit = -self.expert_weight * torch.where(w, lc, torch.zeros_like(lc)).sum(-1)
+            fit = expert_fit_penalty(
+                scores.log_component, scores.labelled, avail, self.expert_weight
+            )
             total = fit if total is None else total + fit
         return total
 
@@ -333,20 +370,15 @@ class GatedMixture(MultimodalModel):
         program: str | None = None,
         num_sequences: int | None = None,
     ):
-        """The generative program of the target given the inputs.
+        """The generative program of the target given the inputs (data validated unless
+        :meth:`check_data` returned them; ``num_sequences``: full data size for minibatches).
 
-        ``program="enumerated"`` (default): the expert indicators are sample sites ``expert``
-        (conditional / recurrent gate: one vectorized site in the ``sequences`` (dim -2) and
-        ``time`` (dim -1) plates) or ``expert_{t}`` (Markov gate: per-step sites inside
-        ``pyro.markov`` in the ``sequences`` plate, dim -1), enumerated in parallel by
-        :meth:`default_elbo`; targets ``y`` / ``y_{t}`` are observed under ``poutine.mask``
-        (unlabelled, padded or unobserved frames). For ``head="ratio_mask"`` the ``F`` bins of
-        ``y`` are one event (``Normal(..).to_event(1)``), its missing (NaN) bins filled with a
-        dummy value and masked out. The penalties (co-learning, expert fit) enter as
-        ``pyro.factor("penalty", -penalty)``. ``program="collapsed"``: the indicators are
-        summed out in closed form (one ``pyro.factor`` per sequence; same value).
-        ``num_sequences``: full data size for minibatches. ``data`` is validated unless
-        :meth:`check_data` returned it.
+        ``program="enumerated"`` (default): the expert indicators are sample sites enumerated in
+        parallel by :meth:`default_elbo` (see :meth:`ConditionalGating.sample_program
+        <mmpgm.models.mixture.gating.ConditionalGating.sample_program>` and
+        ``MarkovGating.sample_program``), the targets observed under ``poutine.mask`` and the
+        penalties entered as ``pyro.factor("penalty", -penalty)``. ``"collapsed"``: the
+        indicators summed out in closed form, one ``pyro.factor`` per sequence (same value).
         """
         program = self.check_program(program)
         data = self._checked(data)
