@@ -293,6 +293,8 @@ def _apply_chains(x: torch.Tensor, mats: Sequence, sizes: Sequence[int]) -> torc
     ``(B * P / K_c, K_c) @ M_c^T``; then that axis is rotated to the front, which makes the
     previous chain the last axis. After ``C`` steps the axes are back in order.
     """
+    if len(sizes) == 1 and mats[0] is not None:  # one dense matrix: skip the axis bookkeeping
+        return x @ mats[0].transpose(0, 1)
     B = x.shape[0]
     for k, m in zip(reversed(sizes), reversed(list(mats)), strict=True):
         if m is not None:
@@ -316,10 +318,11 @@ class _Transition:
         self.groups = groups
         self.group_sizes = [math.prod(self.sizes[c] for c in g) for g in groups]
         self.group_trans = [_kron([self.trans[c] for c in g]) for g in groups]
+        self._group_trans_t = [a.transpose(0, 1) for a in self.group_trans]
 
     def predict(self, alpha):
         """One-step prediction :math:`\\sum_z alpha(z) T(z, z')`, ``(B, P)``."""
-        return _apply_chains(alpha, [a.transpose(0, 1) for a in self.group_trans], self.group_sizes)
+        return _apply_chains(alpha, self._group_trans_t, self.group_sizes)
 
     def pull_back(self, v):
         """:math:`\\sum_{z'} T(z, z') v(z')`, ``(B, P)``."""
@@ -344,13 +347,12 @@ class _Model(_Transition):
         self.batch_shape = log_emissions.shape[: -C - 1]
         self.T = log_emissions.shape[-C - 1]
         self.P = math.prod(self.sizes)
-        logE = log_emissions.reshape(-1, self.T, self.P)
+        logE = log_emissions.detach().reshape(-1, self.T, self.P)
         self.B = logE.shape[0]
         # Per-frame maximum keeps exp() in (0, 1]; it is added back to the log-likelihood.
-        shift = logE.detach().amax(-1, keepdim=True)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        shift = logE.amax(-1, keepdim=True).nan_to_num(0.0, posinf=0.0, neginf=0.0)
         self.shift = shift.squeeze(-1)  # (B, T)
-        self.E = torch.exp(logE.detach() - shift)  # (B, T, P)
+        self.E = torch.exp(logE - shift)  # (B, T, P)
         self.init = [p.detach() for p in initial_probs]
 
     @functools.cached_property
