@@ -34,7 +34,8 @@ def random_model(obs_dims, K_s, K_m, emission="diag", seed=0):
 
 
 def enum_loss(model, data):
-    return TraceEnum_ELBO(max_plate_nesting=1).loss(model.model, model.guide, data, program="enumerated")
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    return elbo.loss(model.model, model.guide, data, program="enumerated")
 
 
 def collapsed_loss(model, data):
