@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import pathlib
+import sys
 import time
 
 import pytest
 import torch
 
-import mmpgm.ops.kalman as kalman_mod
 from mmpgm.ops.kalman import (
     FilterResult,
     LinearGaussianParams,
+    NumericalError,
     SmootherResult,
     ffbs_sample,
     kalman_filter,
@@ -19,8 +21,23 @@ from mmpgm.ops.kalman import (
     parallel_kalman_filter,
     rts_smoother,
 )
+from mmpgm.ops.kalman.prepare import prepare
+from mmpgm.ops.kalman.sequential import shares_covariance
 
-DT = torch.float64
+# the shared oracle sits next to this file (test modules are imported with importlib)
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _kalman_oracle import (  # noqa: E402
+    DT,
+    dense_reference,
+    leaf_params,
+    make_params,
+    masks_scenario,
+    nan_masked,
+    sample_obs,
+)
+
+sys.path.pop(0)
+
 TOL = dict(rtol=1e-9, atol=1e-9)
 
 
@@ -29,154 +46,13 @@ TOL = dict(rtol=1e-9, atol=1e-9)
 # --------------------------------------------------------------------------
 
 
-def _spd(n, gen, batch=(), scale=1.0, floor=0.3):
-    X = torch.randn(*batch, n, n, generator=gen, dtype=DT)
-    return scale * (X @ X.mT / n + floor * torch.eye(n, dtype=DT))
-
-
-def make_params(S=3, dims=(2, 1), U=None, N=None, seed=0):
-    """Random stable model; with ``N`` every parameter is per sequence."""
-    g = torch.Generator().manual_seed(seed)
-    b = () if N is None else (N,)
-    A = torch.randn(*b, S, S, generator=g, dtype=DT)
-    A = 0.9 * A / torch.linalg.matrix_norm(A, ord=2).unsqueeze(-1).unsqueeze(-1)
-    return LinearGaussianParams(
-        init_mean=torch.randn(*b, S, generator=g, dtype=DT),
-        init_cov=_spd(S, g, b),
-        transition_matrix=A,
-        transition_cov=_spd(S, g, b, scale=0.5),
-        emission_matrices=tuple(torch.randn(*b, d, S, generator=g, dtype=DT) for d in dims),
-        emission_offsets=tuple(torch.randn(*b, d, generator=g, dtype=DT) for d in dims),
-        emission_covs=tuple(_spd(d, g, b, scale=0.4) for d in dims),
-        control_matrix=None if U is None else torch.randn(*b, S, U, generator=g, dtype=DT),
-    )
-
-
-def sample_obs(params, N, T, seed=1, controls=None):
-    g = torch.Generator().manual_seed(seed)
-    S = params.init_mean.shape[-1]
-
-    def per(x, n, core):
-        return x if x.dim() > core else x.expand(N, *x.shape)
-
-    A = per(params.transition_matrix, N, 2)
-    Lq = torch.linalg.cholesky(per(params.transition_cov, N, 2))
-    z = per(params.init_mean, N, 1) + (
-        torch.linalg.cholesky(per(params.init_cov, N, 2)) @ torch.randn(N, S, 1, generator=g, dtype=DT)
-    ).squeeze(-1)
-    zs = [z]
-    for t in range(1, T):
-        z = (A @ z.unsqueeze(-1)).squeeze(-1) + (Lq @ torch.randn(N, S, 1, generator=g, dtype=DT)).squeeze(-1)
-        if controls is not None:
-            z = z + (per(params.control_matrix, N, 2) @ controls[:, t].unsqueeze(-1)).squeeze(-1)
-        zs.append(z)
-    Z = torch.stack(zs, 1)
-    obs = []
-    for C, d, R in zip(params.emission_matrices, params.emission_offsets, params.emission_covs):
-        C, d, R = per(C, N, 2), per(d, N, 1), per(R, N, 2)
-        Dm = C.shape[-2]
-        noise = (torch.linalg.cholesky(R).unsqueeze(1) @ torch.randn(N, T, Dm, 1, generator=g, dtype=DT)).squeeze(-1)
-        obs.append((C.unsqueeze(1) @ Z.unsqueeze(-1)).squeeze(-1) + d.unsqueeze(1) + noise)
-    return obs
-
-
-def dense_reference(params, obs, masks, controls=None, n=0):
-    """Exact moments for sequence ``n`` by conditioning the dense joint Gaussian.
-
-    Returns (loglik, filtered means/covs, smoothed means/covs, cross covs).
-    """
-
-    def sel(x, core):
-        return x[n] if x.dim() > core else x
-
-    A = sel(params.transition_matrix, 2)
-    Q = sel(params.transition_cov, 2)
-    mu0, P0 = sel(params.init_mean, 1), sel(params.init_cov, 2)
-    Cs = [sel(c, 2) for c in params.emission_matrices]
-    ds = [sel(d, 1) for d in params.emission_offsets]
-    Rs = [sel(r, 2) for r in params.emission_covs]
-    T = obs[0].shape[1]
-    S = mu0.shape[0]
-    dims = [c.shape[0] for c in Cs]
-    D = sum(dims)
-    # state means
-    mus = [mu0]
-    for t in range(1, T):
-        mt = A @ mus[-1]
-        if controls is not None:
-            mt = mt + sel(params.control_matrix, 2) @ controls[n, t]
-        mus.append(mt)
-    mz = torch.cat(mus)
-    # z = G w with G[t, k] = A^{t-k}
-    G = torch.zeros(T * S, T * S, dtype=DT)
-    for t in range(T):
-        for k in range(t + 1):
-            G[t * S:(t + 1) * S, k * S:(k + 1) * S] = torch.linalg.matrix_power(A, t - k)
-    Wcov = torch.block_diag(P0, *([Q] * (T - 1)))
-    Szz = G @ Wcov @ G.mT
-    Cfull = torch.cat(Cs, 0)
-    Rfull = torch.block_diag(*Rs)
-    dfull = torch.cat(ds)
-    Cbig = torch.block_diag(*([Cfull] * T))
-    mx = Cbig @ mz + dfull.repeat(T)
-    Sxx = Cbig @ Szz @ Cbig.mT + torch.block_diag(*([Rfull] * T))
-    Szx = Szz @ Cbig.mT
-    x = torch.cat([o[n] for o in obs], -1).reshape(-1)  # (T*D,)
-    obs_rows = torch.cat([m[n].unsqueeze(-1).expand(T, d) for m, d in zip(masks, dims)], -1).reshape(-1)
-    time_of_row = torch.arange(T).repeat_interleave(D)
-
-    def condition(rows):
-        idx = torch.nonzero(rows).squeeze(-1)
-        if idx.numel() == 0:
-            return mz, Szz
-        Soo = Sxx[idx][:, idx]
-        K = torch.linalg.solve(Soo, Szx[:, idx].mT).mT
-        m = mz + K @ (x[idx] - mx[idx])
-        P = Szz - K @ Szx[:, idx].mT
-        return m, P
-
-    idx = torch.nonzero(obs_rows).squeeze(-1)
-    if idx.numel():
-        ll = torch.distributions.MultivariateNormal(mx[idx], Sxx[idx][:, idx]).log_prob(x[idx])
-    else:
-        ll = torch.zeros((), dtype=DT)
-    fm, fP = [], []
-    for t in range(T):
-        m, P = condition(obs_rows & (time_of_row <= t))
-        fm.append(m[t * S:(t + 1) * S])
-        fP.append(P[t * S:(t + 1) * S, t * S:(t + 1) * S])
-    m, P = condition(obs_rows)
-    sm = m.reshape(T, S)
-    sP = torch.stack([P[t * S:(t + 1) * S, t * S:(t + 1) * S] for t in range(T)])
-    cross = torch.stack([P[(t + 1) * S:(t + 2) * S, t * S:(t + 1) * S] for t in range(T - 1)]) if T > 1 else torch.zeros(0, S, S, dtype=DT)
-    return ll, torch.stack(fm), torch.stack(fP), sm, sP, cross
-
-
-def _masks_scenario(N, T, M, kind, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    masks = [torch.ones(N, T, dtype=torch.bool) for _ in range(M)]
-    if kind == "full":
-        return masks
-    if kind == "stretch":  # modality 0 hidden over a stretch, then all-missing frames
-        masks[0][:, 1:4] = False
-        for m in masks:
-            m[:, min(4, T - 1)] = False
-        masks[-1][-1, 0] = False
-        return masks
-    if kind == "random":
-        return [torch.rand(N, T, generator=g) < 0.6 for _ in range(M)]
-    raise ValueError(kind)
-
-
-def _nan_masked(obs, masks):
-    return [torch.where(m.unsqueeze(-1), o, torch.full_like(o, float("nan"))) for o, m in zip(obs, masks)]
-
-
 def _check_against_dense(params, obs, masks, controls=None, lengths=None, tol=TOL):
     N = obs[0].shape[0]
-    filt = kalman_filter(params, _nan_masked(obs, masks), masks, controls=controls, lengths=lengths)
-    smooth = rts_smoother(params, _nan_masked(obs, masks), masks, controls=controls, lengths=lengths)
-    ll = kalman_log_likelihood(params, _nan_masked(obs, masks), masks, controls=controls, lengths=lengths)
+    filt = kalman_filter(params, nan_masked(obs, masks), masks, controls=controls, lengths=lengths)
+    smooth = rts_smoother(params, nan_masked(obs, masks), masks, controls=controls, lengths=lengths)
+    ll = kalman_log_likelihood(
+        params, nan_masked(obs, masks), masks, controls=controls, lengths=lengths
+    )
     if lengths is not None:
         T = obs[0].shape[1]
         lm = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
@@ -205,7 +81,7 @@ def _check_against_dense(params, obs, masks, controls=None, lengths=None, tol=TO
 def test_matches_dense_joint(N, T, kind):
     params = make_params(S=3, dims=(2, 1))
     obs = sample_obs(params, N, T)
-    masks = _masks_scenario(N, T, 2, kind)
+    masks = masks_scenario(N, T, 2, kind)
     filt, smooth = _check_against_dense(params, obs, masks)
     S = 3
     assert isinstance(filt, FilterResult) and isinstance(smooth, SmootherResult)
@@ -221,7 +97,7 @@ def test_per_sequence_params_controls_and_three_modalities():
     params = make_params(S=2, dims=(1, 3, 2), U=U, N=N, seed=5)
     controls = torch.randn(N, T, U, generator=torch.Generator().manual_seed(9), dtype=DT)
     obs = sample_obs(params, N, T, controls=controls)
-    masks = _masks_scenario(N, T, 3, "random", seed=11)
+    masks = masks_scenario(N, T, 3, "random", seed=11)
     _check_against_dense(params, obs, masks, controls=controls)
 
 
@@ -229,7 +105,7 @@ def test_ragged_lengths():
     N, T = 3, 6
     params = make_params(S=2, dims=(2, 2))
     obs = sample_obs(params, N, T)
-    masks = _masks_scenario(N, T, 2, "stretch")
+    masks = masks_scenario(N, T, 2, "stretch")
     lengths = torch.tensor([6, 3, 1])
     filt, _ = _check_against_dense(params, obs, masks, lengths=lengths)
     # garbage past the end must not matter
@@ -266,16 +142,20 @@ def test_batched_equals_loop():
     N, T = 3, 6
     params = make_params(S=3, dims=(2, 2), N=N, seed=2)
     obs = sample_obs(params, N, T)
-    masks = _masks_scenario(N, T, 2, "random")
+    masks = masks_scenario(N, T, 2, "random")
     sb = rts_smoother(params, obs, masks)
     for n in range(N):
-        pn = LinearGaussianParams(*[
-            tuple(x[n:n + 1] for x in f) if isinstance(f, tuple) else (None if f is None else f[n:n + 1])
-            for f in params
-        ])
-        sn = rts_smoother(pn, [o[n:n + 1] for o in obs], [m[n:n + 1] for m in masks])
-        for a, b in zip(sb, sn):
-            torch.testing.assert_close(a[n:n + 1], b, rtol=1e-12, atol=1e-12)
+        pn = LinearGaussianParams(
+            *[
+                tuple(x[n : n + 1] for x in f)
+                if isinstance(f, tuple)
+                else (None if f is None else f[n : n + 1])
+                for f in params
+            ]
+        )
+        sn = rts_smoother(pn, [o[n : n + 1] for o in obs], [m[n : n + 1] for m in masks])
+        for a, b in zip(sb, sn, strict=True):
+            torch.testing.assert_close(a[n : n + 1], b, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------
@@ -323,10 +203,10 @@ def test_ffbs_moments_match_smoother():
     N, T, S, K = 2, 5, 2, 20000
     params = make_params(S=S, dims=(2, 1), seed=4)
     obs = sample_obs(params, N, T)
-    masks = _masks_scenario(N, T, 2, "stretch")
+    masks = masks_scenario(N, T, 2, "stretch")
     sm = rts_smoother(params, obs, masks)
     gen = torch.Generator().manual_seed(1234)
-    z = ffbs_sample(params, _nan_masked(obs, masks), masks, num_samples=K, generator=gen)
+    z = ffbs_sample(params, nan_masked(obs, masks), masks, num_samples=K, generator=gen)
     assert z.shape == (K, N, T, S)
     # Monte-Carlo standard errors: sd(mean) = sqrt(var / K); sd of a sample
     # covariance entry = sqrt((S_ii S_jj + S_ij^2) / K).  We allow 5 standard
@@ -340,7 +220,9 @@ def test_ffbs_moments_match_smoother():
     assert ((emp_cov - sm.covs).abs() <= 5 * se_cov).all()
     # lag-one cross covariance Cov(z_{t+1}, z_t)
     emp_cross = torch.einsum("knti,kntj->ntij", zc[:, :, 1:], zc[:, :, :-1]) / (K - 1)
-    se_cross = ((var[:, 1:].unsqueeze(-1) * var[:, :-1].unsqueeze(-2) + sm.cross_covs.square()) / K).sqrt()
+    se_cross = (
+        (var[:, 1:].unsqueeze(-1) * var[:, :-1].unsqueeze(-2) + sm.cross_covs.square()) / K
+    ).sqrt()
     assert ((emp_cross - sm.cross_covs).abs() <= 5 * se_cross).all()
     # reproducible with the same seed
     z2 = ffbs_sample(params, obs, masks, num_samples=3, generator=torch.Generator().manual_seed(5))
@@ -363,29 +245,43 @@ def test_ffbs_T1():
 def test_gradient_finite_through_masked_nan():
     N, T = 2, 6
     base = make_params(S=2, dims=(2, 1))
-    leaves = [t.clone().requires_grad_(True) for t in (
-        base.init_mean, base.init_cov, base.transition_matrix, base.transition_cov,
-        *base.emission_matrices, *base.emission_offsets, *base.emission_covs)]
+    leaves = [
+        t.clone().requires_grad_(True)
+        for t in (
+            base.init_mean,
+            base.init_cov,
+            base.transition_matrix,
+            base.transition_cov,
+            *base.emission_matrices,
+            *base.emission_offsets,
+            *base.emission_covs,
+        )
+    ]
     params = LinearGaussianParams(
-        leaves[0], leaves[1], leaves[2], leaves[3],
-        tuple(leaves[4:6]), tuple(leaves[6:8]), tuple(leaves[8:10]),
+        leaves[0],
+        leaves[1],
+        leaves[2],
+        leaves[3],
+        tuple(leaves[4:6]),
+        tuple(leaves[6:8]),
+        tuple(leaves[8:10]),
     )
     obs = sample_obs(base, N, T)
-    masks = _masks_scenario(N, T, 2, "stretch")
-    obs_nan = [o.clone().requires_grad_(True) for o in _nan_masked(obs, masks)]
+    masks = masks_scenario(N, T, 2, "stretch")
+    obs_nan = [o.clone().requires_grad_(True) for o in nan_masked(obs, masks)]
     ll = kalman_log_likelihood(params, obs_nan, masks).sum()
     sm = rts_smoother(params, obs_nan, masks)
     loss = ll + sm.means.sum() + sm.covs.sum() + sm.cross_covs.sum()
     grads = torch.autograd.grad(loss, leaves + obs_nan)
     for g in grads:
         assert torch.isfinite(g).all()
-    for g, m in zip(grads[-2:], masks):
+    for g, m in zip(grads[-2:], masks, strict=True):
         assert (g[~m] == 0).all()
     # gradient of the log-likelihood agrees with autograd through the dense reference
     g_kf = torch.autograd.grad(kalman_log_likelihood(params, obs, masks).sum(), leaves)
     dense = sum(dense_reference(params, obs, masks, n=n)[0] for n in range(N))
     g_ref = torch.autograd.grad(dense, leaves)
-    for a, b in zip(g_kf, g_ref):
+    for a, b in zip(g_kf, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
 
 
@@ -393,7 +289,7 @@ def test_gradcheck_small():
     N, T = 2, 3
     base = make_params(S=2, dims=(1, 1))
     obs = sample_obs(base, N, T)
-    masks = _masks_scenario(N, T, 2, "random")
+    masks = masks_scenario(N, T, 2, "random")
     A0 = base.transition_matrix.clone().requires_grad_(True)
     C0 = base.emission_matrices[0].clone().requires_grad_(True)
 
@@ -419,11 +315,15 @@ def _simulate_numpy(params, T, seed):
     S = A.shape[0]
     noise = rng.standard_normal((T, S)) @ Lq.T
     z = np.empty((T, S))
-    z[0] = params.init_mean.numpy() + np.linalg.cholesky(params.init_cov.numpy()) @ rng.standard_normal(S)
+    z[0] = params.init_mean.numpy() + np.linalg.cholesky(
+        params.init_cov.numpy()
+    ) @ rng.standard_normal(S)
     for t in range(1, T):
         z[t] = A @ z[t - 1] + noise[t]
     obs = []
-    for C, d, R in zip(params.emission_matrices, params.emission_offsets, params.emission_covs):
+    for C, d, R in zip(
+        params.emission_matrices, params.emission_offsets, params.emission_covs, strict=True
+    ):
         v = rng.standard_normal((T, C.shape[0])) @ np.linalg.cholesky(R.numpy()).T
         obs.append(torch.from_numpy(z @ C.numpy().T + d.numpy() + v).unsqueeze(0))
     return obs
@@ -439,7 +339,10 @@ def test_long_float32_sequence_stable():
         init_cov=torch.eye(2, dtype=DT),
         transition_matrix=A,
         transition_cov=0.1 * torch.eye(2, dtype=DT),
-        emission_matrices=(torch.tensor([[1.0, 0.5]], dtype=DT), torch.tensor([[0.0, 1.0]], dtype=DT)),
+        emission_matrices=(
+            torch.tensor([[1.0, 0.5]], dtype=DT),
+            torch.tensor([[0.0, 1.0]], dtype=DT),
+        ),
         emission_offsets=(torch.zeros(1, dtype=DT), torch.zeros(1, dtype=DT)),
         emission_covs=(torch.tensor([[0.05]], dtype=DT), torch.tensor([[0.5]], dtype=DT)),
     )
@@ -447,10 +350,14 @@ def test_long_float32_sequence_stable():
     masks = [torch.ones(1, T, dtype=torch.bool), torch.rand(1, T, generator=g) < 0.5]
     masks[0][0, 5000:5100] = False  # a fully missing stretch
     masks[1][0, 5000:5100] = False
-    params32 = LinearGaussianParams(*[
-        tuple(x.float() for x in f) if isinstance(f, tuple) else (None if f is None else f.float())
-        for f in params64
-    ])
+    params32 = LinearGaussianParams(
+        *[
+            tuple(x.float() for x in f)
+            if isinstance(f, tuple)
+            else (None if f is None else f.float())
+            for f in params64
+        ]
+    )
     obs32 = [o.float() for o in obs]
     t0 = time.perf_counter()
     f32 = kalman_filter(params32, obs32, masks, method="sequential")
@@ -487,15 +394,15 @@ def test_parallel_filter_matches_sequential(kind):
     params = make_params(S=3, dims=(2, 1), U=U, seed=8)
     controls = torch.randn(N, T, U, generator=torch.Generator().manual_seed(1), dtype=DT)
     obs = sample_obs(params, N, T, controls=controls)
-    masks = _masks_scenario(N, T, 2, kind)
+    masks = masks_scenario(N, T, 2, kind)
     a = kalman_filter(params, obs, masks, controls=controls)
-    b = parallel_kalman_filter(params, _nan_masked(obs, masks), masks, controls=controls)
-    for x, y in zip(a, b):
+    b = parallel_kalman_filter(params, nan_masked(obs, masks), masks, controls=controls)
+    for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
     for T1 in (1, 2):
         a = kalman_filter(params, [o[:, :T1] for o in obs], [m[:, :T1] for m in masks])
         b = parallel_kalman_filter(params, [o[:, :T1] for o in obs], [m[:, :T1] for m in masks])
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
 
 
@@ -519,24 +426,78 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="transition_matrix"):
         kalman_filter(params._replace(transition_matrix=torch.eye(3, dtype=DT)), obs, masks)
     with pytest.raises(ValueError, match=r"emission_matrices\[0\]"):
-        kalman_filter(params._replace(emission_matrices=(torch.ones(2, 3, dtype=DT), params.emission_matrices[1])), obs, masks)
+        kalman_filter(
+            params._replace(
+                emission_matrices=(torch.ones(2, 3, dtype=DT), params.emission_matrices[1])
+            ),
+            obs,
+            masks,
+        )
     with pytest.raises(ValueError, match="init_cov"):
         kalman_filter(params._replace(init_cov=torch.eye(2, dtype=DT).expand(5, 2, 2)), obs, masks)
     with pytest.raises(ValueError, match="control_matrix"):
         kalman_filter(params, obs, masks, controls=torch.zeros(2, 4, 1, dtype=DT))
     with pytest.raises(ValueError, match="controls"):
-        kalman_filter(params._replace(control_matrix=torch.ones(2, 1, dtype=DT)), obs, masks,
-                      controls=torch.zeros(2, 3, 1, dtype=DT))
+        kalman_filter(
+            params._replace(control_matrix=torch.ones(2, 1, dtype=DT)),
+            obs,
+            masks,
+            controls=torch.zeros(2, 3, 1, dtype=DT),
+        )
     with pytest.raises(ValueError, match="lengths"):
         kalman_filter(params, obs, masks, lengths=torch.tensor([5, 1]))
-    with pytest.raises(ValueError, match="positive definite"):
-        kalman_filter(params._replace(emission_covs=(-torch.eye(2, dtype=DT), params.emission_covs[1])), obs, masks)
+    bad_R = params._replace(emission_covs=(-torch.eye(2, dtype=DT), params.emission_covs[1]))
+    for method in ("sequential", "parallel"):
+        for share in ("auto", "none") if method == "sequential" else ("auto",):
+            with pytest.raises(NumericalError, match="positive definite.*float64"):
+                kalman_filter(bad_R, obs, masks, method=method, share=share)
+    assert issubclass(NumericalError, ValueError)
     with pytest.raises(ValueError, match="num_samples"):
         ffbs_sample(params, obs, masks, num_samples=0)
     with pytest.raises(ValueError, match="params"):
         kalman_filter(tuple(params), obs, masks)
     with pytest.raises(ValueError, match="method"):
         kalman_log_likelihood(params, obs, masks, method="fast")
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (
+            dict(method="fast"),
+            r"method: expected one of 'auto', 'sequential', 'parallel', got 'fast'",
+        ),
+        (dict(method=None), r"method: expected one of .*, got None"),
+        (
+            dict(share=True),
+            r"share: expected one of 'auto', 'covariance', 'matrices', 'none', got True",
+        ),
+        (dict(share="cov"), r"share: expected one of .*, got 'cov'"),
+        (dict(steady_state="yes"), r"steady_state: expected one of True, False, got 'yes'"),
+        (
+            dict(steady_state_rtol=0.0),
+            r"steady_state_rtol: expected None or a finite float > 0, got 0.0",
+        ),
+        (dict(steady_state_rtol=True), r"steady_state_rtol: .*, got True"),
+        (dict(steady_state_rtol=float("nan")), r"steady_state_rtol: .*, got nan"),
+        (dict(method="parallel", share="covariance"), r"share: expected 'auto' or 'none' with"),
+    ],
+)
+@pytest.mark.parametrize(
+    "fn", ["kalman_filter", "kalman_log_likelihood", "rts_smoother", "ffbs_sample"]
+)
+def test_bad_options_raise(kw, match, fn):
+    """Every implementation keyword is validated in one place, the same for every function."""
+    f = dict(
+        kalman_filter=kalman_filter,
+        kalman_log_likelihood=kalman_log_likelihood,
+        rts_smoother=rts_smoother,
+        ffbs_sample=ffbs_sample,
+    )[fn]
+    params = make_params(S=2, dims=(1,))
+    obs = sample_obs(params, 2, 3)
+    with pytest.raises(ValueError, match=match):
+        f(params, obs, **kw)
 
 
 def test_auto_method_uses_parallel_for_long_cheap_sequences():
@@ -555,34 +516,28 @@ def test_auto_method_uses_parallel_for_long_cheap_sequences():
 # --------------------------------------------------------------------------
 
 
-def _leaf_params(base, m0=None):
-    leaves = [t.clone().requires_grad_(True) for t in (
-        base.init_mean if m0 is None else m0, base.init_cov, base.transition_matrix, base.transition_cov,
-        *base.emission_matrices, *base.emission_offsets, *base.emission_covs, base.control_matrix)]
-    M = len(base.emission_matrices)
-    params = LinearGaussianParams(
-        leaves[0], leaves[1], leaves[2], leaves[3],
-        tuple(leaves[4:4 + M]), tuple(leaves[4 + M:4 + 2 * M]), tuple(leaves[4 + 2 * M:4 + 3 * M]), leaves[-1],
+def _run_all(params, leaves, obs, masks, controls, share):
+    kw = dict(controls=controls, method="sequential", share=share)
+    filt = kalman_filter(params, obs, masks, **kw)
+    sm = rts_smoother(params, obs, masks, **kw)
+    z = ffbs_sample(
+        params, obs, masks, num_samples=2, generator=torch.Generator().manual_seed(0), **kw
     )
-    return params, leaves
-
-
-def _run_all(params, leaves, obs, masks, controls, shared_cov, monkeypatch):
-    monkeypatch.setattr(kalman_mod, "_USE_SHARED_COV_PATH", shared_cov)
-    filt = kalman_filter(params, obs, masks, controls=controls, method="sequential")
-    sm = rts_smoother(params, obs, masks, controls=controls)
-    z = ffbs_sample(params, obs, masks, controls=controls, num_samples=2,
-                    generator=torch.Generator().manual_seed(0))
-    loss = (kalman_log_likelihood(params, obs, masks, controls=controls, method="sequential").sum()
-            + sm.means.sum() + sm.covs.sum() + sm.cross_covs.sum() + z.sum())
+    loss = (
+        kalman_log_likelihood(params, obs, masks, **kw).sum()
+        + sm.means.sum()
+        + sm.covs.sum()
+        + sm.cross_covs.sum()
+        + z.sum()
+    )
     grads = torch.autograd.grad(loss, leaves)
     return list(filt) + list(sm) + [z] + list(grads)
 
 
 @pytest.mark.parametrize("kind", ["full", "aligned"])
-def test_shared_covariance_path_equals_general_path(kind, monkeypatch):
+def test_shared_covariance_path_equals_general_path(kind):
     """Shared parameters + the same mask pattern in every sequence: the batch-free
-    covariance recursion gives the general per-sequence filter's values and gradients."""
+    covariance recursion gives the per-sequence filters' values and gradients."""
     N, T, U = 4, 9, 2
     base = make_params(S=3, dims=(2, 2), U=U, seed=12)
     controls = torch.randn(N, T, U, generator=torch.Generator().manual_seed(2), dtype=DT)
@@ -592,38 +547,54 @@ def test_shared_covariance_path_equals_general_path(kind, monkeypatch):
         masks[0][:, 2:5] = False
         masks[1][:, 4] = False
         masks[1][:, 7] = False
-    m0 = torch.randn(N, 3, generator=torch.Generator().manual_seed(3), dtype=DT)  # per-sequence prior mean
-    params, leaves = _leaf_params(base, m0)
-    assert kalman_mod._shared_covariance(kalman_mod._prepare(params, obs, masks, controls))
-    fast = _run_all(params, leaves, _nan_masked(obs, masks), masks, controls, True, monkeypatch)
-    slow = _run_all(params, leaves, _nan_masked(obs, masks), masks, controls, False, monkeypatch)
-    for a, b in zip(fast, slow):
-        assert a.shape == b.shape
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    _check_against_dense(base._replace(control_matrix=base.control_matrix), obs, masks, controls=controls)
+    gen = torch.Generator().manual_seed(3)
+    m0 = torch.randn(N, 3, generator=gen, dtype=DT)  # per-sequence prior mean
+    params, leaves = leaf_params(base, m0)
+    assert shares_covariance(prepare(params, obs, masks, controls))
+    obs_nan = nan_masked(obs, masks)
+    fast = _run_all(params, leaves, obs_nan, masks, controls, "covariance")
+    for share in ("matrices", "none"):
+        slow = _run_all(params, leaves, obs_nan, masks, controls, share)
+        for a, b in zip(fast, slow, strict=True):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _check_against_dense(
+        base._replace(control_matrix=base.control_matrix), obs, masks, controls=controls
+    )
 
 
 def test_mixed_mask_patterns_fall_back(monkeypatch):
+    import mmpgm.ops.kalman.sequential as seq
+
     N, T = 3, 6
     params = make_params(S=2, dims=(2, 1))
     obs = sample_obs(params, N, T)
-    masks = _masks_scenario(N, T, 2, "random")
-    p = kalman_mod._prepare(params, obs, masks)
-    assert not kalman_mod._shared_covariance(p)
+    masks = masks_scenario(N, T, 2, "random")
+    p = prepare(params, obs, masks)
+    assert not shares_covariance(p)
+    with pytest.raises(ValueError, match="share: 'covariance' needs"):
+        kalman_log_likelihood(params, obs, masks, share="covariance")
     calls = []
-    orig = kalman_mod._forward_shared_cov
-    monkeypatch.setattr(kalman_mod, "_forward_shared_cov", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    orig = seq.forward_shared_covariance
+    monkeypatch.setattr(
+        seq, "forward_shared_covariance", lambda *a, **k: calls.append(1) or orig(*a, **k)
+    )
     _check_against_dense(params, obs, masks)
     assert not calls
     # ragged lengths make the patterns differ as well
     lengths = torch.tensor([6, 4, 6])
     full = [torch.ones(N, T, dtype=torch.bool)] * 2
-    assert not kalman_mod._shared_covariance(kalman_mod._prepare(params, obs, full, lengths=lengths))
+    assert not shares_covariance(prepare(params, obs, full, lengths=lengths))
     _check_against_dense(params, obs, full, lengths=lengths)
     assert not calls
-    # per-sequence parameters never share the recursion
+    # per-sequence parameters never share the recursion (nor the matrix products)
     pn = make_params(S=2, dims=(2, 1), N=N)
-    assert not kalman_mod._shared_covariance(kalman_mod._prepare(pn, obs, full))
+    assert not shares_covariance(prepare(pn, obs, full))
+    with pytest.raises(ValueError, match="share: 'matrices' needs"):
+        kalman_log_likelihood(pn, obs, full, share="matrices")
+    # and the shared-covariance path does run when it applies
+    kalman_log_likelihood(params, obs, full, method="sequential")
+    assert calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -638,23 +609,28 @@ def test_steady_state_matches_full_recursion(dtype, monkeypatch):
     cast = [x.to(dtype) for x in obs]
     out = {}
     for steady in (True, False):
-        monkeypatch.setattr(kalman_mod, "_USE_STEADY_STATE", steady)
-        params, leaves = _leaf_params(base)
-        pc = LinearGaussianParams(*[
-            tuple(x.to(dtype) for x in f) if isinstance(f, tuple) else (None if f is None else f.to(dtype))
-            for f in params
-        ])
-        ll = kalman_log_likelihood(pc, cast, masks, method="sequential")
+        params, leaves = leaf_params(base)
+        pc = LinearGaussianParams(
+            *[
+                tuple(x.to(dtype) for x in f)
+                if isinstance(f, tuple)
+                else (None if f is None else f.to(dtype))
+                for f in params
+            ]
+        )
+        kw = dict(method="sequential", steady_state=steady)
+        ll = kalman_log_likelihood(pc, cast, masks, **kw)
         grads = torch.autograd.grad(ll.sum(), leaves[:-1])
-        filt = kalman_filter(pc, cast, masks, method="sequential")
+        filt = kalman_filter(pc, cast, masks, **kw)
         out[steady] = (ll.detach(), grads, filt)
     (ll1, g1, f1), (ll0, g0, f0) = out[True], out[False]
     # the reuse did happen: far fewer innovation factorisations than frames
     calls = []
     chol = torch.linalg.cholesky_ex
-    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda *a, **k: calls.append(1) or chol(*a, **k))
-    monkeypatch.setattr(kalman_mod, "_USE_STEADY_STATE", True)
-    kalman_log_likelihood(base, obs, masks, method="sequential")
+    monkeypatch.setattr(
+        torch.linalg, "cholesky_ex", lambda *a, **k: calls.append(1) or chol(*a, **k)
+    )
+    kalman_log_likelihood(base, obs, masks, method="sequential", steady_state=True)
     assert len(calls) < T // 2, len(calls)
     assert torch.equal(f1.predicted_covs[:, -1], f1.predicted_covs[:, -2])
     if dtype == torch.float64:
@@ -662,12 +638,12 @@ def test_steady_state_matches_full_recursion(dtype, monkeypatch):
         # log-likelihood error is of that order (measured ~1e-15), the gradients
         # converge like k * rho^(2k) (measured ~1e-11 relative here)
         torch.testing.assert_close(ll1, ll0, rtol=1e-12, atol=0)
-        for a, b in zip(g1, g0):
+        for a, b in zip(g1, g0, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8 * b.abs().max().item())
-        for a, b in zip(f1, f0):
+        for a, b in zip(f1, f0, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     else:
         # float32: tolerance 1e-7 relative; rounding alone is ~1e-6 on a 400-frame sum
         torch.testing.assert_close(ll1, ll0, rtol=1e-5, atol=0)
-        for a, b in zip(f1, f0):
+        for a, b in zip(f1, f0, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

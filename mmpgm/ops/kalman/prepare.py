@@ -1,0 +1,271 @@
+r"""Validation and stacking of the inputs of :mod:`mmpgm.ops.kalman`.
+
+:func:`prepare` turns parameters, per-modality observations, masks, controls and lengths into one
+:class:`Prepared` bundle: the modalities stacked (``C`` ``(b, D, S)``, ``R`` block diagonal
+``(b, D, D)``, ``D = sum_m D_m``), observations minus offsets with masked entries set to zero,
+and a per-row observation mask.  ``b`` is 1 for parameters shared by the batch, ``N`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from ..linalg import symmetrize
+from .types import LinearGaussianParams, MaskType, ObsType
+
+__all__ = ["Prepared", "prepare"]
+
+
+class Prepared(NamedTuple):
+    """Stacked, validated inputs (``b`` is 1 or ``N``; every tensor is of one dtype/device)."""
+
+    N: int
+    T: int
+    S: int
+    m0: Tensor  # (N, S, 1) prior mean (possibly an expanded view)
+    P0: Tensor  # (N, S, S) prior covariance (an expanded view when shared: stride 0)
+    A: Tensor  # (b, S, S)
+    Q: Tensor  # (b, S, S)
+    C: Tensor  # (b, D, S)  all modalities stacked
+    R: Tensor  # (b, D, D)  block diagonal
+    y: Tensor  # (N, T, D, 1)  (x - d), zero where masked
+    rm: Tensor  # (N, T, D, 1)  row mask as 0/1 floats
+    Bu: Optional[Tensor]  # (N, T, S, 1) control input B u_t, or None
+    frame_full: list  # per t: every row of every sequence observed
+    frame_empty: list  # per t: nothing observed in the whole batch
+    num_obs: Tensor  # (N,) number of observed scalar entries
+
+
+def _shape_error(name: str, expected: str, got) -> ValueError:
+    return ValueError(f"{name}: expected shape {expected}, got {tuple(got)}")
+
+
+def _as_batched(x: Tensor, name: str, core: tuple, N: Optional[int]) -> Tensor:
+    """Return ``x`` with a leading batch dim of size 1 or N; validate shape."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    k = len(core)
+    if x.dim() == k:
+        ok = all(c is None or s == c for s, c in zip(x.shape, core, strict=True))
+        if ok:
+            return x.unsqueeze(0)
+    elif x.dim() == k + 1:
+        ok = all(c is None or s == c for s, c in zip(x.shape[1:], core, strict=True))
+        if ok and (N is None or x.shape[0] in (1, N)):
+            return x
+    dims = ", ".join("?" if c is None else str(c) for c in core)
+    exp = f"({dims}{',' if k == 1 else ''}) or ({N}, {dims})"
+    raise _shape_error(name, exp, x.shape)
+
+
+def _modalities(obj, keys, name: str, allow_none: bool = False) -> list:
+    """Turn a tensor / sequence / mapping of per-modality items into a list ordered by
+    ``keys``."""
+    if obj is None:
+        if allow_none:
+            return [None] * len(keys)
+        raise ValueError(f"{name}: expected one entry per modality, got None")
+    if isinstance(obj, Tensor):
+        obj = [obj]
+    if isinstance(obj, Mapping):
+        if set(obj.keys()) != set(keys):
+            raise ValueError(f"{name}: expected keys {list(keys)}, got {list(obj.keys())}")
+        return [obj[k] for k in keys]
+    obj = list(obj)
+    if len(obj) != len(keys):
+        raise ValueError(f"{name}: expected {len(keys)} modalities, got {len(obj)}")
+    return obj
+
+
+def _modality_keys(params: LinearGaussianParams, obs: ObsType) -> list:
+    """Keys of a mapping of emission matrices, else of a mapping of observations, else
+    positions."""
+    emis = params.emission_matrices
+    if isinstance(emis, Tensor):
+        return [0]
+    if isinstance(emis, Mapping):
+        return list(emis.keys())
+    if isinstance(obs, Mapping):
+        return list(obs.keys())
+    return list(range(len(emis)))
+
+
+def _common_dtype(tensors: list) -> torch.dtype:
+    floats = [t for t in tensors if isinstance(t, Tensor) and t.is_floating_point()]
+    if not floats:
+        return torch.get_default_dtype()
+    dtype = floats[0].dtype
+    for tns in floats[1:]:
+        dtype = torch.promote_types(dtype, tns.dtype)
+    return dtype
+
+
+def _row_masks(mask_list, keys, lengths, N: int, T: int, device) -> list:
+    """Per-modality bool masks ``(N, T)``, and-ed with the length mask."""
+    len_mask = None
+    if lengths is not None:
+        lengths = torch.as_tensor(lengths, device=device)
+        if lengths.shape != (N,) or lengths.is_floating_point() or lengths.dtype == torch.bool:
+            raise ValueError(
+                f"lengths: expected integer tensor of shape ({N},), "
+                f"got {tuple(lengths.shape)} {lengths.dtype}"
+            )
+        if bool((lengths < 0).any()) or bool((lengths > T).any()):
+            raise ValueError(
+                f"lengths: expected values in [0, {T}], "
+                f"got min {int(lengths.min())}, max {int(lengths.max())}"
+            )
+        len_mask = torch.arange(T, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    out = []
+    for key, mk in zip(keys, mask_list, strict=True):
+        if mk is None:
+            mk = torch.ones(N, T, dtype=torch.bool, device=device)
+        else:
+            if not isinstance(mk, Tensor) or mk.shape != (N, T):
+                got = mk.shape if isinstance(mk, Tensor) else (type(mk).__name__,)
+                raise _shape_error(f"mask[{key!r}]", f"({N}, {T}) bool", got)
+            if mk.dtype != torch.bool:
+                raise ValueError(f"mask[{key!r}]: expected dtype torch.bool, got {mk.dtype}")
+            mk = mk.to(device)
+        out.append(mk if len_mask is None else mk & len_mask)
+    return out
+
+
+def prepare(
+    params: LinearGaussianParams,
+    obs: ObsType,
+    mask: MaskType = None,
+    controls: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+) -> Prepared:
+    """Validate and stack the inputs of the public functions (see their docstrings).
+
+    Raises
+    ------
+    ValueError
+        Naming the argument, the expected shape or type, and what was received.
+    """
+    if not isinstance(params, LinearGaussianParams):
+        raise ValueError(f"params: expected LinearGaussianParams, got {type(params).__name__}")
+    keys = _modality_keys(params, obs)
+    M = len(keys)
+    if M == 0:
+        raise ValueError("params.emission_matrices: expected at least one modality, got 0")
+    emis = params.emission_matrices
+    C_list = _modalities(emis, keys, "params.emission_matrices")
+    obs_list = _modalities(obs, keys, "obs")
+    d_list = _modalities(params.emission_offsets, keys, "params.emission_offsets", True)
+    R_list = _modalities(params.emission_covs, keys, "params.emission_covs")
+    if mask is None or isinstance(mask, Tensor):
+        mask_list = [mask] * M
+    else:
+        mask_list = _modalities(mask, keys, "mask", allow_none=True)
+
+    # batch / time sizes from observations
+    for key, x in zip(keys, obs_list, strict=True):
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            got = x.shape if isinstance(x, Tensor) else (type(x).__name__,)
+            raise _shape_error(f"obs[{key!r}]", "(N, T, D_m)", got)
+    N, T = obs_list[0].shape[:2]
+    if T < 1:
+        raise _shape_error("obs", "(N, T>=1, D_m)", obs_list[0].shape)
+    for key, x in zip(keys, obs_list, strict=True):
+        if x.shape[:2] != (N, T):
+            raise _shape_error(f"obs[{key!r}]", f"({N}, {T}, D_m)", x.shape)
+
+    # dtype / device
+    names = ["init_mean", "init_cov", "transition_matrix", "transition_cov"]
+    core4 = [getattr(params, n) for n in names]
+    for name, tns in zip(names, core4, strict=True):
+        if not isinstance(tns, Tensor):
+            raise ValueError(
+                f"params.{name}: expected a torch.Tensor, got {type(tns).__name__}"
+            )
+    dtype = _common_dtype(core4 + C_list + R_list + [d for d in d_list if d is not None]
+                          + obs_list)
+    device = obs_list[0].device
+
+    def batched(x, name, core):
+        return _as_batched(x, name, core, N).to(dtype=dtype, device=device)
+
+    S = params.init_mean.shape[-1] if params.init_mean.dim() > 0 else -1
+    if S < 1:
+        raise _shape_error("params.init_mean", "(S,) or (N, S)", params.init_mean.shape)
+    m0 = batched(params.init_mean, "params.init_mean", (S,))
+    P0 = batched(params.init_cov, "params.init_cov", (S, S))
+    A = batched(params.transition_matrix, "params.transition_matrix", (S, S))
+    Q = batched(params.transition_cov, "params.transition_cov", (S, S))
+
+    Cs, Rs, ds, dims = [], [], [], []
+    for key, Cm, Rm, dm, x in zip(keys, C_list, R_list, d_list, obs_list, strict=True):
+        Dm = x.shape[-1]
+        dims.append(Dm)
+        Cs.append(batched(Cm, f"params.emission_matrices[{key!r}]", (Dm, S)))
+        Rs.append(batched(Rm, f"params.emission_covs[{key!r}]", (Dm, Dm)))
+        ds.append(None if dm is None else batched(dm, f"params.emission_offsets[{key!r}]", (Dm,)))
+    D = sum(dims)
+
+    # batch of the stacked C and R (m0, P0, A, Q, d are handled apart)
+    b = max(x.shape[0] for x in Cs + Rs)
+    C = torch.cat([c.expand(b, -1, -1) for c in Cs], dim=1) if M > 1 else Cs[0]
+    if M > 1:
+        R = torch.zeros(b, D, D, dtype=dtype, device=device)
+        o = 0
+        for Rm, Dm in zip(Rs, dims, strict=True):
+            R[:, o : o + Dm, o : o + Dm] = Rm.expand(b, -1, -1)
+            o += Dm
+    else:
+        R = Rs[0]
+    # covariance parameters enter only through their symmetric part, so that
+    # gradients w.r.t. them are symmetric
+    R = symmetrize(R)
+
+    # masks and masked observations
+    rows, ys = [], []
+    zero = torch.zeros((), dtype=dtype, device=device)
+    for mk, x, dm, Dm in zip(_row_masks(mask_list, keys, lengths, N, T, device), obs_list, ds,
+                             dims, strict=True):
+        mk3 = mk.unsqueeze(-1)
+        x = torch.where(mk3, x.to(dtype=dtype, device=device), zero)
+        if dm is not None:
+            x = x - dm.unsqueeze(1)
+        ys.append(x * mk3.to(dtype))
+        rows.append(mk3.expand(N, T, Dm))
+    y = torch.cat(ys, dim=-1).unsqueeze(-1) if M > 1 else ys[0].unsqueeze(-1)
+    rowmask = torch.cat(rows, dim=-1) if M > 1 else rows[0]
+    frame_full = rowmask.all(dim=-1).all(dim=0).tolist()
+    frame_empty = (~rowmask.any(dim=-1).any(dim=0)).tolist()
+
+    Bu = None
+    if controls is not None:
+        if params.control_matrix is None:
+            raise ValueError("controls: given but params.control_matrix is None")
+        if not isinstance(controls, Tensor) or controls.dim() != 3 or controls.shape[:2] != (N, T):
+            got = controls.shape if isinstance(controls, Tensor) else (type(controls).__name__,)
+            raise _shape_error("controls", f"({N}, {T}, U)", got)
+        U = controls.shape[-1]
+        Bm = batched(params.control_matrix, "params.control_matrix", (S, U))
+        Bu = Bm.unsqueeze(1) @ controls.to(dtype=dtype, device=device).unsqueeze(-1)
+        Bu = Bu.expand(N, T, S, 1)
+
+    return Prepared(
+        N=N,
+        T=T,
+        S=S,
+        m0=m0.unsqueeze(-1).expand(N, S, 1),
+        P0=symmetrize(P0).expand(N, S, S),
+        A=A,
+        Q=symmetrize(Q),
+        C=C,
+        R=R,
+        y=y,
+        rm=rowmask.to(dtype).unsqueeze(-1),
+        Bu=Bu,
+        frame_full=frame_full,
+        frame_empty=frame_empty,
+        num_obs=rowmask.sum(dim=(1, 2)).to(dtype),
+    )

@@ -1,0 +1,291 @@
+r"""Backward passes: the Rauch-Tung-Striebel smoother and forward-filter backward-sample draws.
+
+With the filter's moments (:math:`m_t, P_t` filtered, :math:`m^p_t, P^p_t` predicted) and the
+smoother gain :math:`G_t = P_t A^\top (P^p_{t+1})^{-1}`, both passes are affine in the later
+value.  When the filter's covariances are shared by the batch (``share="covariance"``) the
+covariance recursion runs once and both recursions run as one associative scan; otherwise as a
+loop of batched products.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._threads import cpu_single_thread
+from ..linalg import symmetrize
+from ..scan import associative_scan
+from .method import Method, Share, forward, resolve
+from .prepare import prepare
+from .sequential import expand_batch
+from .types import (
+    FilterResult,
+    LinearGaussianParams,
+    MaskType,
+    ObsType,
+    SmootherResult,
+    check_cholesky,
+    numerical_error,
+)
+
+__all__ = ["rts_smoother", "ffbs_sample", "backward_gains", "smooth_from_filter"]
+
+
+def _smooth_combine(ea: tuple, eb: tuple) -> tuple:
+    r"""Compose smoother maps: ``ea`` (applied first) then ``eb``.
+
+    A map is :math:`(G, C, b)`: means :math:`m \mapsto m G^\top + b`, covariances
+    :math:`P \mapsto G P G^\top + C`; then ``b o a`` is
+    :math:`(G_b G_a,\; G_b C_a G_b^\top + C_b,\; b_a G_b^\top + b_b)`.
+    """
+    Ga, Ca, ba = ea
+    Gb, Cb, bb = eb
+    return Gb @ Ga, Gb @ Ca @ Gb.mT + Cb, ba @ Gb.mT + bb
+
+
+def backward_gains(A: Tensor, fP: Tensor, pP: Tensor):
+    r"""Smoother gains and backward conditional covariances, for all frames at once.
+
+    Parameters
+    ----------
+    A : Tensor
+        ``(b, S, S)`` transition matrix.
+    fP, pP : Tensor
+        ``(b, T, S, S)`` filtered and predicted covariances.
+
+    Returns
+    -------
+    tuple of Tensor
+        ``G`` ``(b, T-1, S, S)`` with :math:`G_t = P_t A^\top (P^p_{t+1})^{-1}` and ``Cond``
+        ``(b, T-1, S, S)`` :math:`= \mathrm{Cov}[z_t \mid z_{t+1}, x_{1:t}]
+        = P_t - G_t P^p_{t+1} G_t^\top`.
+    """
+    Pf = fP[:, :-1]
+    Pp = pP[:, 1:]
+    Lp, info = torch.linalg.cholesky_ex(Pp)
+    check_cholesky(info, "predicted covariance A P A^T + Q")
+    AP = A.unsqueeze(1) @ Pf  # (b, T-1, S, S)
+    V = torch.linalg.solve_triangular(Lp, AP, upper=False)  # Lp^{-1} A P_t
+    Gt = torch.linalg.solve_triangular(Lp.mT, V, upper=True)  # Pp^{-1} A P_t = G^T
+    return Gt.mT, symmetrize(Pf - V.mT @ V)
+
+
+def _psd_cholesky(M: Tensor) -> Tensor:
+    """Cholesky of PSD matrices, adding growing jitter where needed."""
+    L, info = torch.linalg.cholesky_ex(M)
+    if not bool(info.ne(0).any()):
+        return L
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+    scale = M.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True).unsqueeze(-1)
+    scale = scale.clamp_min(torch.finfo(M.dtype).tiny)
+    eps = torch.finfo(M.dtype).eps
+    for k in range(1, 8):
+        L2, info2 = torch.linalg.cholesky_ex(M + (eps * 10.0**k) * scale * eye)
+        bad = info.ne(0).unsqueeze(-1).unsqueeze(-1)
+        L = torch.where(bad, L2, L)
+        info = torch.where(info.ne(0), info2, info)
+        if not bool(info.ne(0).any()):
+            return L
+    raise numerical_error("backward conditional covariance (even with jitter)")
+
+
+def smooth_from_filter(A: Tensor, filt: FilterResult) -> SmootherResult:
+    """RTS pass over a filter's moments.  Covariances may have batch size 1 (shared by the
+    ``N`` sequences, ``share="covariance"``): then the covariance recursion runs once and both
+    recursions as one associative scan."""
+    fm, fP, pm, pP = filt.means, filt.covs, filt.predicted_means, filt.predicted_covs
+    ll = filt.log_likelihood
+    N, T, S = fm.shape
+    if T == 1:
+        return SmootherResult(fm, expand_batch(fP, N), fm.new_zeros(N, 0, S, S), ll)
+    G, Cond = backward_gains(A, fP, pP)
+    if fP.shape[0] == 1 and G.shape[0] == 1:
+        # means: m^s_t = (m_t - G_t m^p_{t+1}) + m^s_{t+1} G_t^T, rows are sequences
+        G1 = G[0]
+        base = fm[:, :-1] - (pm[:, 1:].unsqueeze(-2) @ G1.mT).squeeze(-2)
+        base = base.transpose(0, 1)  # (T-1, N, S)
+        # Both backward recursions are affine maps of the later smoothed value,
+        # m -> m G_t^T + base_t and P -> G_t P G_t^T + Cond_t, so all of them follow from an
+        # associative scan over their compositions (depth O(log T), no per-frame Python loop),
+        # applied to the last filtered moments. Reversed so the scan runs from t = T-2 down to 0.
+        elems = (G1.flip(0), Cond[0].flip(0), base.flip(0))
+        Gc, Cc, bc = associative_scan(_smooth_combine, elems, dim=0)
+        ms_last, Ps_last = fm[:, -1], fP[0, -1]
+        ms = (ms_last.unsqueeze(0) @ Gc.mT + bc).flip(0)  # (T-1, N, S) for t = 0..T-2
+        Ps = symmetrize(Gc @ Ps_last @ Gc.mT + Cc).flip(0)  # (T-1, S, S)
+        means = torch.cat([ms.transpose(0, 1), ms_last.unsqueeze(1)], dim=1)
+        covs = torch.cat([Ps, Ps_last.unsqueeze(0)], dim=0)
+        cross = covs[1:] @ G1.mT
+        covs, cross = expand_batch(covs.unsqueeze(0), N), expand_batch(cross.unsqueeze(0), N)
+        return SmootherResult(means, covs, cross, ll)
+    fP, pP = expand_batch(fP, N), expand_batch(pP, N)
+    G, Cond = expand_batch(G, N), expand_batch(Cond, N)
+    ms = fm[:, -1].unsqueeze(-1)
+    Ps = fP[:, -1]
+    means = [ms]
+    covs = [Ps]
+    Gs, Conds = G.unbind(1), Cond.unbind(1)
+    fms, pms = fm.unsqueeze(-1).unbind(1), pm.unsqueeze(-1).unbind(1)
+    with cpu_single_thread(fm.device, N * S * S):
+        for t in range(T - 2, -1, -1):
+            Gt = Gs[t]
+            ms = torch.baddbmm(fms[t], Gt, ms - pms[t + 1])
+            Ps = symmetrize(torch.baddbmm(Conds[t], Gt @ Ps, Gt.mT))
+            means.append(ms)
+            covs.append(Ps)
+    means = torch.stack(means[::-1], dim=1).squeeze(-1)
+    covs = torch.stack(covs[::-1], dim=1)
+    cross = covs[:, 1:] @ G.mT
+    return SmootherResult(means, covs, cross, ll)
+
+
+def rts_smoother(
+    params: LinearGaussianParams,
+    obs: ObsType,
+    mask: MaskType = None,
+    controls: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+    *,
+    method: Method = "auto",
+    share: Share = "auto",
+    steady_state: bool = True,
+    steady_state_rtol: Optional[float] = None,
+) -> SmootherResult:
+    r"""Rauch-Tung-Striebel smoother with per-modality missing data.
+
+    With :math:`G_t = P_t A^\top (P^p_{t+1})^{-1}`:
+
+    .. math::
+
+        m^s_t &= m_t + G_t (m^s_{t+1} - m^p_{t+1}), \\
+        P^s_t &= (P_t - G_t P^p_{t+1} G_t^\top) + G_t P^s_{t+1} G_t^\top, \\
+        \mathrm{Cov}[z_{t+1}, z_t \mid x] &= P^s_{t+1} G_t^\top.
+
+    Parameters
+    ----------
+    params : LinearGaussianParams
+        Model parameters, each shared by the batch (e.g. ``A`` of shape ``(S, S)``) or per
+        sequence (``(N, S, S)``).
+    obs : Tensor or sequence or mapping of Tensor
+        ``obs[m]`` of shape ``(N, T, D_m)``.  Masked entries may hold anything, NaN included.
+    mask : Tensor or sequence or mapping of Tensor, optional
+        ``mask[m]`` bool ``(N, T)``, ``True`` = observed; one ``(N, T)`` tensor applies to
+        every modality; ``None``: everything observed.
+    controls : Tensor, optional
+        ``(N, T, U)`` controls :math:`u_t`; ``controls[:, 0]`` is unused.
+    lengths : Tensor, optional
+        ``(N,)`` integer sequence lengths; frames ``t >= lengths[n]`` are unobserved.
+    method : {"auto", "sequential", "parallel"}
+        The forward filter, as in :func:`~mmpgm.ops.kalman.kalman_filter`.
+    share : {"auto", "covariance", "matrices", "none"}
+        What the sequential filter shares across the batch, as in
+        :func:`~mmpgm.ops.kalman.kalman_filter`.  With ``"covariance"`` the backward pass
+        is shared as well.
+    steady_state : bool
+        Let the shared-covariance recursion stop once converged, as in
+        :func:`~mmpgm.ops.kalman.kalman_filter`.
+    steady_state_rtol : float, optional
+        Its relative tolerance; ``None``: ``STEADY_STATE_RTOL[dtype]``.
+
+    Returns
+    -------
+    SmootherResult
+        ``means`` ``(N, T, S)``, ``covs`` ``(N, T, S, S)``, ``cross_covs`` ``(N, T-1, S, S)``
+        with ``cross_covs[:, t]`` = :math:`\mathrm{Cov}[z_{t+1}, z_t \mid x]`,
+        ``log_likelihood`` ``(N,)``.  With ``share="covariance"`` the covariances are
+        expanded views of one ``(T, S, S)`` stack (``.clone()`` before writing in place).
+
+    Raises
+    ------
+    ValueError
+        On malformed inputs or options (naming the argument).
+    NumericalError
+        If a covariance is not positive definite.
+    """
+    p = prepare(params, obs, mask, controls, lengths)
+    plan = resolve(p, method, share, steady_state, steady_state_rtol)
+    pm, pP, fm, fP, ll = forward(p, plan, store=True)
+    return smooth_from_filter(p.A, FilterResult(fm, fP, pm, pP, ll))
+
+
+def ffbs_sample(
+    params: LinearGaussianParams,
+    obs: ObsType,
+    mask: MaskType = None,
+    controls: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+    *,
+    num_samples: int = 1,
+    generator: Optional[torch.Generator] = None,
+    method: Method = "auto",
+    share: Share = "auto",
+    steady_state: bool = True,
+    steady_state_rtol: Optional[float] = None,
+) -> Tensor:
+    r"""Forward-filter backward-sample draws from :math:`p(z_{1:T} \mid x^{obs})`.
+
+    :math:`z_T \sim \mathcal N(m_T, P_T)`, then for :math:`t = T-1..1`:
+    :math:`z_t \mid z_{t+1} \sim \mathcal N(m_t + G_t (z_{t+1} - m^p_{t+1}),
+    P_t - G_t P^p_{t+1} G_t^\top)`.  Reparameterised (differentiable w.r.t.
+    the parameters for fixed noise).
+
+    Parameters
+    ----------
+    params : LinearGaussianParams
+        Model parameters, each shared by the batch (e.g. ``A`` of shape ``(S, S)``) or per
+        sequence (``(N, S, S)``).
+    obs : Tensor or sequence or mapping of Tensor
+        ``obs[m]`` of shape ``(N, T, D_m)``.  Masked entries may hold anything, NaN included.
+    mask : Tensor or sequence or mapping of Tensor, optional
+        ``mask[m]`` bool ``(N, T)``, ``True`` = observed; one ``(N, T)`` tensor applies to
+        every modality; ``None``: everything observed.
+    controls : Tensor, optional
+        ``(N, T, U)`` controls :math:`u_t`; ``controls[:, 0]`` is unused.
+    lengths : Tensor, optional
+        ``(N,)`` integer sequence lengths; frames ``t >= lengths[n]`` are unobserved.
+    num_samples : int
+        Number of joint draws ``K``.
+    generator : torch.Generator, optional
+        Source of the standard-normal noise (on the inputs' device).
+    method, share, steady_state, steady_state_rtol
+        The forward filter, as in :func:`~mmpgm.ops.kalman.kalman_filter`.
+
+    Returns
+    -------
+    Tensor
+        ``(K, N, T, S)`` samples.
+
+    Raises
+    ------
+    ValueError
+        On malformed inputs or options (naming the argument).
+    NumericalError
+        If a covariance is not positive definite.
+    """
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+    p = prepare(params, obs, mask, controls, lengths)
+    plan = resolve(p, method, share, steady_state, steady_state_rtol)
+    pm, pP, fm, fP, _ = forward(p, plan, store=True)
+    N, T, S = fm.shape
+    eps = torch.randn(
+        (num_samples, N, T, S, 1), generator=generator, dtype=fm.dtype, device=fm.device
+    )
+    LT = _psd_cholesky(fP[:, -1])
+    z = fm[:, -1].unsqueeze(-1) + LT @ eps[:, :, -1]
+    out = [z]
+    if T > 1:
+        G, Cond = backward_gains(p.A, fP, pP)
+        Lc = _psd_cholesky(Cond)
+        # z-independent part of the conditional mean: m_t - G_t m^p_{t+1}
+        base = fm[:, :-1].unsqueeze(-1) - G @ pm[:, 1:].unsqueeze(-1)
+        noise = Lc @ eps[:, :, :-1]  # (K, N, T-1, S, 1)
+        mean_part = base.unsqueeze(0) + noise
+        parts, Gs = mean_part.unbind(2), G.unbind(1)
+        with cpu_single_thread(fm.device, num_samples * N * S):
+            for t in range(T - 2, -1, -1):
+                z = parts[t] + Gs[t] @ z
+                out.append(z)
+    return torch.stack(out[::-1], dim=2).squeeze(-1)
