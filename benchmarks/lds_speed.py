@@ -13,15 +13,15 @@ its own):
 * ``mmpgm``: :func:`mmpgm.ops.kalman.kalman_log_likelihood` with its
   default ``method="auto"`` + backward w.r.t. all parameters.
 * ``mmpgm_sequential``: the same, forcing the sequential filter.
-* ``mmpgm_parallel``: :func:`mmpgm.ops.kalman.parallel_kalman_filter`
-  (associative scan) log-likelihood + backward.
+* ``mmpgm_parallel``: the same with ``method="parallel"`` (the associative
+  scan of :func:`mmpgm.ops.kalman.parallel_kalman_filter`) + backward.
 * ``mmpgm_masked``: default method with ~20% of each modality missing
   (no peer supports this; timing only, not in ``agreement``).
 * ``pykalman``: ``KalmanFilter.loglikelihood`` in a loop over sequences
   (numpy, no gradient); the two modalities are stacked with a
   block-diagonal observation covariance.
 * ``mmpgm_exact``: default method with the steady-state reuse of the
-  Riccati recursion switched off (``_USE_STEADY_STATE = False``).
+  Riccati recursion switched off (``steady_state=False``).
 * ``mmpgm_smooth``: :func:`mmpgm.ops.kalman.rts_smoother` (means,
   covariances, cross-covariances; no gradient).
 * ``pykalman_smooth``: ``KalmanFilter.smooth`` looped over sequences.
@@ -157,137 +157,182 @@ def _flat(leaves):
     return out
 
 
+# keywords of kalman_log_likelihood per mmpgm implementation (``mmpgm_masked`` adds the masks)
+MMPGM_KEYWORDS = {
+    "mmpgm": {},
+    "mmpgm_exact": dict(steady_state=False),
+    "mmpgm_sequential": dict(method="sequential"),
+    "mmpgm_parallel": dict(method="parallel"),
+    "mmpgm_masked": {},
+}
+
+
+def _build_mmpgm(impl, cfg, device, dtype_name, raw, obs, masks):
+    import torch
+
+    from mmpgm.ops.kalman import LinearGaussianParams, kalman_log_likelihood, rts_smoother
+
+    def params_of(lv):
+        A = lv["A"]
+        return LinearGaussianParams(
+            init_mean=A @ lv["m00"],
+            init_cov=A @ lv["P00"] @ A.T + lv["Q"],
+            transition_matrix=A,
+            transition_cov=lv["Q"],
+            emission_matrices=tuple(lv["C"]),
+            emission_offsets=tuple(lv["d"]),
+            emission_covs=tuple(lv["R"]),
+        )
+
+    if impl == "mmpgm_smooth":
+
+        def fn():
+            with torch.no_grad():
+                return rts_smoother(params_of(_leaves(raw)), obs).means.double().cpu()
+
+        return fn
+    kw = MMPGM_KEYWORDS[impl]
+    mask = masks if impl == "mmpgm_masked" else None
+
+    def fn():
+        ll = kalman_log_likelihood(params_of(_leaves(raw)), obs, mask, **kw)
+        ll.sum().backward()
+        return ll.detach().double().cpu()
+
+    return fn
+
+
+def _build_pyro(impl, cfg, device, dtype_name, raw, obs, masks):
+    import pyro.distributions as pdist
+    import torch
+
+    X = torch.cat(obs, -1)
+
+    def fn():
+        lv = _leaves(raw)
+        Rb = torch.block_diag(*lv["R"])
+        hmm = pdist.GaussianHMM(
+            pdist.MultivariateNormal(lv["m00"], lv["P00"]),
+            lv["A"].T,
+            pdist.MultivariateNormal(torch.zeros_like(lv["m00"]), lv["Q"]),
+            torch.cat(lv["C"], 0).T,
+            pdist.MultivariateNormal(torch.cat(lv["d"]), Rb),
+            duration=cfg["T"],
+        )
+        ll = hmm.log_prob(X)
+        ll.sum().backward()
+        return ll.detach().double().cpu()
+
+    return fn
+
+
+def _build_pykalman(impl, cfg, device, dtype_name, raw, obs, masks):
+    import numpy as np
+    import pykalman
+    import torch
+
+    if device != "cpu":
+        raise RuntimeError("pykalman is CPU only")
+
+    def npy(v):
+        return [x.double().numpy() for x in v] if isinstance(v, list) else v.double().numpy()
+
+    r = {k: npy(v) for k, v in raw.items()}
+    A = r["A"]
+    kf = pykalman.KalmanFilter(
+        transition_matrices=A,
+        observation_matrices=np.concatenate(r["C"], 0),
+        transition_covariance=r["Q"],
+        observation_covariance=torch.block_diag(*[torch.from_numpy(x) for x in r["R"]]).numpy(),
+        transition_offsets=np.zeros(A.shape[0]),
+        observation_offsets=np.concatenate(r["d"]),
+        initial_state_mean=A @ r["m00"],
+        initial_state_covariance=A @ r["P00"] @ A.T + r["Q"],
+    )
+    X = torch.cat(obs, -1).double().cpu().numpy()
+    if impl == "pykalman_smooth":
+        return lambda: torch.from_numpy(np.stack([kf.smooth(X[n])[0] for n in range(X.shape[0])]))
+    return lambda: torch.tensor([kf.loglikelihood(X[n]) for n in range(X.shape[0])])
+
+
+def _build_dynamax(impl, cfg, device, dtype_name, raw, obs, masks):
+    import jax
+    import numpy as np
+    import torch
+
+    jax.config.update("jax_enable_x64", dtype_name == "float64")
+    import jax.numpy as jnp
+    from dynamax.linear_gaussian_ssm import inference as dyn_seq
+    from dynamax.linear_gaussian_ssm import parallel_inference as dyn_par
+
+    mod = dyn_par if impl.endswith("_parallel") else dyn_seq
+
+    def jx(v):
+        if isinstance(v, list):
+            return [jnp.asarray(x.cpu().numpy()) for x in v]
+        return jnp.asarray(v.cpu().numpy())
+
+    r = {k: jx(v) for k, v in raw.items()}
+    Y = jnp.asarray(torch.cat(obs, -1).cpu().numpy())
+
+    def make(rr):
+        A = rr["A"]
+        return dyn_seq.make_lgssm_params(
+            A @ rr["m00"], A @ rr["P00"] @ A.T + rr["Q"], A, rr["Q"],
+            jnp.concatenate(rr["C"], 0), jax.scipy.linalg.block_diag(*rr["R"]),
+            emissions_bias=jnp.concatenate(rr["d"]),
+        )
+
+    def total_ll(rr):
+        lls = jax.vmap(lambda y: mod.lgssm_filter(make(rr), y).marginal_loglik)(Y)
+        return lls.sum(), lls
+
+    if "smoother" in impl:
+
+        def smoothed(rr):
+            return jax.vmap(lambda y: mod.lgssm_smoother(make(rr), y).smoothed_means)(Y)
+
+        jf = jax.jit(smoothed)
+    elif impl.startswith("dynamax_filter_grad"):
+        jf = jax.jit(jax.value_and_grad(total_ll, has_aux=True))
+    else:
+        jf = jax.jit(lambda rr: total_ll(rr)[1])
+
+    def fn():
+        out = jf(r)
+        jax.block_until_ready(out)
+        if impl.startswith("dynamax_filter_grad"):
+            out = out[0][1]
+        return torch.from_numpy(np.asarray(out).astype(np.float64))
+
+    return fn
+
+
+# implementation name -> builder(impl, cfg, device, dtype_name, raw, obs, masks) -> fn, where
+# fn() runs one timed evaluation and returns the per-sequence values compared in `agreement`
+BUILDERS = {
+    **{name: _build_mmpgm for name in (*MMPGM_KEYWORDS, "mmpgm_smooth")},
+    "pyro_gaussian_hmm": _build_pyro,
+    "pykalman": _build_pykalman,
+    "pykalman_smooth": _build_pykalman,
+    **{
+        name: _build_dynamax
+        for name in ("dynamax_filter", "dynamax_filter_grad", "dynamax_smoother",
+                     "dynamax_filter_parallel", "dynamax_smoother_parallel")
+    },
+}
+assert set(BUILDERS) == set(IMPLS)
+
+
 def _run_impl(impl, cfg, device, dtype_name, queue):
     try:
-        import numpy as np
         import torch
 
         dtype = getattr(torch, dtype_name)
         raw, obs, masks = _make_problem(cfg, device, dtype)
-
-        if impl.startswith("mmpgm"):
-            import mmpgm.ops.kalman as kops
-            from mmpgm.ops.kalman import LinearGaussianParams, kalman_log_likelihood, parallel_kalman_filter, rts_smoother
-
-            if impl == "mmpgm_exact":
-                kops._USE_STEADY_STATE = False
-
-            def fn():
-                lv = _leaves(raw)
-                A = lv["A"]
-                params = LinearGaussianParams(
-                    init_mean=A @ lv["m00"],
-                    init_cov=A @ lv["P00"] @ A.T + lv["Q"],
-                    transition_matrix=A,
-                    transition_cov=lv["Q"],
-                    emission_matrices=tuple(lv["C"]),
-                    emission_offsets=tuple(lv["d"]),
-                    emission_covs=tuple(lv["R"]),
-                )
-                if impl == "mmpgm_smooth":
-                    with torch.no_grad():
-                        return rts_smoother(params, obs).means.double().cpu()
-                if impl == "mmpgm_parallel":
-                    ll = parallel_kalman_filter(params, obs).log_likelihood
-                elif impl == "mmpgm_sequential":
-                    ll = kalman_log_likelihood(params, obs, method="sequential")
-                elif impl == "mmpgm_masked":
-                    ll = kalman_log_likelihood(params, obs, masks)
-                else:
-                    ll = kalman_log_likelihood(params, obs)
-                ll.sum().backward()
-                return ll.detach().double().cpu()
-
-        elif impl == "pyro_gaussian_hmm":
-            import pyro.distributions as pdist
-
-            X = torch.cat(obs, -1)
-
-            def fn():
-                lv = _leaves(raw)
-                Rb = torch.block_diag(*lv["R"])
-                hmm = pdist.GaussianHMM(
-                    pdist.MultivariateNormal(lv["m00"], lv["P00"]),
-                    lv["A"].T,
-                    pdist.MultivariateNormal(torch.zeros_like(lv["m00"]), lv["Q"]),
-                    torch.cat(lv["C"], 0).T,
-                    pdist.MultivariateNormal(torch.cat(lv["d"]), Rb),
-                    duration=cfg["T"],
-                )
-                ll = hmm.log_prob(X)
-                ll.sum().backward()
-                return ll.detach().double().cpu()
-
-        elif impl.startswith("pykalman"):
-            import pykalman
-
-            if device != "cpu":
-                raise RuntimeError("pykalman is CPU only")
-            r = {k: ([x.double().numpy() for x in v] if isinstance(v, list) else v.double().numpy()) for k, v in raw.items()}
-            A = r["A"]
-            kf = pykalman.KalmanFilter(
-                transition_matrices=A,
-                observation_matrices=np.concatenate(r["C"], 0),
-                transition_covariance=r["Q"],
-                observation_covariance=torch.block_diag(*[torch.from_numpy(x) for x in r["R"]]).numpy(),
-                transition_offsets=np.zeros(A.shape[0]),
-                observation_offsets=np.concatenate(r["d"]),
-                initial_state_mean=A @ r["m00"],
-                initial_state_covariance=A @ r["P00"] @ A.T + r["Q"],
-            )
-            X = torch.cat(obs, -1).double().cpu().numpy()
-
-            if impl == "pykalman_smooth":
-
-                def fn():
-                    return torch.from_numpy(np.stack([kf.smooth(X[n])[0] for n in range(X.shape[0])]))
-
-            else:
-
-                def fn():
-                    return torch.tensor([kf.loglikelihood(X[n]) for n in range(X.shape[0])])
-
-        elif impl.startswith("dynamax"):
-            import jax
-
-            jax.config.update("jax_enable_x64", dtype_name == "float64")
-            import jax.numpy as jnp
-            from dynamax.linear_gaussian_ssm import inference as dyn_seq
-            from dynamax.linear_gaussian_ssm import parallel_inference as dyn_par
-
-            mod = dyn_par if impl.endswith("_parallel") else dyn_seq
-            r = {k: ([jnp.asarray(x.cpu().numpy()) for x in v] if isinstance(v, list) else jnp.asarray(v.cpu().numpy()))
-                 for k, v in raw.items()}
-            Y = jnp.asarray(torch.cat(obs, -1).cpu().numpy())
-
-            def make(rr):
-                A = rr["A"]
-                return dyn_seq.make_lgssm_params(
-                    A @ rr["m00"], A @ rr["P00"] @ A.T + rr["Q"], A, rr["Q"],
-                    jnp.concatenate(rr["C"], 0), jax.scipy.linalg.block_diag(*rr["R"]),
-                    emissions_bias=jnp.concatenate(rr["d"]),
-                )
-
-            def total_ll(rr):
-                lls = jax.vmap(lambda y: mod.lgssm_filter(make(rr), y).marginal_loglik)(Y)
-                return lls.sum(), lls
-
-            if "smoother" in impl:
-                jf = jax.jit(lambda rr: jax.vmap(lambda y: mod.lgssm_smoother(make(rr), y).smoothed_means)(Y))
-            elif impl.startswith("dynamax_filter_grad"):
-                jf = jax.jit(jax.value_and_grad(total_ll, has_aux=True))
-            else:
-                jf = jax.jit(lambda rr: total_ll(rr)[1])
-
-            def fn():
-                out = jf(r)
-                jax.block_until_ready(out)
-                if impl.startswith("dynamax_filter_grad"):
-                    out = out[0][1]
-                return torch.from_numpy(np.asarray(out).astype(np.float64))
-
-        else:
-            raise ValueError(impl)
+        if impl not in BUILDERS:
+            raise ValueError(f"impl: expected one of {sorted(BUILDERS)}, got {impl!r}")
+        fn = BUILDERS[impl](impl, cfg, device, dtype_name, raw, obs, masks)
 
         sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
         if device.startswith("cuda"):
