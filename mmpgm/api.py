@@ -152,12 +152,12 @@ def fit(
     if method == "em":
         em_kind = check_em(model)
         if program is not None or checkpoint is not None or elbo is not None:
-            raise ValueError(
-                "method='em': program, elbo and checkpoint apply to method='svi' only")
+            raise ValueError("method='em': program, elbo and checkpoint apply to method='svi' only")
         if batch_size is not None and em_kind != "mixture":
             raise ValueError(
                 f"batch_size: applies to method='svi' (and the gated mixture's EM), not to the "
-                f"closed-form EM of {type(model).__name__}; got {batch_size!r}")
+                f"closed-form EM of {type(model).__name__}; got {batch_size!r}"
+            )
     else:
         program = model.check_program(program)
     if num_steps is None:
@@ -176,6 +176,7 @@ def fit(
     if tol is None:
         tol = 1e-4 if method == "svi" else 1e-6
     data = model.check_data(data)  # the one validation; everything below gets checked data
+    model.check_training_data(data)
 
     do_init = init == "data" or (init == "auto" and not model._mmpgm_fitted)
     if checkpoint is not None and num_restarts > 1:
@@ -190,14 +191,31 @@ def fit(
             model.init_from_data(data, seed=seed + r)
         if method == "em":
             result = fit_em(
-                model, data, num_steps=num_steps, patience=patience, tol=tol, progress=progress,
-                lr=lr, batch_size=batch_size, seed=seed + r,
+                model,
+                data,
+                num_steps=num_steps,
+                patience=patience,
+                tol=tol,
+                progress=progress,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed + r,
             )
         else:
             result = fit_svi(
-                model, data, num_steps=num_steps, lr=lr, batch_size=batch_size, seed=seed + r,
-                clip_norm=clip_norm, patience=patience, tol=tol, progress=progress,
-                checkpoint=checkpoint, checkpoint_every=checkpoint_every, program=program,
+                model,
+                data,
+                num_steps=num_steps,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed + r,
+                clip_norm=clip_norm,
+                patience=patience,
+                tol=tol,
+                progress=progress,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                program=program,
                 elbo=elbo,
             )
         if best is None or result.final_loss < best[0].final_loss:
@@ -253,10 +271,12 @@ def infer(
         raise ValueError(f"num_samples: expected a non-negative int, got {num_samples!r}")
     if not isinstance(num_param_samples, int) or num_param_samples < 0:
         raise ValueError(
-            f"num_param_samples: expected a non-negative int, got {num_param_samples!r}")
+            f"num_param_samples: expected a non-negative int, got {num_param_samples!r}"
+        )
     data = model.check_data(data)
     post = model.posterior(
-        data, causal=causal, num_samples=num_samples, seed=seed, map_path=map_path)
+        data, causal=causal, num_samples=num_samples, seed=seed, map_path=map_path
+    )
     if num_param_samples:
         if "pointwise_log_likelihood" not in getattr(type(post), "_fields", ()):
             raise ValueError(

@@ -6,9 +6,7 @@ containers, so a crafted file cannot run code; its header is checked before anyt
 
 from __future__ import annotations
 
-import pickle
 import warnings
-import zipfile
 
 import torch
 
@@ -33,9 +31,10 @@ def load_model(path, map_location="cpu"):
         with warnings.catch_warnings():  # a foreign pickle's protocol warning: we refuse it below
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
+    except Exception as err:  # noqa: BLE001  weights_only runs no code: any failure = foreign file
+        # (UnpicklingError, BadZipFile, RuntimeError, EOFError, IndexError, ... from torch's reader)
         raise ValueError(
             f"{path}: not an mmpgm model file ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''})"

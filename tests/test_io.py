@@ -64,6 +64,7 @@ def test_crafted_file_never_runs_its_payload(tmp_path, how):
     "content, match",
     [
         (os.urandom(256), "not an mmpgm model file"),
+        (b"sequence,time,a\n0,0,1.0\n", "not an mmpgm model file"),
         ({"some": torch.zeros(2)}, "no mmpgm header"),
         ({"mmpgm_format": 99, "class": "MultimodalHMM"}, "format 99 is not supported"),
         (

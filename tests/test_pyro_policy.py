@@ -24,6 +24,7 @@ def _fit_three_models(local):
     parameter entered the global store and the setting is as the user left it."""
     with pyro.settings.context(module_local_params=local):
         pyro.clear_param_store()
+        torch.manual_seed(0)  # the MVRNN's initial weights: both settings start from the same
         data, _ = demo_hmm().sample(4, 15, seed=0)
         models = [
             mmpgm.MultimodalHMM({"audio": 4, "video": 6, "flow": 2}, num_shared_states=2),
@@ -69,4 +70,5 @@ def test_fit_is_the_same_under_either_setting():
     a = _fit_three_models(False)
     b = _fit_three_models(True)
     for x, y in zip(a, b, strict=True):
-        torch.testing.assert_close(torch.as_tensor(x), torch.as_tensor(y), rtol=0, atol=0)
+        # the same computation; only multithreaded reductions may round differently
+        torch.testing.assert_close(torch.as_tensor(x), torch.as_tensor(y), rtol=1e-12, atol=0)

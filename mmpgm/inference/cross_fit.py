@@ -135,6 +135,7 @@ def out_of_fold_scores(
     ``progress``: a bar over the folds (None: only on a terminal)."""
     _check_steps(expert_steps=expert_steps)
     data = model.check_data(data)
+    model.check_training_data(data)
     g = resolve_groups(data, groups).to(data.device)
     model.init_from_data(data)
     return _out_of_fold_scores(model, data, g, expert_steps, lr, batch_size, seed, progress)
@@ -191,6 +192,7 @@ def grouped_gate_cv(
     for kappa in shrinkages:
         _check_gate_options(kappa, shrink_toward)
     data = model.check_data(data)
+    model.check_training_data(data)
     _check_scores(model, data, scores, evidence)
     g = resolve_groups(data, groups).to(data.device)
     fit_kw = dict(
@@ -299,6 +301,7 @@ def fit_cross_fitted(
     _check_gate_options(0.0, shrink_toward)
     t0 = time.perf_counter()
     data = model.check_data(data)  # the one validation of the data; every stage below trusts it
+    model.check_training_data(data)
     g = resolve_groups(data, groups).to(data.device)
     start = copy.deepcopy(model.experts.state_dict())
     model.init_from_data(data)

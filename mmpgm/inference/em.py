@@ -63,8 +63,9 @@ def fit_em(
     frame before each iteration.
     """
     if check_em(model) == "mixture":
-        return _fit_em_mixture(model, data, num_steps=num_steps, lr=lr, batch_size=batch_size,
-                               seed=seed)
+        return _fit_em_mixture(
+            model, data, num_steps=num_steps, lr=lr, batch_size=batch_size, seed=seed
+        )
     frames = _frames(data)
     stopper = PlateauStopper(patience, tol)
     losses = []
@@ -93,6 +94,7 @@ def _fit_em_mixture(model, data, *, num_steps, lr, batch_size, seed) -> FitResul
         from .mixture import fit_em_mixture
 
     kwargs = {} if lr is None else {"lr": lr}
-    losses, seconds = fit_em_mixture(model, data, num_iters=num_steps, batch_size=batch_size,
-                                     seed=seed, **kwargs)
+    losses, seconds = fit_em_mixture(
+        model, data, num_iters=num_steps, batch_size=batch_size, seed=seed, **kwargs
+    )
     return FitResult(np.asarray(losses), "em", len(losses), False, seconds)

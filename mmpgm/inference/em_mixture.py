@@ -23,6 +23,9 @@ import time
 
 import torch
 
+from .._rng import seeded
+from .._validation import check_int
+
 __all__ = ["em_posteriors", "em_objective", "fit_em_mixture"]
 
 
@@ -71,12 +74,26 @@ def fit_em_mixture(
         raise ValueError(
             f"gate: EM is implemented for 'conditional' and 'markov', got {model.gate_kind!r}"
         )
-    for name, v in (("num_iters", num_iters), ("m_steps", m_steps)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    check_int("num_iters", num_iters)
+    check_int("m_steps", m_steps)
     data = model.check_data(data)
+    model.check_training_data(data)
     model.init_from_data(data)
-    torch.manual_seed(seed)
+    with seeded(seed, next(model.parameters()).device):
+        return _em_loop(
+            model,
+            data,
+            num_iters=num_iters,
+            m_steps=m_steps,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            gate_only=gate_only,
+        )
+
+
+def _em_loop(model, data, *, num_iters, m_steps, lr, batch_size, seed, gate_only):
+    """The EM iterations of :func:`fit_em_mixture` on checked ``data``."""
     gen = torch.Generator().manual_seed(seed)
     params = list(model.gate.parameters()) if gate_only else list(model.parameters())
     optim = torch.optim.Adam(params, lr=lr)

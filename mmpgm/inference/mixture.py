@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_choice
+from .._rng import seeded
+from .._validation import check_choice, check_float, check_int
 from ..data import MultimodalData
 from .em_mixture import fit_em_mixture
 
@@ -30,8 +31,7 @@ __all__ = ["fit_gate", "fit_gate_to_scores", "pretrain_experts"]
 def _check_steps(**kw) -> None:
     """``name=value`` pairs that must be ints >= 1 (``ValueError`` naming the first that is not)."""
     for name, v in kw.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        check_int(name, v)
 
 
 def _batches(data: MultimodalData, batch_size, gen):
@@ -62,6 +62,7 @@ def pretrain_experts(
     (``model.init_from_data``). Returns the per-frame losses, one per epoch."""
     _check_steps(num_steps=num_steps)
     data = model.check_data(data)
+    model.check_training_data(data)
     model.init_from_data(data)
     return _train_experts(model, data, num_steps=num_steps, lr=lr, seed=seed, batch_size=batch_size)
 
@@ -69,7 +70,13 @@ def pretrain_experts(
 def _train_experts(model, data, *, num_steps: int, lr: float, seed: int, batch_size) -> list:
     """The loop of :func:`pretrain_experts` on checked ``data`` (the standardization already
     set): no validation, so it can run on subsets and copies of a model."""
-    torch.manual_seed(seed)
+    with seeded(seed, _model_tensor_kw(model)["device"]):
+        return _expert_loop(
+            model, data, num_steps=num_steps, lr=lr, seed=seed, batch_size=batch_size
+        )
+
+
+def _expert_loop(model, data, *, num_steps, lr, seed, batch_size) -> list:
     gen = torch.Generator().manual_seed(seed)
     params = [p for m in model.modalities for p in model.experts[m].parameters()]
     optim = torch.optim.Adam(params, lr=lr)
@@ -123,10 +130,8 @@ def _shrinkage(log_w, avail, frames, center_logits=None):
 
 
 def _check_gate_options(gate_shrinkage, shrink_toward) -> None:
-    if not isinstance(gate_shrinkage, (int, float)) or not gate_shrinkage >= 0:
-        raise ValueError(f"gate_shrinkage: expected a non-negative float, got {gate_shrinkage!r}")
-    if shrink_toward not in ("constant", "uniform"):
-        raise ValueError(f"shrink_toward: expected 'constant' or 'uniform', got {shrink_toward!r}")
+    check_float("gate_shrinkage", gate_shrinkage, minimum=0.0)
+    check_choice("shrink_toward", shrink_toward, ("constant", "uniform"))
 
 
 def _check_scores(model, data, scores, evidence) -> None:
@@ -168,6 +173,7 @@ def fit_gate_to_scores(
     _check_steps(num_steps=num_steps)
     _check_gate_options(gate_shrinkage, shrink_toward)
     data = model.check_data(data)
+    model.check_training_data(data)
     _check_scores(model, data, scores, evidence)
     return _train_gate(
         model, data, scores, evidence, num_steps=num_steps, lr=lr, batch_size=batch_size,
@@ -183,8 +189,37 @@ def _train_gate(
     kw = _model_tensor_kw(model)
     scores = scores.to(**kw)
     evidence = evidence.to(kw["device"])
+    with seeded(seed, kw["device"]):
+        return _gate_loop(
+            model,
+            data,
+            scores,
+            evidence,
+            kw,
+            num_steps=num_steps,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            gate_shrinkage=gate_shrinkage,
+            shrink_toward=shrink_toward,
+        )
+
+
+def _gate_loop(
+    model,
+    data,
+    scores,
+    evidence,
+    kw,
+    *,
+    num_steps,
+    lr,
+    batch_size,
+    seed,
+    gate_shrinkage,
+    shrink_toward,
+) -> list:
     N, M = data.num_sequences, model.num_experts
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     params = list(model.gate.parameters())
     center = None
@@ -247,6 +282,7 @@ def fit_gate(
             seed=seed, gate_only=True,
         )[0]  # fmt: skip
     data = model.check_data(data)
+    model.check_training_data(data)
     model.init_from_data(data)
     scores, evidence = model.expert_scores(data)
     return _train_gate(

@@ -78,10 +78,12 @@ def fit_svi(
             for batch in batches:
                 optim.zero_grad()
                 loss = elbo.differentiable_loss(
-                    model.model, model.guide, batch, num_sequences=N, program=program)
+                    model.model, model.guide, batch, num_sequences=N, program=program
+                )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"fit: the loss became {float(loss)} at step {step}; lower lr, check the data "
+                        f"fit: the loss became {float(loss)} at step {step}; lower lr, check the "
+                        "data "
                         "for extreme values, or fit in float64 (model.double())"
                     )
                 loss.backward()
@@ -92,7 +94,9 @@ def fit_svi(
             losses.append(epoch_loss / total_frames)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == num_steps):
+            if checkpoint is not None and (
+                (step + 1) % checkpoint_every == 0 or step + 1 == num_steps
+            ):
                 _save_checkpoint(checkpoint, model, optim, losses, step + 1, gen)
             if stopper(losses[-1]):
                 converged = True
@@ -101,14 +105,21 @@ def fit_svi(
         bar.close()
     if checkpoint is not None:
         _save_checkpoint(checkpoint, model, optim, losses, len(losses), gen)
-    return FitResult(np.asarray(losses), "svi", len(losses), converged, time.perf_counter() - t0, start)
+    return FitResult(
+        np.asarray(losses), "svi", len(losses), converged, time.perf_counter() - t0, start
+    )
 
 
 def _save_checkpoint(path, model, optim, losses, step, gen):
     tmp = f"{path}.tmp"
     torch.save(
-        {"model": model.state_dict(), "optimizer": optim.state_dict(), "losses": losses, "step": step,
-         "generator": gen.get_state()},
+        {
+            "model": model.state_dict(),
+            "optimizer": optim.state_dict(),
+            "losses": losses,
+            "step": step,
+            "generator": gen.get_state(),
+        },
         tmp,
     )
     os.replace(tmp, path)

@@ -8,6 +8,12 @@ from .mixture import GatedMixture
 from .mvrnn import MVRNN
 
 __all__ = [
-    "MultimodalModel", "MultimodalHMM", "HMMParams", "MarkovChain", "MultimodalLDS", "LDSParams",
-    "GatedMixture", "MVRNN",
+    "MultimodalModel",
+    "MultimodalHMM",
+    "HMMParams",
+    "MarkovChain",
+    "MultimodalLDS",
+    "LDSParams",
+    "GatedMixture",
+    "MVRNN",
 ]

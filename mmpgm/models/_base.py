@@ -21,6 +21,9 @@ What :func:`mmpgm.fit` and :func:`mmpgm.infer` rely on, and nothing more:
     ``_check_observations(data)`` and ``_check_labels(data)`` that subclasses override (both
     see the moved data). The returned data carry a private mark naming this model and the
     dtype/device they were checked for.
+``check_training_data(data)``
+    Raises ``ValueError`` when checked data cannot train the model (a supervised model's target
+    label absent or never given); :func:`mmpgm.fit` and the training functions call it.
 ``_checked(data) -> MultimodalData``
     Cheap: returns ``data`` unchanged when this model has marked it (same dtype and device),
     else runs :meth:`check_data`. Every internal entry (``model``, ``log_likelihood``,
@@ -85,13 +88,15 @@ class MultimodalModel(SavableModel, PyroModule):
             )
         return program
 
-    def model(self, data: MultimodalData, *, program: str | None = None,
-              num_sequences: int | None = None):
+    def model(
+        self, data: MultimodalData, *, program: str | None = None, num_sequences: int | None = None
+    ):
         """The Pyro program ``program`` (one of ``PROGRAMS``; default :attr:`default_program`)."""
         raise NotImplementedError(f"{type(self).__name__}.model")
 
-    def guide(self, data: MultimodalData, *, program: str | None = None,
-              num_sequences: int | None = None):
+    def guide(
+        self, data: MultimodalData, *, program: str | None = None, num_sequences: int | None = None
+    ):
         """MAP guide: parameters are point estimates, latents are collapsed or enumerated in the
         model, so the guide samples nothing."""
 
@@ -126,6 +131,11 @@ class MultimodalModel(SavableModel, PyroModule):
         self._check_labels(data)
         return self._mark_checked(data)
 
+    def check_training_data(self, data: MultimodalData) -> None:
+        """Raise ``ValueError`` if checked ``data`` cannot train the model (e.g. a supervised model
+        whose target label is absent: it would train to loss 0 and learn nothing). Called by
+        :func:`mmpgm.fit` and the training functions of :mod:`mmpgm.inference`; base: nothing."""
+
     def _check_observations(self, data: MultimodalData) -> None:
         """Hook: raise if the observations do not suit the model (default: nothing)."""
 
@@ -149,8 +159,9 @@ class MultimodalModel(SavableModel, PyroModule):
         :meth:`check_data`."""
         return data if self._is_checked(data) else self.check_data(data)
 
-    def checked_batches(self, data: MultimodalData, batch_size: int, *, shuffle: bool = False,
-                        generator=None) -> Iterator[MultimodalData]:
+    def checked_batches(
+        self, data: MultimodalData, batch_size: int, *, shuffle: bool = False, generator=None
+    ) -> Iterator[MultimodalData]:
         """Minibatches of ``data`` (checked once here), each marked as checked by this model."""
         data = self._checked(data)
         for batch in data.batches(batch_size, shuffle=shuffle, generator=generator):
@@ -165,8 +176,15 @@ class MultimodalModel(SavableModel, PyroModule):
         """``(N,)`` log-likelihood per sequence (exact where tractable, else a bound)."""
         raise NotImplementedError(f"{type(self).__name__}.log_likelihood")
 
-    def posterior(self, data: MultimodalData, *, causal: bool = False, num_samples: int = 0,
-                  seed: int | None = None, map_path: bool = True):
+    def posterior(
+        self,
+        data: MultimodalData,
+        *,
+        causal: bool = False,
+        num_samples: int = 0,
+        seed: int | None = None,
+        map_path: bool = True,
+    ):
         """Posterior over the latents of ``data`` (see :func:`mmpgm.infer`)."""
         raise NotImplementedError(f"{type(self).__name__}.posterior")
 

@@ -19,12 +19,16 @@ def check_int(name: str, value, allow_zero: bool = False) -> None:
 def check_obs_dims(obs_dims) -> tuple:
     """Validate a ``{modality: obs_dim}`` mapping; returns the modality names in order."""
     if not isinstance(obs_dims, Mapping) or not obs_dims:
-        raise TypeError(f"obs_dims: expected a non-empty dict modality -> obs_dim, got {obs_dims!r}")
+        raise TypeError(
+            f"obs_dims: expected a non-empty dict modality -> obs_dim, got {obs_dims!r}"
+        )
     for m, d in obs_dims.items():
         if not isinstance(m, str):
             raise TypeError(f"obs_dims: modality names must be str, got {m!r}")
         if m in RESERVED_NAMES:
-            raise ValueError(f"obs_dims: {m!r} is reserved for the shared latent; rename the modality")
+            raise ValueError(
+                f"obs_dims: {m!r} is reserved for the shared latent; rename the modality"
+            )
         check_int(f"obs_dims[{m!r}]", d)
     return tuple(obs_dims)
 
@@ -34,7 +38,9 @@ def per_modality(value, names, what: str) -> dict:
     if isinstance(value, Mapping):
         unknown = set(value) - set(names)
         if unknown:
-            raise ValueError(f"{what}: unknown modalities {sorted(unknown)}; modalities are {list(names)}")
+            raise ValueError(
+                f"{what}: unknown modalities {sorted(unknown)}; modalities are {list(names)}"
+            )
         missing = set(names) - set(value)
         if missing:
             raise ValueError(f"{what}: missing modalities {sorted(missing)}")
@@ -47,4 +53,6 @@ def check_finite(name: str, value) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
     if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name}: expected finite values, got {int((~torch.isfinite(value)).sum())} non-finite")
+        raise ValueError(
+            f"{name}: expected finite values, got {int((~torch.isfinite(value)).sum())} non-finite"
+        )

@@ -31,21 +31,22 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 from torch.distributions import constraints
 
-from ..data import MultimodalData
-from ._base import MultimodalModel
-from ._savable import register
 from .._pyro import TypedPyroModule
-from ._checks import check_finite, check_obs_dims, per_modality
+from ..data import MultimodalData
 from ..observations import ObservationModel, make_observation
 from ..ops import hmm as ops
 from ..ops.kmeans import kmeans
 from ..results.hmm import Imputation, Posterior
+from ._base import MultimodalModel
+from ._checks import check_finite, check_obs_dims, per_modality
+from ._savable import register
 
 __all__ = ["MarkovChain", "MultimodalHMM", "HMMParams"]
 
 
 class MarkovChain(TypedPyroModule):
-    r"""A discrete Markov chain: :math:`z_1 \sim \pi`, :math:`z_t \mid z_{t-1} \sim A_{z_{t-1}, \cdot}`.
+    r"""A discrete Markov chain: :math:`z_1 \sim \pi`, :math:`z_t \mid z_{t-1} \sim A_{z_{t-1},
+    \cdot}`.
 
     Parameters
     ----------
@@ -62,7 +63,9 @@ class MarkovChain(TypedPyroModule):
         if not isinstance(num_states, int) or isinstance(num_states, bool) or num_states < 1:
             raise ValueError(f"num_states: expected a positive int, got {num_states!r}")
         if not concentration >= 1.0:
-            raise ValueError(f"concentration: expected a float >= 1 (MAP needs it), got {concentration!r}")
+            raise ValueError(
+                f"concentration: expected a float >= 1 (MAP needs it), got {concentration!r}"
+            )
         K = num_states
         self.num_states = K
         self.concentration = float(concentration)
@@ -168,7 +171,10 @@ class MultimodalHMM(MultimodalModel):
         )
         for m in names:
             e = self.emissions[m]
-            if not isinstance(e, ObservationModel) or e.state_shape != (num_shared_states, private[m]):
+            if not isinstance(e, ObservationModel) or e.state_shape != (
+                num_shared_states,
+                private[m],
+            ):
                 raise ValueError(
                     f"emission[{m!r}]: expected an ObservationModel with state shape "
                     f"{(num_shared_states, private[m])}, got {getattr(e, 'state_shape', e)!r}"
@@ -197,7 +203,9 @@ class MultimodalHMM(MultimodalModel):
 
     @property
     def chain_sizes(self) -> tuple:
-        return (self.num_shared_states,) + tuple(self.num_private_states[m] for m in self.modalities)
+        return (self.num_shared_states,) + tuple(
+            self.num_private_states[m] for m in self.modalities
+        )
 
     @property
     def data_dims(self) -> dict:
@@ -212,13 +220,15 @@ class MultimodalHMM(MultimodalModel):
             lab = data.labels["shared"]
             if lab.dim() != 2:
                 raise ValueError(
-                    f"data.labels['shared']: expected per-frame labels (N, T), got {tuple(lab.shape)}"
+                    "data.labels['shared']: expected per-frame labels (N, T), got "
+                    f"{tuple(lab.shape)}"
                 )
             bad = (lab < -1) | (lab >= self.num_shared_states)
             if bool(bad.any()):
                 raise ValueError(
                     "data.labels['shared']: expected -1 (unknown) or a state in "
-                    f"[0, {self.num_shared_states - 1}], got values {sorted(set(lab[bad].tolist()))[:5]}"
+                    f"[0, {self.num_shared_states - 1}], got values "
+                    f"{sorted(set(lab[bad].tolist()))[:5]}"
                 )
 
     # ------------------------------------------------------------------ likelihood pieces
@@ -230,7 +240,9 @@ class MultimodalHMM(MultimodalModel):
             if m in exclude:
                 continue
             lp = self.emissions[m].log_prob(data.filled(m))
-            out[m] = torch.where(data.mask[m][..., None, None], lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
+            out[m] = torch.where(
+                data.mask[m][..., None, None], lp, torch.zeros((), dtype=lp.dtype, device=lp.device)
+            )
         return out
 
     def log_emissions(self, data: MultimodalData, exclude=()) -> torch.Tensor:
@@ -261,14 +273,17 @@ class MultimodalHMM(MultimodalModel):
         return total
 
     def _clamp_log_factor(self, data):
-        """``(N, T, K_s)``: 0 where consistent with ``labels['shared']`` (or unknown), -inf otherwise."""
+        """``(N, T, K_s)``: 0 where consistent with ``labels['shared']`` (or unknown), -inf
+        otherwise."""
         if "shared" not in data.labels:
             return None
         lab = data.labels["shared"].to(self._param().device)
         states = torch.arange(self.num_shared_states, device=lab.device)
         bad = (lab[..., None] >= 0) & (states != lab[..., None]) & data.time_mask[..., None]
         p = self._param()
-        return torch.zeros(bad.shape, dtype=p.dtype, device=p.device).masked_fill(bad, -float("inf"))
+        return torch.zeros(bad.shape, dtype=p.dtype, device=p.device).masked_fill(
+            bad, -float("inf")
+        )
 
     def _ops_args(self, data, exclude=()):
         chains = self._chains()
@@ -340,7 +355,9 @@ class MultimodalHMM(MultimodalModel):
             counts = torch.bincount(s, minlength=K_s).to(x.dtype)
             sums = torch.zeros(K_s, x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, s, x)
             global_mean = x.mean(0)
-            centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], global_mean)
+            centres = torch.where(
+                counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], global_mean
+            )
             resid = x - centres[s]
             offsets = kmeans(resid, K_m, generator=gen).centers
             e.init_from_data(x, generator=gen, means=centres[:, None, :] + offsets[None, :, :])
@@ -351,9 +368,12 @@ class MultimodalHMM(MultimodalModel):
         ``sum_n log p(x_n) + log p(theta)`` at the parameters *before* the update."""
         data = self._checked(data)
         init, trans, logE = self._ops_args(data)
-        sm = ops.factorial_smooth([a.detach() for a in init], [a.detach() for a in trans], logE.detach())
+        sm = ops.factorial_smooth(
+            [a.detach() for a in init], [a.detach() for a in trans], logE.detach()
+        )
         log_joint = sm.log_likelihood.sum() + self.log_prior()
-        for chain, ic, tc in zip(self._chains(), sm.initial_counts, sm.transition_counts):
+        counts = zip(self._chains(), sm.initial_counts, sm.transition_counts, strict=True)
+        for chain, ic, tc in counts:
             chain.m_step(ic, tc)
         C = len(self.chain_names)
         for i, m in enumerate(self.modalities):
@@ -371,8 +391,9 @@ class MultimodalHMM(MultimodalModel):
             return TraceEnum_ELBO(max_plate_nesting=1)
         return Trace_ELBO()
 
-    def model(self, data: MultimodalData, *, program: str | None = None,
-              num_sequences: int | None = None):
+    def model(
+        self, data: MultimodalData, *, program: str | None = None, num_sequences: int | None = None
+    ):
         """The generative program.
 
         ``program="collapsed"`` (default, the fast path used for training): the discrete chains
@@ -389,19 +410,26 @@ class MultimodalHMM(MultimodalModel):
         total = N if num_sequences is None else num_sequences
         enumerated = self.check_program(program) == "enumerated"
         pyro.factor("log_prior", self.log_prior())
-        plate = pyro.plate("sequences", total, subsample=torch.arange(N, device=data.device), dim=-1)
+        plate = pyro.plate(
+            "sequences", total, subsample=torch.arange(N, device=data.device), dim=-1
+        )
         if not enumerated:
             with plate:
                 pyro.factor("log_likelihood", self.log_likelihood(data))
             return
         chains = self._chains()
         clamp = self._clamp_log_factor(data)
-        values = {m: getattr(self.emissions[m], "pyro_value", lambda x: x)(data.filled(m)) for m in self.modalities}
+        values = {
+            m: getattr(self.emissions[m], "pyro_value", lambda x: x)(data.filled(m))
+            for m in self.modalities
+        }
         with plate:
             states = [None] * len(chains)
             for t in pyro.markov(range(T)):
-                for c, (name, chain) in enumerate(zip(self.chain_names, chains)):
-                    probs = chain.initial_probs if t == 0 else Vindex(chain.transition_probs)[states[c]]
+                for c, (name, chain) in enumerate(zip(self.chain_names, chains, strict=False)):
+                    probs = (
+                        chain.initial_probs if t == 0 else Vindex(chain.transition_probs)[states[c]]
+                    )
                     states[c] = pyro.sample(
                         f"{name}_state_{t}",
                         dist.Categorical(probs),
@@ -439,7 +467,7 @@ class MultimodalHMM(MultimodalModel):
             else:
                 sm = ops.factorial_smooth(*args)
                 joint, ll = sm.marginals, sm.log_likelihood
-            marg = dict(zip(self.chain_names, ops.chain_marginals(joint, C)))
+            marg = dict(zip(self.chain_names, ops.chain_marginals(joint, C), strict=False))
             map_ = samples = None
             if map_path:
                 path = ops.factorial_viterbi(*args).path
@@ -469,12 +497,16 @@ class MultimodalHMM(MultimodalModel):
         not, so the result shows what the other streams say about it.
         """
         if modality not in self.modalities:
-            raise ValueError(f"modality: unknown modality {modality!r}; the model has {list(self.modalities)}")
+            raise ValueError(
+                f"modality: unknown modality {modality!r}; the model has {list(self.modalities)}"
+            )
         data = self._checked(data)
         i = self.modalities.index(modality)
         with torch.no_grad():
             args = self._ops_args(data, exclude=(modality,))
-            sm = ops.factorial_smooth([a.detach() for a in args[0]], [a.detach() for a in args[1]], args[2].detach())
+            sm = ops.factorial_smooth(
+                [a.detach() for a in args[0]], [a.detach() for a in args[1]], args[2].detach()
+            )
             C = len(self.chain_names)
             joint = sm.marginals  # (N, T, K_s, K_1..K_M)
             dims = [2 + c for c in range(1, C) if c != i + 1]
@@ -483,7 +515,9 @@ class MultimodalHMM(MultimodalModel):
             mu, cov = e.mean().detach(), e.covariance().detach()
             mean = torch.einsum("ntij,ijd->ntd", w, mu)
             second = cov + mu[..., :, None] * mu[..., None, :]
-            covariance = torch.einsum("ntij,ijde->ntde", w, second) - mean[..., :, None] * mean[..., None, :]
+            covariance = (
+                torch.einsum("ntij,ijde->ntde", w, second) - mean[..., :, None] * mean[..., None, :]
+            )
         return Imputation(mean=mean, covariance=covariance, state_weights=w)
 
     # ------------------------------------------------------------------ sampling
@@ -506,9 +540,11 @@ class MultimodalHMM(MultimodalModel):
         N, T = num_sequences, num_timesteps
         latents = {}
         with torch.no_grad():
-            for name, chain in zip(self.chain_names, self._chains()):
+            for name, chain in zip(self.chain_names, self._chains(), strict=False):
                 z = torch.empty(N, T, dtype=torch.long, device=p.device)
-                z[:, 0] = torch.multinomial(chain.initial_probs.expand(N, -1), 1, generator=gen)[:, 0]
+                z[:, 0] = torch.multinomial(chain.initial_probs.expand(N, -1), 1, generator=gen)[
+                    :, 0
+                ]
                 A = chain.transition_probs
                 for t in range(1, T):
                     z[:, t] = torch.multinomial(A[z[:, t - 1]], 1, generator=gen)[:, 0]
@@ -528,11 +564,17 @@ class MultimodalHMM(MultimodalModel):
         return HMMParams(
             shared_initial=self.shared_chain.initial_probs.detach().clone(),
             shared_transition=self.shared_chain.transition_probs.detach().clone(),
-            private_initial={m: self.private_chains[m].initial_probs.detach().clone() for m in self.modalities},
-            private_transition={m: self.private_chains[m].transition_probs.detach().clone() for m in self.modalities},
+            private_initial={
+                m: self.private_chains[m].initial_probs.detach().clone() for m in self.modalities
+            },
+            private_transition={
+                m: self.private_chains[m].transition_probs.detach().clone() for m in self.modalities
+            },
             emissions={
-                m: {clean(k): getattr(self.emissions[m], clean(k)).detach().clone()
-                    for k, _ in self.emissions[m].named_parameters()}
+                m: {
+                    clean(k): getattr(self.emissions[m], clean(k)).detach().clone()
+                    for k, _ in self.emissions[m].named_parameters()
+                }
                 for m in self.modalities
             },
         )
@@ -541,7 +583,10 @@ class MultimodalHMM(MultimodalModel):
         """Overwrite the parameters with the (constrained) values of ``params``."""
         if not isinstance(params, HMMParams):
             raise TypeError(f"params: expected HMMParams, got {type(params).__name__}")
-        for name, value in [("shared_initial", params.shared_initial), ("shared_transition", params.shared_transition)]:
+        for name, value in [
+            ("shared_initial", params.shared_initial),
+            ("shared_transition", params.shared_transition),
+        ]:
             check_finite(f"params.{name}", value)
         for m in self.modalities:
             check_finite(f"params.private_initial[{m!r}]", params.private_initial[m])
@@ -563,10 +608,16 @@ class MultimodalHMM(MultimodalModel):
         return self
 
     @classmethod
-    def from_params(cls, params: HMMParams, emission="diag", concentration: float = 1.5) -> "MultimodalHMM":
+    def from_params(
+        cls, params: HMMParams, emission="diag", concentration: float = 1.5
+    ) -> "MultimodalHMM":
         """Build a model from an :class:`HMMParams` (inverse of :attr:`params`)."""
         obs_dims, private = {}, {}
-        emission = dict(emission) if isinstance(emission, Mapping) else {m: emission for m in params.emissions}
+        emission = (
+            dict(emission)
+            if isinstance(emission, Mapping)
+            else {m: emission for m in params.emissions}
+        )
         for m, e in params.emissions.items():
             if "probs" in e:
                 emission[m] = "categorical"

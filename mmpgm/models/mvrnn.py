@@ -35,12 +35,13 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from .._rng import seeded
 from ..data import MultimodalData
-from ._base import MultimodalModel
-from ._savable import register
-from ._checks import check_int, check_obs_dims, per_modality
-from ..results.mvrnn import MVRNNImputation, MVRNNPosterior
 from ..nn.vrnn import MVRNNNet, make_likelihood
+from ..results.mvrnn import MVRNNImputation, MVRNNPosterior
+from ._base import MultimodalModel
+from ._checks import check_int, check_obs_dims, per_modality
+from ._savable import register
 
 __all__ = ["MVRNN"]
 
@@ -89,9 +90,17 @@ class MVRNN(MultimodalModel):
     """Pyro programs (:meth:`model`): ``"vectorized"`` (one pass, the ELBO as a factor) and
     ``"sites"`` (per-frame sample sites); the default follows the constructor's ``vectorized``."""
 
-    def __init__(self, obs_dims: Mapping[str, int], hidden_dim: int = 64, shared_dim: int = 16,
-                 private_dim=8, head_dim: int | None = None, likelihood="gaussian",
-                 kl_scale: float = 1.0, vectorized: bool = True):
+    def __init__(
+        self,
+        obs_dims: Mapping[str, int],
+        hidden_dim: int = 64,
+        shared_dim: int = 16,
+        private_dim=8,
+        head_dim: int | None = None,
+        likelihood="gaussian",
+        kl_scale: float = 1.0,
+        vectorized: bool = True,
+    ):
         super().__init__()
         names = check_obs_dims(obs_dims)
         check_int("hidden_dim", hidden_dim)
@@ -101,18 +110,29 @@ class MVRNN(MultimodalModel):
         private = per_modality(private_dim, names, "private_dim")
         for m, z in private.items():
             check_int(f"private_dim[{m!r}]", z, allow_zero=True)
-        liks = per_modality(likelihood, names, "likelihood") if isinstance(likelihood, Mapping) else \
-            {m: likelihood for m in names}
-        lik_modules = {m: make_likelihood(liks[m], obs_dims[m], f"likelihood[{m!r}]") for m in names}
+        liks = (
+            per_modality(likelihood, names, "likelihood")
+            if isinstance(likelihood, Mapping)
+            else {m: likelihood for m in names}
+        )
+        lik_modules = {
+            m: make_likelihood(liks[m], obs_dims[m], f"likelihood[{m!r}]") for m in names
+        }
         self.modalities = names
         self.net = MVRNNNet(obs_dims, hidden_dim, shared_dim, private, head_dim, lik_modules)
         self.kl_scale = kl_scale
         self.vectorized = bool(vectorized)
         self._site_cache = None
-        self._config = dict(obs_dims=dict(obs_dims), hidden_dim=hidden_dim, shared_dim=shared_dim,
-                            private_dim=private, head_dim=head_dim,
-                            likelihood={m: lik_modules[m].kind for m in names},
-                            kl_scale=float(kl_scale), vectorized=self.vectorized)
+        self._config = dict(
+            obs_dims=dict(obs_dims),
+            hidden_dim=hidden_dim,
+            shared_dim=shared_dim,
+            private_dim=private,
+            head_dim=head_dim,
+            likelihood={m: lik_modules[m].kind for m in names},
+            kl_scale=float(kl_scale),
+            vectorized=self.vectorized,
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -121,7 +141,11 @@ class MVRNN(MultimodalModel):
 
     @kl_scale.setter
     def kl_scale(self, value) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (0 <= value < math.inf)
+        ):
             raise ValueError(f"kl_scale: expected a finite float >= 0, got {value!r}")
         self._kl_scale = float(value)
 
@@ -151,7 +175,10 @@ class MVRNN(MultimodalModel):
         """Floating-point observations."""
         for m in self.modalities:
             if not data.obs[m].is_floating_point():
-                raise TypeError(f"data.obs[{m!r}]: expected floating-point observations, got {data.obs[m].dtype}")
+                raise TypeError(
+                    f"data.obs[{m!r}]: expected floating-point observations, got "
+                    f"{data.obs[m].dtype}"
+                )
 
     def _inputs(self, data: MultimodalData, exclude=(), repeat: int = 1):
         """Time-major zero-filled inputs, masks and time mask, each sequence repeated ``repeat``
@@ -183,8 +210,16 @@ class MVRNN(MultimodalModel):
                 init_bias(last.bias, data.obs[m][obs])
 
     # ------------------------------------------------------------------ the ELBO in one pass
-    def elbo_terms(self, data: MultimodalData, *, noise=None, latents=None, repeat: int = 1,
-                   exclude=(), log_ratio: bool = False):
+    def elbo_terms(
+        self,
+        data: MultimodalData,
+        *,
+        noise=None,
+        latents=None,
+        repeat: int = 1,
+        exclude=(),
+        log_ratio: bool = False,
+    ):
         """Run :meth:`mmpgm.nn.vrnn.MVRNNNet.scan` on ``data`` (``noise`` None: fresh draws from the
         global torch RNG, ``"zero"``: the noise-free mean path). Returns the time-major
         :class:`mmpgm.nn.vrnn.ScanResult` and the time mask."""
@@ -198,7 +233,9 @@ class MVRNN(MultimodalModel):
             noise = None
         return self.net.scan(xs, masks, tm, noise=noise, latents=latents, log_ratio=log_ratio), tm
 
-    def sequence_elbo(self, data: MultimodalData, kl_scale: float | None = None, **kwargs) -> torch.Tensor:
+    def sequence_elbo(
+        self, data: MultimodalData, kl_scale: float | None = None, **kwargs
+    ) -> torch.Tensor:
         """``(N,)`` single-draw reparameterized ELBO per sequence (KL weighted by ``kl_scale``,
         default :attr:`kl_scale`); differentiable."""
         data = self._checked(data)
@@ -208,8 +245,9 @@ class MVRNN(MultimodalModel):
         return total.sum(0)
 
     # ------------------------------------------------------------------ Pyro programs
-    def model(self, data: MultimodalData, *, program: str | None = None,
-              num_sequences: int | None = None):
+    def model(
+        self, data: MultimodalData, *, program: str | None = None, num_sequences: int | None = None
+    ):
         """The generative program ``program`` (``"vectorized"`` or ``"sites"``; default
         :attr:`default_program`; see the class docstring for the two forms).
 
@@ -219,15 +257,18 @@ class MVRNN(MultimodalModel):
         vectorized = self.check_program(program) == "vectorized"
         N = data.num_sequences
         total = N if num_sequences is None else num_sequences
-        plate = pyro.plate("sequences", total, subsample=torch.arange(N, device=data.device), dim=-1)
+        plate = pyro.plate(
+            "sequences", total, subsample=torch.arange(N, device=data.device), dim=-1
+        )
         if vectorized:
             with plate:
                 pyro.factor("elbo", self.sequence_elbo(data))
             return
         self._site_program(data, plate, guide=False)
 
-    def guide(self, data: MultimodalData, *, program: str | None = None,
-              num_sequences: int | None = None):
+    def guide(
+        self, data: MultimodalData, *, program: str | None = None, num_sequences: int | None = None
+    ):
         """The guide :math:`q(z_t \\mid x_t, h_{t-1})` (eq. 43): nothing to sample in the vectorized
         program (it lives inside the model's factor); per-frame sites in ``"sites"``."""
         if self.check_program(program) == "vectorized":
@@ -235,7 +276,9 @@ class MVRNN(MultimodalModel):
         data = self._checked(data)
         N = data.num_sequences
         total = N if num_sequences is None else num_sequences
-        plate = pyro.plate("sequences", total, subsample=torch.arange(N, device=data.device), dim=-1)
+        plate = pyro.plate(
+            "sequences", total, subsample=torch.arange(N, device=data.device), dim=-1
+        )
         self._site_program(data, plate, guide=True)
 
     def _site_program(self, data, plate, guide: bool):
@@ -247,8 +290,12 @@ class MVRNN(MultimodalModel):
         net, mods = self.net, self.modalities
         key = [data.obs[m] for m in mods] + [data.mask[m] for m in mods]
         cache = self._site_cache
-        use = (not guide and cache is not None and len(cache["key"]) == len(key)
-               and all(a is b for a, b in zip(cache["key"], key)))
+        use = (
+            not guide
+            and cache is not None
+            and len(cache["key"]) == len(key)
+            and all(a is b for a, b in zip(cache["key"], key, strict=False))
+        )
         if use:
             xs, masks, tm, pre = cache["inputs"]
         else:
@@ -277,7 +324,9 @@ class MVRNN(MultimodalModel):
                     gi_z, enc_z = net.shared_z_projection(pre, z_s)
                     priv = {}
                     for m in mods:
-                        pl, ps, ql, qs, gh_m = net.private_step(pre, t, m, h_m[m], enc_z[m], masks_t[m])
+                        pl, ps, ql, qs, gh_m = net.private_step(
+                            pre, t, m, h_m[m], enc_z[m], masks_t[m]
+                        )
                         priv[m], post[m] = (pl, ps, gh_m), (ql, qs)
                 zs = {}
                 for m in mods:
@@ -288,7 +337,9 @@ class MVRNN(MultimodalModel):
                     for m in mods:
                         raw = net.decode(m, zs[m], z_s, h_m[m])
                         with poutine.mask(mask=masks_t[m]):
-                            pyro.sample(f"obs_{m}_{t}", net.likelihoods[m].distribution(raw), obs=xs[m][t])
+                            pyro.sample(
+                                f"obs_{m}_{t}", net.likelihoods[m].distribution(raw), obs=xs[m][t]
+                            )
                 if use and c["z_shared"] is z_s and all(c["z"][m] is zs[m] for m in mods):
                     h_s_next, new_h = c["h_next"]
                 else:
@@ -296,34 +347,53 @@ class MVRNN(MultimodalModel):
                         gi_z, _ = net.shared_z_projection(pre, z_s)
                     use = False
                     h_s_next = net.shared_update(pre, t, gi_z, gh_s, h_s)
-                    new_h = {m: net.private_update(pre, t, m, zs[m], priv[m][2], h_m[m]) for m in mods}
+                    new_h = {
+                        m: net.private_update(pre, t, m, zs[m], priv[m][2], h_m[m]) for m in mods
+                    }
                 if guide:
-                    steps.append({"h_in": (h_s, h_m), "shared": (p_loc, p_scale, gh_s), "private": priv,
-                                  "z_shared": z_s, "z": zs, "h_next": (h_s_next, new_h)})
+                    steps.append(
+                        {
+                            "h_in": (h_s, h_m),
+                            "shared": (p_loc, p_scale, gh_s),
+                            "private": priv,
+                            "z_shared": z_s,
+                            "z": zs,
+                            "h_next": (h_s_next, new_h),
+                        }
+                    )
                 h_s, h_m = h_s_next, new_h
-        self._site_cache = {"key": key, "inputs": (xs, masks, tm, pre), "steps": steps} if guide else None
+        self._site_cache = (
+            {"key": key, "inputs": (xs, masks, tm, pre), "steps": steps} if guide else None
+        )
 
     # ------------------------------------------------------------------ results
     def _seeded(self, seed):
-        if seed is not None:
-            pyro.set_rng_seed(seed)
+        """The guide's draws seeded for the block only (:func:`mmpgm._rng.seeded`)."""
+        return seeded(seed, self._param().device)
 
-    def posterior(self, data: MultimodalData, *, causal: bool = False, num_samples: int = 0,
-                  seed: int | None = None, map_path: bool = True) -> MVRNNPosterior:
+    def posterior(
+        self,
+        data: MultimodalData,
+        *,
+        causal: bool = False,
+        num_samples: int = 0,
+        seed: int | None = None,
+        map_path: bool = True,
+    ) -> MVRNNPosterior:
         """Guide posterior, per-frame ELBO and its terms (see :class:`MVRNNPosterior`).
 
         The guide :math:`q(z_t \\mid z_{<t}, x_{\\le t})` is causal by construction (eq. 43), so
         ``causal`` only records the request; ``map_path`` is accepted for :func:`mmpgm.infer`
         (the noise-free mean path is always returned). The ELBO terms are averaged over
-        ``max(num_samples, 1)`` draws (``seed`` seeds Pyro/torch first).
+        ``max(num_samples, 1)`` draws (``seed`` seeds them, without touching the caller's random
+        state).
         """
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
             raise ValueError(f"num_samples: expected a non-negative int, got {num_samples!r}")
         data = self._checked(data)
         N, T = data.num_sequences, data.num_timesteps
         S = max(num_samples, 1)
-        with torch.no_grad():
-            self._seeded(seed)
+        with torch.no_grad(), self._seeded(seed):
             res, tm = self.elbo_terms(data, repeat=S)
             mean_res, _ = self.elbo_terms(data, noise="zero")
 
@@ -336,30 +406,46 @@ class MVRNN(MultimodalModel):
             samples = {b: per_seq(z) for b, z in res.latents.items()} if num_samples else None
             mean = {b: v.transpose(0, 1) for b, v in mean_res.q_loc.items()}
             scale = {b: v.transpose(0, 1) for b, v in mean_res.q_scale.items()}
-        return MVRNNPosterior(mean=mean, scale=scale, samples=samples, elbo=elbo, reconstruction=recon,
-                              kl=kl, log_likelihood=elbo.sum(-1), lengths=data.lengths,
-                              mask=dict(data.mask), causal=bool(causal))
+        return MVRNNPosterior(
+            mean=mean,
+            scale=scale,
+            samples=samples,
+            elbo=elbo,
+            reconstruction=recon,
+            kl=kl,
+            log_likelihood=elbo.sum(-1),
+            lengths=data.lengths,
+            mask=dict(data.mask),
+            causal=bool(causal),
+        )
 
-    def log_likelihood(self, data: MultimodalData, num_particles: int = 1, seed: int | None = None) -> torch.Tensor:
+    def log_likelihood(
+        self, data: MultimodalData, num_particles: int = 1, seed: int | None = None
+    ) -> torch.Tensor:
         r"""``(N,)`` lower bound on :math:`\log p(x^{(n)})` per sequence (differentiable).
 
         ``num_particles = 1``: the single-draw ELBO with analytic KL. ``K > 1``: the
         importance-weighted bound :math:`\log \frac1K \sum_k p(x, z_k) / q(z_k)` with
         :math:`z_k \sim q` (tighter in expectation as ``K`` grows, Burda et al. 2016).
         """
-        if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+        if (
+            not isinstance(num_particles, int)
+            or isinstance(num_particles, bool)
+            or num_particles < 1
+        ):
             raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
         data = self._checked(data)
-        self._seeded(seed)
-        if num_particles == 1:
-            return self.sequence_elbo(data, kl_scale=1.0)
-        K, N = num_particles, data.num_sequences
-        res, _ = self.elbo_terms(data, repeat=K, log_ratio=True)
-        logw = (sum(res.reconstruction.values()) + res.log_ratio).sum(0).reshape(K, N)
-        return torch.logsumexp(logw, 0) - math.log(K)
+        with self._seeded(seed):
+            if num_particles == 1:
+                return self.sequence_elbo(data, kl_scale=1.0)
+            K, N = num_particles, data.num_sequences
+            res, _ = self.elbo_terms(data, repeat=K, log_ratio=True)
+            logw = (sum(res.reconstruction.values()) + res.log_ratio).sum(0).reshape(K, N)
+            return torch.logsumexp(logw, 0) - math.log(K)
 
-    def impute(self, data: MultimodalData, modality: str, num_samples: int = 16,
-               seed: int | None = None) -> MVRNNImputation:
+    def impute(
+        self, data: MultimodalData, modality: str, num_samples: int = 16, seed: int | None = None
+    ) -> MVRNNImputation:
         r"""Generate ``modality`` from the other modalities.
 
         Every frame of ``modality`` is masked out (observed or not); the guide runs on the others
@@ -367,14 +453,15 @@ class MVRNN(MultimodalModel):
         its prior) and the decoder's mean is averaged over ``num_samples`` draws.
         """
         if modality not in self.modalities:
-            raise ValueError(f"modality: unknown modality {modality!r}; the model has {list(self.modalities)}")
+            raise ValueError(
+                f"modality: unknown modality {modality!r}; the model has {list(self.modalities)}"
+            )
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
         data = self._checked(data)
         N, T, S = data.num_sequences, data.num_timesteps, num_samples
         lik = self.net.likelihoods[modality]
-        with torch.no_grad():
-            self._seeded(seed)
+        with torch.no_grad(), self._seeded(seed):
             res, _ = self.elbo_terms(data, repeat=S, exclude=(modality,))
             raw = res.decoded[modality].transpose(0, 1).reshape(S, N, T, -1)
             means, var = lik.mean(raw), lik.variance(raw)
@@ -393,14 +480,17 @@ class MVRNN(MultimodalModel):
         net, mods = self.net, self.modalities
         p = self._param()
         gen = torch.Generator(device=p.device).manual_seed(
-            int(torch.randint(2**31, (1,))) if seed is None else seed)
+            int(torch.randint(2**31, (1,))) if seed is None else seed
+        )
         N, T = num_sequences, num_timesteps
         h_s, h_m = net.initial_state(N)
         xs = {m: [] for m in mods}
         zs = {b: [] for b in self.blocks}
 
         def draw(loc, scale):
-            return loc + scale * torch.randn(loc.shape, dtype=loc.dtype, device=loc.device, generator=gen)
+            return loc + scale * torch.randn(
+                loc.shape, dtype=loc.dtype, device=loc.device, generator=gen
+            )
 
         from ..nn.vrnn import split_loc_scale
 
@@ -425,7 +515,8 @@ class MVRNN(MultimodalModel):
 
     # ------------------------------------------------------------------ I/O
     def config(self) -> dict:
-        """Constructor arguments (with the current ``kl_scale``); ``MVRNN.from_config(model.config())``."""
+        """Constructor arguments (with the current ``kl_scale``);
+        ``MVRNN.from_config(model.config())``."""
         cfg = super().config()
         cfg["kl_scale"] = self.kl_scale
         return cfg

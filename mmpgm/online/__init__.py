@@ -28,5 +28,7 @@ def Filter(model, num_sequences: int = 1):  # noqa: N802  (a factory, named as D
         return HMMFilter(model, num_sequences)
     if isinstance(model, MultimodalLDS):
         return LDSFilter(model, num_sequences)
-    raise TypeError(f"model: no streaming filter for {type(model).__name__}; "
-                    "expected a MultimodalHMM or a MultimodalLDS")
+    raise TypeError(
+        f"model: no streaming filter for {type(model).__name__}; "
+        "expected a MultimodalHMM or a MultimodalLDS"
+    )

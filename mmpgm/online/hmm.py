@@ -1,4 +1,5 @@
-"""Streaming filter of a :class:`mmpgm.MultimodalHMM`: one frame in, filtered posterior and one-step prediction out.
+"""Streaming filter of a :class:`mmpgm.MultimodalHMM`: one frame in, filtered posterior and
+one-step prediction out.
 
 Memory is constant in the number of frames seen; each step equals the corresponding step of the
 batch forward filter (``mmpgm.infer(..., causal=True)``).
@@ -11,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._validation import check_int
 from ..models.hmm import MultimodalHMM
 from ..ops import hmm as ops
 
@@ -53,8 +55,7 @@ class HMMFilter:
     def __init__(self, model, num_sequences: int = 1):
         if not isinstance(model, MultimodalHMM):
             raise TypeError(f"model: expected a MultimodalHMM, got {type(model).__name__}")
-        if not isinstance(num_sequences, int) or isinstance(num_sequences, bool) or num_sequences < 1:
-            raise ValueError(f"num_sequences: expected a positive int, got {num_sequences!r}")
+        check_int("num_sequences", num_sequences)
         self.model = model
         self.num_sequences = num_sequences
         self.reset()
@@ -70,7 +71,10 @@ class HMMFilter:
         N, M = self.num_sequences, len(model.modalities)
         unknown = set(frame) - set(model.modalities)
         if unknown:
-            raise ValueError(f"frame: unknown modalities {sorted(unknown)}; the model has {list(model.modalities)}")
+            raise ValueError(
+                f"frame: unknown modalities {sorted(unknown)}; the model has "
+                f"{list(model.modalities)}"
+            )
         total = torch.zeros((N,) + model.chain_sizes, dtype=p.dtype, device=p.device)
         for i, m in enumerate(model.modalities):
             if m not in frame or frame[m] is None:
@@ -80,7 +84,10 @@ class HMMFilter:
             if x.dim() == 1:
                 x = x.expand(N, -1) if N == 1 else x
             if x.shape != (N, D):
-                raise ValueError(f"frame[{m!r}]: expected shape ({N}, {D}) or ({D},) for N=1, got {tuple(x.shape)}")
+                raise ValueError(
+                    f"frame[{m!r}]: expected shape ({N}, {D}) or ({D},) for N=1, got "
+                    f"{tuple(x.shape)}"
+                )
             observed = ~torch.isnan(x).any(-1)
             lp = model.emissions[m].log_prob(torch.where(observed[:, None], x, torch.zeros_like(x)))
             lp = torch.where(observed[:, None, None], lp, torch.zeros_like(lp))
@@ -106,8 +113,8 @@ class HMMFilter:
         names = model.chain_names
         return FilterState(
             step=self._step,
-            marginals=dict(zip(names, ops.chain_marginals(self._filtered, C))),
-            predicted=dict(zip(names, ops.chain_marginals(predicted, C))),
+            marginals=dict(zip(names, ops.chain_marginals(self._filtered, C), strict=False)),
+            predicted=dict(zip(names, ops.chain_marginals(predicted, C), strict=False)),
             log_likelihood=self._log_likelihood.clone(),
             log_increment=inc,
         )
@@ -120,7 +127,9 @@ class HMMFilter:
             raise ValueError("predict_observation: call step() at least once first")
         model = self.model
         if modality not in model.modalities:
-            raise ValueError(f"modality: unknown modality {modality!r}; the model has {list(model.modalities)}")
+            raise ValueError(
+                f"modality: unknown modality {modality!r}; the model has {list(model.modalities)}"
+            )
         trans = [c.transition_probs.detach() for c in model._chains()]
         pred = ops.factorial_predict(self._filtered, trans)
         i = model.modalities.index(modality)

@@ -19,7 +19,9 @@ class KMeansResult(NamedTuple):
     inertia: torch.Tensor
 
 
-def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def kmeans_plus_plus(
+    x: torch.Tensor, k: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``k`` seeds from ``x (F, D)`` drawn with probability proportional to squared distance."""
     xc = x.detach().cpu()
     F = xc.shape[0]
@@ -36,7 +38,9 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None 
     return x[torch.tensor(idx, device=x.device)]
 
 
-def kmeans(x: torch.Tensor, k: int, num_iters: int = 25, generator: torch.Generator | None = None) -> KMeansResult:
+def kmeans(
+    x: torch.Tensor, k: int, num_iters: int = 25, generator: torch.Generator | None = None
+) -> KMeansResult:
     """Cluster ``x (F, D)`` into ``k`` groups (empty clusters keep their previous center)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k: expected a positive int, got {k!r}")

@@ -138,7 +138,8 @@ def markov_log_likelihood(log_initial, log_transition, log_component, mask=None)
 
 
 def markov_smooth(log_initial, log_transition, log_component, mask=None) -> torch.Tensor:
-    r"""Smoothed responsibilities :math:`p(c_t \mid y_{1:T}, x)`, ``(N, T, M)`` (forward-backward)."""
+    r"""Smoothed responsibilities :math:`p(c_t \mid y_{1:T}, x)`, ``(N, T, M)``
+    (forward-backward)."""
     lc = _evidence(log_component, mask)
     fw = markov_forward(log_initial, log_transition, lc)
     T = lc.shape[1]
@@ -179,7 +180,8 @@ def markov_viterbi(log_initial, log_transition, log_component, mask=None) -> tor
 def markov_sample(
     log_initial, log_transition, log_component, mask=None, num_samples=1, generator=None
 ):
-    r"""Exact draws :math:`c_{1:T} \sim p(c \mid y, x)` (forward filter, backward sample), ``(S, N, T)``."""
+    r"""Exact draws :math:`c_{1:T} \sim p(c \mid y, x)` (forward filter, backward sample), ``(S, N,
+    T)``."""
     lc = _evidence(log_component, mask)
     fw = markov_forward(log_initial, log_transition, lc)
     N, T, M = lc.shape

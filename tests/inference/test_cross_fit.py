@@ -167,9 +167,11 @@ def test_bad_inputs():
         fit_cross_fitted(model, data, "group", gate_shrinkage=-1.0)
     with pytest.raises(ValueError, match="gate_shrinkage"):
         fit_cross_fitted(model, data, "group", gate_shrinkage=[])
-    with pytest.raises(ValueError, match="expert_steps: expected an int >= 1"):
+    with pytest.raises(ValueError, match="expert_steps: expected a positive int"):
         fit_cross_fitted(model, data, "group", expert_steps=0)
-    with pytest.raises(ValueError, match="shrink_toward: expected 'constant' or 'uniform'"):
+    with pytest.raises(
+        ValueError, match=r"shrink_toward: expected one of \['constant', 'uniform'\], got 'mean'"
+    ):
         fit_gate_to_scores(
             model,
             data,

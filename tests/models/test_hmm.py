@@ -23,7 +23,7 @@ def random_model(obs_dims, K_s, K_m, emission="diag", seed=0):
             K = chain.num_states
             chain.initial_probs = torch.rand(K, generator=g).add(0.2).softmax(0)
             chain.transition_probs = (torch.rand(K, K, generator=g) * 3).softmax(-1)
-        for m, e in model.emissions.items():
+        for _m, e in model.emissions.items():
             if hasattr(e, "loc"):
                 e.loc = 2 * torch.randn(e.loc.shape, generator=g)
             if hasattr(e, "scale"):
@@ -80,7 +80,9 @@ def test_clamped_labels_restrict_the_posterior():
     lab[0, 2] = 2
     clamped = MultimodalData(data.obs, labels={"shared": lab})
     post = mmpgm.infer(model, clamped)
-    torch.testing.assert_close(post.marginals["shared"][0, 2], torch.tensor([0.0, 0.0, 1.0]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        post.marginals["shared"][0, 2], torch.tensor([0.0, 0.0, 1.0]), rtol=0, atol=1e-12
+    )
     assert post.map["shared"][0, 2] == 2
     assert model.log_likelihood(clamped)[0] < model.log_likelihood(data)[0]
 
@@ -101,7 +103,9 @@ def test_plain_hmm_matches_hmmlearn():
         X = data.obs["a"][n, :L].numpy()
         ll, gamma = ref.score_samples(X)
         np.testing.assert_allclose(post.log_likelihood[n].item(), ll, rtol=1e-8)
-        np.testing.assert_allclose(post.marginals["shared"][n, :L].numpy(), gamma, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(
+            post.marginals["shared"][n, :L].numpy(), gamma, rtol=1e-8, atol=1e-12
+        )
         _, vit = ref.decode(X, algorithm="viterbi")
         assert (post.map["shared"][n, :L].numpy() == vit).all()
 
@@ -114,7 +118,9 @@ def test_causal_marginals_ignore_the_future():
     obs["a"][:, 5:] += 10.0
     changed = mmpgm.infer(model, MultimodalData(obs), causal=True)
     for name in model.chain_names:
-        torch.testing.assert_close(full.marginals[name][:, :5], changed.marginals[name][:, :5], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            full.marginals[name][:, :5], changed.marginals[name][:, :5], rtol=1e-12, atol=1e-12
+        )
         assert not torch.allclose(full.marginals[name][:, 5:], changed.marginals[name][:, 5:])
 
 
@@ -164,7 +170,9 @@ def test_float32_follows_the_model():
     model = random_model({"a": 2}, 2, 1).float()
     data, _ = model.sample(2, 5, seed=0)
     assert model.log_likelihood(data).dtype == torch.float32
-    assert mmpgm.infer(model, data.to(dtype=torch.float64)).marginals["shared"].dtype == torch.float32
+    assert (
+        mmpgm.infer(model, data.to(dtype=torch.float64)).marginals["shared"].dtype == torch.float32
+    )
 
 
 def test_bad_model_input_raises():
@@ -217,11 +225,15 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     truth = random_model({"a": 2}, 2, 1)
     data, _ = truth.sample(6, 10, seed=0)
     straight = MultimodalHMM({"a": 2}, 2, 1)
-    r1 = mmpgm.fit(straight, data, num_steps=20, seed=1, patience=None, batch_size=3, progress=False)
+    r1 = mmpgm.fit(
+        straight, data, num_steps=20, seed=1, patience=None, batch_size=3, progress=False
+    )
     ck = tmp_path / "ck.pt"
     resumed = MultimodalHMM({"a": 2}, 2, 1)
     mmpgm.fit(resumed, data, num_steps=10, seed=1, batch_size=3, checkpoint=str(ck), progress=False)
-    r2 = mmpgm.fit(resumed, data, num_steps=20, seed=1, batch_size=3, checkpoint=str(ck), progress=False)
+    r2 = mmpgm.fit(
+        resumed, data, num_steps=20, seed=1, batch_size=3, checkpoint=str(ck), progress=False
+    )
     assert r2.start_step == 10
     np.testing.assert_allclose(r2.losses, r1.losses, rtol=1e-10)
     torch.testing.assert_close(resumed.log_likelihood(data), straight.log_likelihood(data))

@@ -73,15 +73,15 @@ def dense_moments(model):
     def moments(T):
         S = A.shape[0]
         means, marg = [mu0], [P0]
-        for t in range(1, T):
+        for _ in range(1, T):
             means.append(A @ means[-1])
             marg.append(A @ marg[-1] @ A.mT + Q)
         Z = torch.zeros(T * S, T * S)
         for t in range(T):
             for s in range(t + 1):
                 blk = torch.linalg.matrix_power(A, t - s) @ marg[s]  # Cov(z_t, z_s)
-                Z[t * S:(t + 1) * S, s * S:(s + 1) * S] = blk
-                Z[s * S:(s + 1) * S, t * S:(t + 1) * S] = blk.mT
+                Z[t * S : (t + 1) * S, s * S : (s + 1) * S] = blk
+                Z[s * S : (s + 1) * S, t * S : (t + 1) * S] = blk.mT
         big_C = torch.block_diag(*[C] * T)
         mean = big_C @ torch.cat(means) + d.repeat(T)
         cov = big_C @ Z @ big_C.mT + torch.block_diag(*[R] * T)
@@ -98,7 +98,7 @@ def observed_index(data, n):
     idx = []
     for t in range(data.num_timesteps):
         o = 0
-        for m, Dm in zip(mods, dims):
+        for m, Dm in zip(mods, dims, strict=False):
             if bool(data.mask[m][n, t]):
                 idx += list(range(t * D + o, t * D + o + Dm))
             o += Dm
@@ -130,7 +130,7 @@ def test_emission_matrices_are_zero_on_other_private_blocks():
     s0, s1 = model.block_slices["a"]
     assert Cb.shape == (2, model.state_dim) and bool((Cb[:, s0:s1] == 0).all())
     Cc = model.emission_matrix("c")
-    assert bool((Cc[:, model.shared_dim:] == 0).all())
+    assert bool((Cc[:, model.shared_dim :] == 0).all())
 
 
 def test_gaussian_hmm_program_agrees_with_ops_unmasked():
@@ -143,7 +143,9 @@ def test_gaussian_hmm_program_agrees_with_ops_unmasked():
     collapsed = elbo.loss(model.model, model.guide, data)
     ghmm = elbo.loss(model.model, model.guide, data, program="gaussian_hmm")
     assert collapsed == pytest.approx(ghmm, rel=1e-10)
-    assert collapsed == pytest.approx(-(float(ll.detach().sum()) + float(model.log_prior().detach())), rel=1e-10)
+    assert collapsed == pytest.approx(
+        -(float(ll.detach().sum()) + float(model.log_prior().detach())), rel=1e-10
+    )
     with pytest.raises(ValueError, match="fully observed"):
         elbo.loss(model.model, model.guide, masked_data(model), program="gaussian_hmm")
 
@@ -162,7 +164,7 @@ def test_em_never_decreases_the_log_joint(noise):
     lj = float((model.log_likelihood(data).sum() + model.log_prior()).detach())
     assert float(model.em_step(data)) == pytest.approx(lj, rel=1e-12)
     # the block structure is kept
-    assert model.emission_matrix("a")[:, model.block_slices["b"][0]:].abs().max() == 0
+    assert model.emission_matrix("a")[:, model.block_slices["b"][0] :].abs().max() == 0
 
 
 def test_em_with_a_binding_stability_constraint_stays_stable_and_monotone():
@@ -170,11 +172,15 @@ def test_em_with_a_binding_stability_constraint_stays_stable_and_monotone():
     model = MultimodalLDS({"a": 2, "b": 2}, 1, 0, max_spectral_norm=0.5)
     g = torch.Generator().manual_seed(0)
     walk = torch.randn(2, 40, 1, generator=g).cumsum(1)
-    data = MultimodalData({"a": walk + 0.1 * torch.randn(2, 40, 2, generator=g),
-                           "b": -walk + 0.1 * torch.randn(2, 40, 2, generator=g)})
+    data = MultimodalData(
+        {
+            "a": walk + 0.1 * torch.randn(2, 40, 2, generator=g),
+            "b": -walk + 0.1 * torch.randn(2, 40, 2, generator=g),
+        }
+    )
     model.init_from_data(data)
     values = [float(model.em_step(data)) for _ in range(10)]
-    assert all(b >= a - 1e-9 * abs(a) for a, b in zip(values, values[1:]))
+    assert all(b >= a - 1e-9 * abs(a) for a, b in zip(values, values[1:], strict=False))
     A = model.params.transition_matrices["shared"]
     assert float(torch.linalg.matrix_norm(A, ord=2)) <= 0.5 + 1e-9
 
@@ -196,8 +202,12 @@ def test_impute_matches_dense_gaussian_conditional():
         ccov = cov[target][:, target] - K @ cov[o][:, target]
         torch.testing.assert_close(imp.mean[n].reshape(-1), cmean, rtol=1e-9, atol=1e-9)
         for t in range(T):
-            torch.testing.assert_close(imp.covariance[n, t], ccov[2 * t:2 * t + 2, 2 * t:2 * t + 2],
-                                       rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(
+                imp.covariance[n, t],
+                ccov[2 * t : 2 * t + 2, 2 * t : 2 * t + 2],
+                rtol=1e-9,
+                atol=1e-9,
+            )
 
 
 def test_posterior_smoothed_filtered_samples_and_arviz():
@@ -217,7 +227,9 @@ def test_posterior_smoothed_filtered_samples_and_arviz():
     torch.testing.assert_close(post.samples, again.samples)
     causal = mmpgm.infer(model, data, causal=True)
     obs, mask, lengths = model._ops_inputs(model.check_data(data))
-    filt = kops.kalman_filter(model.linear_gaussian_params(), obs, mask, lengths=lengths, method="sequential")
+    filt = kops.kalman_filter(
+        model.linear_gaussian_params(), obs, mask, lengths=lengths, method="sequential"
+    )
     torch.testing.assert_close(causal.state_mean, filt.means.detach())
     torch.testing.assert_close(causal.covs["shared"], filt.covs[..., :2, :2].detach())
     assert causal.causal and causal.cross_covs is None
@@ -238,7 +250,8 @@ def test_sample_shapes_and_fit_runs_with_svi_and_em():
     assert latents["shared"].shape == (3, 20, 2) and latents["a"].shape == (3, 20, 1)
     fresh = MultimodalLDS(OBS_DIMS, 2, 1)
     res = mmpgm.fit(fresh, data, method="em", num_steps=5)
-    assert res.num_steps == 5 and all(b <= a + 1e-9 for a, b in zip(res.losses, res.losses[1:]))
+    assert res.num_steps == 5
+    assert all(b <= a + 1e-9 for a, b in zip(res.losses, res.losses[1:], strict=False))
     fresh2 = MultimodalLDS(OBS_DIMS, 2, 1)
     res2 = mmpgm.fit(fresh2, data, num_steps=5, lr=0.01)
     assert len(res2.losses) == 5 and all(math.isfinite(v) for v in res2.losses)

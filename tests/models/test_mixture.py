@@ -81,7 +81,7 @@ def test_enumerated_loss_gradients_match_closed_form():
     g1 = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     closed = -(model.log_likelihood(data) - model.penalty(data)).sum()
     g2 = torch.autograd.grad(closed, list(model.parameters()), allow_unused=True)
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=False):
         if a is not None and b is not None:
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
@@ -95,7 +95,10 @@ def test_co_learning_penalty_formula():
         expert_weight=0.0,
     )
     xs, masks = model._inputs(data)
-    zs = [model.experts[m](x, k)[1][..., :2] for m, x, k in zip(model.modalities, xs, masks)]
+    zs = [
+        model.experts[m](x, k)[1][..., :2]
+        for m, x, k in zip(model.modalities, xs, masks, strict=True)
+    ]
     lam = [0.5, 1.0, 2.0]
     N, T = 3, 6
     ref = torch.zeros(N, dtype=torch.float64)
@@ -284,3 +287,26 @@ def test_bad_inputs():
         model.log_likelihood(per_seq)
     with pytest.raises(ValueError, match="num_samples"):
         model.posterior(data, num_samples=-1)
+
+
+def test_fit_without_the_target_label_is_refused():
+    """A mixture fitted on data without the label it predicts would train to loss 0 and learn
+    nothing; fit and the mixture's training functions refuse it by name."""
+    from mmpgm.inference.mixture import fit_gate, pretrain_experts
+
+    g = torch.Generator().manual_seed(0)
+    data = mmpgm.MultimodalData(
+        {"a": torch.randn(3, 6, 2, generator=g), "b": torch.randn(3, 6, 1, generator=g)}
+    )
+    model = GatedMixture({"a": 2, "b": 1}, target="speech")
+    for train in (
+        lambda: mmpgm.fit(model, data, num_steps=1, progress=False),
+        lambda: mmpgm.fit(model, data, method="em", num_steps=1, progress=False),
+        lambda: pretrain_experts(model, data, num_steps=1),
+        lambda: fit_gate(model, data, num_steps=1),
+    ):
+        with pytest.raises(ValueError, match=r"labels: the mixture predicts the label 'speech'"):
+            train()
+    unlabelled = mmpgm.MultimodalData(dict(data.obs), labels={"speech": -torch.ones(3, 6)})
+    with pytest.raises(ValueError, match=r"labels\['speech'\]: no frame is labelled"):
+        mmpgm.fit(model, unlabelled, num_steps=1, progress=False)

@@ -225,8 +225,13 @@ def test_gate_learns_which_stream_carries_the_mask(gate):
     test, noise_a, noise_b = _synthetic(32, 30, seed=1)
     torch.manual_seed(0)
     model = GatedMixture(
-        {"a": F, "b": F}, gate=gate, head="ratio_mask", mask_dim=F, target="irm",
-        hidden_dim=16, gate_hidden_dim=16,
+        {"a": F, "b": F},
+        gate=gate,
+        head="ratio_mask",
+        mask_dim=F,
+        target="irm",
+        hidden_dim=16,
+        gate_hidden_dim=16,
     )
     mmpgm.fit(model, train, num_steps=100, lr=0.03, seed=0, patience=0, program="collapsed")
     post = mmpgm.infer(model, test)

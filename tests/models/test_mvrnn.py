@@ -1,4 +1,5 @@
-"""MVRNN: bound correctness, no leakage from missing frames, program equivalences, shapes, errors."""
+"""MVRNN: bound correctness, no leakage from missing frames, program equivalences, shapes,
+errors."""
 
 import importlib.util
 import math
@@ -12,9 +13,9 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 import mmpgm
 from mmpgm import MultimodalData
 from mmpgm.models.mvrnn import MVRNN
-from mmpgm.results import MVRNNImputation, MVRNNPosterior
 from mmpgm.nn.heads import _inv_scale
 from mmpgm.ops.gaussian import product_of_experts
+from mmpgm.results import MVRNNImputation, MVRNNPosterior
 
 DIMS = {"a": 3, "b": 2}
 
@@ -44,7 +45,9 @@ def guide_latents(model, data, seed):
     pyro.set_rng_seed(seed)
     tr = pyro.poutine.trace(model.guide).get_trace(data, program="sites")
     T = data.num_timesteps
-    return {b: torch.stack([tr.nodes[f"z_{b}_{t}"]["value"] for t in range(T)]) for b in model.blocks}
+    return {
+        b: torch.stack([tr.nodes[f"z_{b}_{t}"]["value"] for t in range(T)]) for b in model.blocks
+    }
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -56,7 +59,10 @@ def test_product_of_experts_closed_form_and_absent_experts_do_not_leak():
     loc, scale = product_of_experts(p_loc, p_scale, locs, scales, masks)
     for n in range(5):
         prec = p_scale[n] ** -2 + sum(scales[m, n] ** -2 for m in range(2) if masks[m, n])
-        mean = (p_loc[n] * p_scale[n] ** -2 + sum(locs[m, n] * scales[m, n] ** -2 for m in range(2) if masks[m, n])) / prec
+        mean = (
+            p_loc[n] * p_scale[n] ** -2
+            + sum(locs[m, n] * scales[m, n] ** -2 for m in range(2) if masks[m, n])
+        ) / prec
         torch.testing.assert_close(loc[n], mean, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(scale[n], prec.rsqrt(), rtol=1e-6, atol=1e-6)
     # NaN in an absent expert never reaches the result
@@ -70,9 +76,11 @@ def test_product_of_experts_closed_form_and_absent_experts_do_not_leak():
 @pytest.mark.parametrize("private_dim,batched", [(2, True), (2, False), ({"a": 2, "b": 1}, True)])
 def test_vectorized_scan_equals_plain_per_step_implementation(private_dim, batched):
     """The fused/hoisted scan (modalities batched, or one at a time, or the fallback for unequal
-    private sizes) computes the same loss and gradient as the naive per-step code of the benchmark."""
+    private sizes) computes the same loss and gradient as the naive per-step code of the
+    benchmark."""
     spec = importlib.util.spec_from_file_location(
-        "mvrnn_speed", Path(__file__).resolve().parents[2] / "benchmarks" / "mvrnn_speed.py")
+        "mvrnn_speed", Path(__file__).resolve().parents[2] / "benchmarks" / "mvrnn_speed.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     model = make_model(private_dim=private_dim)
@@ -88,7 +96,7 @@ def test_vectorized_scan_equals_plain_per_step_implementation(private_dim, batch
     plain = bench.plain_loss(model.net, xs, masks, model.net.draw_noise(6, 4), tm)
     g_plain = torch.autograd.grad(plain, params)
     torch.testing.assert_close(ours, plain, rtol=1e-10, atol=1e-10)
-    for a, b in zip(g_ours, g_plain):
+    for a, b in zip(g_ours, g_plain, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
@@ -97,13 +105,15 @@ def test_site_program_meanfield_loss_and_gradient_equal_the_vectorized_elbo():
     model = make_model()
     data = make_data(lengths=[6, 4, 6, 2])
     pyro.set_rng_seed(5)
-    loss = TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, data, program="sites")
+    loss = TraceMeanField_ELBO().differentiable_loss(
+        model.model, model.guide, data, program="sites"
+    )
     g_site = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     lat = guide_latents(model, data, 5)
     ref = -model.sequence_elbo(data, latents=lat).sum()
     g_ref = torch.autograd.grad(ref, list(model.parameters()), allow_unused=True)
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-10)
-    for a, b in zip(g_site, g_ref):
+    for a, b in zip(g_site, g_ref, strict=False):
         if a is None or b is None:
             assert (a is None or not a.abs().sum()) and (b is None or not b.abs().sum())
         else:
@@ -120,10 +130,14 @@ def test_model_reuses_guide_states_only_when_replayed():
     pyro.set_rng_seed(2)
     gtr = pyro.poutine.trace(model.guide).get_trace(data, program="sites")
     assert len(calls) == data.num_timesteps
-    cached = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=gtr)).get_trace(data, program="sites")
+    cached = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=gtr)).get_trace(
+        data, program="sites"
+    )
     assert len(calls) == data.num_timesteps  # nothing recomputed by the replayed model
     assert model._site_cache is None  # consumed
-    fresh = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=gtr)).get_trace(data, program="sites")
+    fresh = pyro.poutine.trace(pyro.poutine.replay(model.model, trace=gtr)).get_trace(
+        data, program="sites"
+    )
     assert len(calls) == 2 * data.num_timesteps  # a model run without a fresh guide recomputes
     torch.testing.assert_close(cached.log_prob_sum(), fresh.log_prob_sum(), rtol=1e-12, atol=1e-12)
     # Trace_ELBO (Monte Carlo KL) runs and is finite
@@ -172,7 +186,7 @@ def linear_gaussian_mvrnn(seed=0):
             dec = net.decoders[m].l1
             dec.weight.zero_()
             dec.weight[:D, :Zm] = A
-            dec.weight[:D, Zm:Zm + Zs] = B
+            dec.weight[:D, Zm : Zm + Zs] = B
             dec.bias[:D] = mu
             dec.bias[D:] = _inv_scale(sigma)
             true[m] = (A, B, mu, sigma)
@@ -206,8 +220,8 @@ def exact_log_likelihood(true, data):
                 k += z
         for t, m, A, B, _ in rows:
             W = torch.zeros(A.shape[0], k, dtype=torch.float64)
-            W[:, offsets[(t, "shared")]:offsets[(t, "shared")] + Zs] = B
-            W[:, offsets[(t, m)]:offsets[(t, m)] + A.shape[1]] = A
+            W[:, offsets[(t, "shared")] : offsets[(t, "shared")] + Zs] = B
+            W[:, offsets[(t, m)] : offsets[(t, m)] + A.shape[1]] = A
             L.append(W)
         W = torch.cat(L)
         noise = torch.cat([r[4] ** 2 for r in rows])
@@ -229,7 +243,9 @@ def test_elbo_and_iwae_bound_the_exact_log_likelihood_of_a_linear_gaussian_mvrnn
         K = 2000
         elbo = model.sequence_elbo(data, kl_scale=1.0, repeat=K).reshape(K, 4)
         elbo_mean, elbo_se = elbo.mean(0), elbo.std(0) / math.sqrt(K)
-        iwae = torch.stack([model.log_likelihood(data, num_particles=256, seed=s) for s in range(4)]).mean(0)
+        iwae = torch.stack(
+            [model.log_likelihood(data, num_particles=256, seed=s) for s in range(4)]
+        ).mean(0)
     # expected ELBO <= log p(x), strictly here (the encoder is random); 4 standard errors of slack
     assert bool((elbo_mean - 4 * elbo_se < exact).all()), (elbo_mean, exact)
     assert bool((elbo_mean < exact).all())
@@ -244,7 +260,11 @@ def _everything(model, data):
     post = model.posterior(data, num_samples=2, seed=7)
     out["elbo"] = post.elbo
     for b in model.blocks:
-        out[f"mean_{b}"], out[f"scale_{b}"], out[f"samples_{b}"] = post.mean[b], post.scale[b], post.samples[b]
+        out[f"mean_{b}"], out[f"scale_{b}"], out[f"samples_{b}"] = (
+            post.mean[b],
+            post.scale[b],
+            post.samples[b],
+        )
         out[f"kl_{b}"] = post.kl[b]
     for m in DIMS:
         out[f"rec_{m}"] = post.reconstruction[m]
@@ -255,7 +275,9 @@ def _everything(model, data):
         out[f"impute_{m}"] = model.impute(data, m, num_samples=3, seed=4).mean
     pyro.set_rng_seed(9)
     loss = model.default_elbo().differentiable_loss(model.model, model.guide, data)
-    out["grad"] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
+    out["grad"] = torch.cat(
+        [g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))]
+    )
     return out
 
 
@@ -286,21 +308,31 @@ def test_a_missing_modality_has_no_reconstruction_or_private_kl_and_imputation_i
         assert bool((post.reconstruction[m][hidden] == 0).all())
         assert bool((post.kl[m][hidden] == 0).all())  # private posterior = prior there
     # impute() ignores every frame of the modality it generates, observed or not
-    other = MultimodalData({"a": torch.randn(4, 6, 3, dtype=torch.float64), "b": data.obs["b"]},
-                           mask={"b": data.mask["b"]})
+    other = MultimodalData(
+        {"a": torch.randn(4, 6, 3, dtype=torch.float64), "b": data.obs["b"]},
+        mask={"b": data.mask["b"]},
+    )
     i1 = model.impute(data, "a", num_samples=4, seed=1)
     i2 = model.impute(other, "a", num_samples=4, seed=1)
     assert torch.equal(i1.mean, i2.mean) and torch.equal(i1.variance, i2.variance)
     assert isinstance(i1, MVRNNImputation) and i1.samples.shape == (4, 4, 6, 3)
     assert bool((i1.variance > 0).all())
-    assert i1.to_arviz().posterior_predictive["x"].dims == ("chain", "draw", "sequence", "time", "feature")
+    assert i1.to_arviz().posterior_predictive["x"].dims == (
+        "chain",
+        "draw",
+        "sequence",
+        "time",
+        "feature",
+    )
 
 
 def test_fully_missing_modality_leaves_a_valid_model_of_the_others():
     model = make_model()
     data = make_data(missing=False)
-    gone = MultimodalData(data.obs, mask={"a": torch.ones(4, 6, dtype=torch.bool),
-                                          "b": torch.zeros(4, 6, dtype=torch.bool)})
+    gone = MultimodalData(
+        data.obs,
+        mask={"a": torch.ones(4, 6, dtype=torch.bool), "b": torch.zeros(4, 6, dtype=torch.bool)},
+    )
     post = model.posterior(gone, seed=0)
     assert bool(torch.isfinite(post.elbo).all())
     assert bool((post.reconstruction["b"] == 0).all()) and bool((post.kl["b"] == 0).all())
@@ -310,8 +342,9 @@ def test_fully_missing_modality_leaves_a_valid_model_of_the_others():
     result = mmpgm.fit(model, gone, num_steps=3, lr=1e-2, progress=False)
     assert all(math.isfinite(v) for v in result.losses)
     # the stored values of b are irrelevant
-    gone2 = MultimodalData({"a": data.obs["a"], "b": torch.full((4, 6, 2), 5.0, dtype=torch.float64)},
-                           mask=gone.mask)
+    gone2 = MultimodalData(
+        {"a": data.obs["a"], "b": torch.full((4, 6, 2), 5.0, dtype=torch.float64)}, mask=gone.mask
+    )
     assert torch.equal(model.log_likelihood(gone, seed=1), model.log_likelihood(gone2, seed=1))
 
 
@@ -321,7 +354,9 @@ def test_shapes_padding_and_arviz(T, lengths):
     model = make_model()
     N = 3
     g = torch.Generator().manual_seed(0)
-    data = MultimodalData({m: torch.randn(N, T, d, generator=g) for m, d in DIMS.items()}, lengths=lengths)
+    data = MultimodalData(
+        {m: torch.randn(N, T, d, generator=g) for m, d in DIMS.items()}, lengths=lengths
+    )
     post = mmpgm.infer(model, data, num_samples=2, seed=0)
     assert isinstance(post, MVRNNPosterior)
     assert post.elbo.shape == (N, T) and post.log_likelihood.shape == (N,)
@@ -332,7 +367,8 @@ def test_shapes_padding_and_arviz(T, lengths):
         assert bool((post.kl[b][~inside] == 0).all())
     torch.testing.assert_close(post.log_likelihood, post.elbo.sum(-1))
     torch.testing.assert_close(
-        post.elbo, sum(post.reconstruction.values()) - sum(post.kl.values()), rtol=1e-12, atol=1e-12)
+        post.elbo, sum(post.reconstruction.values()) - sum(post.kl.values()), rtol=1e-12, atol=1e-12
+    )
     idata = post.to_arviz()
     assert idata.posterior["z_shared"].dims == ("chain", "draw", "sequence", "time", "z_shared_dim")
     assert idata.posterior["z_a"].shape == (1, 2, N, T, 2)
@@ -352,7 +388,9 @@ def test_sequences_are_independent():
     full = model.posterior(data, seed=0)
     for n in range(4):
         one = model.posterior(data[n], seed=0)
-        torch.testing.assert_close(one.mean["shared"][0], full.mean["shared"][n], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            one.mean["shared"][0], full.mean["shared"][n], rtol=1e-12, atol=1e-12
+        )
 
 
 def test_sample_fit_save_load_and_bernoulli():
@@ -370,13 +408,26 @@ def test_sample_fit_save_load_and_bernoulli():
         path = f"{d}/m.pt"
         model.save(path)
         loaded = mmpgm.load_model(path)
-    assert isinstance(loaded, MVRNN) and loaded.kl_scale == 0.5 and loaded.config() == model.config()
-    torch.testing.assert_close(loaded.log_likelihood(data, seed=1), model.log_likelihood(data, seed=1))
-    bern = MVRNN({"bits": 4, "y": 2}, hidden_dim=6, shared_dim=2, private_dim={"bits": 1, "y": 0},
-                 likelihood={"bits": "bernoulli", "y": "gaussian"})
+    assert (
+        isinstance(loaded, MVRNN) and loaded.kl_scale == 0.5 and loaded.config() == model.config()
+    )
+    torch.testing.assert_close(
+        loaded.log_likelihood(data, seed=1), model.log_likelihood(data, seed=1)
+    )
+    bern = MVRNN(
+        {"bits": 4, "y": 2},
+        hidden_dim=6,
+        shared_dim=2,
+        private_dim={"bits": 1, "y": 0},
+        likelihood={"bits": "bernoulli", "y": "gaussian"},
+    )
     g = torch.Generator().manual_seed(0)
-    bd = MultimodalData({"bits": (torch.rand(2, 5, 4, generator=g) > 0.5).float(),
-                         "y": torch.randn(2, 5, 2, generator=g)})
+    bd = MultimodalData(
+        {
+            "bits": (torch.rand(2, 5, 4, generator=g) > 0.5).float(),
+            "y": torch.randn(2, 5, 2, generator=g),
+        }
+    )
     assert bool(torch.isfinite(bern.log_likelihood(bd)).all())
     imp = bern.impute(bd, "bits", num_samples=2)
     assert bool(((imp.mean > 0) & (imp.mean < 1)).all())
@@ -427,13 +478,21 @@ def test_speed_benchmark_quick_runs_and_agrees():
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "mvrnn_speed.py"), "--quick"],
-                          capture_output=True, text=True, timeout=120, cwd=root, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "mvrnn_speed.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (rec,) = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
     for k in ("benchmark", "config", "median_s", "speedup", "peak_mib", "agreement", "env"):
         assert k in rec, k
     assert rec["benchmark"] == "mvrnn_speed" and rec["config"]["name"] == "quick"
-    assert {"mmpgm", "torch_plain", "pyro_trace_elbo", "pyro_meanfield_elbo"} <= set(rec["median_s"])
+    assert {"mmpgm", "torch_plain", "pyro_trace_elbo", "pyro_meanfield_elbo"} <= set(
+        rec["median_s"]
+    )
     # float32, same noise: only rounding differs
     assert rec["agreement"]["torch_plain"] < 1e-5 and rec["agreement"]["pyro_meanfield_elbo"] < 1e-5

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DIMS = {"a": 2, "b": 1}
 MIXTURE_READY = issubclass(GatedMixture, MultimodalModel)
 MIXTURE_XFAIL = pytest.mark.xfail(
-    not MIXTURE_READY, strict=False,
+    not MIXTURE_READY,
+    strict=False,
     reason="GatedMixture does not subclass MultimodalModel yet (the mixture split is under way)",
 )
 
@@ -103,8 +104,9 @@ def _loss(model, data, program, seed=0):
     """The training loss of ``program`` at the current parameters (``default_elbo(program)``)."""
     pyro.set_rng_seed(seed)
     with torch.no_grad():
-        return float(model.default_elbo(program).loss(model.model, model.guide, data,
-                                                      program=program))
+        return float(
+            model.default_elbo(program).loss(model.model, model.guide, data, program=program)
+        )
 
 
 # --------------------------------------------------------------------------- the table
@@ -130,8 +132,10 @@ def test_program_loss_equals_default_program_loss(name, program):
         pyro.set_rng_seed(5)
         trace = pyro.poutine.trace(model.guide).get_trace(data, program=program)
         T = data.num_timesteps
-        latents = {b: torch.stack([trace.nodes[f"z_{b}_{t}"]["value"] for t in range(T)])
-                   for b in model.blocks}
+        latents = {
+            b: torch.stack([trace.nodes[f"z_{b}_{t}"]["value"] for t in range(T)])
+            for b in model.blocks
+        }
         with torch.no_grad():
             want = float(-model.sequence_elbo(data, latents=latents).sum())
     else:
@@ -163,9 +167,14 @@ def test_bad_program_names_program(name):
 
 
 # --------------------------------------------------------------------------- fit(method="em")
-@pytest.mark.parametrize("name", [
-    "hmm", "lds", pytest.param("mixture", marks=MIXTURE_XFAIL),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hmm",
+        "lds",
+        pytest.param("mixture", marks=MIXTURE_XFAIL),
+    ],
+)
 def test_em_dispatch(name):
     model, data = BUILDERS[name]()
     res = mmpgm.fit(model, data, method="em", num_steps=2, progress=False)

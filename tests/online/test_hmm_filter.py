@@ -27,11 +27,15 @@ def test_streaming_equals_batch_filter_with_missing_modalities():
         state = f.step(frame)
         assert state.step == t + 1
         for name in model.chain_names:
-            torch.testing.assert_close(state.marginals[name], batch.marginals[name][:, t], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(
+                state.marginals[name], batch.marginals[name][:, t], rtol=1e-10, atol=1e-12
+            )
     torch.testing.assert_close(state.log_likelihood, batch.log_likelihood, rtol=1e-10, atol=1e-10)
     # the one-step prediction is the transition applied to the filtered marginal
     A = model.shared_chain.transition_probs.detach()
-    torch.testing.assert_close(state.predicted["shared"], state.marginals["shared"] @ A, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        state.predicted["shared"], state.marginals["shared"] @ A, rtol=1e-10, atol=1e-12
+    )
     mean, cov = f.predict_observation("video")
     assert mean.shape == (3, 6) and cov.shape == (3, 6, 6)
     with pytest.raises(ValueError, match="unknown modalities"):

@@ -1,4 +1,5 @@
-"""The streaming LDS filter equals the batch Kalman filter at every step, with missing modalities."""
+"""The streaming LDS filter equals the batch Kalman filter at every step, with missing
+modalities."""
 
 import math
 
@@ -13,7 +14,9 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 
 def make_model():
-    model = MultimodalLDS({"pos": 3, "imu": 2}, shared_dim=2, private_dim={"pos": 1, "imu": 2}, noise="full")
+    model = MultimodalLDS(
+        {"pos": 3, "imu": 2}, shared_dim=2, private_dim={"pos": 1, "imu": 2}, noise="full"
+    )
     data, _ = MultimodalLDS({"pos": 3, "imu": 2}, 2, {"pos": 1, "imu": 2}).sample(3, 40, seed=0)
     model.init_from_data(data)
     for _ in range(3):
@@ -33,8 +36,11 @@ def test_streaming_equals_batch_filter_with_missing_modalities():
     batch = mmpgm.infer(model, data, causal=True, map_path=False)
     f = LDSFilter(model, num_sequences=3)
     mean0, cov0 = f.predict_observation("pos")
-    torch.testing.assert_close(mean0[0], model.emission_matrix("pos").detach() @ model.linear_gaussian_params().init_mean.detach()
-                               + model.emissions["pos"].offset.detach())
+    torch.testing.assert_close(
+        mean0[0],
+        model.emission_matrix("pos").detach() @ model.linear_gaussian_params().init_mean.detach()
+        + model.emissions["pos"].offset.detach(),
+    )
     tol = dict(rtol=1e-10, atol=1e-12)
     for t in range(15):
         frame = {m: data.obs[m][:, t] for m in model.modalities if not (m == "pos" and t in (5, 6))}
@@ -50,10 +56,16 @@ def test_streaming_equals_batch_filter_with_missing_modalities():
         assert pm.shape == (3, 2) and pc.shape == (3, 2, 2)
     torch.testing.assert_close(state.log_likelihood, batch.log_likelihood, rtol=1e-10, atol=1e-10)
     # the one-step observation prediction equals the batch filter's prediction for the next frame
-    ext = mmpgm.MultimodalData({m: torch.cat([obs[m], torch.full_like(obs[m][:, :1], math.nan)], 1) for m in obs})
+    ext = mmpgm.MultimodalData(
+        {m: torch.cat([obs[m], torch.full_like(obs[m][:, :1], math.nan)], 1) for m in obs}
+    )
     nxt = mmpgm.infer(model, ext, causal=True, map_path=False)
     C = model.emission_matrix("imu").detach()
-    torch.testing.assert_close(f.predict_observation("imu")[0], nxt.state_mean[:, 15] @ C.mT + model.emissions["imu"].offset.detach(), **tol)
+    torch.testing.assert_close(
+        f.predict_observation("imu")[0],
+        nxt.state_mean[:, 15] @ C.mT + model.emissions["imu"].offset.detach(),
+        **tol,
+    )
     # constant memory: the filter keeps only the current prediction
     assert f._pred_m.shape == (3, model.state_dim)
 

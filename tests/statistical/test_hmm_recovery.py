@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def true_model():
-    model = mmpgm.MultimodalHMM({"a": 3, "b": 2}, num_shared_states=3, num_private_states=2).double()
+    model = mmpgm.MultimodalHMM(
+        {"a": 3, "b": 2}, num_shared_states=3, num_private_states=2
+    ).double()
     with torch.no_grad():
         model.shared_chain.initial_probs = torch.tensor([0.5, 0.3, 0.2])
         model.shared_chain.transition_probs = torch.tensor(
@@ -47,7 +49,9 @@ def test_recovers_shared_transitions_and_heldout_likelihood(method):
     truth = true_model()
     train, latents = truth.sample(200, 100, seed=0)
     test, _ = truth.sample(50, 100, seed=1)
-    model = mmpgm.MultimodalHMM({"a": 3, "b": 2}, num_shared_states=3, num_private_states=2).double()
+    model = mmpgm.MultimodalHMM(
+        {"a": 3, "b": 2}, num_shared_states=3, num_private_states=2
+    ).double()
     if method == "em":
         mmpgm.fit(model, train, method="em", num_steps=300, num_restarts=3, seed=0, progress=False)
     else:
@@ -57,10 +61,14 @@ def test_recovers_shared_transitions_and_heldout_likelihood(method):
     err = (fitted.shared_transition - truth.params.shared_transition).abs().max().item()
     assert err < 0.05, f"shared transition max-abs error {err:.4f}"
     with torch.no_grad():
-        gap = (truth.log_likelihood(test).sum() - model.log_likelihood(test).sum()).item() / (50 * 100)
+        gap = (truth.log_likelihood(test).sum() - model.log_likelihood(test).sum()).item() / (
+            50 * 100
+        )
     assert abs(gap) < 0.02, f"held-out log-likelihood gap {gap:.4f} nats/frame"
     post = mmpgm.infer(model, train)
     acc, _ = state_accuracy(latents["shared"], post.map["shared"], 3)
-    print(f"{method}: shared transition max-abs error {err:.4f}, held-out gap {gap:+.4f} nats/frame, "
-          f"shared-state accuracy {acc:.4f}")
+    print(
+        f"{method}: shared transition max-abs error {err:.4f}, held-out gap {gap:+.4f} nats/frame, "
+        f"shared-state accuracy {acc:.4f}"
+    )
     assert acc > 0.9, f"shared state accuracy {acc:.3f}"

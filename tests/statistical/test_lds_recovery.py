@@ -43,15 +43,25 @@ def truth():
     model = MultimodalLDS({"a": 5, "b": 4}, shared_dim=2, private_dim=1).double()
     g = torch.Generator().manual_seed(0)
     th = 0.3
-    rot = torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], dtype=torch.float64)
+    rot = torch.tensor(
+        [[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], dtype=torch.float64
+    )
     eye = torch.eye
 
     def r(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64)
 
     params = LDSParams(
-        transition_matrices={"shared": 0.95 * rot, "a": torch.tensor([[0.9]]), "b": torch.tensor([[0.7]])},
-        transition_covs={"shared": (1 - 0.95**2) * eye(2), "a": torch.tensor([[0.19]]), "b": torch.tensor([[0.51]])},
+        transition_matrices={
+            "shared": 0.95 * rot,
+            "a": torch.tensor([[0.9]]),
+            "b": torch.tensor([[0.7]]),
+        },
+        transition_covs={
+            "shared": (1 - 0.95**2) * eye(2),
+            "a": torch.tensor([[0.19]]),
+            "b": torch.tensor([[0.51]]),
+        },
         init_means={"shared": torch.zeros(2), "a": torch.zeros(1), "b": torch.zeros(1)},
         init_covs={"shared": eye(2), "a": eye(1), "b": eye(1)},
         shared_emissions={"a": r(5, 2), "b": r(4, 2)},
@@ -84,8 +94,9 @@ def setup():
     return tm, train, test, held_out_per_frame(tm, test)
 
 
-@pytest.mark.parametrize("method, kwargs", [("em", dict(num_steps=30)),
-                                            ("svi", dict(num_steps=60, lr=0.05, patience=0))])
+@pytest.mark.parametrize(
+    "method, kwargs", [("em", dict(num_steps=30)), ("svi", dict(num_steps=60, lr=0.05, patience=0))]
+)
 def test_em_and_svi_recover_the_truth(setup, one_thread, method, kwargs):
     tm, train, test, ref = setup
     model = MultimodalLDS({"a": 5, "b": 4}, shared_dim=2, private_dim=1).double()

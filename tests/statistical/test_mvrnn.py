@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 def ar1(phi, N, T, g):
     z = torch.zeros(N, T)
     z[:, 0] = torch.randn(N, generator=g)
-    e = torch.randn(N, T, generator=g) * math.sqrt(1 - phi ** 2)
+    e = torch.randn(N, T, generator=g) * math.sqrt(1 - phi**2)
     for t in range(1, T):
         z[:, t] = phi * z[:, t - 1] + e[:, t]
     return z
@@ -90,14 +90,24 @@ def lgssm(seed, N, T):
     gp = torch.Generator().manual_seed(7)
     A = torch.tensor([[0.8, -0.3], [0.3, 0.8]], dtype=torch.float64)
     Q = 0.3 * torch.eye(2, dtype=torch.float64)
-    C = {"a": torch.randn(2, 2, generator=gp, dtype=torch.float64),
-         "b": torch.randn(2, 2, generator=gp, dtype=torch.float64)}
-    R = {"a": torch.tensor([0.2, 0.3], dtype=torch.float64), "b": torch.tensor([0.25, 0.15], dtype=torch.float64)}
+    C = {
+        "a": torch.randn(2, 2, generator=gp, dtype=torch.float64),
+        "b": torch.randn(2, 2, generator=gp, dtype=torch.float64),
+    }
+    R = {
+        "a": torch.tensor([0.2, 0.3], dtype=torch.float64),
+        "b": torch.tensor([0.25, 0.15], dtype=torch.float64),
+    }
     z = torch.zeros(N, T, 2, dtype=torch.float64)
     z[:, 0] = torch.randn(N, 2, generator=g, dtype=torch.float64)
     for t in range(1, T):
-        z[:, t] = z[:, t - 1] @ A.T + torch.randn(N, 2, generator=g, dtype=torch.float64) @ Q.sqrt().T
-    obs = {m: z @ C[m].T + R[m].sqrt() * torch.randn(N, T, 2, generator=g, dtype=torch.float64) for m in C}
+        z[:, t] = (
+            z[:, t - 1] @ A.T + torch.randn(N, 2, generator=g, dtype=torch.float64) @ Q.sqrt().T
+        )
+    obs = {
+        m: z @ C[m].T + R[m].sqrt() * torch.randn(N, T, 2, generator=g, dtype=torch.float64)
+        for m in C
+    }
     return obs, (A, Q, C, R)
 
 
@@ -110,12 +120,14 @@ def lgssm_exact_log_likelihood(obs, params):
     M = torch.zeros(T * S, T * S, dtype=torch.float64)
     for t in range(T):
         for k in range(t + 1):
-            M[t * S:(t + 1) * S, k * S:(k + 1) * S] = torch.linalg.matrix_power(A, t - k)
+            M[t * S : (t + 1) * S, k * S : (k + 1) * S] = torch.linalg.matrix_power(A, t - k)
     E = torch.block_diag(torch.eye(S, dtype=torch.float64), *[Q] * (T - 1))
     Cfull = torch.block_diag(*[torch.cat([C["a"], C["b"]], 0)] * T)
     cov = Cfull @ M @ E @ M.T @ Cfull.T + torch.diag(torch.cat([R["a"], R["b"]]).repeat(T))
     x = torch.cat([obs["a"], obs["b"]], -1).reshape(N, T * 4)
-    return torch.distributions.MultivariateNormal(torch.zeros(T * 4, dtype=torch.float64), cov).log_prob(x)
+    return torch.distributions.MultivariateNormal(
+        torch.zeros(T * 4, dtype=torch.float64), cov
+    ).log_prob(x)
 
 
 def test_trained_elbo_stays_below_the_exact_log_likelihood_of_the_true_state_space_model():
@@ -135,9 +147,11 @@ def test_trained_elbo_stays_below_the_exact_log_likelihood_of_the_true_state_spa
         iwae = model.log_likelihood(test, num_particles=K, seed=0)
     gap = (exact - elbo) / T
     gap_iwae = (exact - iwae) / T
-    print(f"held-out gap exact - ELBO per frame: mean {float(gap.mean()):.3f} nats "
-          f"(min {float(gap.min()):.3f}); exact - IWAE(256): {float(gap_iwae.mean()):.3f}; "
-          f"exact {float(exact.mean() / T):.3f} nats/frame")
+    print(
+        f"held-out gap exact - ELBO per frame: mean {float(gap.mean()):.3f} nats "
+        f"(min {float(gap.min()):.3f}); exact - IWAE(256): {float(gap_iwae.mean()):.3f}; "
+        f"exact {float(exact.mean() / T):.3f} nats/frame"
+    )
     below = float((elbo < exact).double().mean())
     print(f"fraction of held-out sequences with ELBO < exact: {below:.3f}")
     # The ELBO bounds the *fitted* model's log-likelihood; on held-out data from the true model

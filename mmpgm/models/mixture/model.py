@@ -162,6 +162,20 @@ class GatedMixture(MultimodalModel):
         if self.target in data.labels:
             self.target_head.check(data.labels[self.target], data.time_mask)
 
+    def check_training_data(self, data: MultimodalData) -> None:
+        """The target label must be present and given on at least one observed frame."""
+        if self.target not in data.labels:
+            raise ValueError(
+                f"data.labels: the mixture predicts the label {self.target!r}, which the data do "
+                f"not have (labels: {sorted(data.labels)}); without it there is nothing to fit"
+            )
+        _, labelled = self.targets(data)
+        if not bool(labelled.any()):
+            raise ValueError(
+                f"data.labels[{self.target!r}]: no frame is labelled (all -1/NaN or padding); "
+                "there is nothing to fit"
+            )
+
     @torch.no_grad()
     def init_from_data(self, data: MultimodalData, seed: int = 0, force: bool = False) -> None:
         """Set the input standardization (per-feature mean and std of the observed frames) of every
