@@ -72,7 +72,6 @@ from typing import Optional
 
 from torch import Tensor
 
-from ..scan import associative_scan
 from .method import (
     AUTO_PARALLEL_MAX_STEP_WORK,
     AUTO_PARALLEL_MIN_T,
@@ -107,7 +106,6 @@ __all__ = [
     "kalman_log_likelihood",
     "parallel_kalman_filter",
     "choose_method",
-    "associative_scan",
     "AUTO_PARALLEL_MIN_T",
     "AUTO_PARALLEL_MAX_STEP_WORK",
     "STEADY_STATE_RTOL",

@@ -53,12 +53,13 @@ METHODS = ("auto", "sequential", "parallel")
 SHARES = ("auto", "covariance", "matrices", "none")
 
 AUTO_PARALLEL_MIN_T = 256
-"""``method="auto"`` picks ``"parallel"`` only for ``T >= AUTO_PARALLEL_MIN_T`` ..."""
+"""Shortest ``T`` for which ``method="auto"`` runs the parallel scan (with
+:data:`AUTO_PARALLEL_MAX_STEP_WORK`)."""
 AUTO_PARALLEL_MAX_STEP_WORK = 4096
-"""... and ``N (S + D)^2 <= AUTO_PARALLEL_MAX_STEP_WORK`` (``D = sum_m D_m``): long sequences
-with little work per frame, where the sequential loop is bound by per-step overhead.  Measured
-with ``benchmarks/lds_speed.py`` (configs B and L; recorded in
-``benchmarks/results/lds_speed_B.jsonl``)."""
+"""Largest per-frame work ``N (S + D)^2`` (``D = sum_m D_m``) for which ``method="auto"`` runs
+the parallel scan: long sequences with little work per frame, where the sequential loop is bound
+by per-step overhead.  Both thresholds were measured with ``benchmarks/lds_speed.py`` (configs
+B and L; config B is recorded in ``benchmarks/results/lds_speed_B.jsonl``)."""
 
 STEADY_STATE_RTOL = {torch.float64: 1e-12, torch.float32: 1e-7}
 """Default ``steady_state_rtol`` per dtype: the recursion stops when the predicted covariance

@@ -1,18 +1,20 @@
 r"""The two steps of every Kalman recursion: :func:`predict` and :func:`condition`.
 
-Every filter of :mod:`mmpgm.ops.kalman` that runs frame by frame, and the streaming filter
-:class:`mmpgm.online.lds.LDSFilter`, is a loop of these two functions (the time-parallel filter
-and the covariance-only recursion reuse :func:`condition` with ``mean=None``).
+Every frame-by-frame filter of :mod:`mmpgm.ops.kalman.sequential` and the streaming filter
+:class:`mmpgm.online.lds.LDSFilter` are loops of these two functions (the shared-covariance
+recursion calls them with ``mean=None``).  The time-parallel filter
+(:mod:`mmpgm.ops.kalman.parallel`) conditions every frame at once instead.
 
 Shapes
 ------
-``cov`` is ``(..., S, S)``; ``mean`` is a row ``(..., S)`` or a column ``(..., S, 1)`` (told
-apart by ``mean.dim() == cov.dim()``), and vectors come back in the form they were given
-(observations and controls too: ``(..., D)`` / ``(..., S)`` with rows, ``(..., D, 1)`` /
-``(..., S, 1)`` with columns).  Matrices broadcast against the batch ``...``: a transition or
-emission matrix of shape ``(S, S)`` / ``(D, S)`` is shared by the batch (use rows: its products
-then run as one GEMM over the flattened batch), one of shape ``(N, S, S)`` / ``(N, D, S)`` is
-per sequence (use columns: its products run as fused batched ``baddbmm`` without reshapes).
+``cov`` is ``(..., S, S)``; ``mean``, of the same batch shape ``...``, is a row ``(..., S)`` or
+a column ``(..., S, 1)`` (told apart by ``mean.dim() == cov.dim()``), and vectors come back in
+the form they were given (observations and controls too: ``(..., D)`` / ``(..., S)`` with
+rows, ``(..., D, 1)`` / ``(..., S, 1)`` with columns).  Matrices broadcast against the batch
+``...``: a transition or emission matrix of shape ``(S, S)`` / ``(D, S)`` is shared by the batch
+(use rows: its products then run as one GEMM over the flattened batch), one of shape
+``(N, S, S)`` / ``(N, D, S)`` is per sequence (use columns: its products run as fused batched
+``baddbmm`` without reshapes).
 
 Masked rows
 -----------
@@ -182,8 +184,14 @@ def condition(
     C, R, P = emission_matrix, emission_cov, cov
     Ct = C.mT
     batched = C.dim() == 3 and P.dim() == 3
-    # C P directly as a bmm per sequence; for a shared C as (P C^T)^T, one GEMM over the batch
-    CP = torch.bmm(C, P) if batched else (P @ Ct).mT
+    # C P directly (a bmm per sequence, or one mm without a batch); for a C shared by a batch
+    # of P as (P C^T)^T: one GEMM over the flattened batch
+    if batched:
+        CP = torch.bmm(C, P)
+    elif C.dim() == 2 and P.dim() == 2:
+        CP = C @ P
+    else:
+        CP = (P @ Ct).mT
     Sm = _addmm(R, CP, Ct)
     col = mean is not None and mean.dim() == P.dim()
     resid = None  # a column (..., D, 1): y - C m
