@@ -92,13 +92,13 @@ def _flatten_params(params: HMMParams) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in out.items()}
 
 
-def restarts_to_inference_data(models, data=None, num_draws: int = 0, seed: int = 0):
+def restarts_to_inference_data(models, data=None, num_param_samples: int = 0, seed: int = 0):
     """Align several fitted restarts and stack their parameters as ArviZ chains.
 
-    Each model is one chain. With ``num_draws > 0`` and ``data``, each chain holds Laplace draws
-    around that restart's MAP (see :mod:`mmpgm.inference.laplace`), so :func:`arviz.rhat` and
-    :func:`arviz.ess` tell whether the restarts found the same optimum; with ``num_draws = 0``
-    each chain holds its single point estimate.
+    Each model is one chain. With ``num_param_samples > 0`` and ``data``, each chain holds
+    Laplace draws around that restart's MAP (see :mod:`mmpgm.inference.laplace`), so
+    :func:`arviz.rhat` and :func:`arviz.ess` tell whether the restarts found the same optimum;
+    with ``num_param_samples = 0`` each chain holds its single point estimate.
     """
     if len(models) < 1:
         raise ValueError("models: expected at least one fitted model")
@@ -106,9 +106,9 @@ def restarts_to_inference_data(models, data=None, num_draws: int = 0, seed: int 
     chains = []
     for model in models:
         perm = align_params(ref, model.params)
-        if num_draws:
+        if num_param_samples:
             draws = []
-            for _ in parameter_draws(model, data, num_draws, seed):
+            for _ in parameter_draws(model, data, num_param_samples, seed):
                 draws.append(_flatten_params(permute_params(model.params, *perm)))
         else:
             draws = [_flatten_params(permute_params(model.params, *perm))]

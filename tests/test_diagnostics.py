@@ -46,7 +46,7 @@ def test_restarts_rhat_and_information_criteria():
         m = mmpgm.MultimodalHMM(data.obs_dims, 3, 2).double()
         mmpgm.fit(m, data, method="em", num_steps=30, seed=seed, progress=False)
         models.append(m)
-    idata = restarts_to_inference_data(models, data, num_draws=20, seed=0)
+    idata = restarts_to_inference_data(models, data, num_param_samples=20, seed=0)
     assert idata.posterior["shared_transition"].shape == (2, 20, 3, 3)
     rhat = az.rhat(idata)["shared_transition"].values
     assert np.isfinite(rhat).all()

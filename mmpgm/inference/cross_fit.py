@@ -265,9 +265,9 @@ def fit_cross_fitted(
     gate_shrinkage : float or sequence of float
         :math:`\kappa \ge 0`, the weight of :math:`\sum_t \mathrm{KL}(\pi \| g_t)`; a sequence is
         a grid from which :func:`grouped_gate_cv` picks the value of best held-out
-        log-likelihood (default). On the audio-visual benchmark an unshrunk gate reached 0.09
-        nats/frame on the out-of-fold scores (it learns *which frames* each expert gets wrong)
-        but did worse than equal weights on a new speaker; the selected shrinkage recovered it.
+        log-likelihood (default). Without shrinkage a gate can learn *which frames* each expert
+        gets wrong on the out-of-fold scores and then do worse than equal weights on a new
+        speaker (measured in ``benchmarks/results/av_speech_activity.md``).
     shrink_toward : {"uniform", "constant"}
         The centre :math:`\pi` of the shrinkage (see :func:`fit_gate_to_scores`).
     refit_experts : bool

@@ -29,15 +29,15 @@ def parameter_precision(model, data) -> list:
     return [f + 1.0 for f in fisher]
 
 
-def parameter_draws(model, data, num_draws: int, seed: int | None = None):
-    """Yield ``num_draws`` times with the model's parameters set to a Laplace draw (restored
+def parameter_draws(model, data, num_param_samples: int, seed: int | None = None):
+    """Yield ``num_param_samples`` times with the model's parameters set to a Laplace draw (restored
     after)."""
     params = _unconstrained(model)
     precision = parameter_precision(model, data)
     gen = torch.Generator().manual_seed(0 if seed is None else seed)
     saved = [p.detach().clone() for p in params]
     try:
-        for _ in range(num_draws):
+        for _ in range(num_param_samples):
             with torch.no_grad():
                 for p, m, prec in zip(params, saved, precision, strict=False):
                     eps = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
@@ -50,11 +50,11 @@ def parameter_draws(model, data, num_draws: int, seed: int | None = None):
 
 
 def laplace_log_likelihood_draws(
-    model, data, num_draws: int, seed: int | None = None
+    model, data, num_param_samples: int, seed: int | None = None
 ) -> torch.Tensor:
-    """``(num_draws, N)`` per-sequence log-likelihoods under Laplace parameter draws."""
+    """``(num_param_samples, N)`` per-sequence log-likelihoods under Laplace parameter draws."""
     out = []
-    for _ in parameter_draws(model, data, num_draws, seed):
+    for _ in parameter_draws(model, data, num_param_samples, seed):
         with torch.no_grad():
             out.append(model.log_likelihood(data).detach())
     return torch.stack(out)

@@ -164,12 +164,11 @@ def fit_gate_to_scores(
     renormalized over the experts observed at each frame: equal weights with
     ``shrink_toward="uniform"`` (default; a symmetric Dirichlet prior on :math:`g_t`), or with
     ``"constant"`` a constant weight vector fit jointly, so that only the gate's frame-to-frame
-    variation is shrunk (a large :math:`\kappa` then gives the best constant gate). On the
-    audio-visual benchmark (babble, held-out speaker) ``"constant"`` had the better held-out
-    log-likelihood but the *lower* accuracy (0.884 vs 0.901; it trusts the video experts ~90%
-    and loses the audio expert's tie-breaking vote) and a gate that hardly reacts to corrupted
-    video (0.87 vs 0.90 inside/outside, against 0.68 vs 0.73). Returns the per-frame losses,
-    one per epoch."""
+    variation is shrunk (a large :math:`\kappa` then gives the best constant gate). Why the
+    default is ``"uniform"``: on the audio-visual benchmark ``"constant"`` had the better
+    held-out log-likelihood but the lower accuracy and a gate that hardly reacts to corrupted
+    video (``benchmarks/results/av_speech_activity.md``). Returns the per-frame losses, one per
+    epoch."""
     _check_steps(num_steps=num_steps)
     _check_gate_options(gate_shrinkage, shrink_toward)
     data = model.check_data(data)

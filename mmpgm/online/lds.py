@@ -8,17 +8,16 @@ frames the state equals ``mmpgm.infer(model, data, causal=True)`` at frame ``t``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 
+from .._validation import check_int
 from ..models.lds import MultimodalLDS
+from ..ops.kalman import steps as kalman_steps
 
 __all__ = ["LDSFilter", "LDSFilterState"]
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 def _sym(x):
@@ -72,8 +71,7 @@ class LDSFilter:
     def __init__(self, model, num_sequences: int = 1):
         if not isinstance(model, MultimodalLDS):
             raise TypeError(f"model: expected a MultimodalLDS, got {type(model).__name__}")
-        if not isinstance(num_sequences, int) or isinstance(num_sequences, bool) or num_sequences < 1:
-            raise ValueError(f"num_sequences: expected a positive int, got {num_sequences!r}")
+        check_int("num_sequences", num_sequences)
         self.model = model
         self.num_sequences = num_sequences
         self.reset()
@@ -128,32 +126,16 @@ class LDSFilter:
         model = self.model
         C = torch.cat([self._C[m] for m in model.modalities], 0)  # (D, S)
         R = torch.block_diag(*[self._R[m] for m in model.modalities])
-        D = C.shape[0]
-        m, P = self._pred_m[..., None], self._pred_P
-        r = rows.to(y.dtype)[..., None]  # (N, D, 1)
-        if bool(rows.any()):
-            Cc = C * r
-            Rc = R * (r * r.mT) + torch.eye(D, dtype=y.dtype, device=y.device) * (1.0 - r)
-            CP = Cc @ P
-            Sm = CP @ Cc.mT + Rc
-            L, info = torch.linalg.cholesky_ex(Sm)
-            if bool(info.ne(0).any()):
-                raise ValueError("innovation covariance C P C^T + R is not positive definite (Cholesky failed)")
-            resid = y[..., None] - Cc @ m
-            sol = torch.linalg.solve_triangular(L, torch.cat([CP, resid], -1), upper=False)
-            W, e = sol[..., :-1], sol[..., -1:]
-            m = m + W.mT @ e
-            P = _sym(P - W.mT @ W)
-            inc = (-0.5 * e.square().sum((-2, -1)) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-                   - 0.5 * _LOG_2PI * rows.sum(-1).to(y.dtype))
+        fm, fP = self._pred_m, self._pred_P
+        if bool(rows.any()):  # the batch filter's update (raises NumericalError if not SPD)
+            u = kalman_steps.condition(fm, fP, C, R, y, rows)
+            fm, fP = u.mean, u.cov
+            inc = kalman_steps.innovation_log_prob(u.chol, u.innovation, rows.sum(-1).to(y.dtype))
         else:
             inc = torch.zeros_like(self._log_likelihood)
         self._log_likelihood = self._log_likelihood + inc
         self._step += 1
-        fm, fP = m[..., 0], P
-        A, Q = self._A, self._Q
-        self._pred_m = fm @ A.mT
-        self._pred_P = _sym(A @ fP @ A.mT + Q)
+        self._pred_m, self._pred_P = kalman_steps.predict(fm, fP, self._A, self._Q)
         means, covs = {}, {}
         for b, (s0, s1) in model.block_slices.items():
             means[b], covs[b] = fm[:, s0:s1], fP[:, s0:s1, s0:s1]
