@@ -76,8 +76,8 @@ def _leaf_params(model):
     names = list(model.modalities)
     leaf = lambda t: t.detach().clone().requires_grad_(True)  # noqa: E731
     return {
-        "init": [leaf(prm.shared_initial)] + [leaf(prm.private_initial[m]) for m in names],
-        "trans": [leaf(prm.shared_transition)] + [leaf(prm.private_transition[m]) for m in names],
+        "init": [leaf(prm.shared_initial_probs)] + [leaf(prm.private_initial_probs[m]) for m in names],
+        "trans": [leaf(prm.shared_transition_probs)] + [leaf(prm.private_transition_probs[m]) for m in names],
         "loc": {m: leaf(prm.emissions[m]["loc"]) for m in names},
         "scale": {m: leaf(prm.emissions[m]["scale"]) for m in names},
     }
@@ -174,10 +174,10 @@ def _build_hmmlearn(p, name):
             names,
             sizes,
         )
-        start = _kron_t([prm.shared_initial[None]] + [prm.private_initial[m][None] for m in names])[
+        start = _kron_t([prm.shared_initial_probs[None]] + [prm.private_initial_probs[m][None] for m in names])[
             0
         ]
-        trans = _kron_t([prm.shared_transition] + [prm.private_transition[m] for m in names])
+        trans = _kron_t([prm.shared_transition_probs] + [prm.private_transition_probs[m] for m in names])
     impl = name.split("_", 1)[1]
     hmm = GaussianHMM(
         n_components=P, covariance_type="diag", implementation=impl, init_params="", params=""
@@ -264,10 +264,10 @@ def _build_dynamax(p, name):
     prm = model.params
     xs = [jnp.asarray(data.obs[m].numpy()) for m in names]
     args = (
-        [jnp.asarray(prm.shared_initial.numpy())]
-        + [jnp.asarray(prm.private_initial[m].numpy()) for m in names],
-        [jnp.asarray(prm.shared_transition.numpy())]
-        + [jnp.asarray(prm.private_transition[m].numpy()) for m in names],
+        [jnp.asarray(prm.shared_initial_probs.numpy())]
+        + [jnp.asarray(prm.private_initial_probs[m].numpy()) for m in names],
+        [jnp.asarray(prm.shared_transition_probs.numpy())]
+        + [jnp.asarray(prm.private_transition_probs[m].numpy()) for m in names],
         [jnp.asarray(prm.emissions[m]["loc"].numpy()) for m in names],
         [jnp.asarray(prm.emissions[m]["scale"].numpy()) for m in names],
     )

@@ -34,7 +34,7 @@ its own):
 * ``pyro_gaussian_hmm``: ``pyro.distributions.GaussianHMM.log_prob`` +
   backward (no masks).  Pyro's first observation follows one transition from
   its initial state, so the benchmark parameterises the prior of ``z_1`` as
-  ``init_mean = A m_0``, ``init_cov = A P_0 A^T + Q`` for every library.
+  ``initial_mean = A m_0``, ``initial_cov = A P_0 A^T + Q`` for every library.
 
 Smoothing implementations are compared with ``mmpgm_smooth`` (``speedup``
 and ``agreement`` = max abs difference of the smoothed means over their max
@@ -175,8 +175,8 @@ def _build_mmpgm(impl, cfg, device, dtype_name, raw, obs, masks):
     def params_of(lv):
         A = lv["A"]
         return LinearGaussianParams(
-            init_mean=A @ lv["m00"],
-            init_cov=A @ lv["P00"] @ A.T + lv["Q"],
+            initial_mean=A @ lv["m00"],
+            initial_cov=A @ lv["P00"] @ A.T + lv["Q"],
             transition_matrix=A,
             transition_cov=lv["Q"],
             emission_matrices=tuple(lv["C"]),

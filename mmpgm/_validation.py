@@ -85,7 +85,9 @@ def check_probabilities(
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
     if not bool(torch.isfinite(value).all()) or bool((value < 0).any()) or bool((value > 1).any()):
         bad = int(((~torch.isfinite(value)) | (value < 0) | (value > 1)).sum())
-        raise ValueError(f"{name}: expected probabilities in [0, 1], got {bad} entries outside")
+        raise ValueError(
+            f"{name}: expected finite probabilities in [0, 1], got {bad} entries outside"
+        )
     tol = probability_atol(value.dtype) if atol is None else atol
     err = (value.sum(dim) - 1).abs()
     if err.numel() and float(err.max()) > tol:

@@ -66,27 +66,31 @@ def permute_params(params: HMMParams, shared_perm, private_perms) -> HMMParams:
         pp = torch.as_tensor(np.asarray(private_perms[m]), dtype=torch.long)
         emissions[m] = {k: v[sp][:, pp] for k, v in e.items()}
     return HMMParams(
-        shared_initial=params.shared_initial[sp],
-        shared_transition=params.shared_transition[sp][:, sp],
-        private_initial={
+        shared_initial_probs=params.shared_initial_probs[sp],
+        shared_transition_probs=params.shared_transition_probs[sp][:, sp],
+        private_initial_probs={
             m: v[torch.as_tensor(np.asarray(private_perms[m]))]
-            for m, v in params.private_initial.items()
+            for m, v in params.private_initial_probs.items()
         },
-        private_transition={
+        private_transition_probs={
             m: v[torch.as_tensor(np.asarray(private_perms[m]))][
                 :, torch.as_tensor(np.asarray(private_perms[m]))
             ]
-            for m, v in params.private_transition.items()
+            for m, v in params.private_transition_probs.items()
         },
         emissions=emissions,
+        emission_kinds=params.emission_kinds,
     )
 
 
 def _flatten_params(params: HMMParams) -> dict:
-    out = {"shared_initial": params.shared_initial, "shared_transition": params.shared_transition}
-    for m in params.private_initial:
-        out[f"{m}_initial"] = params.private_initial[m]
-        out[f"{m}_transition"] = params.private_transition[m]
+    out = {
+        "shared_initial_probs": params.shared_initial_probs,
+        "shared_transition_probs": params.shared_transition_probs,
+    }
+    for m in params.private_initial_probs:
+        out[f"{m}_initial"] = params.private_initial_probs[m]
+        out[f"{m}_transition"] = params.private_transition_probs[m]
         for k, v in params.emissions[m].items():
             out[f"{m}_{k}"] = v
     return {k: v.detach().cpu().numpy() for k, v in out.items()}

@@ -26,7 +26,7 @@ def test_alignment_recovers_a_known_relabelling():
     torch.testing.assert_close(relabelled.log_likelihood(data), truth.log_likelihood(data))
     sp, pp = align_params(truth.params, relabelled.params)
     back = permute_params(relabelled.params, sp, pp)
-    torch.testing.assert_close(back.shared_transition, truth.params.shared_transition)
+    torch.testing.assert_close(back.shared_transition_probs, truth.params.shared_transition_probs)
     for m in truth.modalities:
         torch.testing.assert_close(back.emissions[m]["loc"], truth.params.emissions[m]["loc"])
 
@@ -47,8 +47,8 @@ def test_restarts_rhat_and_information_criteria():
         mmpgm.fit(m, data, method="em", num_steps=30, seed=seed, progress=False)
         models.append(m)
     idata = restarts_to_inference_data(models, data, num_param_samples=20, seed=0)
-    assert idata.posterior["shared_transition"].shape == (2, 20, 3, 3)
-    rhat = az.rhat(idata)["shared_transition"].values
+    assert idata.posterior["shared_transition_probs"].shape == (2, 20, 3, 3)
+    rhat = az.rhat(idata)["shared_transition_probs"].values
     assert np.isfinite(rhat).all()
     ic = information_criteria(models[0], data)
     assert ic["num_parameters"] == models[0].num_free_parameters()

@@ -41,7 +41,9 @@ def test_check_probabilities_names_the_worst_row():
         ValueError, match=r"transition_probs: expected rows summing to 1 .* row \(1,\)"
     ):
         check_probabilities("transition_probs", p)
-    with pytest.raises(ValueError, match=r"in \[0, 1\], got 2 entries outside"):
+    with pytest.raises(
+        ValueError, match=r"finite probabilities in \[0, 1\], got 2 entries outside"
+    ):
         check_probabilities("p", torch.tensor([1.5, -0.5]))
     ok = torch.tensor([[0.25, 0.75]], dtype=torch.float32)
     assert check_probabilities("p", ok) is ok

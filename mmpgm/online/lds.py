@@ -86,8 +86,8 @@ class LDSFilter:
             self._d = {m: p.emission_offsets[m].detach() for m in self.model.modalities}
             self._R = {m: _sym(p.emission_covs[m].detach()) for m in self.model.modalities}
             N, S = self.num_sequences, self.model.state_dim
-            self._pred_m = p.init_mean.detach().expand(N, S).clone()
-            self._pred_P = _sym(p.init_cov.detach()).expand(N, S, S).clone()
+            self._pred_m = p.initial_mean.detach().expand(N, S).clone()
+            self._pred_P = _sym(p.initial_cov.detach()).expand(N, S, S).clone()
         self._log_likelihood = torch.zeros(self.num_sequences, dtype=self._A.dtype, device=self._A.device)
         self._step = 0
 

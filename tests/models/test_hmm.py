@@ -197,8 +197,8 @@ def test_bad_model_input_raises():
     with pytest.raises(ValueError, match="num_states: expected a positive int"):
         MultimodalHMM({"a": 2}, 0)
     params = model.params
-    params.shared_transition[0, 0] = math.nan
-    with pytest.raises(ValueError, match="params.shared_transition: expected finite"):
+    params.shared_transition_probs[0, 0] = math.nan
+    with pytest.raises(ValueError, match="params.shared_transition_probs: expected finite"):
         model.set_params(params)
     with pytest.raises(TypeError, match="data: expected a MultimodalData"):
         mmpgm.fit(model, {"a": 1})
@@ -245,3 +245,51 @@ def test_enumerated_training_path_runs():
     model = MultimodalHMM({"a": 2}, 2, 2)
     res = mmpgm.fit(model, data, num_steps=3, program="enumerated", progress=False)
     assert res.num_steps == 3 and np.isfinite(res.losses).all()
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda p: p._replace(shared_initial_probs=p.shared_initial_probs * 1.5),
+            r"params.shared_initial_probs: expected .*",
+        ),
+        (
+            lambda p: p._replace(
+                shared_transition_probs=p.shared_transition_probs.flip(-1) * 0
+                + torch.tensor([[0.7, 0.2], [0.5, 0.5]], dtype=torch.float64)
+            ),
+            r"params.shared_transition_probs: expected rows summing to 1 .* row \(0,\)",
+        ),
+        (
+            lambda p: p._replace(
+                private_initial_probs={"a": torch.tensor([1.2, -0.2], dtype=torch.float64)}
+            ),
+            r"params.private_initial_probs\['a'\]: expected finite probabilities in \[0, 1\]",
+        ),
+        (
+            lambda p: p._replace(
+                emissions={"a": {**p.emissions["a"], "scale": -p.emissions["a"]["scale"]}}
+            ),
+            r"params.emissions\['a'\]\['scale'\]: expected positive scales",
+        ),
+    ],
+)
+def test_set_params_refuses_invalid_parameters_by_name(edit, match):
+    model = MultimodalHMM({"a": 2}, num_shared_states=2, num_private_states=2).double()
+    before = model.params
+    with pytest.raises(ValueError, match=match):
+        model.set_params(edit(before))
+    torch.testing.assert_close(
+        model.params.shared_initial_probs, before.shared_initial_probs, rtol=0, atol=0
+    )
+
+
+def test_from_params_keeps_the_emission_kind():
+    model = MultimodalHMM({"a": 2}, num_shared_states=2, emission="full").double()
+    again = MultimodalHMM.from_params(model.params)
+    assert again.params.emission_kinds == {"a": "full"}
+    bad_tril = dict(model.params.emissions["a"])
+    bad_tril["scale_tril"] = -bad_tril["scale_tril"]
+    with pytest.raises(ValueError, match=r"scale_tril'\]: expected lower-triangular Cholesky"):
+        model.set_params(model.params._replace(emissions={"a": bad_tril}))

@@ -308,18 +308,18 @@ def test_bad_inputs_give_clear_errors():
     Q["shared"] = torch.tensor([[1.0, 2.0], [2.0, 1.0]])  # symmetric, not PD
     with pytest.raises(ValueError, match=r"transition_covs\['shared'\].*positive-definite"):
         model.set_params(p._replace(transition_covs=Q))
-    R = dict(p.noise_covs)
+    R = dict(p.emission_covs)
     R["b"] = torch.tensor([[1.0, 0.5], [0.5, 1.0]])
     with pytest.raises(ValueError, match="diagonal"):
-        model.set_params(p._replace(noise_covs=R))
+        model.set_params(p._replace(emission_covs=R))
     A = dict(p.transition_matrices)
     A["a"] = torch.tensor([[1.5]])
     with pytest.raises(ValueError, match="spectral norm"):
         model.set_params(p._replace(transition_matrices=A))
-    C = dict(p.shared_emissions)
+    C = dict(p.shared_emission_matrices)
     C["a"] = torch.zeros(3, 3)
-    with pytest.raises(ValueError, match=r"shared_emissions\['a'\]: expected shape \(3, 2\)"):
-        model.set_params(p._replace(shared_emissions=C))
+    with pytest.raises(ValueError, match=r"shared_emission_matrices\['a'\]: expected shape \(3, 2\)"):
+        model.set_params(p._replace(shared_emission_matrices=C))
     with pytest.raises(ValueError, match="unknown modality"):
         model.impute(data, "c")
     with pytest.raises(ValueError, match="program"):

@@ -38,7 +38,7 @@ def test_streaming_equals_batch_filter_with_missing_modalities():
     mean0, cov0 = f.predict_observation("pos")
     torch.testing.assert_close(
         mean0[0],
-        model.emission_matrix("pos").detach() @ model.linear_gaussian_params().init_mean.detach()
+        model.emission_matrix("pos").detach() @ model.linear_gaussian_params().initial_mean.detach()
         + model.emissions["pos"].offset.detach(),
     )
     tol = dict(rtol=1e-10, atol=1e-12)

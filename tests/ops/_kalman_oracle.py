@@ -24,8 +24,8 @@ def make_params(S=3, dims=(2, 1), U=None, N=None, seed=0):
     A = torch.randn(*b, S, S, generator=g, dtype=DT)
     A = 0.9 * A / torch.linalg.matrix_norm(A, ord=2).unsqueeze(-1).unsqueeze(-1)
     return LinearGaussianParams(
-        init_mean=torch.randn(*b, S, generator=g, dtype=DT),
-        init_cov=spd(S, g, b),
+        initial_mean=torch.randn(*b, S, generator=g, dtype=DT),
+        initial_cov=spd(S, g, b),
         transition_matrix=A,
         transition_cov=spd(S, g, b, scale=0.5),
         emission_matrices=tuple(torch.randn(*b, d, S, generator=g, dtype=DT) for d in dims),
@@ -37,15 +37,15 @@ def make_params(S=3, dims=(2, 1), U=None, N=None, seed=0):
 
 def sample_obs(params, N, T, seed=1, controls=None):
     g = torch.Generator().manual_seed(seed)
-    S = params.init_mean.shape[-1]
+    S = params.initial_mean.shape[-1]
 
     def per(x, n, core):
         return x if x.dim() > core else x.expand(N, *x.shape)
 
     A = per(params.transition_matrix, N, 2)
     Lq = torch.linalg.cholesky(per(params.transition_cov, N, 2))
-    z = per(params.init_mean, N, 1) + (
-        torch.linalg.cholesky(per(params.init_cov, N, 2))
+    z = per(params.initial_mean, N, 1) + (
+        torch.linalg.cholesky(per(params.initial_cov, N, 2))
         @ torch.randn(N, S, 1, generator=g, dtype=DT)
     ).squeeze(-1)
     zs = [z]
@@ -81,7 +81,7 @@ def dense_reference(params, obs, masks, controls=None, n=0):
 
     A = sel(params.transition_matrix, 2)
     Q = sel(params.transition_cov, 2)
-    mu0, P0 = sel(params.init_mean, 1), sel(params.init_cov, 2)
+    mu0, P0 = sel(params.initial_mean, 1), sel(params.initial_cov, 2)
     Cs = [sel(c, 2) for c in params.emission_matrices]
     ds = [sel(d, 1) for d in params.emission_offsets]
     Rs = [sel(r, 2) for r in params.emission_covs]
@@ -175,8 +175,8 @@ def leaf_params(base, m0=None):
     leaves = [
         t.clone().requires_grad_(True)
         for t in (
-            base.init_mean if m0 is None else m0,
-            base.init_cov,
+            base.initial_mean if m0 is None else m0,
+            base.initial_cov,
             base.transition_matrix,
             base.transition_cov,
             *base.emission_matrices,

@@ -89,7 +89,7 @@ def test_matches_dense_joint(N, T, kind):
     assert filt.predicted_means.shape == (N, T, S) and filt.predicted_covs.shape == (N, T, S, S)
     assert filt.log_likelihood.shape == (N,)
     assert smooth.cross_covs.shape == (N, T - 1, S, S)
-    torch.testing.assert_close(filt.predicted_means[:, 0], params.init_mean.expand(N, S), **TOL)
+    torch.testing.assert_close(filt.predicted_means[:, 0], params.initial_mean.expand(N, S), **TOL)
 
 
 def test_per_sequence_params_controls_and_three_modalities():
@@ -177,8 +177,8 @@ def test_matches_pykalman():
         observation_covariance=params.emission_covs[0].numpy(),
         transition_offsets=np.zeros(3),
         observation_offsets=params.emission_offsets[0].numpy(),
-        initial_state_mean=params.init_mean.numpy(),
-        initial_state_covariance=params.init_cov.numpy(),
+        initial_state_mean=params.initial_mean.numpy(),
+        initial_state_covariance=params.initial_cov.numpy(),
     )
     X = obs[0][0].numpy()
     ll_ref = kf.loglikelihood(X)
@@ -248,8 +248,8 @@ def test_gradient_finite_through_masked_nan():
     leaves = [
         t.clone().requires_grad_(True)
         for t in (
-            base.init_mean,
-            base.init_cov,
+            base.initial_mean,
+            base.initial_cov,
             base.transition_matrix,
             base.transition_cov,
             *base.emission_matrices,
@@ -315,8 +315,8 @@ def _simulate_numpy(params, T, seed):
     S = A.shape[0]
     noise = rng.standard_normal((T, S)) @ Lq.T
     z = np.empty((T, S))
-    z[0] = params.init_mean.numpy() + np.linalg.cholesky(
-        params.init_cov.numpy()
+    z[0] = params.initial_mean.numpy() + np.linalg.cholesky(
+        params.initial_cov.numpy()
     ) @ rng.standard_normal(S)
     for t in range(1, T):
         z[t] = A @ z[t - 1] + noise[t]
@@ -335,8 +335,8 @@ def test_long_float32_sequence_stable():
     th = 0.1
     A = 0.99 * torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], dtype=DT)
     params64 = LinearGaussianParams(
-        init_mean=torch.zeros(2, dtype=DT),
-        init_cov=torch.eye(2, dtype=DT),
+        initial_mean=torch.zeros(2, dtype=DT),
+        initial_cov=torch.eye(2, dtype=DT),
         transition_matrix=A,
         transition_cov=0.1 * torch.eye(2, dtype=DT),
         emission_matrices=(
@@ -433,8 +433,8 @@ def test_bad_inputs_raise():
             obs,
             masks,
         )
-    with pytest.raises(ValueError, match="init_cov"):
-        kalman_filter(params._replace(init_cov=torch.eye(2, dtype=DT).expand(5, 2, 2)), obs, masks)
+    with pytest.raises(ValueError, match="initial_cov"):
+        kalman_filter(params._replace(initial_cov=torch.eye(2, dtype=DT).expand(5, 2, 2)), obs, masks)
     with pytest.raises(ValueError, match="control_matrix"):
         kalman_filter(params, obs, masks, controls=torch.zeros(2, 4, 1, dtype=DT))
     with pytest.raises(ValueError, match="controls"):

@@ -58,7 +58,7 @@ def test_recovers_shared_transitions_and_heldout_likelihood(method):
         mmpgm.fit(model, train, method="svi", num_steps=150, lr=0.05, seed=0, progress=False)
     perm = align_params(truth.params, model.params)
     fitted = permute_params(model.params, *perm)
-    err = (fitted.shared_transition - truth.params.shared_transition).abs().max().item()
+    err = (fitted.shared_transition_probs - truth.params.shared_transition_probs).abs().max().item()
     assert err < 0.05, f"shared transition max-abs error {err:.4f}"
     with torch.no_grad():
         gap = (truth.log_likelihood(test).sum() - model.log_likelihood(test).sum()).item() / (

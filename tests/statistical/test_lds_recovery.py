@@ -62,12 +62,12 @@ def truth():
             "a": torch.tensor([[0.19]]),
             "b": torch.tensor([[0.51]]),
         },
-        init_means={"shared": torch.zeros(2), "a": torch.zeros(1), "b": torch.zeros(1)},
-        init_covs={"shared": eye(2), "a": eye(1), "b": eye(1)},
-        shared_emissions={"a": r(5, 2), "b": r(4, 2)},
-        private_emissions={"a": r(5, 1), "b": r(4, 1)},
-        offsets={"a": r(5), "b": r(4)},
-        noise_covs={"a": 0.25 * eye(5), "b": 0.25 * eye(4)},
+        initial_means={"shared": torch.zeros(2), "a": torch.zeros(1), "b": torch.zeros(1)},
+        initial_covs={"shared": eye(2), "a": eye(1), "b": eye(1)},
+        shared_emission_matrices={"a": r(5, 2), "b": r(4, 2)},
+        private_emission_matrices={"a": r(5, 1), "b": r(4, 1)},
+        emission_offsets={"a": r(5), "b": r(4)},
+        emission_covs={"a": 0.25 * eye(5), "b": 0.25 * eye(4)},
     )
     return model.set_params(params)
 
@@ -79,7 +79,7 @@ def held_out_per_frame(model, data):
 
 def principal_angles_deg(true_model, model):
     def basis(m):
-        C = torch.cat([m.params.shared_emissions["a"], m.params.shared_emissions["b"]])
+        C = torch.cat([m.params.shared_emission_matrices["a"], m.params.shared_emission_matrices["b"]])
         return torch.linalg.qr(C.double())[0]
 
     cos = torch.linalg.svdvals(basis(true_model).mT @ basis(model)).clamp(max=1.0)

@@ -178,7 +178,7 @@ def prepare(
             raise _shape_error(f"obs[{key!r}]", f"({N}, {T}, D_m)", x.shape)
 
     # dtype / device
-    names = ["init_mean", "init_cov", "transition_matrix", "transition_cov"]
+    names = ["initial_mean", "initial_cov", "transition_matrix", "transition_cov"]
     core4 = [getattr(params, n) for n in names]
     for name, tns in zip(names, core4, strict=True):
         if not isinstance(tns, Tensor):
@@ -192,11 +192,11 @@ def prepare(
     def batched(x, name, core):
         return _as_batched(x, name, core, N).to(dtype=dtype, device=device)
 
-    S = params.init_mean.shape[-1] if params.init_mean.dim() > 0 else -1
+    S = params.initial_mean.shape[-1] if params.initial_mean.dim() > 0 else -1
     if S < 1:
-        raise _shape_error("params.init_mean", "(S,) or (N, S)", params.init_mean.shape)
-    m0 = batched(params.init_mean, "params.init_mean", (S,))
-    P0 = batched(params.init_cov, "params.init_cov", (S, S))
+        raise _shape_error("params.initial_mean", "(S,) or (N, S)", params.initial_mean.shape)
+    m0 = batched(params.initial_mean, "params.initial_mean", (S,))
+    P0 = batched(params.initial_cov, "params.initial_cov", (S, S))
     A = batched(params.transition_matrix, "params.transition_matrix", (S, S))
     Q = batched(params.transition_cov, "params.transition_cov", (S, S))
 

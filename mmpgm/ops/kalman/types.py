@@ -32,9 +32,9 @@ class LinearGaussianParams(NamedTuple):
     tuples (or mappings keyed like ``obs``) of length ``M``.
     """
 
-    init_mean: Tensor
+    initial_mean: Tensor
     r""":math:`\mu_0`, ``(S,)`` or ``(N, S)``: prior mean of :math:`z_1`."""
-    init_cov: Tensor
+    initial_cov: Tensor
     r""":math:`P_0`, ``(S, S)`` or ``(N, S, S)``: prior covariance of :math:`z_1` (SPD)."""
     transition_matrix: Tensor
     r""":math:`A`, ``(S, S)`` or ``(N, S, S)``: :math:`E[z_t|z_{t-1}] = A z_{t-1} + B u_t`."""

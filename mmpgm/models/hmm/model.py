@@ -1,118 +1,32 @@
-r"""Multimodal hidden Markov model (paper section 5.3, eq. 40-41, Fig. 7).
-
-One shared chain :math:`s_t \in \{1..K_s\}` and one private chain :math:`p^m_t \in \{1..K_m\}` per
-modality :math:`m = 1..M`, each with its own initial distribution and transition matrix
-(indexed ``(old, new)``):
-
-.. math::
-    p(x, s, p) = \prod_{t=1}^T \Big[ p(s_t \mid s_{t-1}) \prod_m p(p^m_t \mid p^m_{t-1})
-                 \prod_m p(x^m_t \mid s_t, p^m_t) \Big].
-
-The shared chain carries what all streams have in common (content), the private chains what is
-particular to one stream (style). ``K_m = 1`` gives a plain HMM whose state all modalities
-share; ``K_s = 1`` gives independent HMMs per modality.
-
-Priors for MAP fitting: :math:`\pi, A_{i\cdot} \sim \mathrm{Dirichlet}(\alpha \mathbf 1)` for every
-chain, and the weak emission priors of :mod:`mmpgm.observations`.
-"""
+"""The :class:`MultimodalHMM` model (the math is in the package docstring,
+:mod:`mmpgm.models.hmm`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroModule
 from pyro.ops.indexing import Vindex
 from torch import nn
-from torch.distributions import constraints
 
-from .._pyro import TypedPyroModule
-from ..data import MultimodalData
-from ..observations import ObservationModel, make_observation
-from ..ops import hmm as ops
-from ..ops.kmeans import kmeans
-from ..results.hmm import Imputation, Posterior
-from ._base import MultimodalModel
-from ._checks import check_finite, check_obs_dims, per_modality
-from ._savable import register
+from ...data import MultimodalData
+from ...observations import ObservationModel, make_observation
+from ...ops import hmm as ops
+from ...results.hmm import Imputation, Posterior
+from .._base import MultimodalModel
+from .._checks import check_obs_dims, per_modality
+from .._savable import register
+from . import init
+from . import params as params_io
+from .chain import MarkovChain
+from .params import HMMParams
 
 __all__ = ["MarkovChain", "MultimodalHMM", "HMMParams"]
-
-
-class MarkovChain(TypedPyroModule):
-    r"""A discrete Markov chain: :math:`z_1 \sim \pi`, :math:`z_t \mid z_{t-1} \sim A_{z_{t-1},
-    \cdot}`.
-
-    Parameters
-    ----------
-    num_states : int
-        ``K``.
-    concentration : float
-        Dirichlet prior concentration ``alpha`` of :math:`\pi` and every row of :math:`A`.
-    stickiness : float
-        Initial self-transition probability (before fitting).
-    """
-
-    def __init__(self, num_states: int, concentration: float = 1.5, stickiness: float = 0.8):
-        super().__init__()
-        if not isinstance(num_states, int) or isinstance(num_states, bool) or num_states < 1:
-            raise ValueError(f"num_states: expected a positive int, got {num_states!r}")
-        if not concentration >= 1.0:
-            raise ValueError(
-                f"concentration: expected a float >= 1 (MAP needs it), got {concentration!r}"
-            )
-        K = num_states
-        self.num_states = K
-        self.concentration = float(concentration)
-        init = torch.full((K,), 1.0 / K)
-        if K > 1:
-            trans = torch.full((K, K), (1.0 - stickiness) / (K - 1))
-            trans.fill_diagonal_(stickiness)
-        else:
-            trans = torch.ones(1, 1)
-        self.initial_probs = PyroParam(init, constraint=constraints.simplex)
-        self.transition_probs = PyroParam(trans, constraint=constraints.simplex)
-
-    def log_prior(self) -> torch.Tensor:
-        if self.num_states == 1:
-            return self.initial_probs.new_zeros(())
-        conc = torch.full_like(self.initial_probs, self.concentration)
-        d = dist.Dirichlet(conc)
-        return d.log_prob(self.initial_probs) + d.log_prob(self.transition_probs).sum()
-
-    def num_free_parameters(self) -> int:
-        K = self.num_states
-        return (K - 1) * (K + 1)
-
-    @torch.no_grad()
-    def m_step(self, initial_counts, transition_counts) -> None:
-        a = self.concentration - 1.0
-        init = initial_counts + a
-        trans = transition_counts + a
-        self.initial_probs = init / init.sum()
-        self.transition_probs = trans / trans.sum(-1, keepdim=True)
-
-
-class HMMParams(NamedTuple):
-    """Parameters of a :class:`MultimodalHMM` (constrained values, detached).
-
-    shared_initial : ``(K_s,)`` :math:`\\pi^s`.
-    shared_transition : ``(K_s, K_s)`` :math:`A^s` indexed (old, new).
-    private_initial : dict modality -> ``(K_m,)`` :math:`\\pi^m`.
-    private_transition : dict modality -> ``(K_m, K_m)`` :math:`A^m`.
-    emissions : dict modality -> dict of emission tensors indexed ``(K_s, K_m, ...)``.
-    """
-
-    shared_initial: torch.Tensor
-    shared_transition: torch.Tensor
-    private_initial: dict
-    private_transition: dict
-    emissions: dict
 
 
 @register
@@ -311,56 +225,9 @@ class MultimodalHMM(MultimodalModel):
         return n + sum(self.emissions[m].num_free_parameters() for m in self.modalities)
 
     # ------------------------------------------------------------------ fitting hooks
-    @torch.no_grad()
     def init_from_data(self, data: MultimodalData, seed: int = 0) -> None:
-        """Data-driven start that respects the shared/private structure.
-
-        1. k-means with ``K_s`` clusters on the standardized frames of all modalities together
-           (missing modalities at their mean) gives a shared label per frame and per-modality
-           shared centres :math:`c^m_s`;
-        2. k-means with ``K_m`` clusters on each modality's residuals :math:`x^m_t - c^m_{s_t}`
-           gives private offsets :math:`d^m_p`;
-        3. emission means start at :math:`c^m_s + d^m_p` (additive, as in the generative story),
-           variances and the weak priors at the data scale.
-
-        Called by :func:`mmpgm.fit` before the first fit; ``seed`` makes it reproducible.
-        """
-        data = self._checked(data)
-        gen = torch.Generator().manual_seed(seed)
-        inside = data.time_mask
-        cols = []
-        for m in self.modalities:
-            x = data.filled(m)
-            obs = data.mask[m]
-            if not bool(obs.any()):
-                raise ValueError(f"data.obs[{m!r}]: no observed frame to initialize from")
-            e = self.emissions[m]
-            if e.discrete:
-                x = torch.nn.functional.one_hot(e.pyro_value(x), e.num_categories).to(x)
-            mu = x[obs].mean(0)
-            sd = x[obs].std(0).clamp_min(1e-8) if int(obs.sum()) > 1 else torch.ones_like(mu)
-            z = torch.where(obs[..., None], (x - mu) / sd, torch.zeros_like(x))
-            cols.append(z / z.shape[-1] ** 0.5)  # each modality weighs the same
-        frames = torch.cat(cols, -1)[inside]  # (F, sum D)
-        shared = kmeans(frames, self.num_shared_states, generator=gen).assignments
-        for m in self.modalities:
-            e = self.emissions[m]
-            obs = data.mask[m][inside]
-            x = data.filled(m)[inside][obs]
-            s = shared[obs]
-            if e.discrete:
-                e.init_from_data(x, generator=gen)
-                continue
-            K_s, K_m = e.state_shape
-            counts = torch.bincount(s, minlength=K_s).to(x.dtype)
-            sums = torch.zeros(K_s, x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, s, x)
-            global_mean = x.mean(0)
-            centres = torch.where(
-                counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], global_mean
-            )
-            resid = x - centres[s]
-            offsets = kmeans(resid, K_m, generator=gen).centers
-            e.init_from_data(x, generator=gen, means=centres[:, None, :] + offsets[None, :, :])
+        """Data-driven start (:func:`mmpgm.models.hmm.init.init_from_data`)."""
+        init.init_from_data(self, data, seed)
 
     @torch.no_grad()
     def em_step(self, data: MultimodalData) -> torch.Tensor:
@@ -558,54 +425,13 @@ class MultimodalHMM(MultimodalModel):
     # ------------------------------------------------------------------ parameters, I/O
     @property
     def params(self) -> HMMParams:
-        def clean(name):
-            return name.replace("_unconstrained", "")
-
-        return HMMParams(
-            shared_initial=self.shared_chain.initial_probs.detach().clone(),
-            shared_transition=self.shared_chain.transition_probs.detach().clone(),
-            private_initial={
-                m: self.private_chains[m].initial_probs.detach().clone() for m in self.modalities
-            },
-            private_transition={
-                m: self.private_chains[m].transition_probs.detach().clone() for m in self.modalities
-            },
-            emissions={
-                m: {
-                    clean(k): getattr(self.emissions[m], clean(k)).detach().clone()
-                    for k, _ in self.emissions[m].named_parameters()
-                }
-                for m in self.modalities
-            },
-        )
+        """The constrained parameter values (detached copies; :class:`HMMParams`)."""
+        return params_io.get_params(self)
 
     def set_params(self, params: HMMParams) -> "MultimodalHMM":
-        """Overwrite the parameters with the (constrained) values of ``params``."""
-        if not isinstance(params, HMMParams):
-            raise TypeError(f"params: expected HMMParams, got {type(params).__name__}")
-        for name, value in [
-            ("shared_initial", params.shared_initial),
-            ("shared_transition", params.shared_transition),
-        ]:
-            check_finite(f"params.{name}", value)
-        for m in self.modalities:
-            check_finite(f"params.private_initial[{m!r}]", params.private_initial[m])
-            check_finite(f"params.private_transition[{m!r}]", params.private_transition[m])
-            for k, v in params.emissions[m].items():
-                check_finite(f"params.emissions[{m!r}][{k!r}]", v)
-        p = self._param()
-        conv = dict(device=p.device, dtype=p.dtype)
-        with torch.no_grad():
-            self.shared_chain.initial_probs = params.shared_initial.to(**conv)
-            self.shared_chain.transition_probs = params.shared_transition.to(**conv)
-            for m in self.modalities:
-                self.private_chains[m].initial_probs = params.private_initial[m].to(**conv)
-                self.private_chains[m].transition_probs = params.private_transition[m].to(**conv)
-                for k, v in params.emissions[m].items():
-                    if not hasattr(self.emissions[m], k):
-                        raise ValueError(f"params.emissions[{m!r}]: unknown parameter {k!r}")
-                    setattr(self.emissions[m], k, v.to(**conv))
-        return self
+        """Overwrite the parameters with the (constrained) values of ``params``, validated first
+        (:func:`mmpgm.models.hmm.params.set_params`)."""
+        return params_io.set_params(self, params)
 
     @classmethod
     def from_params(
@@ -618,15 +444,22 @@ class MultimodalHMM(MultimodalModel):
             if isinstance(emission, Mapping)
             else {m: emission for m in params.emissions}
         )
+        kinds = params.emission_kinds or {}
         for m, e in params.emissions.items():
+            if kinds.get(m) is not None:
+                emission[m] = kinds[m]
             if "probs" in e:
                 emission[m] = "categorical"
                 obs_dims[m] = e["probs"].shape[-1]
             else:
                 obs_dims[m] = e["loc"].shape[-1]
-                if "scale_tril" in e:
+                if "scale_tril" in e and kinds.get(m) is None:
                     emission[m] = "full"
-            private[m] = params.private_initial[m].shape[0]
-        model = cls(obs_dims, params.shared_initial.shape[0], private, emission, concentration)
-        model = model.to(dtype=params.shared_initial.dtype, device=params.shared_initial.device)
+            private[m] = params.private_initial_probs[m].shape[0]
+        model = cls(
+            obs_dims, params.shared_initial_probs.shape[0], private, emission, concentration
+        )
+        model = model.to(
+            dtype=params.shared_initial_probs.dtype, device=params.shared_initial_probs.device
+        )
         return model.set_params(params)

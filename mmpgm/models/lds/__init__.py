@@ -1,0 +1,48 @@
+r"""Multimodal linear dynamical system (paper section 5.2.5, eq. 28-39, with continuous states).
+
+The state :math:`z_t = [z^s_t, z^1_t, \dots, z^M_t]` has one shared block and one private block per
+modality, each with its own linear-Gaussian dynamics, and modality :math:`m` sees the shared block
+and its own private block only:
+
+.. math::
+    z^b_1 &\sim \mathcal N(\mu^b_0, P^b_0), \qquad
+    z^b_t = A_b z^b_{t-1} + w^b_t, \quad w^b_t \sim \mathcal N(0, Q_b), \quad b \in \{s, 1..M\}, \\
+    x^m_t &= C^m_s z^s_t + C^m_m z^m_t + d^m + v^m_t, \qquad v^m_t \sim \mathcal N(0, R_m).
+
+So :math:`A = \mathrm{blockdiag}(A_s, A_1, \dots, A_M)`, :math:`Q` likewise, and the emission matrix
+of modality :math:`m` is zero on the other modalities' private blocks. Inference is exact
+(:mod:`mmpgm.ops.kalman`): Kalman filter, RTS smoother, FFBS, per-modality masks.
+
+Parameterization. :math:`Q_b`, :math:`P^b_0` and a full :math:`R_m` are stored as Cholesky
+factors (``lower_cholesky`` constraint), a diagonal :math:`R_m` as positive standard deviations.
+With ``stable=True``, :math:`A_b = \rho\, W_b / \max(1, \lVert W_b \rVert_2)` with
+:math:`\rho` = ``max_spectral_norm`` < 1, so :math:`\lVert A_b \rVert_2 \le \rho` and the
+dynamics are stable. Because the latent basis is free (:math:`z \to T z` changes :math:`A` to
+:math:`T A T^{-1}`), this loses nothing: every matrix of spectral radius below :math:`\rho` is
+similar to one of spectral norm below :math:`\rho`.
+
+Priors (weak, conjugate, for MAP; hyperparameters in brackets):
+
+* :math:`Q_b \sim \mathcal{IW}(\psi_Q I, k_b + 1)` [``prior_noise``],
+  :math:`P^b_0 \sim \mathcal{IW}((2k_b + 2) I, k_b + 1)` (mode :math:`I`); :math:`A_b`,
+  :math:`\mu^b_0` flat.
+* per modality, with :math:`W^m = [C^m_s, C^m_m, d^m]` (``D_m x (k_s + k_m + 1)``) and
+  :math:`\Lambda_0 = \mathrm{diag}(\lambda_C, .., \lambda_C, \lambda_d)`:
+  :math:`W^m \mid R_m \sim \mathcal{MN}(0, R_m, \Lambda_0^{-1})` and
+  :math:`R_m \sim \mathcal{IW}(\Psi_m, D_m + 1)` (full) or
+  :math:`R_{m,ii} \sim \mathrm{InvGamma}(1, \Psi_{m,ii})` (diag), where
+  :math:`\Psi_m = \psi_R \mathrm{diag}(\mathrm{Var}[x^m])` uses the data variances recorded by
+  :meth:`MultimodalLDS.init_from_data` (1 before).
+
+These make the EM M-step exact (:meth:`MultimodalLDS.em_step`).
+
+The package is cut by idea: ``model.py`` (structure, programs, posteriors, parameters),
+``blocks.py`` (dynamics and emission parameter blocks), ``priors.py``, ``init.py`` (data-driven
+start), ``em.py`` (the closed-form MAP-EM step).
+"""
+
+from .blocks import BlockDynamics, LinearEmission
+from .model import MultimodalLDS
+from .params import LDSParams
+
+__all__ = ["MultimodalLDS", "LDSParams", "BlockDynamics", "LinearEmission"]

@@ -1,0 +1,142 @@
+"""The closed-form MAP-EM step of the multimodal LDS."""
+
+from __future__ import annotations
+
+import torch
+
+from ...data import MultimodalData
+from ...ops import kalman as kops
+from ...ops.linalg import symmetrize
+from .priors import emission_prior_terms
+
+
+def smoothed_moments(model, data):
+    """RTS-smoothed moments of checked ``data`` at the current (detached) parameters."""
+    obs, mask, lengths = model._ops_inputs(data)
+    lg = model.linear_gaussian_params()
+    lg = kops.LinearGaussianParams(
+        *[
+            {k: v.detach() for k, v in x.items()}
+            if isinstance(x, dict)
+            else (x.detach() if isinstance(x, torch.Tensor) else x)
+            for x in lg
+        ]
+    )
+    sm = kops.rts_smoother(lg, obs, mask, lengths=lengths)
+    return sm
+
+
+@torch.no_grad()
+def em_step(model, data: MultimodalData) -> torch.Tensor:
+    """One exact MAP-EM step (closed-form M-step from smoothed moments); returns the log joint
+    ``sum_n log p(x_n) + log p(theta)`` at the parameters *before* the update.
+
+    E-step: RTS smoother (means, covariances, lag-one cross-covariances). M-step, block by
+    block (each maximizes its own part of the expected complete-data log joint, so the log
+    joint never decreases):
+
+    * emissions: per modality, a Bayesian multivariate regression of :math:`x^m_t` on
+      :math:`[z^s_t, z^m_t, 1]` over the frames where :math:`m` is observed (normal-inverse-
+      Wishart / inverse-gamma mode), so the zero blocks of :math:`C^m` stay zero;
+    * dynamics: per block, :math:`A_b = S_{10} S_{00}^{-1}` over transitions inside the
+      sequences (with ``stable=True``, the furthest point towards it from the current
+      :math:`A_b` inside the stable set: the expected log joint is concave in :math:`A_b`, so
+      this still improves it), then :math:`Q_b` given :math:`A_b` (inverse-Wishart mode);
+    * initial state: :math:`\\mu_0` the mean of the first smoothed states, :math:`P_0` the
+      inverse-Wishart mode.
+    """
+    data = model._checked(data)
+    sm = smoothed_moments(model, data)
+    log_joint = sm.log_likelihood.sum() + model.log_prior()
+    mean, cov, cross = sm.means, sm.covs, sm.cross_covs
+    N, T, S = mean.shape
+    second = cov + mean[..., :, None] * mean[..., None, :]  # E[z_t z_t^T]
+    inside = data.time_mask
+    dtype, device = mean.dtype, mean.device
+    # ---- emissions
+    for m in model.modalities:
+        e = model.emissions[m]
+        idx = model._state_index(m)
+        obs = data.mask[m]
+        x = data.obs[m][obs]  # (n, D)
+        n = x.shape[0]
+        if n == 0:
+            continue
+        mz = mean[obs][:, idx]  # (n, k-1)
+        Ezz = second[obs][:, idx][:, :, idx].sum(0)
+        Ez = mz.sum(0)
+        k = idx.numel() + 1
+        Szz = torch.zeros(k, k, dtype=dtype, device=device)
+        Szz[:-1, :-1] = Ezz
+        Szz[:-1, -1] = Ez
+        Szz[-1, :-1] = Ez
+        Szz[-1, -1] = n
+        Sxz = torch.cat([x.mT @ mz, x.sum(0)[:, None]], -1)  # (D, k)
+        Sxx = x.mT @ x
+        _, lam, psi = emission_prior_terms(model, m)
+        Pz = symmetrize(Szz + torch.diag(lam))
+        W = torch.linalg.solve(Pz, Sxz.mT).mT  # (D, k)
+        resid = symmetrize(Sxx - W @ Pz @ W.mT)
+        D = e.obs_dim
+        ks = e.shared_dim
+        e.shared_weight.copy_(W[:, :ks])
+        e.private_weight.copy_(W[:, ks:-1])
+        e.offset.copy_(W[:, -1])
+        if e.noise == "diag":
+            var = (2 * psi + resid.diagonal()) / (n + k + 4)
+            e.noise_scale = var.clamp_min(torch.finfo(dtype).tiny).sqrt()
+        else:
+            R = (torch.diag(psi) + resid) / (n + k + 2 * D + 2)
+            e.set_noise_cov(symmetrize(R))
+    # ---- dynamics and initial state
+    pair = (inside[:, 1:]).reshape(-1)  # transition t -> t+1 inside the sequence
+    for b in model.block_names:
+        d = model.dynamics[b]
+        s0, s1 = model.block_slices[b]
+        k = d.dim
+        eye = torch.eye(k, dtype=dtype, device=device)
+        if T > 1 and bool(pair.any()):
+            E11 = second[:, 1:, s0:s1, s0:s1].reshape(-1, k, k)[pair].sum(0)
+            E00 = second[:, :-1, s0:s1, s0:s1].reshape(-1, k, k)[pair].sum(0)
+            E10 = (
+                (cross[:, :, s0:s1, s0:s1] + mean[:, 1:, s0:s1, None] * mean[:, :-1, None, s0:s1])
+                .reshape(-1, k, k)[pair]
+                .sum(0)
+            )
+            n = int(pair.sum())
+            A_old = d.transition_matrix
+            A_new = torch.linalg.solve(symmetrize(E00), E10.mT).mT
+            if d.stable:
+                A_new = feasible_step(A_old, A_new, d.max_spectral_norm)
+            d.set_transition_matrix(A_new)
+            A = d.transition_matrix
+            Sres = symmetrize(E11 - A @ E10.mT - E10 @ A.mT + A @ E00 @ A.mT)
+            Qn = (model.prior_noise * eye + Sres) / (n + 2 * k + 2)
+            d.transition_scale_tril = torch.linalg.cholesky(symmetrize(Qn))
+        first = inside[:, 0]
+        m1 = mean[first, 0, s0:s1]
+        P1 = cov[first, 0, s0:s1, s0:s1]
+        mu0 = m1.mean(0)
+        dev = m1 - mu0
+        P0 = ((2 * k + 2) * eye + P1.sum(0) + dev.mT @ dev) / (m1.shape[0] + 2 * k + 2)
+        d.init_loc.copy_(mu0)
+        d.init_scale_tril = torch.linalg.cholesky(symmetrize(P0))
+    return log_joint
+
+
+def feasible_step(A_old, A_new, rho):
+    """Largest ``a`` in [0, 1] with ``||A_old + a (A_new - A_old)||_2 <= rho`` (bisection)."""
+
+    def norm(a):
+        return float(torch.linalg.matrix_norm(A_old + a * (A_new - A_old), ord=2))
+
+    if norm(1.0) <= rho:
+        return A_new
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if norm(mid) <= rho:
+            lo = mid
+        else:
+            hi = mid
+    return A_old + lo * (A_new - A_old)

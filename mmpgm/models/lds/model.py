@@ -1,0 +1,423 @@
+"""The :class:`MultimodalLDS` model: structure, Pyro programs, posteriors, imputation,
+sampling and parameters (the math is in the package docstring, :mod:`mmpgm.models.lds`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ...data import MultimodalData
+from ...ops import kalman as kops
+from ...ops.linalg import symmetrize
+from ...results.lds import LDSImputation, LDSPosterior
+from .._base import MultimodalModel
+from .._checks import check_int, check_obs_dims, per_modality
+from .._savable import register
+from . import em, init, priors
+from . import params as params_io
+from .blocks import BlockDynamics, LinearEmission
+from .params import LDSParams
+
+__all__ = ["MultimodalLDS", "LDSParams"]
+
+
+@register
+class MultimodalLDS(MultimodalModel):
+    r"""Multimodal linear dynamical system with a shared latent block and private blocks.
+
+    Parameters
+    ----------
+    obs_dims : Mapping[str, int]
+        Modality name -> ``D_m``.
+    shared_dim : int
+        :math:`k_s`, dimension of the shared block (>= 1).
+    private_dim : int or Mapping[str, int]
+        :math:`k_m` per modality (0 = no private block for that modality).
+    stable : bool
+        Constrain every :math:`A_b` to spectral norm <= ``max_spectral_norm`` (< 1).
+    noise : {"diag", "full"}
+        Observation-noise covariance :math:`R_m`, for all modalities or per modality (a dict).
+    max_spectral_norm : float
+        :math:`\rho` of the stable parameterization.
+    prior_precision : float
+        :math:`\lambda_C`, prior precision of the emission weights (relative to the noise).
+    prior_noise : float
+        :math:`\psi_R = \psi_Q`: scale of the inverse-Wishart / inverse-gamma noise priors
+        (relative to the data variance for :math:`R`).
+
+    Examples
+    --------
+    >>> model = MultimodalLDS({"pos": 3, "imu": 3}, shared_dim=4, private_dim=1)
+    >>> data, latents = model.sample(num_sequences=2, num_timesteps=50, seed=0)
+    >>> model.log_likelihood(data).shape
+    torch.Size([2])
+    """
+
+    PROGRAMS = ("collapsed", "gaussian_hmm")
+    """Pyro programs (:meth:`model`): ``"collapsed"`` (default; Kalman filter, masks and ragged
+    lengths) and ``"gaussian_hmm"`` (a ``pyro.distributions.GaussianHMM`` site, fully observed
+    equal-length data only)."""
+
+    def __init__(
+        self,
+        obs_dims: Mapping[str, int],
+        shared_dim: int = 2,
+        private_dim=1,
+        stable: bool = True,
+        noise="diag",
+        max_spectral_norm: float = 0.999,
+        prior_precision: float = 1e-2,
+        prior_noise: float = 1e-3,
+    ):
+        super().__init__()
+        names = check_obs_dims(obs_dims)
+        check_int("shared_dim", shared_dim)
+        private = per_modality(private_dim, names, "private_dim")
+        for m in names:
+            check_int(f"private_dim[{m!r}]", private[m], allow_zero=True)
+        noises = per_modality(noise, names, "noise")
+        for m in names:
+            if noises[m] not in ("diag", "full"):
+                raise ValueError(f"noise[{m!r}]: expected 'diag' or 'full', got {noises[m]!r}")
+        if not 0 < max_spectral_norm < 1:
+            raise ValueError(
+                f"max_spectral_norm: expected a float in (0, 1), got {max_spectral_norm!r}"
+            )
+        if not prior_precision > 0 or not prior_noise > 0:
+            raise ValueError(
+                f"prior_precision, prior_noise: expected positive floats, got {prior_precision!r}, "
+                f"{prior_noise!r}"
+            )
+        self.modalities = names
+        self.obs_dims = dict(obs_dims)
+        self.shared_dim = shared_dim
+        self.private_dims = private
+        self.stable = bool(stable)
+        self.prior_precision = float(prior_precision)
+        self.prior_noise = float(prior_noise)
+        blocks = {"shared": shared_dim}
+        blocks.update({m: private[m] for m in names if private[m] > 0})
+        self.block_names = tuple(blocks)
+        self.block_slices = {}
+        o = 0
+        for b, k in blocks.items():
+            self.block_slices[b] = (o, o + k)
+            o += k
+        self.state_dim = o
+        self.dynamics = PyroModule[nn.ModuleDict](
+            {b: BlockDynamics(k, stable, max_spectral_norm) for b, k in blocks.items()}
+        )
+        self.emissions = PyroModule[nn.ModuleDict](
+            {m: LinearEmission(obs_dims[m], shared_dim, private[m], noises[m]) for m in names}
+        )
+        self._config = dict(
+            obs_dims=dict(obs_dims),
+            shared_dim=shared_dim,
+            private_dim=dict(private),
+            stable=bool(stable),
+            noise=dict(noises),
+            max_spectral_norm=float(max_spectral_norm),
+            prior_precision=float(prior_precision),
+            prior_noise=float(prior_noise),
+        )
+
+    # ------------------------------------------------------------------ structure
+    def _state_index(self, modality: str) -> torch.Tensor:
+        """Indices of the state entries modality ``modality`` sees: shared, then its private
+        block."""
+        a, e = self.block_slices["shared"]
+        idx = list(range(a, e))
+        if modality in self.block_slices:
+            a, e = self.block_slices[modality]
+            idx += list(range(a, e))
+        return torch.tensor(idx, dtype=torch.long, device=self._param().device)
+
+    def emission_matrix(self, modality: str) -> torch.Tensor:
+        """``(D_m, S)`` :math:`C^m` in the full state space (zero on other private blocks)."""
+        e = self.emissions[modality]
+        pieces = []
+        for blk in self.block_names:
+            s0, s1 = self.block_slices[blk]
+            if blk == "shared":
+                pieces.append(e.shared_weight)
+            elif blk == modality:
+                pieces.append(e.private_weight)
+            else:
+                pieces.append(e.shared_weight.new_zeros(e.obs_dim, s1 - s0))
+        return torch.cat(pieces, -1)
+
+    def linear_gaussian_params(self) -> kops.LinearGaussianParams:
+        """The model as :class:`mmpgm.ops.kalman.LinearGaussianParams` (differentiable)."""
+        dyn = [self.dynamics[b] for b in self.block_names]
+        return kops.LinearGaussianParams(
+            initial_mean=torch.cat([d.init_loc for d in dyn]),
+            initial_cov=torch.block_diag(*[d.initial_cov for d in dyn]),
+            transition_matrix=torch.block_diag(*[d.transition_matrix for d in dyn]),
+            transition_cov=torch.block_diag(*[d.transition_cov for d in dyn]),
+            emission_matrices={m: self.emission_matrix(m) for m in self.modalities},
+            emission_offsets={m: self.emissions[m].offset for m in self.modalities},
+            emission_covs={m: self.emissions[m].noise_cov for m in self.modalities},
+        )
+
+    # ------------------------------------------------------------------ data
+    def _check_observations(self, data) -> None:
+        """Floating-point observations, finite wherever the mask says observed."""
+        for m in self.modalities:
+            x = data.obs[m]
+            if not x.is_floating_point():
+                raise TypeError(
+                    f"data.obs[{m!r}]: expected floating-point observations, got {x.dtype}"
+                )
+            bad = data.mask[m][..., None] & ~torch.isfinite(x)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"data.obs[{m!r}]: {int(bad.any(-1).sum())} frames hold NaN/inf where the mask "
+                    "says "
+                    "observed; mark them unobserved in data.mask"
+                )
+
+    def _ops_inputs(self, data: MultimodalData, exclude=()):
+        mask = {
+            m: (torch.zeros_like(data.mask[m]) if m in exclude else data.mask[m])
+            for m in self.modalities
+        }
+        return data.obs, mask, data.lengths
+
+    # ------------------------------------------------------------------ likelihood
+    def log_likelihood(self, data: MultimodalData) -> torch.Tensor:
+        r"""Exact, differentiable :math:`\log p(x^{(n)}_{\text{observed}})` per sequence,
+        ``(N,)``."""
+        data = self._checked(data)
+        obs, mask, lengths = self._ops_inputs(data)
+        return kops.kalman_log_likelihood(self.linear_gaussian_params(), obs, mask, lengths=lengths)
+
+    def log_prior(self) -> torch.Tensor:
+        """Log density of the weak conjugate parameter prior
+        (:func:`mmpgm.models.lds.priors.log_prior`;
+        the prior is described in the package docstring)."""
+        return priors.log_prior(self)
+
+    def num_free_parameters(self) -> int:
+        n = 0
+        for b in self.block_names:
+            k = self.dynamics[b].dim
+            n += k * k + k * (k + 1) + k
+        for m in self.modalities:
+            e = self.emissions[m]
+            D = e.obs_dim
+            n += D * (e.shared_dim + e.private_dim + 1) + (
+                D if e.noise == "diag" else D * (D + 1) // 2
+            )
+        return n
+
+    # ------------------------------------------------------------------ Pyro programs
+    def pyro_gaussian_hmm(self, num_timesteps: int) -> dist.GaussianHMM:
+        r"""The model as a :class:`pyro.distributions.GaussianHMM` over the concatenated
+        observations ``(T, sum_m D_m)`` (modalities in ``self.modalities`` order), fully observed.
+
+        Pyro's ``GaussianHMM`` starts from a state *before* the first observation and multiplies
+        on the right; step 1 uses a zero transition matrix and noise :math:`\mathcal N(\mu_0, P_0)`
+        so that :math:`z_1 \sim \mathcal N(\mu_0, P_0)`, later steps :math:`A^\top` and :math:`Q`.
+        """
+        check_int("num_timesteps", num_timesteps)
+        p = self.linear_gaussian_params()
+        S, T = self.state_dim, num_timesteps
+        trans = torch.cat(
+            [p.transition_matrix.new_zeros(1, S, S), p.transition_matrix.mT.expand(T - 1, S, S)]
+        )
+        loc = torch.cat([p.initial_mean[None], p.initial_mean.new_zeros(T - 1, S)])
+        cov = torch.cat([p.initial_cov[None], p.transition_cov.expand(T - 1, S, S)])
+        C = torch.cat([p.emission_matrices[m] for m in self.modalities], 0)
+        d = torch.cat([p.emission_offsets[m] for m in self.modalities])
+        R = torch.block_diag(*[p.emission_covs[m] for m in self.modalities])
+        init = dist.MultivariateNormal(
+            torch.zeros_like(p.initial_mean), torch.eye(S, dtype=C.dtype, device=C.device)
+        )
+        return dist.GaussianHMM(
+            init,
+            trans,
+            dist.MultivariateNormal(loc, symmetrize(cov)),
+            C.mT,
+            dist.MultivariateNormal(d, symmetrize(R)),
+            duration=T,
+        )
+
+    def model(
+        self, data: MultimodalData, *, program: str | None = None, num_sequences: int | None = None
+    ):
+        """The generative program.
+
+        ``program="collapsed"`` (default, the fast path :func:`mmpgm.fit` trains): the states are
+        integrated out exactly by the Kalman filter (:func:`mmpgm.ops.kalman.kalman_log_likelihood`,
+        per-modality masks, ragged lengths) and enter as one ``pyro.factor`` per sequence inside the
+        ``sequences`` plate, after a global ``log_prior`` factor.
+        ``program="gaussian_hmm"``: the observations are a ``pyro.sample`` site of
+        :meth:`pyro_gaussian_hmm` (fully observed, equal-length data only); same loss.
+
+        ``num_sequences`` is the full dataset size when ``data`` is a minibatch.
+        """
+        data = self._checked(data)
+        N, T = data.num_sequences, data.num_timesteps
+        total = N if num_sequences is None else num_sequences
+        program = self.check_program(program)
+        pyro.factor("log_prior", self.log_prior())
+        plate = pyro.plate(
+            "sequences", total, subsample=torch.arange(N, device=data.device), dim=-1
+        )
+        if program == "collapsed":
+            with plate:
+                pyro.factor("log_likelihood", self.log_likelihood(data))
+        else:  # "gaussian_hmm"
+            if not all(bool(data.mask[m].all()) for m in self.modalities):
+                raise ValueError(
+                    "program='gaussian_hmm': needs fully observed, equal-length data; "
+                    "use program='collapsed' for masks and ragged lengths"
+                )
+            x = torch.cat([data.obs[m] for m in self.modalities], -1)
+            with plate:
+                pyro.sample("obs", self.pyro_gaussian_hmm(T), obs=x)
+
+    # ------------------------------------------------------------------ initialization
+    def init_from_data(self, data: MultimodalData, seed: int = 0) -> None:
+        """Data-driven start that respects the shared/private structure
+        (:func:`mmpgm.models.lds.init.init_from_data`)."""
+        return init.init_from_data(self, data, seed)
+
+    # ------------------------------------------------------------------ EM
+    def em_step(self, data: MultimodalData) -> torch.Tensor:
+        """One exact MAP-EM step (closed-form M-step from smoothed moments); returns the log joint
+        before the update (:func:`mmpgm.models.lds.em.em_step`)."""
+        return em.em_step(self, data)
+
+    # ------------------------------------------------------------------ posteriors
+    def _split_blocks(self, mean, cov):
+        means, covs = {}, {}
+        for b, (s0, s1) in self.block_slices.items():
+            means[b] = mean[..., s0:s1]
+            covs[b] = cov[..., s0:s1, s0:s1]
+        return means, covs
+
+    def posterior(
+        self,
+        data: MultimodalData,
+        *,
+        causal: bool = False,
+        num_samples: int = 0,
+        seed: int | None = None,
+        map_path: bool = True,
+    ) -> LDSPosterior:
+        """Exact Gaussian posterior over the states (see :func:`mmpgm.infer`).
+
+        Smoothed (RTS) moments, or filtered ones with ``causal=True``; ``num_samples`` joint
+        state paths by forward-filter backward-sample (``seed`` makes them reproducible); the
+        joint mode (``map_path``) is the smoothed mean.
+        """
+        if not isinstance(num_samples, int) or num_samples < 0:
+            raise ValueError(f"num_samples: expected a non-negative int, got {num_samples!r}")
+        data = self._checked(data)
+        obs, mask, lengths = self._ops_inputs(data)
+        with torch.no_grad():
+            lg = self.linear_gaussian_params()
+            sm = (
+                kops.rts_smoother(lg, obs, mask, lengths=lengths)
+                if (map_path or not causal)
+                else None
+            )
+            if causal:
+                f = kops.kalman_filter(lg, obs, mask, lengths=lengths, method="sequential")
+                mean, cov, cross, ll = f.means, f.covs, None, f.log_likelihood
+            else:
+                mean, cov, cross, ll = sm.means, sm.covs, sm.cross_covs, sm.log_likelihood
+            samples = None
+            if num_samples:
+                gen = torch.Generator(device=mean.device)
+                gen.manual_seed(int(torch.randint(2**31, (1,))) if seed is None else seed)
+                samples = kops.ffbs_sample(
+                    lg, obs, mask, lengths=lengths, num_samples=num_samples, generator=gen
+                )
+        means, covs = self._split_blocks(mean, cov)
+        return LDSPosterior(
+            means=means,
+            covs=covs,
+            state_mean=mean,
+            state_cov=cov,
+            cross_covs=cross,
+            map=sm.means if map_path else None,
+            samples=samples,
+            log_likelihood=ll,
+            lengths=data.lengths,
+            causal=causal,
+            block_slices=dict(self.block_slices),
+            pointwise_log_likelihood=None,
+        )
+
+    def impute(self, data: MultimodalData, modality: str) -> LDSImputation:
+        r"""Posterior predictive of ``modality`` from the other modalities.
+
+        Every frame of ``modality`` is masked out, the states are smoothed on the others, and
+        :math:`p(x^m_t \mid x^{-m}) = \mathcal N(C^m m_t + d^m, C^m P_t C^{m\top} + R_m)`.
+        """
+        if modality not in self.modalities:
+            raise ValueError(
+                f"modality: unknown modality {modality!r}; the model has {list(self.modalities)}"
+            )
+        data = self._checked(data)
+        obs, mask, lengths = self._ops_inputs(data, exclude=(modality,))
+        with torch.no_grad():
+            lg = self.linear_gaussian_params()
+            sm = kops.rts_smoother(lg, obs, mask, lengths=lengths)
+            C = lg.emission_matrices[modality]
+            mean = sm.means @ C.mT + lg.emission_offsets[modality]
+            covariance = symmetrize(C @ sm.covs @ C.mT + lg.emission_covs[modality])
+        return LDSImputation(
+            mean=mean, covariance=covariance, state_mean=sm.means, state_cov=sm.covs
+        )
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, num_sequences: int, num_timesteps: int, seed: int | None = None):
+        """Draw sequences from the model.
+
+        Returns
+        -------
+        data : MultimodalData
+        latents : dict
+            ``"shared"`` and each modality with a private block -> ``(N, T, k_b)`` state paths.
+        """
+        check_int("num_sequences", num_sequences)
+        check_int("num_timesteps", num_timesteps)
+        p = self._param()
+        gen = torch.Generator(device=p.device)
+        gen.manual_seed(int(torch.randint(2**31, (1,))) if seed is None else seed)
+        N, T, S = num_sequences, num_timesteps, self.state_dim
+        kw = dict(generator=gen, dtype=p.dtype, device=p.device)
+        with torch.no_grad():
+            lg = self.linear_gaussian_params()
+            L0 = torch.linalg.cholesky(lg.initial_cov)
+            LQ = torch.linalg.cholesky(lg.transition_cov)
+            z = torch.empty(N, T, S, dtype=p.dtype, device=p.device)
+            z[:, 0] = lg.initial_mean + torch.randn(N, S, **kw) @ L0.mT
+            for t in range(1, T):
+                z[:, t] = z[:, t - 1] @ lg.transition_matrix.mT + torch.randn(N, S, **kw) @ LQ.mT
+            obs = {}
+            for m in self.modalities:
+                C, d, R = lg.emission_matrices[m], lg.emission_offsets[m], lg.emission_covs[m]
+                LR = torch.linalg.cholesky(R)
+                obs[m] = z @ C.mT + d + torch.randn(N, T, C.shape[0], **kw) @ LR.mT
+        latents = {b: z[..., s0:s1].clone() for b, (s0, s1) in self.block_slices.items()}
+        return MultimodalData(obs), latents
+
+    # ------------------------------------------------------------------ parameters, I/O
+    @property
+    def params(self) -> LDSParams:
+        """The constrained parameter values (detached copies; :class:`LDSParams`)."""
+        return params_io.get_params(self)
+
+    def set_params(self, params: LDSParams) -> "MultimodalLDS":
+        """Overwrite the parameters with ``params`` (validated: shapes, finite values, SPD
+        covariances, stability, diagonal ``R`` for ``noise="diag"``)."""
+        return params_io.set_params(self, params)

@@ -1,0 +1,118 @@
+"""The parameters of the multimodal LDS as a named tuple: read and (validated) write."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+
+from ...ops.linalg import symmetrize
+
+__all__ = ["LDSParams", "get_params", "set_params"]
+
+
+class LDSParams(NamedTuple):
+    r"""Parameters of a :class:`MultimodalLDS` (constrained values, detached).
+
+    transition_matrices, transition_covs, initial_means, initial_covs : dict block -> :math:`A_b`
+        ``(k_b, k_b)``, :math:`Q_b`, :math:`\mu^b_0` ``(k_b,)``, :math:`P^b_0` (blocks: ``"shared"``
+        and every modality with a private block).
+    shared_emission_matrices : dict modality -> :math:`C^m_s` ``(D_m, k_s)``.
+    private_emission_matrices : dict modality -> :math:`C^m_m` ``(D_m, k_m)``.
+    emission_offsets : dict modality -> :math:`d^m` ``(D_m,)``.
+    emission_covs : dict modality -> :math:`R_m` ``(D_m, D_m)``.
+    """
+
+    transition_matrices: dict
+    transition_covs: dict
+    initial_means: dict
+    initial_covs: dict
+    shared_emission_matrices: dict
+    private_emission_matrices: dict
+    emission_offsets: dict
+    emission_covs: dict
+
+
+def get_params(model) -> LDSParams:
+    """The constrained parameter values (detached copies)."""
+
+    def det(x):
+        return x.detach().clone()
+
+    dyn = model.dynamics
+    return LDSParams(
+        transition_matrices={b: det(dyn[b].transition_matrix) for b in model.block_names},
+        transition_covs={b: det(dyn[b].transition_cov) for b in model.block_names},
+        initial_means={b: det(dyn[b].init_loc) for b in model.block_names},
+        initial_covs={b: det(dyn[b].initial_cov) for b in model.block_names},
+        shared_emission_matrices={m: det(model.emissions[m].shared_weight) for m in model.modalities},
+        private_emission_matrices={m: det(model.emissions[m].private_weight) for m in model.modalities},
+        emission_offsets={m: det(model.emissions[m].offset) for m in model.modalities},
+        emission_covs={m: det(model.emissions[m].noise_cov) for m in model.modalities},
+    )
+
+
+def set_params(model, params: LDSParams):
+    """Overwrite the parameters with ``params`` (validated: shapes, finite values, SPD
+    covariances, stability, diagonal ``R`` for ``noise="diag"``)."""
+    if not isinstance(params, LDSParams):
+        raise TypeError(f"params: expected LDSParams, got {type(params).__name__}")
+    p = model._param()
+    conv = dict(device=p.device, dtype=p.dtype)
+
+    def get(field, key, shape):
+        table = getattr(params, field)
+        if not isinstance(table, Mapping) or key not in table:
+            raise ValueError(f"params.{field}: expected an entry for {key!r}")
+        v = torch.as_tensor(table[key]).to(**conv)
+        if tuple(v.shape) != tuple(shape):
+            raise ValueError(
+                f"params.{field}[{key!r}]: expected shape {tuple(shape)}, got {tuple(v.shape)}"
+            )
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"params.{field}[{key!r}]: expected finite values")
+        return v
+
+    def spd(name, v):
+        if not torch.allclose(v, v.mT, rtol=1e-6, atol=1e-10 * float(v.abs().max().clamp_min(1))):
+            raise ValueError(
+                f"{name}: expected a symmetric positive-definite matrix, got a non-symmetric one"
+            )
+        ev = torch.linalg.eigvalsh(symmetrize(v))
+        if float(ev.min()) <= 0:
+            raise ValueError(
+                f"{name}: expected a symmetric positive-definite matrix, "
+                f"got smallest eigenvalue {float(ev.min()):.3g}"
+            )
+        return torch.linalg.cholesky(symmetrize(v))
+
+    with torch.no_grad():
+        for b in model.block_names:
+            d = model.dynamics[b]
+            k = d.dim
+            A = get("transition_matrices", b, (k, k))
+            LQ = spd(f"params.transition_covs[{b!r}]", get("transition_covs", b, (k, k)))
+            L0 = spd(f"params.initial_covs[{b!r}]", get("initial_covs", b, (k, k)))
+            mu = get("initial_means", b, (k,))
+            d.set_transition_matrix(A)
+            d.transition_scale_tril = LQ
+            d.init_scale_tril = L0
+            d.init_loc.copy_(mu)
+        for m in model.modalities:
+            e = model.emissions[m]
+            D = e.obs_dim
+            Cs = get("shared_emission_matrices", m, (D, e.shared_dim))
+            Cm = get("private_emission_matrices", m, (D, e.private_dim))
+            dm = get("emission_offsets", m, (D,))
+            R = get("emission_covs", m, (D, D))
+            spd(f"params.emission_covs[{m!r}]", R)
+            if e.noise == "diag" and bool((R - torch.diag(R.diagonal())).abs().max() > 0):
+                raise ValueError(
+                    f"params.emission_covs[{m!r}]: expected a diagonal matrix (noise='diag')"
+                )
+            e.shared_weight.copy_(Cs)
+            e.private_weight.copy_(Cm)
+            e.offset.copy_(dm)
+            e.set_noise_cov(symmetrize(R))
+    return model
