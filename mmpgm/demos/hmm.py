@@ -50,7 +50,9 @@ def run_hmm_demo(out_dir: str, *, smoke: bool = False, seed: int = 0, progress=N
         ll_fit = float(model.log_likelihood(test).sum()) / frames
         ll_true = float(truth.log_likelihood(test).sum()) / frames
     fitted = permute_params(model.params, *align_params(truth.params, model.params))
-    trans_err = float((fitted.shared_transition_probs - truth.params.shared_transition_probs).abs().max())
+    trans_err = float(
+        (fitted.shared_transition_probs - truth.params.shared_transition_probs).abs().max()
+    )
     # impute the video stream of the held-out data from audio and flow
     imp = model.impute(test, "video")
     rmse = float(((imp.mean - test.obs["video"]) ** 2).mean().sqrt())

@@ -88,16 +88,23 @@ class LDSFilter:
             N, S = self.num_sequences, self.model.state_dim
             self._pred_m = p.initial_mean.detach().expand(N, S).clone()
             self._pred_P = _sym(p.initial_cov.detach()).expand(N, S, S).clone()
-        self._log_likelihood = torch.zeros(self.num_sequences, dtype=self._A.dtype, device=self._A.device)
+        self._log_likelihood = torch.zeros(
+            self.num_sequences, dtype=self._A.dtype, device=self._A.device
+        )
         self._step = 0
 
     def _frame(self, frame: Mapping):
         model = self.model
         if not isinstance(frame, Mapping):
-            raise TypeError(f"frame: expected a dict modality -> (N, D) array, got {type(frame).__name__}")
+            raise TypeError(
+                f"frame: expected a dict modality -> (N, D) array, got {type(frame).__name__}"
+            )
         unknown = set(frame) - set(model.modalities)
         if unknown:
-            raise ValueError(f"frame: unknown modalities {sorted(unknown)}; the model has {list(model.modalities)}")
+            raise ValueError(
+                f"frame: unknown modalities {sorted(unknown)}; the model has "
+                f"{list(model.modalities)}"
+            )
         N = self.num_sequences
         ys, rows = [], []
         for m in model.modalities:
@@ -110,7 +117,10 @@ class LDSFilter:
                 if x.dim() == 1 and N == 1:
                     x = x[None]
                 if x.shape != (N, D):
-                    raise ValueError(f"frame[{m!r}]: expected shape ({N}, {D}) or ({D},) for N=1, got {tuple(x.shape)}")
+                    raise ValueError(
+                        f"frame[{m!r}]: expected shape ({N}, {D}) or ({D},) for N=1, got "
+                        f"{tuple(x.shape)}"
+                    )
                 observed = torch.isfinite(x).all(-1)
                 x = torch.where(observed[:, None], x - self._d[m], torch.zeros_like(x))
             ys.append(x)
@@ -140,19 +150,31 @@ class LDSFilter:
         for b, (s0, s1) in model.block_slices.items():
             means[b], covs[b] = fm[:, s0:s1], fP[:, s0:s1, s0:s1]
         return LDSFilterState(
-            step=self._step, mean=fm, cov=fP, means=means, covs=covs,
-            predicted_mean=self._pred_m, predicted_cov=self._pred_P,
+            step=self._step,
+            mean=fm,
+            cov=fP,
+            means=means,
+            covs=covs,
+            predicted_mean=self._pred_m,
+            predicted_cov=self._pred_P,
             predicted_obs={mm: self._predict_obs(mm) for mm in model.modalities},
-            log_likelihood=self._log_likelihood.clone(), log_increment=inc)
+            log_likelihood=self._log_likelihood.clone(),
+            log_increment=inc,
+        )
 
     def _predict_obs(self, modality):
         C = self._C[modality]
-        return self._pred_m @ C.mT + self._d[modality], _sym(C @ self._pred_P @ C.mT + self._R[modality])
+        return self._pred_m @ C.mT + self._d[modality], _sym(
+            C @ self._pred_P @ C.mT + self._R[modality]
+        )
 
     @torch.no_grad()
     def predict_observation(self, modality: str):
         """Predictive mean and covariance of ``modality`` at the next frame: ``((N, D), (N, D, D))``
         (before any frame: the prior predictive of the first frame)."""
         if modality not in self.model.modalities:
-            raise ValueError(f"modality: unknown modality {modality!r}; the model has {list(self.model.modalities)}")
+            raise ValueError(
+                f"modality: unknown modality {modality!r}; the model has "
+                f"{list(self.model.modalities)}"
+            )
         return self._predict_obs(modality)

@@ -17,9 +17,7 @@ from torch import Tensor
 __all__ = ["associative_scan", "affine_combine"]
 
 
-def associative_scan(
-    fn: Callable[[tuple, tuple], tuple], elems: tuple, dim: int = 0
-) -> tuple:
+def associative_scan(fn: Callable[[tuple, tuple], tuple], elems: tuple, dim: int = 0) -> tuple:
     r"""Inclusive scan of an associative ``fn`` along ``dim`` (odd/even recursion).
 
     Parameters

@@ -318,7 +318,9 @@ def test_bad_inputs_give_clear_errors():
         model.set_params(p._replace(transition_matrices=A))
     C = dict(p.shared_emission_matrices)
     C["a"] = torch.zeros(3, 3)
-    with pytest.raises(ValueError, match=r"shared_emission_matrices\['a'\]: expected shape \(3, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"shared_emission_matrices\['a'\]: expected shape \(3, 2\)"
+    ):
         model.set_params(p._replace(shared_emission_matrices=C))
     with pytest.raises(ValueError, match="unknown modality"):
         model.impute(data, "c")

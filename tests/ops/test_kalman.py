@@ -434,7 +434,9 @@ def test_bad_inputs_raise():
             masks,
         )
     with pytest.raises(ValueError, match="initial_cov"):
-        kalman_filter(params._replace(initial_cov=torch.eye(2, dtype=DT).expand(5, 2, 2)), obs, masks)
+        kalman_filter(
+            params._replace(initial_cov=torch.eye(2, dtype=DT).expand(5, 2, 2)), obs, masks
+        )
     with pytest.raises(ValueError, match="control_matrix"):
         kalman_filter(params, obs, masks, controls=torch.zeros(2, 4, 1, dtype=DT))
     with pytest.raises(ValueError, match="controls"):
@@ -500,13 +502,19 @@ def test_bad_options_raise(kw, match, fn):
         f(params, obs, **kw)
 
 
-def test_auto_method_uses_parallel_for_long_cheap_sequences():
+def test_auto_method_choice_and_agreement_on_long_cheap_sequences():
+    from mmpgm.ops.kalman import choose_method
+
+    # on a CPU the sequential filter was faster at every measured size; the scan only on GPUs
+    assert choose_method(1, 20000, 2, 2, "cpu") == "sequential"
+    assert choose_method(1, 20000, 2, 2, "cuda") == "parallel"
+    assert choose_method(64, 500, 6, 10, "cuda") == "sequential"
     params = make_params(S=2, dims=(1,), seed=3)
     T = 300
     obs = [torch.randn(1, T, 1, generator=torch.Generator().manual_seed(0), dtype=DT)]
     a = kalman_log_likelihood(params, obs, method="sequential")
-    b = kalman_log_likelihood(params, obs)  # auto -> parallel here
-    c = kalman_filter(params, obs)
+    b = kalman_log_likelihood(params, obs)  # auto
+    c = kalman_filter(params, obs, method="parallel")
     torch.testing.assert_close(a, b, rtol=1e-10, atol=0)
     torch.testing.assert_close(c.log_likelihood, a, rtol=1e-10, atol=0)
 

@@ -79,7 +79,9 @@ def held_out_per_frame(model, data):
 
 def principal_angles_deg(true_model, model):
     def basis(m):
-        C = torch.cat([m.params.shared_emission_matrices["a"], m.params.shared_emission_matrices["b"]])
+        C = torch.cat(
+            [m.params.shared_emission_matrices["a"], m.params.shared_emission_matrices["b"]]
+        )
         return torch.linalg.qr(C.double())[0]
 
     cos = torch.linalg.svdvals(basis(true_model).mT @ basis(model)).clamp(max=1.0)

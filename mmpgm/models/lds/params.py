@@ -46,8 +46,12 @@ def get_params(model) -> LDSParams:
         transition_covs={b: det(dyn[b].transition_cov) for b in model.block_names},
         initial_means={b: det(dyn[b].init_loc) for b in model.block_names},
         initial_covs={b: det(dyn[b].initial_cov) for b in model.block_names},
-        shared_emission_matrices={m: det(model.emissions[m].shared_weight) for m in model.modalities},
-        private_emission_matrices={m: det(model.emissions[m].private_weight) for m in model.modalities},
+        shared_emission_matrices={
+            m: det(model.emissions[m].shared_weight) for m in model.modalities
+        },
+        private_emission_matrices={
+            m: det(model.emissions[m].private_weight) for m in model.modalities
+        },
         emission_offsets={m: det(model.emissions[m].offset) for m in model.modalities},
         emission_covs={m: det(model.emissions[m].noise_cov) for m in model.modalities},
     )

@@ -57,9 +57,9 @@ AUTO_PARALLEL_MIN_T = 256
 :data:`AUTO_PARALLEL_MAX_STEP_WORK`)."""
 AUTO_PARALLEL_MAX_STEP_WORK = 4096
 """Largest per-frame work ``N (S + D)^2`` (``D = sum_m D_m``) for which ``method="auto"`` runs
-the parallel scan: long sequences with little work per frame, where the sequential loop is bound
-by per-step overhead.  Both thresholds were measured with ``benchmarks/lds_speed.py`` (configs
-B and L; config B is recorded in ``benchmarks/results/lds_speed_B.jsonl``)."""
+the parallel scan on an accelerator: long sequences with little work per frame, where the
+sequential loop is bound by per-step overhead. Not yet measured on a GPU (no GPU machine so far);
+on a CPU ``"auto"`` always runs the sequential filter (see :func:`choose_method`)."""
 
 STEADY_STATE_RTOL = {torch.float64: 1e-12, torch.float32: 1e-7}
 """Default ``steady_state_rtol`` per dtype: the recursion stops when the predicted covariance
@@ -76,11 +76,20 @@ class Plan(NamedTuple):
     steady_rtol: Optional[float]
 
 
-def choose_method(num_sequences: int, num_timesteps: int, state_dim: int, obs_dim: int) -> str:
-    """The method ``method="auto"`` runs for these sizes: ``"parallel"`` if
-    ``num_timesteps >= AUTO_PARALLEL_MIN_T`` and
-    ``num_sequences * (state_dim + obs_dim) ** 2 <= AUTO_PARALLEL_MAX_STEP_WORK``, else
-    ``"sequential"`` (``obs_dim`` = the total dimension ``D`` of all modalities)."""
+def choose_method(
+    num_sequences: int, num_timesteps: int, state_dim: int, obs_dim: int, device_type: str = "cpu"
+) -> str:
+    """The method ``method="auto"`` runs for these sizes: ``"parallel"`` only on an accelerator
+    (``device_type`` not ``"cpu"``), for ``num_timesteps >= AUTO_PARALLEL_MIN_T`` and
+    ``num_sequences * (state_dim + obs_dim) ** 2 <= AUTO_PARALLEL_MAX_STEP_WORK``; else
+    ``"sequential"`` (``obs_dim`` = the total dimension ``D`` of all modalities).
+
+    On a CPU the sequential filter is faster at every size measured by
+    ``benchmarks/lds_speed.py`` (configs B, B10k and L: the scan's extra ``log T`` work is not
+    paid back by parallel hardware), so ``"auto"`` never picks the scan there.
+    """
+    if device_type == "cpu":
+        return "sequential"
     work = num_sequences * (state_dim + obs_dim) ** 2
     if num_timesteps >= AUTO_PARALLEL_MIN_T and work <= AUTO_PARALLEL_MAX_STEP_WORK:
         return "parallel"
@@ -136,7 +145,7 @@ def resolve(
         if share in ("covariance", "matrices"):
             method = "sequential"
         else:
-            method = choose_method(p.N, p.T, p.S, p.C.shape[-2])
+            method = choose_method(p.N, p.T, p.S, p.C.shape[-2], p.y.device.type)
     if method == "parallel":
         return Plan("parallel", "none", None)
     if share == "covariance" and not shares_covariance(p):

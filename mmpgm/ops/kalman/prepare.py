@@ -182,11 +182,8 @@ def prepare(
     core4 = [getattr(params, n) for n in names]
     for name, tns in zip(names, core4, strict=True):
         if not isinstance(tns, Tensor):
-            raise ValueError(
-                f"params.{name}: expected a torch.Tensor, got {type(tns).__name__}"
-            )
-    dtype = _common_dtype(core4 + C_list + R_list + [d for d in d_list if d is not None]
-                          + obs_list)
+            raise ValueError(f"params.{name}: expected a torch.Tensor, got {type(tns).__name__}")
+    dtype = _common_dtype(core4 + C_list + R_list + [d for d in d_list if d is not None] + obs_list)
     device = obs_list[0].device
 
     def batched(x, name, core):
@@ -227,8 +224,9 @@ def prepare(
     # masks and masked observations
     rows, ys = [], []
     zero = torch.zeros((), dtype=dtype, device=device)
-    for mk, x, dm, Dm in zip(_row_masks(mask_list, keys, lengths, N, T, device), obs_list, ds,
-                             dims, strict=True):
+    for mk, x, dm, Dm in zip(
+        _row_masks(mask_list, keys, lengths, N, T, device), obs_list, ds, dims, strict=True
+    ):
         mk3 = mk.unsqueeze(-1)
         x = torch.where(mk3, x.to(dtype=dtype, device=device), zero)
         if dm is not None:
