@@ -151,11 +151,12 @@ def kalman_filter(
         ``"sequential"``: the Cholesky-form recursion (``T`` Python steps, most accurate).
         ``"parallel"``: the associative scan of :func:`parallel_kalman_filter`
         (``O(log T)`` depth, ``O(N T S^2)`` memory).  ``"auto"``: :func:`choose_method`,
-        i.e. ``"sequential"`` on a CPU (faster at every measured size) and on an accelerator
-        ``"parallel"`` for long sequences with little work per frame
-        (``T >= AUTO_PARALLEL_MIN_T`` and ``N (S + D)^2 <= AUTO_PARALLEL_MAX_STEP_WORK``,
-        ``D = sum_m D_m``); ``"sequential"`` whenever ``share`` is ``"covariance"`` or
-        ``"matrices"``.  Timings: ``benchmarks/lds_speed.py``.
+        i.e. ``"sequential"`` when the covariance recursion is shared by the batch and may
+        reach its steady state, else ``"parallel"`` for long sequences with little work per
+        frame (``T >= AUTO_PARALLEL_MIN_T`` and ``N (S + D)^2 <=
+        AUTO_PARALLEL_MAX_STEP_WORK``, ``D = sum_m D_m``) and ``"sequential"`` otherwise;
+        ``"sequential"`` whenever ``share`` is ``"covariance"`` or ``"matrices"``.  Timings:
+        ``benchmarks/lds_speed.py``.
     share : {"auto", "covariance", "matrices", "none"}
         What the sequential recursion shares across the batch: ``"covariance"`` one
         covariance recursion for the batch (needs ``P_0``, ``A``, ``Q``, ``C_m``, ``R_m``

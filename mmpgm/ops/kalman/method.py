@@ -57,9 +57,10 @@ AUTO_PARALLEL_MIN_T = 256
 :data:`AUTO_PARALLEL_MAX_STEP_WORK`)."""
 AUTO_PARALLEL_MAX_STEP_WORK = 4096
 """Largest per-frame work ``N (S + D)^2`` (``D = sum_m D_m``) for which ``method="auto"`` runs
-the parallel scan on an accelerator: long sequences with little work per frame, where the
-sequential loop is bound by per-step overhead. Not yet measured on a GPU (no GPU machine so far);
-on a CPU ``"auto"`` always runs the sequential filter (see :func:`choose_method`)."""
+the parallel scan when the steady state cannot apply: long sequences with little work per
+frame, where the sequential loop is bound by per-step overhead. Both thresholds were measured
+with ``benchmarks/lds_speed.py`` on a 2-core CPU (configs B, B10k and L; see
+:func:`choose_method`)."""
 
 STEADY_STATE_RTOL = {torch.float64: 1e-12, torch.float32: 1e-7}
 """Default ``steady_state_rtol`` per dtype: the recursion stops when the predicted covariance
@@ -77,18 +78,24 @@ class Plan(NamedTuple):
 
 
 def choose_method(
-    num_sequences: int, num_timesteps: int, state_dim: int, obs_dim: int, device_type: str = "cpu"
+    num_sequences: int,
+    num_timesteps: int,
+    state_dim: int,
+    obs_dim: int,
+    steady_state: bool = False,
 ) -> str:
-    """The method ``method="auto"`` runs for these sizes: ``"parallel"`` only on an accelerator
-    (``device_type`` not ``"cpu"``), for ``num_timesteps >= AUTO_PARALLEL_MIN_T`` and
-    ``num_sequences * (state_dim + obs_dim) ** 2 <= AUTO_PARALLEL_MAX_STEP_WORK``; else
-    ``"sequential"`` (``obs_dim`` = the total dimension ``D`` of all modalities).
+    """The method ``method="auto"`` runs for these sizes.
 
-    On a CPU the sequential filter is faster at every size measured by
-    ``benchmarks/lds_speed.py`` (configs B, B10k and L: the scan's extra ``log T`` work is not
-    paid back by parallel hardware), so ``"auto"`` never picks the scan there.
+    ``"sequential"`` when the covariance recursion is shared by the batch and may reach its
+    steady state (``steady_state``: every frame fully observed; then the sequential filter stops
+    the Riccati recursion early and is the fastest at every size measured by
+    ``benchmarks/lds_speed.py``); otherwise
+    ``"parallel"`` if ``num_timesteps >= AUTO_PARALLEL_MIN_T`` and
+    ``num_sequences * (state_dim + obs_dim) ** 2 <= AUTO_PARALLEL_MAX_STEP_WORK`` (long sequences
+    with little work per frame, where the sequential loop is bound by per-step overhead), else
+    ``"sequential"`` (``obs_dim`` = the total dimension ``D`` of all modalities).
     """
-    if device_type == "cpu":
+    if steady_state:
         return "sequential"
     work = num_sequences * (state_dim + obs_dim) ** 2
     if num_timesteps >= AUTO_PARALLEL_MIN_T and work <= AUTO_PARALLEL_MAX_STEP_WORK:
@@ -145,7 +152,9 @@ def resolve(
         if share in ("covariance", "matrices"):
             method = "sequential"
         else:
-            method = choose_method(p.N, p.T, p.S, p.C.shape[-2], p.y.device.type)
+            # the steady state can cut the recursion short only if every frame is observed alike
+            steady = steady_state and share == "auto" and all(p.frame_full) and shares_covariance(p)
+            method = choose_method(p.N, p.T, p.S, p.C.shape[-2], steady)
     if method == "parallel":
         return Plan("parallel", "none", None)
     if share == "covariance" and not shares_covariance(p):
