@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from . import checkpoint as ckpt
 from .progress import progress_bar
 from .result import FitResult
 from .stopping import PlateauStopper
@@ -49,27 +50,51 @@ def fit_svi(
     N = data.num_sequences
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     optim = torch.optim.Adam(params, lr=lr)
     losses: list[float] = []
     start = 0
-    if checkpoint is not None and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location=params[0].device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optimizer"])
-        losses = list(state["losses"])
-        start = int(state["step"])
-        gen.set_state(state["generator"])
+    head = None
+    if checkpoint is not None:
+        head = ckpt.header(
+            model,
+            ckpt.data_fingerprint(data),
+            ckpt.fit_options(
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                program=program,
+                clip_norm=clip_norm,
+                elbo=elbo,
+            ),
+        )
+        ckpt.remove_stale_temps(checkpoint)
+        if os.path.exists(checkpoint):
+            state = ckpt.load_checkpoint(checkpoint)
+            ckpt.check_compatible(state, checkpoint, head)
+            try:
+                model.load_state_dict(state["model"])
+                optim.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise ValueError(
+                    f"checkpoint: {checkpoint} does not fit this {type(model).__name__} "
+                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                    "delete it or pass another path"
+                ) from None
+            losses = [float(v) for v in state["losses"]]
+            start = int(state["step"])
+            ckpt.set_rng_state(state["rng"], gen, device)
     stopper = PlateauStopper(patience, tol)
     total_frames = _frames(data)
-    for value in losses:
-        stopper(value)
-    t0 = time.perf_counter()
     converged = False
+    for value in losses:  # replay: a run that had stopped early stays stopped
+        converged = stopper(value) or converged
+    t0 = time.perf_counter()
     bar = progress_bar(num_steps, "fit (svi)", progress)
     bar.update(start)
-    step = start
+    step = saved = start
     try:
-        for step in range(start, num_steps):
+        for step in range(start, start if converged else num_steps):
             epoch_loss = 0.0
             if batch_size is None or batch_size >= N:
                 batches = [data]
@@ -97,29 +122,29 @@ def fit_svi(
             if checkpoint is not None and (
                 (step + 1) % checkpoint_every == 0 or step + 1 == num_steps
             ):
-                _save_checkpoint(checkpoint, model, optim, losses, step + 1, gen)
+                _save(checkpoint, head, model, optim, losses, gen, device)
+                saved = len(losses)
             if stopper(losses[-1]):
                 converged = True
                 break
     finally:
         bar.close()
-    if checkpoint is not None:
-        _save_checkpoint(checkpoint, model, optim, losses, len(losses), gen)
+    if checkpoint is not None and (saved != len(losses) or not os.path.exists(checkpoint)):
+        _save(checkpoint, head, model, optim, losses, gen, device)
     return FitResult(
         np.asarray(losses), "svi", len(losses), converged, time.perf_counter() - t0, start
     )
 
 
-def _save_checkpoint(path, model, optim, losses, step, gen):
-    tmp = f"{path}.tmp"
-    torch.save(
+def _save(path, head, model, optim, losses, gen, device):
+    ckpt.save_checkpoint(
+        path,
         {
+            **head,
+            "step": len(losses),
+            "losses": list(losses),
             "model": model.state_dict(),
             "optimizer": optim.state_dict(),
-            "losses": losses,
-            "step": step,
-            "generator": gen.get_state(),
+            "rng": ckpt.get_rng_state(gen, device),
         },
-        tmp,
     )
-    os.replace(tmp, path)
