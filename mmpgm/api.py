@@ -112,9 +112,19 @@ def fit(
         only.
     elbo : pyro.infer.ELBO, optional
         The ELBO for ``method="svi"``; default ``model.default_elbo(program)``.
-    checkpoint : str, optional
-        Path of a checkpoint file (svi): saved every ``checkpoint_every`` steps and resumed from
-        when it exists.
+    checkpoint : str or path-like, optional
+        Path of a checkpoint file (svi): written every ``checkpoint_every`` steps (and at the
+        end) and resumed from when it exists. It holds the model's and Adam's state, the losses,
+        every random state the loop draws from (torch's CPU and CUDA generators, numpy's and
+        Python ``random``'s, the minibatch order), so a resumed fit equals the uninterrupted one
+        bitwise (pass the larger ``num_steps`` to continue), and a header (model class, config,
+        dtype, a fingerprint of the data: sizes, modalities, label names, a content hash; and
+        ``lr``, ``batch_size``, ``seed``, ``program``, ``clip_norm``, the ELBO). A checkpoint of
+        another fit (any of these differs; ``num_steps``, ``patience``, ``tol`` may), a file that
+        is not a checkpoint (foreign, truncated, a model file, a newer format) raise
+        ``ValueError`` naming the path. Writes are atomic (temp file in the same folder, fsync,
+        rename; temp files of a killed run are removed on the next start), so the file is always
+        readable; it loads with ``torch.load(weights_only=True)``.
     checkpoint_every : int
         Steps between checkpoints.
     progress : bool, optional
