@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import mmpgm
-from mmpgm.cli import _FAMILIES, build_parser, main
+from mmpgm.cli import build_parser, main
+from mmpgm.cli._common import _FAMILIES
 from mmpgm.tabular import from_columns, read_table, write_frames, write_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
