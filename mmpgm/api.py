@@ -11,6 +11,7 @@ import copy
 
 import pyro
 
+from ._validation import check_float, check_int
 from .data import MultimodalData
 from .inference.em import check_em, fit_em
 from .inference.result import FitResult
@@ -23,10 +24,7 @@ _METHODS = ("svi", "em")
 
 
 def _check_positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    check_int(name, value, allow_none=allow_none)
 
 
 def _check_model(model) -> None:
@@ -158,6 +156,12 @@ def fit(
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     if init not in ("auto", "data", "none"):
         raise ValueError(f"init: expected 'auto', 'data' or 'none', got {init!r}")
+    check_float("lr", lr, positive=True, allow_none=True)
+    check_float("clip_norm", clip_norm, positive=True, allow_none=True)
+    check_float("tol", tol, minimum=0.0, allow_none=True)
+    check_int("patience", patience, minimum=0, allow_none=True)
+    check_int("seed", seed, minimum=0)
+    check_int("checkpoint_every", checkpoint_every)
     em_kind = None
     if method == "em":
         em_kind = check_em(model)
@@ -277,12 +281,9 @@ def infer(
     _check_model(model)
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
-    if not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError(f"num_samples: expected a non-negative int, got {num_samples!r}")
-    if not isinstance(num_param_samples, int) or num_param_samples < 0:
-        raise ValueError(
-            f"num_param_samples: expected a non-negative int, got {num_param_samples!r}"
-        )
+    check_int("num_samples", num_samples, minimum=0)
+    check_int("num_param_samples", num_param_samples, minimum=0)
+    check_int("seed", seed, minimum=0, allow_none=True)
     data = model.check_data(data)
     post = model.posterior(
         data, causal=causal, num_samples=num_samples, seed=seed, map_path=map_path

@@ -112,6 +112,11 @@ class MultimodalData:
             )
         if len(obs) == 0:
             raise ValueError("obs: expected at least one modality, got an empty dict")
+        for name, value in (("mask", mask), ("labels", labels), ("meta", meta)):
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(
+                    f"{name}: expected a dict of name -> value or None, got {type(value).__name__}"
+                )
         tensors: dict[str, torch.Tensor] = {}
         ragged_lengths = None
         for name, value in obs.items():

@@ -24,7 +24,7 @@ def make_observation(kind, obs_dim, num_shared_states, num_private_states):
     """Build an observation model from a name (``"diag"``, ``"full"``, ``"categorical"``)."""
     if isinstance(kind, ObservationModel):
         return kind
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise ValueError(
             f"emission: unknown observation model {kind!r}; expected one of {sorted(_KINDS)}"
         )

@@ -14,6 +14,7 @@ from pyro.nn import PyroModule
 from pyro.ops.indexing import Vindex
 from torch import nn
 
+from ..._validation import check_float, check_int
 from ...data import MultimodalData
 from ...observations import ObservationModel, make_observation
 from ...ops import hmm as ops
@@ -71,7 +72,15 @@ class MultimodalHMM(MultimodalModel):
         super().__init__()
         names = check_obs_dims(obs_dims)
         private = per_modality(num_private_states, names, "num_private_states")
+        sizes = {"num_shared_states": num_shared_states}
+        sizes.update({f"num_private_states[{m!r}]": private[m] for m in names})
+        for name, k in sizes.items():
+            try:
+                check_int("num_states", k)
+            except ValueError as err:
+                raise ValueError(f"{name}: the chain's {err}") from None
         emissions = per_modality(emission, names, "emission")
+        check_float("concentration", concentration, minimum=1.0)
         self.modalities = names
         self.shared_chain = MarkovChain(num_shared_states, concentration)
         self.private_chains = PyroModule[nn.ModuleDict](
@@ -438,6 +447,7 @@ class MultimodalHMM(MultimodalModel):
         cls, params: HMMParams, emission="diag", concentration: float = 1.5
     ) -> "MultimodalHMM":
         """Build a model from an :class:`HMMParams` (inverse of :attr:`params`)."""
+        params_io.check_structure(params)
         obs_dims, private = {}, {}
         emission = (
             dict(emission)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -60,28 +61,113 @@ def get_params(model) -> HMMParams:
     )
 
 
+def _tensor(name: str, value, shape=None, *, dim=None) -> torch.Tensor:
+    """Raise unless ``value`` is a real floating tensor (of ``shape`` / ``dim`` when given)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(value.shape)}")
+    if dim is not None and value.dim() != dim:
+        raise ValueError(f"{name}: expected a {dim}-d tensor, got shape {tuple(value.shape)}")
+    return value
+
+
+def _table(name: str, value, keys) -> Mapping:
+    """Raise unless ``value`` is a mapping with an entry for every key of ``keys``."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}: expected a dict modality -> tensor, got {type(value).__name__}")
+    missing = [k for k in keys if k not in value]
+    if missing:
+        raise ValueError(f"{name}: no entry for modalities {missing}")
+    return value
+
+
+def check_structure(params) -> None:
+    """What :meth:`MultimodalHMM.from_params` reads to build the model, checked by name."""
+    if not isinstance(params, HMMParams):
+        raise TypeError(f"params: expected HMMParams, got {type(params).__name__}")
+    _tensor("params.shared_initial_probs", params.shared_initial_probs, dim=1)
+    if not isinstance(params.emissions, Mapping) or not params.emissions:
+        raise TypeError(
+            f"params.emissions: expected a non-empty dict modality -> dict of tensors, got "
+            f"{params.emissions!r}"
+        )
+    names = list(params.emissions)
+    _table("params.private_initial_probs", params.private_initial_probs, names)
+    for m in names:
+        _tensor(f"params.private_initial_probs[{m!r}]", params.private_initial_probs[m], dim=1)
+        e = params.emissions[m]
+        if not isinstance(e, Mapping):
+            raise TypeError(
+                f"params.emissions[{m!r}]: expected a dict of tensors, got {type(e).__name__}"
+            )
+        key = "probs" if "probs" in e else "loc"
+        if key not in e:
+            raise ValueError(f"params.emissions[{m!r}]: expected a 'loc' or a 'probs' entry")
+        v = _tensor(f"params.emissions[{m!r}][{key!r}]", e[key])
+        if v.dim() < 1:
+            raise ValueError(f"params.emissions[{m!r}][{key!r}]: expected a tensor (..., D)")
+    if params.emission_kinds is not None and not isinstance(params.emission_kinds, Mapping):
+        raise TypeError(
+            f"params.emission_kinds: expected a dict or None, got {params.emission_kinds!r}"
+        )
+
+
 def set_params(model, params: HMMParams):
     """Overwrite the parameters with the (constrained) values of ``params``.
 
-    Validated first (``ValueError`` naming the parameter): finite values; initial and
+    Validated first (``ValueError`` / ``TypeError`` naming the parameter; a refused ``params``
+    leaves the model unchanged): tensors of the model's shapes; finite values; initial and
     transition probabilities in [0, 1] with rows summing to one (within a tolerance of the
     dtype); emission scales positive, Cholesky factors lower triangular with a positive
     diagonal, categorical probabilities rows summing to one.
     """
     if not isinstance(params, HMMParams):
         raise TypeError(f"params: expected HMMParams, got {type(params).__name__}")
-    missing = [m for m in model.modalities if m not in params.emissions]
-    if missing:
-        raise ValueError(f"params.emissions: no entry for modalities {missing}")
-    check_probabilities("params.shared_initial_probs", params.shared_initial_probs)
-    check_probabilities("params.shared_transition_probs", params.shared_transition_probs)
-    for m in model.modalities:
-        check_probabilities(f"params.private_initial_probs[{m!r}]", params.private_initial_probs[m])
-        check_probabilities(
-            f"params.private_transition_probs[{m!r}]", params.private_transition_probs[m]
-        )
-        for k, v in params.emissions[m].items():
+    names = model.modalities
+    _table("params.emissions", params.emissions, names)
+    _table("params.private_initial_probs", params.private_initial_probs, names)
+    _table("params.private_transition_probs", params.private_transition_probs, names)
+    K = model.num_shared_states
+    check_probabilities(
+        "params.shared_initial_probs",
+        _tensor("params.shared_initial_probs", params.shared_initial_probs, (K,)),
+    )
+    check_probabilities(
+        "params.shared_transition_probs",
+        _tensor("params.shared_transition_probs", params.shared_transition_probs, (K, K)),
+    )
+    kinds = params.emission_kinds
+    if kinds is not None and not isinstance(kinds, Mapping):
+        raise TypeError(f"params.emission_kinds: expected a dict or None, got {kinds!r}")
+    for m in names:
+        Km = model.private_chains[m].num_states
+        name = f"params.private_initial_probs[{m!r}]"
+        check_probabilities(name, _tensor(name, params.private_initial_probs[m], (Km,)))
+        name = f"params.private_transition_probs[{m!r}]"
+        check_probabilities(name, _tensor(name, params.private_transition_probs[m], (Km, Km)))
+        em = model.emissions[m]
+        if kinds is not None and kinds.get(m) is not None and kinds[m] != em.kind:
+            raise ValueError(
+                f"params.emission_kinds[{m!r}]: the model's emission is {em.kind!r}, got "
+                f"{kinds[m]!r}"
+            )
+        table = params.emissions[m]
+        if not isinstance(table, Mapping):
+            raise TypeError(
+                f"params.emissions[{m!r}]: expected a dict of tensors, got {type(table).__name__}"
+            )
+        own = {k.replace("_unconstrained", "") for k, _ in em.named_parameters()}
+        for k, v in table.items():
             name = f"params.emissions[{m!r}][{k!r}]"
+            if k not in own:
+                raise ValueError(
+                    f"params.emissions[{m!r}]: unknown parameter {k!r} (the {em.kind!r} "
+                    f"emission has {sorted(own)})"
+                )
+            _tensor(name, v, tuple(getattr(em, k).shape))
             check_finite(name, v)
             if k == "scale" and bool((v <= 0).any()):
                 raise ValueError(f"{name}: expected positive scales, got min {float(v.min()):.3g}")
@@ -99,11 +185,9 @@ def set_params(model, params: HMMParams):
     with torch.no_grad():
         model.shared_chain.initial_probs = params.shared_initial_probs.to(**conv)
         model.shared_chain.transition_probs = params.shared_transition_probs.to(**conv)
-        for m in model.modalities:
+        for m in names:
             model.private_chains[m].initial_probs = params.private_initial_probs[m].to(**conv)
             model.private_chains[m].transition_probs = params.private_transition_probs[m].to(**conv)
             for k, v in params.emissions[m].items():
-                if not hasattr(model.emissions[m], k):
-                    raise ValueError(f"params.emissions[{m!r}]: unknown parameter {k!r}")
                 setattr(model.emissions[m], k, v.to(**conv))
     return model

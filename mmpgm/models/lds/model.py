@@ -11,6 +11,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ..._validation import check_float
 from ...data import MultimodalData
 from ...ops import kalman as kops
 from ...ops.linalg import symmetrize
@@ -84,15 +85,16 @@ class MultimodalLDS(MultimodalModel):
         for m in names:
             if noises[m] not in ("diag", "full"):
                 raise ValueError(f"noise[{m!r}]: expected 'diag' or 'full', got {noises[m]!r}")
-        if not 0 < max_spectral_norm < 1:
+        if (
+            isinstance(max_spectral_norm, bool)
+            or not isinstance(max_spectral_norm, (int, float))
+            or not 0 < max_spectral_norm < 1
+        ):
             raise ValueError(
                 f"max_spectral_norm: expected a float in (0, 1), got {max_spectral_norm!r}"
             )
-        if not prior_precision > 0 or not prior_noise > 0:
-            raise ValueError(
-                f"prior_precision, prior_noise: expected positive floats, got {prior_precision!r}, "
-                f"{prior_noise!r}"
-            )
+        check_float("prior_precision", prior_precision, positive=True)
+        check_float("prior_noise", prior_noise, positive=True)
         self.modalities = names
         self.obs_dims = dict(obs_dims)
         self.shared_dim = shared_dim

@@ -69,7 +69,13 @@ def set_params(model, params: LDSParams):
         table = getattr(params, field)
         if not isinstance(table, Mapping) or key not in table:
             raise ValueError(f"params.{field}: expected an entry for {key!r}")
-        v = torch.as_tensor(table[key]).to(**conv)
+        v = table[key]
+        if not isinstance(v, torch.Tensor) or v.is_complex() or v.dtype == torch.bool:
+            raise TypeError(
+                f"params.{field}[{key!r}]: expected a real tensor, got {type(v).__name__}"
+                + (f" of dtype {v.dtype}" if isinstance(v, torch.Tensor) else "")
+            )
+        v = v.to(**conv)
         if tuple(v.shape) != tuple(shape):
             raise ValueError(
                 f"params.{field}[{key!r}]: expected shape {tuple(shape)}, got {tuple(v.shape)}"
@@ -91,30 +97,45 @@ def set_params(model, params: LDSParams):
             )
         return torch.linalg.cholesky(symmetrize(v))
 
+    # validate everything first, so that a refused params leaves the model unchanged
+    blocks, emissions = {}, {}
+    for b in model.block_names:
+        d = model.dynamics[b]
+        k = d.dim
+        A = get("transition_matrices", b, (k, k))
+        if d.stable:
+            norm = float(torch.linalg.matrix_norm(A, ord=2))
+            if norm > d.max_spectral_norm * (1 + 1e-12):
+                raise ValueError(
+                    f"params.transition_matrices[{b!r}]: expected spectral norm <= "
+                    f"{d.max_spectral_norm} (stable=True), got {norm:.6g}"
+                )
+        LQ = spd(f"params.transition_covs[{b!r}]", get("transition_covs", b, (k, k)))
+        L0 = spd(f"params.initial_covs[{b!r}]", get("initial_covs", b, (k, k)))
+        mu = get("initial_means", b, (k,))
+        blocks[b] = (A, LQ, L0, mu)
+    for m in model.modalities:
+        e = model.emissions[m]
+        D = e.obs_dim
+        Cs = get("shared_emission_matrices", m, (D, e.shared_dim))
+        Cm = get("private_emission_matrices", m, (D, e.private_dim))
+        dm = get("emission_offsets", m, (D,))
+        R = get("emission_covs", m, (D, D))
+        spd(f"params.emission_covs[{m!r}]", R)
+        if e.noise == "diag" and bool((R - torch.diag(R.diagonal())).abs().max() > 0):
+            raise ValueError(
+                f"params.emission_covs[{m!r}]: expected a diagonal matrix (noise='diag')"
+            )
+        emissions[m] = (Cs, Cm, dm, R)
     with torch.no_grad():
-        for b in model.block_names:
+        for b, (A, LQ, L0, mu) in blocks.items():
             d = model.dynamics[b]
-            k = d.dim
-            A = get("transition_matrices", b, (k, k))
-            LQ = spd(f"params.transition_covs[{b!r}]", get("transition_covs", b, (k, k)))
-            L0 = spd(f"params.initial_covs[{b!r}]", get("initial_covs", b, (k, k)))
-            mu = get("initial_means", b, (k,))
             d.set_transition_matrix(A)
             d.transition_scale_tril = LQ
             d.init_scale_tril = L0
             d.init_loc.copy_(mu)
-        for m in model.modalities:
+        for m, (Cs, Cm, dm, R) in emissions.items():
             e = model.emissions[m]
-            D = e.obs_dim
-            Cs = get("shared_emission_matrices", m, (D, e.shared_dim))
-            Cm = get("private_emission_matrices", m, (D, e.private_dim))
-            dm = get("emission_offsets", m, (D,))
-            R = get("emission_covs", m, (D, D))
-            spd(f"params.emission_covs[{m!r}]", R)
-            if e.noise == "diag" and bool((R - torch.diag(R.diagonal())).abs().max() > 0):
-                raise ValueError(
-                    f"params.emission_covs[{m!r}]: expected a diagonal matrix (noise='diag')"
-                )
             e.shared_weight.copy_(Cs)
             e.private_weight.copy_(Cm)
             e.offset.copy_(dm)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import torch
 
+from ..._validation import check_float
+
 __all__ = ["co_learning_penalty", "co_learning_weights", "expert_fit_penalty"]
 
 
@@ -28,9 +30,9 @@ def co_learning_weights(value, names) -> dict:
                 f"co_learning_weight: expected a weight for each of {list(names)}, "
                 f"got keys {sorted(value)}"
             )
-        lam = {m: float(value[m]) for m in names}
+        lam = {m: check_float(f"co_learning_weight[{m!r}]", value[m]) for m in names}
     else:
-        lam = {m: float(value) for m in names}
+        lam = {m: check_float("co_learning_weight", value) for m in names}
     if any(not v >= 0 for v in lam.values()):
         raise ValueError(f"co_learning_weight: expected non-negative weights, got {lam}")
     return lam
