@@ -6,14 +6,15 @@ from collections.abc import Mapping
 
 import torch
 
+from .._validation import check_int as _check_int
+
 RESERVED_NAMES = ("shared",)  # names of the shared latent block / chain in every result
 
 
 def check_int(name: str, value, allow_zero: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a positive (or non-negative) int."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name}: expected a {kind} int, got {value!r}")
+    """Raise ``ValueError`` unless ``value`` is a positive (or non-negative) int
+    (:func:`mmpgm._validation.check_int`)."""
+    _check_int(name, value, minimum=0 if allow_zero else 1)
 
 
 def check_obs_dims(obs_dims) -> tuple:

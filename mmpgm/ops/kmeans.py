@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import torch
 
+from .._validation import check_int
+
 
 class KMeansResult(NamedTuple):
     """centers : ``(k, D)``; assignments : ``(F,)`` int64; inertia : sum of squared distances."""
@@ -42,8 +44,7 @@ def kmeans(
     x: torch.Tensor, k: int, num_iters: int = 25, generator: torch.Generator | None = None
 ) -> KMeansResult:
     """Cluster ``x (F, D)`` into ``k`` groups (empty clusters keep their previous center)."""
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected a positive int, got {k!r}")
+    check_int("k", k)
     centers = kmeans_plus_plus(x, k, generator).clone()
     assign = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for _ in range(num_iters):

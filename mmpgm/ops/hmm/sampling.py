@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..._validation import check_int
 from .forward_backward import _Model, _small_steps_single_thread
 from .viterbi import _unravel
 
@@ -37,8 +38,7 @@ def factorial_sample(
     -------
     Tensor ``(num_samples,) + batch_shape + (T, C)`` int64.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+    check_int("num_samples", num_samples)
     with torch.no_grad():
         m = _Model(initial_probs, transition_probs, log_emissions, transition, max_group_states)
         alphas, _, _ = m.forward()

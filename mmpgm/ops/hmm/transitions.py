@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..._validation import check_int
 from .types import DENSE_MAX_STATES, GROUP_MAX_STATES, TRANSITIONS
 
 
@@ -121,12 +122,7 @@ def transition_groups(
                 f"max_group_states: only used with transition='grouped', got transition="
                 f"{transition!r} and max_group_states={max_group_states!r}"
             )
-        if (
-            isinstance(max_group_states, bool)
-            or not isinstance(max_group_states, int)
-            or max_group_states < 1
-        ):
-            raise ValueError(f"max_group_states: expected a positive int, got {max_group_states!r}")
+        check_int("max_group_states", max_group_states)
     C = len(sizes)
     if transition == "auto":
         if max_product:

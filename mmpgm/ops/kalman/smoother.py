@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..._validation import check_int
 from .._threads import cpu_single_thread
 from ..linalg import symmetrize
 from ..scan import associative_scan
@@ -264,8 +265,7 @@ def ffbs_sample(
     NumericalError
         If a covariance is not positive definite.
     """
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+    check_int("num_samples", num_samples)
     p = prepare(params, obs, mask, controls, lengths)
     plan = resolve(p, method, share, steady_state, steady_state_rtol)
     pm, pP, fm, fP, _ = forward(p, plan, store=True)
