@@ -12,7 +12,14 @@ from collections.abc import Collection
 
 import torch
 
-__all__ = ["check_int", "check_float", "check_choice", "check_probabilities", "probability_atol"]
+__all__ = [
+    "check_int",
+    "check_float",
+    "check_bool",
+    "check_choice",
+    "check_probabilities",
+    "probability_atol",
+]
 
 
 def check_int(name: str, value, *, minimum: int = 1, allow_none: bool = False):
@@ -60,6 +67,13 @@ def check_float(
             what += " or None"
         raise ValueError(f"{name}: expected {what}, got {value!r}")
     return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """Return ``value`` if it is a bool (``True`` / ``False``, numpy's included), else raise."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
 
 
 def check_choice(name: str, value, choices: Collection):

@@ -503,7 +503,36 @@ def _check_set_params(model, path, new, *, from_params=None):
 @given(perturbed(_hmm))
 def test_hmm_set_params_validates_by_name(case):
     model, path, kind, new = case
-    _check_set_params(model, path, new, from_params=MultimodalHMM.from_params)
+    accepted = _check_set_params(model, path, new, from_params=MultimodalHMM.from_params)
+    if accepted and kind == "drop":  # set_params may update a subset; from_params may not
+        with pytest.raises(ValueError) as info:
+            MultimodalHMM.from_params(new)
+        _assert_named(info.value, ("params",))
+    elif accepted:
+        back = MultimodalHMM.from_params(new)
+        assert _params_equal(back.params, model.params, rtol=1e-12)
+
+
+BOOL_ARGS = [
+    (MultimodalLDS, "stable"),
+    (MVRNN, "vectorized"),
+    (GatedMixture, "gate_recurrent"),
+]
+
+
+@pytest.mark.parametrize(("cls", "key"), BOOL_ARGS)
+@pytest.mark.parametrize("value", [0, 1, "x", None, 0.5, "False"])
+def test_flags_refuse_non_bools(cls, key, value):
+    with pytest.raises(ValueError) as info:
+        cls(**{**CONSTRUCTORS[cls], key: value})
+    _assert_named(info.value, (key,))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, "x", None, True])
+def test_stickiness_refuses_non_finite(value):
+    with pytest.raises(ValueError) as info:
+        GatedMixture(**{**CONSTRUCTORS[GatedMixture], "stickiness": value})
+    _assert_named(info.value, ("stickiness",))
 
 
 @settings(max_examples=100, **SETTINGS)

@@ -36,6 +36,7 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from .._rng import seeded
+from .._validation import check_bool
 from ..data import MultimodalData
 from ..nn.vrnn import MVRNNNet, make_likelihood
 from ..results.mvrnn import MVRNNImputation, MVRNNPosterior
@@ -115,6 +116,7 @@ class MVRNN(MultimodalModel):
             if isinstance(likelihood, Mapping)
             else {m: likelihood for m in names}
         )
+        check_bool("vectorized", vectorized)
         lik_modules = {
             m: make_likelihood(liks[m], obs_dims[m], f"likelihood[{m!r}]") for m in names
         }

@@ -472,4 +472,4 @@ class MultimodalHMM(MultimodalModel):
         model = model.to(
             dtype=params.shared_initial_probs.dtype, device=params.shared_initial_probs.device
         )
-        return model.set_params(params)
+        return params_io.set_params(model, params, complete=True)

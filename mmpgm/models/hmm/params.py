@@ -115,14 +115,15 @@ def check_structure(params) -> None:
         )
 
 
-def set_params(model, params: HMMParams):
+def set_params(model, params: HMMParams, *, complete: bool = False):
     """Overwrite the parameters with the (constrained) values of ``params``.
 
     Validated first (``ValueError`` / ``TypeError`` naming the parameter; a refused ``params``
     leaves the model unchanged): tensors of the model's shapes; finite values; initial and
     transition probabilities in [0, 1] with rows summing to one (within a tolerance of the
     dtype); emission scales positive, Cholesky factors lower triangular with a positive
-    diagonal, categorical probabilities rows summing to one.
+    diagonal, categorical probabilities rows summing to one. ``complete``: every emission
+    parameter must be given (else a subset of an emission's parameters may be).
     """
     if not isinstance(params, HMMParams):
         raise TypeError(f"params: expected HMMParams, got {type(params).__name__}")
@@ -160,6 +161,11 @@ def set_params(model, params: HMMParams):
                 f"params.emissions[{m!r}]: expected a dict of tensors, got {type(table).__name__}"
             )
         own = {k.replace("_unconstrained", "") for k, _ in em.named_parameters()}
+        if complete and own - set(table):
+            raise ValueError(
+                f"params.emissions[{m!r}]: missing {sorted(own - set(table))} (the {em.kind!r} "
+                f"emission has {sorted(own)})"
+            )
         for k, v in table.items():
             name = f"params.emissions[{m!r}][{k!r}]"
             if k not in own:

@@ -11,7 +11,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ..._validation import check_float
+from ..._validation import check_bool, check_float
 from ...data import MultimodalData
 from ...ops import kalman as kops
 from ...ops.linalg import symmetrize
@@ -94,6 +94,7 @@ class MultimodalLDS(MultimodalModel):
                 f"max_spectral_norm: expected a float in (0, 1), got {max_spectral_norm!r}"
             )
         check_float("prior_precision", prior_precision, positive=True)
+        check_bool("stable", stable)
         check_float("prior_noise", prior_noise, positive=True)
         self.modalities = names
         self.obs_dims = dict(obs_dims)

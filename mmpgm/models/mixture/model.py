@@ -11,7 +11,7 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from torch import nn
 
-from ..._validation import check_choice, check_float, check_int
+from ..._validation import check_bool, check_choice, check_float, check_int
 from ...data import MultimodalData
 from ...nn.experts import Expert
 from ...nn.standardize import Standardizer
@@ -119,6 +119,8 @@ class GatedMixture(MultimodalModel):
         check_int("co_learning_units", co_learning_units, minimum=0)
         gate_context = context if gate_context is None else gate_context
         check_int("gate_context", gate_context, minimum=0)
+        check_bool("gate_recurrent", gate_recurrent)
+        check_float("stickiness", stickiness)
         if co_learning_units > hidden_dim:
             raise ValueError(
                 f"co_learning_units: expected <= hidden_dim={hidden_dim}, got {co_learning_units}"
