@@ -51,6 +51,8 @@ def _pad_ragged(seqs: Sequence, name: str) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError(
                 f"obs[{name!r}][{i}]: expected a (T_i, obs_dim) array, got shape {tuple(t.shape)}"
             )
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"obs[{name!r}][{i}]: expected a real numeric array, got {t.dtype}")
         tensors.append(t)
     dims = {t.shape[1] for t in tensors}
     if len(dims) != 1:
@@ -61,7 +63,10 @@ def _pad_ragged(seqs: Sequence, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = tensors[0].dtype if tensors[0].is_floating_point() else torch.get_default_dtype()
     out = torch.full((len(tensors), int(lengths.max()), tensors[0].shape[1]), math.nan, dtype=dtype)
     for i, t in enumerate(tensors):
-        out[i, : t.shape[0]] = t.to(dtype)
+        f = t.to(dtype)
+        if not t.is_floating_point():  # integer data: negative = missing, as for a padded array
+            f = torch.where(t < 0, torch.full_like(f, math.nan), f)
+        out[i, : t.shape[0]] = f
     return out, lengths
 
 
@@ -178,6 +183,8 @@ class MultimodalData:
         if lengths is None:
             lengths = ragged_lengths if ragged_lengths is not None else torch.full((N,), T)
         lengths = _as_tensor(lengths, "lengths")
+        if lengths.dtype == torch.bool or lengths.is_complex():
+            raise TypeError(f"lengths: expected integers, got dtype {lengths.dtype}")
         if lengths.is_floating_point():
             if not torch.all(lengths == lengths.round()):
                 raise TypeError(f"lengths: expected integers, got {lengths.tolist()}")
@@ -207,6 +214,13 @@ class MultimodalData:
                     raise ValueError(
                         f"mask[{name!r}]: expected shape ({N}, {T}), got {tuple(um.shape)}"
                     )
+                if um.dtype != torch.bool and (
+                    um.is_complex() or not bool(((um == 0) | (um == 1)).all())
+                ):
+                    raise ValueError(
+                        f"mask[{name!r}]: expected booleans (or 0/1), got dtype {um.dtype} with "
+                        f"other values"
+                    )
                 m = m & um.to(torch.bool).cpu()
             masks[name] = m.to(t.device)
         any_obs = torch.zeros(N, dtype=torch.bool)
@@ -222,6 +236,8 @@ class MultimodalData:
         lab: dict[str, torch.Tensor] = {}
         for name, value in ({} if labels is None else dict(labels)).items():
             t = _as_tensor(value, f"labels[{name!r}]")
+            if t.is_complex():
+                raise TypeError(f"labels[{name!r}]: expected a real array, got {t.dtype}")
             if t.shape != (N,) and tuple(t.shape[:2]) != (N, T):
                 raise ValueError(
                     f"labels[{name!r}]: expected shape ({N},), ({N}, {T}) or ({N}, {T}, ...), "

@@ -59,6 +59,7 @@ def data_inputs(draw):
     ragged_lengths = [draw(st.integers(1, T)) for _ in range(N)]
     ragged_lengths[draw(st.integers(0, N - 1))] = T  # the padded length is T
     obs = {}
+    any_inf = False
     for m in names:
         D = draw(st.integers(1, 3))
         dtype = pick(
@@ -75,6 +76,7 @@ def data_inputs(draw):
             x[rng.integers(N), rng.integers(T)] = np.nan
         elif pattern in ("inf", "-inf"):
             x[rng.integers(N), rng.integers(T), rng.integers(D)] = float(pattern)
+            any_inf = True
         elif pattern == "all_nan":
             x[:] = np.nan
         if dtype.startswith("int"):
@@ -87,6 +89,8 @@ def data_inputs(draw):
             arr = x.astype(str)
         else:
             arr = x.astype(dtype)
+        if draw(st.booleans()) and arr.dtype.kind in "biufc":
+            arr = torch.as_tensor(arr)  # torch tensors take the same path as numpy arrays
         if ragged and draw(st.booleans()):
             obs[m] = [arr[n, : ragged_lengths[n]] for n in range(N)]
         else:
@@ -109,12 +113,20 @@ def data_inputs(draw):
         obs[target] = [np.zeros((T, 1)), np.zeros((T, 2))]
     kwargs = {}
     lengths_kind = pick(
-        "lengths", ["none", "valid", "float_int"], ["zero", "long", "shape", "float", "str", "dict"]
+        "lengths",
+        ["none", "valid", "float_int", "torch"],
+        ["zero", "long", "shape", "float", "str", "dict", "complex", "bool"],
     )
     if lengths_kind == "valid":
         kwargs["lengths"] = np.array([draw(st.integers(1, T)) for _ in range(N)])
     elif lengths_kind == "float_int":
         kwargs["lengths"] = np.full(N, float(T))
+    elif lengths_kind == "torch":
+        kwargs["lengths"] = torch.full((N,), T, dtype=torch.int32)
+    elif lengths_kind == "complex":
+        kwargs["lengths"] = torch.full((N,), T, dtype=torch.complex64)
+    elif lengths_kind == "bool":
+        kwargs["lengths"] = np.ones(N, dtype=bool)
     elif lengths_kind == "zero":
         kwargs["lengths"] = np.zeros(N, dtype=int)
     elif lengths_kind == "long":
@@ -127,11 +139,19 @@ def data_inputs(draw):
         kwargs["lengths"] = "3"
     elif lengths_kind == "dict":
         kwargs["lengths"] = {"a": 1}
-    mask_kind = pick("mask", ["none", "valid", "float"], ["shape", "unknown", "notdict", "str"])
+    mask_kind = pick(
+        "mask", ["none", "valid", "float", "torch"], ["shape", "unknown", "notdict", "str", "half"]
+    )
     if mask_kind == "valid":
         kwargs["mask"] = {names[0]: np.random.default_rng(0).random((N, T)) < 0.8}
     elif mask_kind == "float":
         kwargs["mask"] = {names[0]: np.full((N, T), 1.0)}
+    elif mask_kind == "torch":
+        kwargs["mask"] = {
+            names[-1]: torch.rand(N, T, generator=torch.Generator().manual_seed(0)) < 0.7
+        }
+    elif mask_kind == "half":
+        kwargs["mask"] = {names[0]: np.full((N, T), 0.5)}
     elif mask_kind == "shape":
         kwargs["mask"] = {names[0]: np.ones((N, T + 1), dtype=bool)}
     elif mask_kind == "unknown":
@@ -143,7 +163,7 @@ def data_inputs(draw):
     labels_kind = pick(
         "labels",
         ["none", "seq", "frame", "vector", "nan", "bool"],
-        ["shape", "str", "notdict", "frame_shape", "scalar"],
+        ["shape", "str", "notdict", "frame_shape", "scalar", "complex"],
     )
     if labels_kind == "seq":
         kwargs["labels"] = {"y": np.arange(N)}
@@ -159,6 +179,8 @@ def data_inputs(draw):
         kwargs["labels"] = {"y": np.zeros((N + 1,))}
     elif labels_kind == "frame_shape":
         kwargs["labels"] = {"y": np.zeros((N, T + 1))}
+    elif labels_kind == "complex":
+        kwargs["labels"] = {"y": torch.zeros(N, dtype=torch.complex64)}
     elif labels_kind == "scalar":
         kwargs["labels"] = {"y": np.float64(1.0)}
     elif labels_kind == "str":
@@ -172,18 +194,24 @@ def data_inputs(draw):
         kwargs["meta"] = draw(st.sampled_from([[1, 2], "x", 3]))
     elif meta_kind == "unserializable":
         kwargs["meta"] = {"obj": object()}
-    return obs, kwargs
+    must_fail = (
+        bad in ("obs_dtype", "obs_shape", "lengths", "mask", "labels")
+        or (bad == "obs_values" and any_inf)
+        or (bad == "meta" and meta_kind == "notdict")
+    )
+    return obs, kwargs, must_fail
 
 
-@settings(max_examples=250, **SETTINGS)
+@settings(max_examples=500, **SETTINGS)
 @given(data_inputs())
 def test_multimodal_data_constructs_or_names_the_argument(tmp_path_factory, inputs):
-    obs, kwargs = inputs
+    obs, kwargs, must_fail = inputs
     try:
         data = MultimodalData(obs, **kwargs)
     except Exception as err:  # noqa: BLE001 - the property is about the exception's kind
         _assert_named(err, ("obs", "lengths", "mask", "labels", "meta"))
         return
+    assert not must_fail, f"accepted an invalid input: {kwargs}"
     N, T = data.num_sequences, data.num_timesteps
     assert data.lengths.dtype == torch.int64 and data.lengths.shape == (N,)
     assert bool((data.lengths >= 1).all()) and bool((data.lengths <= T).all())
@@ -195,6 +223,11 @@ def test_multimodal_data_constructs_or_names_the_argument(tmp_path_factory, inpu
         assert mk.dtype == torch.bool and mk.shape == (N, T)
         assert not bool((mk & ~inside).any()), "mask True on padding"
         assert not bool((mk & torch.isnan(x).any(-1)).any()), "mask True on a NaN frame"
+    # reference: rebuilding from the stored arrays (padded, with lengths and masks) agrees
+    again = MultimodalData(data.obs, lengths=data.lengths, mask=data.mask, labels=data.labels)
+    assert torch.equal(again.lengths, data.lengths)
+    for m in data.modalities:
+        assert torch.equal(again.mask[m], data.mask[m])
     # save / load round trip
     path = tmp_path_factory.mktemp("rt") / "d.npz"
     try:
