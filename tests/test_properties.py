@@ -681,3 +681,30 @@ def test_fit_lr_property(small_data, lr):
     with pytest.raises(ValueError) as info:
         mmpgm.fit(model, data, num_steps=1, lr=lr, progress=False)
     _assert_named(info.value, ("lr",))
+
+
+@pytest.mark.parametrize("emission", ["diag", "full"])
+def test_hmm_svi_on_large_scale_data_stays_finite(emission):
+    """Data x 1e8 (float32): the variance prior's gradient used to overflow (NaN scales after
+    one Adam step, then a raw InverseGamma support error)."""
+    truth = MultimodalHMM({"a": 2}, num_shared_states=2)
+    data, _ = truth.sample(4, 20, seed=0)
+    big = MultimodalData({"a": data.obs["a"] * 1e8})
+    model = MultimodalHMM({"a": 2}, num_shared_states=2, emission=emission)
+    result = mmpgm.fit(model, big, num_steps=30, progress=False)
+    assert math.isfinite(result.final_loss)
+    for v in model.params.emissions["a"].values():
+        assert bool(torch.isfinite(v).all())
+
+
+def test_variance_prior_matches_torch_inverse_gamma():
+    from mmpgm.observations import DiagonalGaussianObservation
+
+    e = DiagonalGaussianObservation(3, 2, 2).double()
+    g = torch.Generator().manual_seed(0)
+    e.scale = torch.rand(2, 2, 3, generator=g, dtype=torch.float64) + 0.5
+    e.prior_var = torch.rand(3, generator=g, dtype=torch.float64) + 0.1
+    beta0 = e.prior_var * (e.alpha0 + 1.0)
+    ref = torch.distributions.InverseGamma(torch.full_like(beta0, e.alpha0), beta0)
+    expected = e._loc_log_prior() + ref.log_prob(e.scale**2).sum()
+    torch.testing.assert_close(e.log_prior(), expected, rtol=1e-12, atol=1e-12)

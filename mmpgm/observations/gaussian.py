@@ -91,8 +91,14 @@ class DiagonalGaussianObservation(_GaussianBase):
 
     def log_prior(self):
         beta0 = self.prior_var * (self.alpha0 + 1.0)  # so the prior mode is prior_var
-        var_prior = dist.InverseGamma(torch.full_like(beta0, self.alpha0), beta0)
-        return self._loc_log_prior() + var_prior.log_prob(self.scale**2).sum()
+        # InverseGamma(alpha0, beta0) density of var = scale^2, written in log scale: torch's
+        # (a transformed Gamma) overflows its gradient in float32 for data scales ~1e8
+        a = self.alpha0
+        log_scale = self.scale.log()
+        log_var_prior = (
+            a * beta0.log() - math.lgamma(a) - 2 * (a + 1.0) * log_scale - beta0 * self.scale**-2
+        )
+        return self._loc_log_prior() + log_var_prior.sum()
 
     def covariance(self):
         return torch.diag_embed(self.scale**2)
