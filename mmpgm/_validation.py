@@ -18,6 +18,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_probabilities",
+    "check_positive_definite",
     "probability_atol",
 ]
 
@@ -111,3 +112,35 @@ def check_probabilities(
             f"summing to {float(value.sum(dim)[worst] if worst else value.sum(dim)):.6g}"
         )
     return value
+
+
+def check_positive_definite(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Raise unless ``value`` is a finite symmetric positive-definite matrix ``(..., k, k)``
+    (symmetric to a relative 1e-6); returns the Cholesky factor of its symmetric part."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    if value.dim() < 2 or value.shape[-1] != value.shape[-2]:
+        raise ValueError(f"{name}: expected a square matrix, got shape {tuple(value.shape)}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name}: expected finite values")
+    scale = float(value.abs().max().clamp_min(1)) if value.numel() else 1.0
+    if not torch.allclose(value, value.mT, rtol=1e-6, atol=1e-10 * scale):
+        raise ValueError(
+            f"{name}: expected a symmetric positive-definite matrix, got a non-symmetric one"
+        )
+    sym = 0.5 * (value + value.mT)
+    ev = torch.linalg.eigvalsh(sym)
+    if ev.numel() and float(ev.min()) <= 0:
+        raise ValueError(
+            f"{name}: expected a symmetric positive-definite matrix, "
+            f"got smallest eigenvalue {float(ev.min()):.3g}"
+        )
+    L, info = torch.linalg.cholesky_ex(sym)
+    if bool((info != 0).any()):
+        raise ValueError(
+            f"{name}: expected a symmetric positive-definite matrix, got one too close to "
+            f"singular for a Cholesky factor (smallest eigenvalue {float(ev.min()):.3g})"
+        )
+    return L

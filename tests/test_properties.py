@@ -708,3 +708,34 @@ def test_variance_prior_matches_torch_inverse_gamma():
     ref = torch.distributions.InverseGamma(torch.full_like(beta0, e.alpha0), beta0)
     expected = e._loc_log_prior() + ref.log_prob(e.scale**2).sum()
     torch.testing.assert_close(e.log_prior(), expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(
+    k=st.integers(1, 4),
+    seed=st.integers(0, 10_000),
+    kind=st.sampled_from(["spd", "non_symmetric", "indefinite", "singular", "nan", "int"]),
+)
+def test_check_positive_definite(k, seed, kind):
+    from mmpgm._validation import check_positive_definite
+
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(k, k, generator=g, dtype=torch.float64)
+    m = a @ a.T + 0.1 * torch.eye(k, dtype=torch.float64)
+    if kind == "non_symmetric" and k > 1:
+        m[0, -1] += 1.0
+    elif kind == "indefinite":
+        m = m - (torch.linalg.eigvalsh(m).max() + 1) * torch.eye(k, dtype=torch.float64)
+    elif kind == "singular":
+        m = torch.zeros(k, k, dtype=torch.float64)
+    elif kind == "nan":
+        m[0, 0] = math.nan
+    elif kind == "int":
+        m = m.round().long()
+    if kind == "spd" or (kind == "non_symmetric" and k == 1):
+        L = check_positive_definite("cov", m)
+        torch.testing.assert_close(L @ L.T, m, rtol=1e-10, atol=1e-10)
+    else:
+        with pytest.raises((ValueError, TypeError)) as info:
+            check_positive_definite("cov", m)
+        _assert_named(info.value, ("cov",))

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..._validation import check_positive_definite
 from ...ops.linalg import symmetrize
 
 __all__ = ["LDSParams", "get_params", "set_params"]
@@ -84,18 +85,7 @@ def set_params(model, params: LDSParams):
             raise ValueError(f"params.{field}[{key!r}]: expected finite values")
         return v
 
-    def spd(name, v):
-        if not torch.allclose(v, v.mT, rtol=1e-6, atol=1e-10 * float(v.abs().max().clamp_min(1))):
-            raise ValueError(
-                f"{name}: expected a symmetric positive-definite matrix, got a non-symmetric one"
-            )
-        ev = torch.linalg.eigvalsh(symmetrize(v))
-        if float(ev.min()) <= 0:
-            raise ValueError(
-                f"{name}: expected a symmetric positive-definite matrix, "
-                f"got smallest eigenvalue {float(ev.min()):.3g}"
-            )
-        return torch.linalg.cholesky(symmetrize(v))
+    spd = check_positive_definite
 
     # validate everything first, so that a refused params leaves the model unchanged
     blocks, emissions = {}, {}
