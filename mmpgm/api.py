@@ -11,7 +11,7 @@ import copy
 
 import pyro
 
-from ._validation import check_float, check_int
+from ._validation import check_bool, check_float, check_int
 from .data import MultimodalData
 from .inference.em import check_em, fit_em
 from .inference.result import FitResult
@@ -284,6 +284,8 @@ def infer(
     check_int("num_samples", num_samples, minimum=0)
     check_int("num_param_samples", num_param_samples, minimum=0)
     check_int("seed", seed, minimum=0, allow_none=True)
+    check_bool("causal", causal)
+    check_bool("map_path", map_path)
     data = model.check_data(data)
     post = model.posterior(
         data, causal=causal, num_samples=num_samples, seed=seed, map_path=map_path

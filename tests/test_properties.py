@@ -652,6 +652,10 @@ INFER_BAD = [
     ("num_param_samples", v) for v in (-1, 1.5, True)
 ] + [
     ("seed", v) for v in (1.5, "x")
+] + [
+    ("causal", v) for v in ("x", 1, None)
+] + [
+    ("map_path", v) for v in ("x", 0, None)
 ]  # fmt: skip
 
 
@@ -739,3 +743,12 @@ def test_check_positive_definite(k, seed, kind):
         with pytest.raises((ValueError, TypeError)) as info:
             check_positive_definite("cov", m)
         _assert_named(info.value, ("cov",))
+
+
+@pytest.mark.parametrize("dims", [(5, 2, 1), (2, 3, 1), (2, 2, 2)])
+def test_hmm_refuses_an_observation_model_of_other_sizes(dims):
+    from mmpgm.observations import DiagonalGaussianObservation
+
+    with pytest.raises(ValueError) as info:
+        MultimodalHMM({"a": 2}, 2, 1, emission={"a": DiagonalGaussianObservation(*dims)})
+    _assert_named(info.value, ("emission",))

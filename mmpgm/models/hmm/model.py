@@ -102,6 +102,11 @@ class MultimodalHMM(MultimodalModel):
                     f"emission[{m!r}]: expected an ObservationModel with state shape "
                     f"{(num_shared_states, private[m])}, got {getattr(e, 'state_shape', e)!r}"
                 )
+            if e.obs_dim != obs_dims[m]:
+                raise ValueError(
+                    f"emission[{m!r}]: expected an ObservationModel of obs_dim {obs_dims[m]} "
+                    f"(obs_dims[{m!r}]), got {e.obs_dim}"
+                )
         self._config = dict(
             obs_dims=dict(obs_dims),
             num_shared_states=num_shared_states,

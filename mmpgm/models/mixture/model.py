@@ -109,8 +109,8 @@ class GatedMixture(MultimodalModel):
         self.gating = make_gating(gate)
         check_choice("head", head, tuple(HEADS))
         check_choice("expert", expert, ("mlp", "recurrent"))
-        if not isinstance(target, str):
-            raise TypeError(f"target: expected a label name (str), got {target!r}")
+        if not isinstance(target, str) or not target:
+            raise TypeError(f"target: expected a label name (non-empty str), got {target!r}")
         self.target_head = make_head(head, target, num_classes, mask_dim)
         sizes = dict(hidden_dim=hidden_dim, num_layers=num_layers, gate_hidden_dim=gate_hidden_dim)
         for name, v in sizes.items():
