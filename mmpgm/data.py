@@ -279,6 +279,10 @@ class MultimodalData:
 
     def filled(self, modality: str, value: float = 0.0) -> torch.Tensor:
         """Observations of ``modality`` with unobserved frames replaced by ``value``."""
+        if modality not in self.obs:
+            raise ValueError(
+                f"modality: unknown modality {modality!r}; modalities are {sorted(self.obs)}"
+            )
         x = self.obs[modality]
         m = self.mask[modality]
         return torch.where(m[..., None], x, torch.as_tensor(value, dtype=x.dtype, device=x.device))
@@ -326,6 +330,8 @@ class MultimodalData:
 
     def to(self, device=None, dtype=None) -> "MultimodalData":
         """Move to ``device``; cast floating observations to ``dtype``."""
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype: expected a floating torch.dtype or None, got {dtype!r}")
 
         def fo(v):
             if dtype is not None and v.is_floating_point():
@@ -355,7 +361,12 @@ class MultimodalData:
 
     def split(self, fraction: float, seed: int = 0) -> tuple["MultimodalData", "MultimodalData"]:
         """Random split of the sequences into ``(first, second)`` with ``fraction`` in first."""
-        if not 0 < fraction < 1:
+        check_int("seed", seed, minimum=0)
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float))
+            or not 0 < fraction < 1
+        ):
             raise ValueError(f"fraction: expected a number in (0, 1), got {fraction!r}")
         N = self.num_sequences
         n_first = int(round(fraction * N))

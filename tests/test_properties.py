@@ -532,7 +532,7 @@ def _check_set_params(model, path, new, *, from_params=None):
     return True
 
 
-@settings(max_examples=120, **SETTINGS)
+@settings(max_examples=200, **SETTINGS)
 @given(perturbed(_hmm))
 def test_hmm_set_params_validates_by_name(case):
     model, path, kind, new = case
@@ -568,7 +568,7 @@ def test_stickiness_refuses_non_finite(value):
     _assert_named(info.value, ("stickiness",))
 
 
-@settings(max_examples=100, **SETTINGS)
+@settings(max_examples=200, **SETTINGS)
 @given(perturbed(_lds))
 def test_lds_set_params_validates_by_name(case):
     model, path, kind, new = case
@@ -752,3 +752,27 @@ def test_hmm_refuses_an_observation_model_of_other_sizes(dims):
     with pytest.raises(ValueError) as info:
         MultimodalHMM({"a": 2}, 2, 1, emission={"a": DiagonalGaussianObservation(*dims)})
     _assert_named(info.value, ("emission",))
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(
+    method=st.sampled_from(["split", "batches", "filled", "to"]),
+    value=st.sampled_from(
+        [0, 1, 2, -1, 0.5, 1.5, math.nan, True, None, "x", "a", torch.int64, torch.float64]
+    ),
+)
+def test_data_methods_name_their_argument(method, value):
+    data = MultimodalData({"a": np.random.default_rng(0).normal(size=(4, 3, 2))})
+    name = {"split": "fraction", "batches": "batch_size", "filled": "modality", "to": "dtype"}
+    try:
+        if method == "split":
+            first, second = data.split(value)
+            assert first.num_sequences + second.num_sequences == 4
+        elif method == "batches":
+            assert sum(b.num_sequences for b in data.batches(value)) == 4
+        elif method == "filled":
+            assert data.filled(value).shape == (4, 3, 2)
+        else:
+            assert data.to(dtype=value).obs["a"].dtype == (value or torch.float64)
+    except Exception as err:  # noqa: BLE001
+        _assert_named(err, (name[method],))
