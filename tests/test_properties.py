@@ -347,19 +347,20 @@ CONSTRUCTORS = {
 def constructor_calls(draw):
     cls = draw(st.sampled_from(list(CONSTRUCTORS)))
     base = dict(CONSTRUCTORS[cls])
-    key = draw(st.sampled_from(sorted(base)))
-    base[key] = draw(BAD_VALUES)
-    return cls, key, base
+    keys = draw(st.lists(st.sampled_from(sorted(base)), min_size=1, max_size=2, unique=True))
+    for key in keys:
+        base[key] = draw(BAD_VALUES)
+    return cls, tuple(keys), base
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=500, **SETTINGS)
 @given(constructor_calls())
 def test_constructors_build_or_name_the_argument(call):
-    cls, key, kwargs = call
+    cls, keys, kwargs = call
     try:
         model = cls(**kwargs)
     except Exception as err:  # noqa: BLE001
-        _assert_named(err, (key,))
+        _assert_named(err, keys)
         return
     assert isinstance(model, cls)
 
