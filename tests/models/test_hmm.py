@@ -194,7 +194,7 @@ def test_bad_model_input_raises():
         MultimodalHMM({"a": 2}, 2, 1, emission="poisson")
     with pytest.raises(ValueError, match="'shared' is reserved"):
         MultimodalHMM({"shared": 2}, 2)
-    with pytest.raises(ValueError, match="num_states: expected a positive int"):
+    with pytest.raises(ValueError, match="num_shared_states: expected a positive int"):
         MultimodalHMM({"a": 2}, 0)
     params = model.params
     params.shared_transition_probs[0, 0] = math.nan

@@ -75,10 +75,7 @@ class MultimodalHMM(MultimodalModel):
         sizes = {"num_shared_states": num_shared_states}
         sizes.update({f"num_private_states[{m!r}]": private[m] for m in names})
         for name, k in sizes.items():
-            try:
-                check_int("num_states", k)
-            except ValueError as err:
-                raise ValueError(f"{name}: the chain's {err}") from None
+            check_int(name, k)
         emissions = per_modality(emission, names, "emission")
         check_float("concentration", concentration, minimum=1.0)
         self.modalities = names
