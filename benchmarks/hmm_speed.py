@@ -22,7 +22,7 @@ all on the same data in the same run:
     concatenated); no gradient (``"gradient": false`` in the JSON).
 ``pyro_trace_enum``
     ``TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model.model, model.guide, data,
-    enumerated=True)`` + backward (its value minus the log prior is the log-likelihood).
+    program="enumerated")`` + backward (its value minus the log prior is the log-likelihood).
 ``pyro_discrete_hmm``
     ``pyro.distributions.DiscreteHMM`` on the product space (time-varying transition logits
     whose first slice carries the initial distribution, observation ``Normal(...).to_event(1)``

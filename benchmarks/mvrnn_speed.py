@@ -18,7 +18,7 @@ backward, Adam step):
   way (every network called on concatenated inputs inside the time loop, ``nn.GRUCell``), on the
   same modules and the same noise: its loss agrees with mmpgm's to float rounding.
 * ``pyro_trace_elbo``, ``pyro_meanfield_elbo``: the per-frame site program
-  (``vectorized=False``) under ``Trace_ELBO`` (Monte Carlo KL) and ``TraceMeanField_ELBO``
+  (``program="sites"``) under ``Trace_ELBO`` (Monte Carlo KL) and ``TraceMeanField_ELBO``
   (analytic KL, the same objective as mmpgm).
 * ``pyro_jit_trace_elbo``, ``pyro_jit_meanfield_elbo``: ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``
   on the site program; ``mmpgm_jit``: ``JitTrace_ELBO`` on the vectorized program. Their
