@@ -20,6 +20,14 @@ from ..ops.kmeans import kmeans_plus_plus
 from .base import ObservationModel
 
 
+def _variance_floor(x: torch.Tensor) -> torch.Tensor:
+    """Smallest variance trusted per feature of ``x (F, D)``: a few ulps of its mean square, so
+    the floor scales with the data's units (an absolute floor made fits on data measured in
+    tiny units wrong)."""
+    tiny = torch.finfo(x.dtype).tiny
+    return 16 * torch.finfo(x.dtype).eps * x.square().mean(0).clamp_min(tiny)
+
+
 class _GaussianBase(ObservationModel):
     def __init__(self, obs_dim, num_shared_states, num_private_states):
         super().__init__(obs_dim, num_shared_states, num_private_states)
@@ -40,7 +48,11 @@ class _GaussianBase(ObservationModel):
 
     def _set_prior_from(self, x):
         mean = x.mean(0)
-        var = x.var(0, unbiased=False).clamp_min(1e-8) if x.shape[0] > 1 else torch.ones_like(mean)
+        var = (
+            x.var(0, unbiased=False).clamp_min(_variance_floor(x))
+            if x.shape[0] > 1
+            else torch.ones_like(mean)
+        )
         self.prior_loc = mean.detach().to(self.prior_loc)
         self.prior_scale = (10.0 * var.sqrt()).detach().to(self.prior_scale)
         self.prior_var = (0.01 * var).detach().to(self.prior_var)
@@ -129,7 +141,8 @@ class DiagonalGaussianObservation(_GaussianBase):
             means = kmeans_plus_plus(x, self.num_shared_states * self.num_private_states, generator)
         means = means.reshape(self.loc.shape).to(self.loc)
         nearest = torch.cdist(x, means.reshape(-1, self.obs_dim)).argmin(-1)
-        var = ((x - means.reshape(-1, self.obs_dim)[nearest]) ** 2).mean(0).clamp_min(1e-6)
+        var = ((x - means.reshape(-1, self.obs_dim)[nearest]) ** 2).mean(0)
+        var = var.clamp_min(1e-6 * self.prior_var.max() / 0.01)  # relative: units-invariant
         self.loc = means
         self.scale = var.sqrt().expand(self.scale.shape).clone().to(self.scale)
 
@@ -215,7 +228,8 @@ class FullGaussianObservation(_GaussianBase):
         flat = means.reshape(-1, self.obs_dim)
         xc = x - flat[torch.cdist(x, flat).argmin(-1)]
         self.loc = means
-        cov = xc.T @ xc / max(1, x.shape[0]) + 1e-6 * torch.eye(
+        ridge = 1e-6 * float(self.prior_var.max()) / 0.01  # relative to the data's variance
+        cov = xc.T @ xc / max(1, x.shape[0]) + ridge * torch.eye(
             self.obs_dim, dtype=x.dtype, device=x.device
         )
         self.scale_tril = (

@@ -36,7 +36,13 @@ def init_from_data(model, data: MultimodalData, seed: int = 0) -> None:
         if e.discrete:
             x = torch.nn.functional.one_hot(e.pyro_value(x), e.num_categories).to(x)
         mu = x[obs].mean(0)
-        sd = x[obs].std(0).clamp_min(1e-8) if int(obs.sum()) > 1 else torch.ones_like(mu)
+        xo = x[obs]
+        floor = (16 * torch.finfo(x.dtype).eps * xo.square().mean(0)).sqrt()  # relative to units
+        sd = (
+            xo.std(0).clamp_min(floor).clamp_min(torch.finfo(x.dtype).tiny)
+            if int(obs.sum()) > 1
+            else torch.ones_like(mu)
+        )
         z = torch.where(obs[..., None], (x - mu) / sd, torch.zeros_like(x))
         cols.append(z / z.shape[-1] ** 0.5)  # each modality weighs the same
     frames = torch.cat(cols, -1)[inside]  # (F, sum D)
