@@ -11,7 +11,7 @@ import copy
 
 import pyro
 
-from ._validation import check_bool, check_float, check_int
+from ._validation import check_bool, check_choice, check_float, check_int
 from .data import MultimodalData
 from .inference.em import check_em, fit_em
 from .inference.result import FitResult
@@ -21,10 +21,6 @@ from .models import MultimodalModel
 __all__ = ["fit", "infer"]
 
 _METHODS = ("svi", "em")
-
-
-def _check_positive_int(name, value, allow_none=False):
-    check_int(name, value, allow_none=allow_none)
 
 
 def _check_model(model) -> None:
@@ -152,10 +148,8 @@ def fit(
     _check_model(model)
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
-    if method not in _METHODS:
-        raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
-    if init not in ("auto", "data", "none"):
-        raise ValueError(f"init: expected 'auto', 'data' or 'none', got {init!r}")
+    check_choice("method", method, _METHODS)
+    check_choice("init", init, ("auto", "data", "none"))
     check_float("lr", lr, positive=True, allow_none=True)
     check_float("clip_norm", clip_norm, positive=True, allow_none=True)
     check_float("tol", tol, minimum=0.0, allow_none=True)
@@ -176,13 +170,11 @@ def fit(
         program = model.check_program(program)
     if num_steps is None:
         num_steps = 1000 if method == "svi" else (20 if em_kind == "mixture" else 200)
-    _check_positive_int("num_steps", num_steps)
-    _check_positive_int("batch_size", batch_size, allow_none=True)
-    _check_positive_int("num_restarts", num_restarts)
+    check_int("num_steps", num_steps)
+    check_int("batch_size", batch_size, allow_none=True)
+    check_int("num_restarts", num_restarts)
     if lr is None and method == "svi":
         lr = 0.05
-    if lr is not None and not lr > 0:
-        raise ValueError(f"lr: expected a positive float, got {lr!r}")
     if patience is None:
         patience = 100 if method == "svi" else 5
     elif patience == 0:
