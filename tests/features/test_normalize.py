@@ -1,0 +1,104 @@
+"""Causal running normalization: brute force per frame, causality, masks, ragged lengths,
+gain invariance, argument errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmpgm.features.normalize import running_normalize
+
+
+def _brute(x, obs, decay, scale, eps):
+    """Frame by frame from the definition: weights of the observed frames s <= t built from the
+    alpha_k recursion written out as explicit products, then a weighted mean / variance."""
+    T, D = x.shape
+    out = np.zeros((T, D))
+    idx = [t for t in range(T) if obs[t]]
+    for j, t in enumerate(idx):
+        k = j + 1
+        alphas = [max(1.0 / i, 1.0 - decay) for i in range(1, k + 1)]
+        w = np.array([alphas[i] * np.prod([1 - a for a in alphas[i + 1 :]]) for i in range(k)])
+        xs = x[idx[:k]]
+        mean = (w[:, None] * xs).sum(0)
+        var = (w[:, None] * (xs - mean) ** 2).sum(0)
+        z = x[t] - mean
+        out[t] = z / np.sqrt(var + eps * eps) if scale else z
+    return out
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.9, 0.5])
+@pytest.mark.parametrize("scale", [True, False])
+def test_matches_weighted_moments(decay, scale):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 9, 3)) * 3 + 1
+    mask = np.ones((2, 9), bool)
+    mask[1, [2, 5]] = False
+    got = running_normalize(torch.tensor(x), torch.tensor(mask), decay=decay, scale=scale)
+    for n in range(2):
+        ref = _brute(x[n], mask[n], decay, scale, 1e-3)
+        torch.testing.assert_close(got[n], torch.tensor(ref), rtol=1e-9, atol=1e-9)
+    assert bool((got[1, [2, 5]] == 0).all())
+
+
+def test_causal():
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.normal(size=(3, 12, 4)))
+    base = running_normalize(x, decay=0.8)
+    for t in range(12):
+        y = x.clone()
+        y[:, t + 1 :] = torch.tensor(rng.normal(size=(3, 11 - t, 4))) * 50
+        got = running_normalize(y, decay=0.8)
+        torch.testing.assert_close(got[:, : t + 1], base[:, : t + 1], rtol=0, atol=0)
+
+
+def test_t1_batch_equals_loop_and_ragged_lengths():
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.normal(size=(3, 7, 2)))
+    lengths = torch.tensor([7, 1, 4])
+    got = running_normalize(x, lengths=lengths)
+    for n in range(3):
+        L = int(lengths[n])
+        one = running_normalize(x[n, :L])
+        torch.testing.assert_close(got[n, :L], one, rtol=1e-12, atol=1e-12)
+        assert bool((got[n, L:] == 0).all())
+    assert bool((got[:, 0] == 0).all())  # nothing to compare the first frame with
+
+
+def test_nan_frames_are_unobserved_and_numpy_round_trip():
+    x = np.random.default_rng(3).normal(size=(6, 2)).astype(np.float32)
+    x[2] = np.nan
+    got = running_normalize(x)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (6, 2)
+    assert (got[2] == 0).all()
+    ref = running_normalize(np.delete(x, 2, 0))
+    np.testing.assert_allclose(np.delete(got, 2, 0), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_gain_and_scale_invariance():
+    rng = np.random.default_rng(4)
+    logmag = torch.tensor(rng.normal(size=(2, 20, 5)))
+    a = running_normalize(logmag, decay=0.95)
+    b = running_normalize(logmag + np.log(0.01), decay=0.95)  # a waveform gain of 1/100
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    c = running_normalize(logmag * 7.0, decay=0.95, eps=1e-9)
+    d = running_normalize(logmag, decay=0.95, eps=1e-9 / 7.0)
+    torch.testing.assert_close(c, d, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [({"decay": 0.0}, "decay"), ({"decay": 1.5}, "decay"), ({"eps": 0}, "eps"),
+     ({"decay": True}, "decay")],
+)
+def test_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        running_normalize(np.zeros((3, 2)), **kw)
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="x: expected"):
+        running_normalize(np.zeros(3))
+    with pytest.raises(ValueError, match="mask: expected"):
+        running_normalize(np.zeros((2, 3, 1)), mask=np.ones((2, 4), bool))
+    with pytest.raises(ValueError, match="lengths: expected"):
+        running_normalize(np.zeros((2, 3, 1)), lengths=[1, 2, 3])
