@@ -134,3 +134,64 @@ def test_av_speech_activity_quick_leave_one_speaker_out(tmp_path):
             assert 0 <= met["gate_video_inside"] <= 1 and 0 <= met["gate_video_outside"] <= 1
     assert "accuracy per test speaker" in table.read_text()
     assert fig.stat().st_size > 10_000
+
+
+@pytest.mark.benchmark
+def test_sensor_faults_quick():
+    """``sensor_faults.py --quick``: one line per IMU corpus and one for the LDS, the section-8
+    keys, accuracies in [0, 1] for every system that ran (hmmlearn and pykalman are test
+    dependencies, so they must have), pykalman's smoother equal to mmpgm's plain one, and the
+    fault-aware systems either run (with AUROC, cost ratio and pass/fail targets) or listed
+    under ``skipped``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sensor_faults.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
+    assert [(r["config"]["name"], r["config"].get("corpus")) for r in records] == [
+        ("imu_classification", "A"),
+        ("imu_classification", "B"),
+        ("lds_outliers", None),
+    ]
+    for r in records:
+        assert r["benchmark"] == "sensor_faults"
+        for k in KEYS + ("metrics", "targets", "skipped"):
+            assert k in r, (r["config"]["name"], k)
+    systems = (
+        "mmpgm_plain",
+        "mmpgm_faults",
+        "hmmlearn_joint",
+        "hmmlearn_late",
+        "mmpgm_accel_only",
+        "mmpgm_gyro_only",
+    )
+    for r in records[:2]:
+        conds = r["config"]["conditions"]
+        assert conds[0] == "clean" and len(conds) == 7
+        for name in systems:
+            if name == "mmpgm_faults" and name in r["skipped"]:
+                continue
+            acc = r["metrics"][name]["accuracy"]
+            assert set(acc) == set(conds), name
+            assert all(0.0 <= a <= 1.0 for a in acc.values()), (name, acc)
+        if "mmpgm_faults" in r["metrics"]:
+            m = r["metrics"]["mmpgm_faults"]
+            assert set(m["fault_auroc"]) == set(conds[1:])
+            assert all(0.0 <= v <= 1.0 for v in m["fault_auroc"].values())
+            assert m["cost_ratio"] > 0
+            assert isinstance(r["targets"]["corrupted_accuracy"]["pass"], bool)
+            assert isinstance(r["targets"]["clean_drop"]["pass"], bool)
+    lds = records[2]
+    for name in ("mmpgm_plain", "oracle_mask", "pykalman"):
+        assert lds["metrics"][name]["rmse"] > 0, name
+    assert lds["agreement"]["pykalman"] < 1e-8
+    # masking the outlier frames must help the plain smoother (10-sd outliers)
+    assert lds["metrics"]["oracle_mask"]["rmse"] < lds["metrics"]["mmpgm_plain"]["rmse"]
+    assert "mmpgm_faults" in lds["metrics"] or "mmpgm_faults" in lds["skipped"]
