@@ -23,7 +23,8 @@ class FilterState(NamedTuple):
     r"""State of a streaming filter after frame ``t``.
 
     step : number of frames consumed.
-    marginals : dict chain -> ``(N, K)`` filtered :math:`p(z_t \mid x_{1:t})`.
+    marginals : dict chain -> ``(N, K)`` filtered :math:`p(z_t \mid x_{1:t})` (fault chains, with
+        ``sensor_faults``, as ``"<modality>_fault"``; column 1 = faulty).
     predicted : dict chain -> ``(N, K)`` one-step prediction :math:`p(z_{t+1} \mid x_{1:t})`.
     log_likelihood : ``(N,)`` :math:`\log p(x_{1:t})`.
     log_increment : ``(N,)`` :math:`\log p(x_t \mid x_{1:t-1})`.
@@ -68,15 +69,15 @@ class HMMFilter:
     def _frame_log_emission(self, frame: Mapping) -> torch.Tensor:
         model = self.model
         p = model._param()
-        N, M = self.num_sequences, len(model.modalities)
+        N = self.num_sequences
         unknown = set(frame) - set(model.modalities)
         if unknown:
             raise ValueError(
                 f"frame: unknown modalities {sorted(unknown)}; the model has "
                 f"{list(model.modalities)}"
             )
-        total = torch.zeros((N,) + model.chain_sizes, dtype=p.dtype, device=p.device)
-        for i, m in enumerate(model.modalities):
+        state_lps, fault_lps = {}, {}
+        for m in model.modalities:
             if m not in frame or frame[m] is None:
                 continue
             x = torch.as_tensor(frame[m], dtype=p.dtype, device=p.device)
@@ -89,12 +90,13 @@ class HMMFilter:
                     f"{tuple(x.shape)}"
                 )
             observed = ~torch.isnan(x).any(-1)
-            lp = model.emissions[m].log_prob(torch.where(observed[:, None], x, torch.zeros_like(x)))
-            lp = torch.where(observed[:, None, None], lp, torch.zeros_like(lp))
-            shape = [N, lp.shape[1]] + [1] * M
-            shape[2 + i] = lp.shape[2]
-            total = total + lp.reshape(shape)
-        return total
+            x = torch.where(observed[:, None], x, torch.zeros_like(x))
+            lp = model.emissions[m].log_prob(x)
+            state_lps[m] = torch.where(observed[:, None, None], lp, torch.zeros_like(lp))
+            if m in model.fault_modalities:
+                bg = model.fault_backgrounds[m].log_prob(x)
+                fault_lps[m] = torch.where(observed, bg, torch.zeros_like(bg))
+        return model.combine_log_factors(state_lps, fault_lps, (N,))
 
     @torch.no_grad()
     def step(self, frame: Mapping) -> FilterState:

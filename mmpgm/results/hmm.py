@@ -35,6 +35,11 @@ class Posterior(NamedTuple):
     causal : whether ``marginals`` are filtered.
     pointwise_log_likelihood : ``(P, N)`` :math:`\log p(x^{(n)} \mid \theta_p)` for ``P`` parameter
         draws (Laplace approximation, see :func:`mmpgm.infer`), or None.
+    fault_probs : dict modality -> ``(N, T)`` :math:`p(f^m_t = 1 \mid x)` (smoothed, or filtered
+        when ``causal``), the probability that the stream is faulty at each frame (0 on
+        padding), for the modalities with a fault chain (``sensor_faults``); None without.
+        The fault chains' full marginals, MAP path and samples are under ``"<modality>_fault"``
+        in ``marginals``, ``map`` and ``samples``.
     """
 
     marginals: dict
@@ -44,6 +49,7 @@ class Posterior(NamedTuple):
     lengths: torch.Tensor
     causal: bool
     pointwise_log_likelihood: torch.Tensor | None
+    fault_probs: dict | None = None
 
     def to_arviz(self):
         """Convert to :class:`arviz.InferenceData` with named dims.

@@ -12,12 +12,16 @@ The shared chain carries what all streams have in common (content), the private 
 particular to one stream (style). ``K_m = 1`` gives a plain HMM whose state all modalities
 share; ``K_s = 1`` gives independent HMMs per modality.
 
+With ``sensor_faults`` each named modality gains a sticky ok / faulty chain :math:`f^m_t`; a
+faulty frame is drawn from a broad background density shared by every state
+(:mod:`mmpgm.models.hmm.faults`), so a stream that silently fails stops carrying evidence.
+
 Priors for MAP fitting: :math:`\pi, A_{i\cdot} \sim \mathrm{Dirichlet}(\alpha \mathbf 1)` for every
 chain, and the weak emission priors of :mod:`mmpgm.observations`.
 
 The package is cut by idea: ``model.py`` (structure, likelihood, programs, posteriors),
 ``chain.py`` (one Markov chain's parameters and prior), ``params.py`` (:class:`HMMParams`),
-``init.py`` (data-driven start).
+``init.py`` (data-driven start), ``faults.py`` (fault chains and background densities).
 """
 
 from .chain import MarkovChain

@@ -19,7 +19,8 @@ def init_from_data(model, data: MultimodalData, seed: int = 0) -> None:
     2. k-means with ``K_m`` clusters on each modality's residuals :math:`x^m_t - c^m_{s_t}`
        gives private offsets :math:`d^m_p`;
     3. emission means start at :math:`c^m_s + d^m_p` (additive, as in the generative story),
-       variances and the weak priors at the data scale.
+       variances and the weak priors at the data scale;
+    4. with ``sensor_faults``, the background densities are fitted to the pooled frames.
 
     Called by :func:`mmpgm.fit` before the first fit; ``seed`` makes it reproducible.
     """
@@ -63,3 +64,4 @@ def init_from_data(model, data: MultimodalData, seed: int = 0) -> None:
         resid = x - centres[s]
         offsets = kmeans(resid, K_m, generator=gen).centers
         e.init_from_data(x, generator=gen, means=centres[:, None, :] + offsets[None, :, :])
+    model.fit_fault_background(data)

@@ -25,6 +25,7 @@ from .._savable import register
 from . import init
 from . import params as params_io
 from .chain import MarkovChain
+from .faults import FaultBackground, FaultChain, fault_chain_name, resolve_sensor_faults
 from .params import HMMParams
 
 __all__ = ["MarkovChain", "MultimodalHMM", "HMMParams"]
@@ -48,6 +49,12 @@ class MultimodalHMM(MultimodalModel):
         ``"categorical"``, per modality or for all; or a ready :class:`ObservationModel`.
     concentration : float
         Dirichlet prior concentration of initial and transition rows (>= 1).
+    sensor_faults : bool, list of str or Mapping[str, bool]
+        Give these modalities (``True``: all) a latent ok / faulty chain :math:`f^m_t` whose
+        faulty frames come from a broad background density shared by every state, so a stream
+        that silently fails is detected and discounted (:mod:`mmpgm.models.hmm.faults`).
+        The fault chains are named ``"<modality>_fault"`` in posteriors and samples;
+        :attr:`Posterior.fault_probs` gives :math:`p(f^m_t = 1 \mid x)`.
 
     Examples
     --------
@@ -68,6 +75,7 @@ class MultimodalHMM(MultimodalModel):
         num_private_states=1,
         emission="diag",
         concentration: float = 1.5,
+        sensor_faults=False,
     ):
         super().__init__()
         names = check_obs_dims(obs_dims)
@@ -104,12 +112,27 @@ class MultimodalHMM(MultimodalModel):
                     f"emission[{m!r}]: expected an ObservationModel of obs_dim {obs_dims[m]} "
                     f"(obs_dims[{m!r}]), got {e.obs_dim}"
                 )
+        self.fault_modalities = resolve_sensor_faults(sensor_faults, names)
+        self.fault_chains = PyroModule[nn.ModuleDict](
+            {m: FaultChain() for m in self.fault_modalities}
+        )
+        self.fault_backgrounds = nn.ModuleDict(
+            {
+                m: FaultBackground(
+                    self.emissions[m].data_dim,
+                    self.emissions[m].num_categories if self.emissions[m].discrete else None,
+                )
+                for m in self.fault_modalities
+            }
+        )
+        self.fit_fault_background()
         self._config = dict(
             obs_dims=dict(obs_dims),
             num_shared_states=num_shared_states,
             num_private_states=private,
             emission={m: self.emissions[m].kind for m in names},
             concentration=concentration,
+            sensor_faults=list(self.fault_modalities),
         )
 
     # ------------------------------------------------------------------ structure
@@ -123,13 +146,20 @@ class MultimodalHMM(MultimodalModel):
 
     @property
     def chain_names(self) -> tuple:
-        """Names of the chains in the order of the ops' chain axes: ``shared``, then modalities."""
-        return ("shared",) + self.modalities
+        """Names of the chains in the order of the ops' chain axes: ``shared``, then the
+        modalities (private chains), then ``"<modality>_fault"`` for each fault chain."""
+        return (
+            ("shared",)
+            + self.modalities
+            + tuple(fault_chain_name(m) for m in self.fault_modalities)
+        )
 
     @property
     def chain_sizes(self) -> tuple:
-        return (self.num_shared_states,) + tuple(
-            self.num_private_states[m] for m in self.modalities
+        return (
+            (self.num_shared_states,)
+            + tuple(self.num_private_states[m] for m in self.modalities)
+            + (2,) * len(self.fault_modalities)
         )
 
     @property
@@ -137,7 +167,31 @@ class MultimodalHMM(MultimodalModel):
         return {m: self.emissions[m].data_dim for m in self.modalities}
 
     def _chains(self):
-        return [self.shared_chain] + [self.private_chains[m] for m in self.modalities]
+        return (
+            [self.shared_chain]
+            + [self.private_chains[m] for m in self.modalities]
+            + [self.fault_chains[m] for m in self.fault_modalities]
+        )
+
+    @torch.no_grad()
+    def fit_fault_background(self, data: MultimodalData | None = None) -> "MultimodalHMM":
+        """(Re)fit the background density of every faulty-frame model.
+
+        With ``data``: to its pooled observed frames (median, inflated standard deviation; see
+        :mod:`mmpgm.models.hmm.faults`). Without: to the equal-weight mixture of the current
+        emissions. Called by the data-driven start; call it yourself with the same pooled data
+        on every model whose likelihoods you compare. Returns the model.
+        """
+        if data is not None:
+            data = self._checked(data)
+        for m in self.fault_modalities:
+            e = self.emissions[m]
+            if data is None:
+                if not e.discrete:
+                    self.fault_backgrounds[m].fit_to_moments(e.mean(), e.covariance())
+            else:
+                self.fault_backgrounds[m].fit(data.obs[m][data.mask[m]])
+        return self
 
     def _check_labels(self, data) -> None:
         """``labels['shared']``, where given: per-frame, ``-1`` (unknown) or a shared state."""
@@ -170,31 +224,61 @@ class MultimodalHMM(MultimodalModel):
             )
         return out
 
+    def fault_log_probs(self, data: MultimodalData, exclude=()) -> dict:
+        """Background ``log q_m(x^m_t)`` of every fault-modelled modality: ``(N, T)``, 0 where
+        missing."""
+        out = {}
+        for m in self.fault_modalities:
+            if m in exclude:
+                continue
+            lp = self.fault_backgrounds[m].log_prob(data.filled(m))
+            out[m] = torch.where(
+                data.mask[m], lp, torch.zeros((), dtype=lp.dtype, device=lp.device)
+            )
+        return out
+
+    def combine_log_factors(self, state_log_probs: dict, fault_log_probs: dict, batch_shape):
+        """Product-space log factor ``batch_shape + chain_sizes`` from per-modality pieces.
+
+        ``state_log_probs``: modality -> ``batch_shape + (K_s, K_m)``; ``fault_log_probs``:
+        modality -> ``batch_shape`` background log-densities (used where that modality's fault
+        chain is 1; the state factor where it is 0). Absent modalities contribute nothing.
+        """
+        M, F = len(self.modalities), len(self.fault_modalities)
+        lead = len(batch_shape)
+        total = None
+        for i, m in enumerate(self.modalities):
+            if m not in state_log_probs:
+                continue
+            lp = state_log_probs[m]
+            shape = list(batch_shape) + [lp.shape[-2]] + [1] * (M + F)
+            shape[lead + 1 + i] = lp.shape[-1]
+            if m in self.fault_modalities:
+                j = self.fault_modalities.index(m)
+                bg = fault_log_probs[m][..., None, None].expand(lp.shape)
+                lp = torch.stack([lp, bg], -1)
+                shape[lead + 1 + M + j] = 2
+            term = lp.reshape(shape)
+            total = term if total is None else total + term
+        full = tuple(batch_shape) + self.chain_sizes
+        if total is None:
+            p = self._param()
+            return torch.zeros(full, dtype=p.dtype, device=p.device)
+        return total.expand(full)
+
     def log_emissions(self, data: MultimodalData, exclude=()) -> torch.Tensor:
-        """Product-space log factor ``(N, T, K_s, K_1, ..., K_M)`` for :mod:`mmpgm.ops.hmm`.
+        """Product-space log factor ``(N, T) + chain_sizes`` for :mod:`mmpgm.ops.hmm`.
 
         Modalities in ``exclude`` are left out (treated as missing); ``labels["shared"]`` clamps.
         """
-        M = len(self.modalities)
-        lps = self.modality_log_probs(data, exclude)
         N, T = data.num_sequences, data.num_timesteps
-        total = None
-        for i, m in enumerate(self.modalities):
-            if m in exclude:
-                continue
-            lp = lps[m]
-            shape = [N, T, lp.shape[2]] + [1] * M
-            shape[3 + i] = lp.shape[3]
-            term = lp.reshape(shape)
-            total = term if total is None else total + term
-        full = (N, T) + self.chain_sizes
-        p = self._param()
-        if total is None:
-            total = torch.zeros(full, dtype=p.dtype, device=p.device)
-        total = total.expand(full)
+        total = self.combine_log_factors(
+            self.modality_log_probs(data, exclude), self.fault_log_probs(data, exclude), (N, T)
+        )
         clamp = self._clamp_log_factor(data)
         if clamp is not None:
-            total = total + clamp.reshape((N, T, self.num_shared_states) + (1,) * M)
+            rest = (1,) * (len(self.chain_sizes) - 1)
+            total = total + clamp.reshape((N, T, self.num_shared_states) + rest)
         return total
 
     def _clamp_log_factor(self, data):
@@ -253,13 +337,26 @@ class MultimodalHMM(MultimodalModel):
         counts = zip(self._chains(), sm.initial_counts, sm.transition_counts, strict=True)
         for chain, ic, tc in counts:
             chain.m_step(ic, tc)
-        C = len(self.chain_names)
-        for i, m in enumerate(self.modalities):
-            dims = [2 + c for c in range(1, C) if c != i + 1]
-            w = sm.marginals.sum(dims) if dims else sm.marginals
+        for m in self.modalities:
+            w = self._emission_weights(sm.marginals, m, ok_only=True)
             mask = data.mask[m]
             self.emissions[m].m_step(data.obs[m][mask], w[mask])
         return log_joint
+
+    def _emission_weights(self, joint: torch.Tensor, modality: str, ok_only: bool = False):
+        """``joint (..., T) + chain_sizes`` -> ``(..., T, K_s, K_m)``: the marginal of the shared
+        chain and ``modality``'s private chain; with ``ok_only``, jointly with ``modality``'s
+        fault chain being ok (the weights of its emission, not of the background)."""
+        C = len(self.chain_sizes)
+        lead = joint.dim() - C
+        i = 1 + self.modalities.index(modality)
+        if ok_only and modality in self.fault_modalities:
+            f = 1 + len(self.modalities) + self.fault_modalities.index(modality)
+            joint = joint.select(lead + f, 0)
+            C -= 1
+        keep = (0, i)
+        dims = [lead + c for c in range(C) if c not in keep]
+        return joint.sum(dims) if dims else joint
 
     # ------------------------------------------------------------------ Pyro programs
     def default_elbo(self, program: str | None = None) -> ELBO:
@@ -316,12 +413,14 @@ class MultimodalHMM(MultimodalModel):
                 if clamp is not None:
                     pyro.factor(f"clamp_{t}", Vindex(clamp)[..., t, states[0]])
                 for i, m in enumerate(self.modalities):
-                    with poutine.mask(mask=data.mask[m][:, t]):
-                        pyro.sample(
-                            f"obs_{m}_{t}",
-                            self.emissions[m].distribution(states[0], states[i + 1]),
-                            obs=values[m][:, t],
+                    d = self.emissions[m].distribution(states[0], states[i + 1])
+                    if m in self.fault_modalities:
+                        f = states[1 + len(self.modalities) + self.fault_modalities.index(m)]
+                        d = dist.MaskedMixture(
+                            f.bool(), d, self.fault_backgrounds[m].distribution()
                         )
+                    with poutine.mask(mask=data.mask[m][:, t]):
+                        pyro.sample(f"obs_{m}_{t}", d, obs=values[m][:, t])
 
     # ------------------------------------------------------------------ posteriors
     def posterior(
@@ -345,7 +444,7 @@ class MultimodalHMM(MultimodalModel):
             else:
                 sm = ops.factorial_smooth(*args)
                 joint, ll = sm.marginals, sm.log_likelihood
-            marg = dict(zip(self.chain_names, ops.chain_marginals(joint, C), strict=False))
+            marg = dict(zip(self.chain_names, ops.chain_marginals(joint, C), strict=True))
             map_ = samples = None
             if map_path:
                 path = ops.factorial_viterbi(*args).path
@@ -356,6 +455,10 @@ class MultimodalHMM(MultimodalModel):
                     gen = torch.Generator(device=args[2].device).manual_seed(seed)
                 draws = ops.factorial_sample(*args, num_samples, generator=gen)
                 samples = {n: draws[..., c] for c, n in enumerate(self.chain_names)}
+        inside = data.time_mask
+        fault_probs = {
+            m: marg[fault_chain_name(m)][..., 1] * inside for m in self.fault_modalities
+        } or None
         return Posterior(
             marginals=marg,
             map=map_,
@@ -364,6 +467,7 @@ class MultimodalHMM(MultimodalModel):
             lengths=data.lengths,
             causal=causal,
             pointwise_log_likelihood=None,
+            fault_probs=fault_probs,
         )
 
     def impute(self, data: MultimodalData, modality: str) -> Imputation:
@@ -372,23 +476,21 @@ class MultimodalHMM(MultimodalModel):
         :math:`p(x^m_t \mid x^{-m}) = \sum_{i,j} p(s_t=i, p^m_t=j \mid x^{-m}) p(x^m_t \mid i, j)`:
         a mixture whose mean and covariance are returned (for a categorical modality, the mean is
         the vector of class probabilities). Every frame of ``modality`` is ignored, observed or
-        not, so the result shows what the other streams say about it.
+        not, so the result shows what the other streams say about it; with ``sensor_faults``
+        it is what the stream would have shown had it been ok, and the other streams' faulty
+        frames are discounted.
         """
         if modality not in self.modalities:
             raise ValueError(
                 f"modality: unknown modality {modality!r}; the model has {list(self.modalities)}"
             )
         data = self._checked(data)
-        i = self.modalities.index(modality)
         with torch.no_grad():
             args = self._ops_args(data, exclude=(modality,))
             sm = ops.factorial_smooth(
                 [a.detach() for a in args[0]], [a.detach() for a in args[1]], args[2].detach()
             )
-            C = len(self.chain_names)
-            joint = sm.marginals  # (N, T, K_s, K_1..K_M)
-            dims = [2 + c for c in range(1, C) if c != i + 1]
-            w = joint.sum(dims) if dims else joint  # (N, T, K_s, K_m)
+            w = self._emission_weights(sm.marginals, modality)  # (N, T, K_s, K_m)
             e = self.emissions[modality]
             mu, cov = e.mean().detach(), e.covariance().detach()
             mean = torch.einsum("ntij,ijd->ntd", w, mu)
@@ -407,7 +509,8 @@ class MultimodalHMM(MultimodalModel):
         data : MultimodalData
             ``num_sequences`` sequences of ``num_timesteps`` frames.
         latents : dict
-            ``"shared"`` and every modality name -> ``(N, T)`` int64 state paths.
+            ``"shared"``, every modality name and every fault chain (``"<modality>_fault"``,
+            1 = faulty) -> ``(N, T)`` int64 state paths.
         """
         for name, v in [("num_sequences", num_sequences), ("num_timesteps", num_timesteps)]:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -431,6 +534,10 @@ class MultimodalHMM(MultimodalModel):
                 m: self.emissions[m].sample_at(latents["shared"], latents[m], generator=gen)
                 for m in self.modalities
             }
+            for m in self.fault_modalities:
+                faulty = latents[fault_chain_name(m)].bool()
+                junk = self.fault_backgrounds[m].sample((N, T), generator=gen)
+                obs[m] = torch.where(faulty[..., None], junk.to(obs[m]), obs[m])
         return MultimodalData(obs), latents
 
     # ------------------------------------------------------------------ parameters, I/O
@@ -448,7 +555,8 @@ class MultimodalHMM(MultimodalModel):
     def from_params(
         cls, params: HMMParams, emission="diag", concentration: float = 1.5
     ) -> "MultimodalHMM":
-        """Build a model from an :class:`HMMParams` (inverse of :attr:`params`)."""
+        """Build a model from an :class:`HMMParams` (inverse of :attr:`params`); the modalities
+        in ``params.fault_initial_probs`` get fault chains (``sensor_faults``)."""
         params_io.check_structure(params)
         obs_dims, private = {}, {}
         emission = (
@@ -468,10 +576,24 @@ class MultimodalHMM(MultimodalModel):
                 if "scale_tril" in e and kinds.get(m) is None:
                     emission[m] = "full"
             private[m] = params.private_initial_probs[m].shape[0]
+        faults = params.fault_initial_probs or params.fault_backgrounds or {}
+        if not isinstance(faults, Mapping):
+            raise TypeError(
+                f"params.fault_initial_probs: expected a dict modality -> tensor or None, got "
+                f"{faults!r}"
+            )
         model = cls(
-            obs_dims, params.shared_initial_probs.shape[0], private, emission, concentration
+            obs_dims,
+            params.shared_initial_probs.shape[0],
+            private,
+            emission,
+            concentration,
+            sensor_faults=[m for m in obs_dims if m in faults],
         )
         model = model.to(
             dtype=params.shared_initial_probs.dtype, device=params.shared_initial_probs.device
         )
-        return params_io.set_params(model, params, complete=True)
+        model = params_io.set_params(model, params, complete=True)
+        if params.fault_backgrounds is None:
+            model.fit_fault_background()
+        return model

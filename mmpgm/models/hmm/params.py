@@ -25,6 +25,11 @@ class HMMParams(NamedTuple):
         ``probs`` for ``"categorical"``).
     emission_kinds : dict modality -> the observation model's name (``"diag"``, ``"full"``,
         ``"categorical"``), or None to infer it from the keys of ``emissions``.
+    fault_initial_probs : dict modality -> ``(2,)`` (ok, faulty) start of each fault chain
+        (``sensor_faults``), or None.
+    fault_transition_probs : dict modality -> ``(2, 2)`` fault-chain transitions, or None.
+    fault_backgrounds : dict modality -> ``{"loc": (D,), "scale": (D,)}`` of each background
+        density (Cauchy per dimension), or None (then fitted to the emissions' moments).
     """
 
     shared_initial_probs: torch.Tensor
@@ -33,6 +38,9 @@ class HMMParams(NamedTuple):
     private_transition_probs: dict
     emissions: dict
     emission_kinds: dict | None = None
+    fault_initial_probs: dict | None = None
+    fault_transition_probs: dict | None = None
+    fault_backgrounds: dict | None = None
 
 
 def get_params(model) -> HMMParams:
@@ -58,6 +66,23 @@ def get_params(model) -> HMMParams:
             for m in model.modalities
         },
         emission_kinds={m: model.emissions[m].kind for m in model.modalities},
+        fault_initial_probs={
+            m: model.fault_chains[m].initial_probs.detach().clone() for m in model.fault_modalities
+        }
+        or None,
+        fault_transition_probs={
+            m: model.fault_chains[m].transition_probs.detach().clone()
+            for m in model.fault_modalities
+        }
+        or None,
+        fault_backgrounds={
+            m: {
+                "loc": model.fault_backgrounds[m].loc.clone(),
+                "scale": model.fault_backgrounds[m].scale.clone(),
+            }
+            for m in model.fault_modalities
+        }
+        or None,
     )
 
 
@@ -186,6 +211,7 @@ def set_params(model, params: HMMParams, *, complete: bool = False):
                     )
             if k == "probs":
                 check_probabilities(name, v)
+    _check_faults(model, params)
     p = model._param()
     conv = dict(device=p.device, dtype=p.dtype)
     with torch.no_grad():
@@ -196,4 +222,64 @@ def set_params(model, params: HMMParams, *, complete: bool = False):
             model.private_chains[m].transition_probs = params.private_transition_probs[m].to(**conv)
             for k, v in params.emissions[m].items():
                 setattr(model.emissions[m], k, v.to(**conv))
+        for m in model.fault_modalities:
+            if params.fault_initial_probs is not None:
+                model.fault_chains[m].set_probs(
+                    params.fault_initial_probs[m].to(**conv),
+                    params.fault_transition_probs[m].to(**conv),
+                )
+            if params.fault_backgrounds is not None:
+                bg = model.fault_backgrounds[m]
+                bg.loc = params.fault_backgrounds[m]["loc"].to(**conv)
+                bg.scale = params.fault_backgrounds[m]["scale"].to(**conv)
     return model
+
+
+def _check_faults(model, params: HMMParams) -> None:
+    """The fault-chain entries of ``params``: for exactly the model's fault modalities (or
+    None), probabilities inside the chains' floors, backgrounds finite with positive scales."""
+    names = list(model.fault_modalities)
+    tables = {
+        "params.fault_initial_probs": params.fault_initial_probs,
+        "params.fault_transition_probs": params.fault_transition_probs,
+        "params.fault_backgrounds": params.fault_backgrounds,
+    }
+    for label, table in tables.items():
+        if table is None:
+            continue
+        if not isinstance(table, Mapping):
+            raise TypeError(f"{label}: expected a dict modality -> tensor or None, got {table!r}")
+        if sorted(table) != sorted(names):
+            raise ValueError(
+                f"{label}: expected entries for the fault modalities {names} (sensor_faults), "
+                f"got {sorted(table)}"
+            )
+    if (params.fault_initial_probs is None) != (params.fault_transition_probs is None):
+        raise ValueError(
+            "params.fault_initial_probs, params.fault_transition_probs: give both or neither"
+        )
+    for m in names:
+        if params.fault_initial_probs is not None:
+            name = f"params.fault_initial_probs[{m!r}]"
+            init = _tensor(name, params.fault_initial_probs[m], (2,))
+            check_probabilities(name, init)
+            name = f"params.fault_transition_probs[{m!r}]"
+            trans = _tensor(name, params.fault_transition_probs[m], (2, 2))
+            check_probabilities(name, trans)
+            model.fault_chains[m].check_probs(f"params.fault chain of {m!r}", init, trans)
+        if params.fault_backgrounds is not None:
+            bg = params.fault_backgrounds[m]
+            if not isinstance(bg, Mapping) or set(bg) != {"loc", "scale"}:
+                raise ValueError(
+                    f"params.fault_backgrounds[{m!r}]: expected a dict with 'loc' and 'scale', "
+                    f"got {bg!r}"
+                )
+            D = model.fault_backgrounds[m].loc.shape
+            for k in ("loc", "scale"):
+                name = f"params.fault_backgrounds[{m!r}][{k!r}]"
+                check_finite(name, _tensor(name, bg[k], tuple(D)))
+            if bool((bg["scale"] <= 0).any()):
+                raise ValueError(
+                    f"params.fault_backgrounds[{m!r}]['scale']: expected positive scales, got "
+                    f"min {float(bg['scale'].min()):.3g}"
+                )
