@@ -86,6 +86,14 @@ class CorruptionConfig:
     audio_seg_range: tuple | None = None
     patch_side_range: tuple = (50, 150)
     patch_seg_range: tuple = (20, 30)
+    # training-time augmentation (issue 12): drawn per utterance from a second random stream
+    # of (seed, utterance id), so the defaults leave every earlier corpus unchanged
+    noise_kinds: tuple | None = None  # one kind per utterance from these (overrides audio_noise)
+    snr_range: tuple | None = None  # SNR (dB) uniform in [lo, hi] per utterance (overrides snr_db)
+    gain_db_range: tuple | None = None  # random gain of the (noisy) waveform, anti-clip rescaled
+    patch_shapes: tuple = ("square",)  # one shape per utterance (mmpgm.features.corrupt)
+    patch_brightness_range: tuple = (0, 255)
+    babble_dir: str | None = None  # babble from the .wav files here (voices not in the corpus)
 
     @classmethod
     def coerce(cls, c):
@@ -105,7 +113,42 @@ class CorruptionConfig:
         if self.audio_noise is not None and self.audio_noise not in NOISE_KINDS:
             raise ValueError(f"audio_noise must be None or one of {NOISE_KINDS}, "
                              f"got {self.audio_noise!r}")
+        from mmpgm.features.corrupt import PATCH_SHAPES
+
+        if self.noise_kinds is not None:
+            self.noise_kinds = tuple(self.noise_kinds)
+            bad = [k for k in self.noise_kinds if k not in NOISE_KINDS]
+            if not self.noise_kinds or bad:
+                raise ValueError(f"noise_kinds: expected a non-empty list from {NOISE_KINDS}, "
+                                 f"got {self.noise_kinds!r}")
+        self.patch_shapes = ((self.patch_shapes,) if isinstance(self.patch_shapes, str)
+                             else tuple(self.patch_shapes))
+        bad = [k for k in self.patch_shapes if k not in PATCH_SHAPES]
+        if not self.patch_shapes or bad:
+            raise ValueError(f"patch_shapes: expected a non-empty list from {PATCH_SHAPES}, "
+                             f"got {self.patch_shapes!r}")
+        for name in ("snr_range", "gain_db_range", "patch_brightness_range"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 2 or not float(v[0]) <= float(v[1])):
+                raise ValueError(f"{name}: expected (lo, hi) with lo <= hi, got {v!r}")
+        if self.babble_dir is not None and not Path(self.babble_dir).is_dir():
+            raise ValueError(f"babble_dir: expected a directory of .wav files, "
+                             f"got {self.babble_dir!r}")
         return self
+
+    def draw(self, rng):
+        """The per-utterance choices ``(noise kind or None, snr_db, patch shape)`` from ``rng``
+        (the augmentation stream; nothing is drawn for fixed settings)."""
+        kind = self.audio_noise
+        if self.noise_kinds is not None:
+            kind = self.noise_kinds[int(rng.integers(len(self.noise_kinds)))]
+        snr = self.snr_db
+        if self.snr_range is not None:
+            snr = float(rng.uniform(float(self.snr_range[0]), float(self.snr_range[1])))
+        shape = self.patch_shapes[0]
+        if len(self.patch_shapes) > 1:
+            shape = self.patch_shapes[int(rng.integers(len(self.patch_shapes)))]
+        return kind, snr, shape
 
 
 @dataclass
@@ -223,6 +266,44 @@ def _utt_rng(seed, uid):
     return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(uid.encode())]))
 
 
+def corrupt_clip(y, frames, box, cc, rng, aug_rng, T, babble=(), root="."):
+    """The corruptions of one clip, in the order of the preparation: the video patch (from
+    ``rng``), the audio noise (``rng``), the gain (``aug_rng``); the per-utterance choices of
+    the augmentation (noise kind, SNR, patch shape: :meth:`CorruptionConfig.draw`) come from
+    ``aug_rng`` first. ``babble``: paths of the babble sources. Returns ``(y, frames,
+    video_indicator, audio_indicator, records)``; also used to rebuild the noisy waveforms
+    (``benchmarks/av_speech_activity.py``)."""
+    from mmpgm.features import audio as fa
+    from mmpgm.features import corrupt as fc
+
+    kind, snr, shape = cc.draw(aug_rng)
+    records = []
+    vind = np.zeros(len(frames), dtype=bool)
+    if cc.video_patch:
+        frames, vind, rec = fc.corrupt_video(frames, rng, side_range=cc.patch_side_range,
+                                             seg_range=cc.patch_seg_range, region=box.as_tuple(),
+                                             brightness_range=cc.patch_brightness_range,
+                                             shape=shape)
+        records.append(rec)
+    aind = np.zeros(T, dtype=bool)
+    if kind is not None:
+        sources = None
+        if kind == "babble":
+            sources = [fa.load_audio(p) for p in babble]
+            if not sources:
+                raise ValueError("babble noise needs utterances of other speakers in the corpus "
+                                 "(or babble_dir)")
+        y, aind, rec = fc.corrupt_audio(y, rng, kind, snr, n_frames=T,
+                                        babble_sources=sources, seg_range=cc.audio_seg_range)
+        if kind == "babble":
+            rec["babble_files"] = [os.path.relpath(p, root) for p in babble]
+        records.append(rec)
+    if cc.gain_db_range is not None:
+        y, rec = fc.apply_gain(y, aug_rng, cc.gain_db_range)
+        records.append(rec)
+    return y, frames, vind, aind, records
+
+
 def process_utterance(task):
     """Features, labels and records for one utterance (runs in a worker).
 
@@ -240,7 +321,6 @@ def process_utterance(task):
 def _process(task):
     from data_prep.synth_grid import parse_align
     from mmpgm.features import audio as fa
-    from mmpgm.features import corrupt as fc
     from mmpgm.features import video as fv
 
     u = Utterance(**task["utt"])
@@ -272,23 +352,9 @@ def _process(task):
             f"max_video_pad={task['max_video_pad']} frames missing (truncated video?)")
     box = fv.detect_face(frames[0])
 
-    vind = np.zeros(len(frames), dtype=bool)
-    if cc.video_patch:
-        frames, vind, rec = fc.corrupt_video(frames, rng, side_range=cc.patch_side_range,
-                                             seg_range=cc.patch_seg_range, region=box.as_tuple())
-        records.append(rec)
-    aind = np.zeros(T, dtype=bool)
-    if cc.audio_noise is not None:
-        sources = None
-        if cc.audio_noise == "babble":
-            sources = [fa.load_audio(p) for p in task["babble"]]
-            if not sources:
-                raise ValueError("babble noise needs utterances of other speakers in the corpus")
-        y, aind, rec = fc.corrupt_audio(y, rng, cc.audio_noise, cc.snr_db, n_frames=T,
-                                        babble_sources=sources, seg_range=cc.audio_seg_range)
-        if cc.audio_noise == "babble":
-            rec["babble_files"] = [os.path.relpath(p, task["root"]) for p in task["babble"]]
-        records.append(rec)
+    y, frames, vind, aind, records = corrupt_clip(y, frames, box, cc, rng,
+                                                  _utt_rng(task["seed"] + 104729, u.uid), T,
+                                                  task["babble"], task["root"])
 
     audio = fa.audio_features(y, fa.SAMPLE_RATE, kind=task["audio_kind"])
     assert audio.shape[0] == T
@@ -303,13 +369,21 @@ def _process(task):
     vmask = np.ones(T, dtype=bool)
     if padded:
         vmask[T - padded:] = False
+    feats = {"audio": audio, "image": vfeats["image"], "flow": vfeats["flow"]}
+    if task.get("normalize", "none") == "running":
+        from mmpgm.features.normalize import running_normalize
+
+        decay = float(task.get("normalize_decay", 0.98))
+        for key, mk in (("audio", None), ("image", vmask), ("flow", vmask)):
+            feats[key] = running_normalize(feats[key].astype(np.float64), mk,
+                                           decay=decay).astype(np.float32)
     info.update(vinfo)
     info["n_audio_frames"] = T
     info["align_end_frame"] = align_end_frame
     if not box.found:
         info["warning"] = "no face detected in the first frame; centred box used"
     return {
-        "audio": audio, "image": vfeats["image"], "flow": vfeats["flow"],
+        "audio": feats["audio"], "image": feats["image"], "flow": feats["flow"],
         "video_mask": vmask, "speech": speech_labels(align, T),
         "video_corrupted": vind.astype(np.int64), "audio_corrupted": aind.astype(np.int64),
         "length": T, "info": info, "records": records, "targets": targets,
@@ -350,9 +424,27 @@ def _babble_for(utts, i, rng_seed, n):
     return [utts[others[int(k)]].audio for k in sorted(pick)]
 
 
+def babble_paths(cc, utts, i, seed):
+    """Babble sources of utterance ``i``: ``cc.n_babble`` files of ``cc.babble_dir`` (voices
+    outside the corpus) when set, else utterances of the corpus's other speakers; [] when the
+    corruption never uses babble."""
+    kinds = cc.noise_kinds if cc.noise_kinds is not None else (cc.audio_noise,)
+    if "babble" not in kinds:
+        return []
+    if cc.babble_dir is None:
+        return _babble_for(utts, i, seed, cc.n_babble)
+    files = sorted(str(p) for p in Path(cc.babble_dir).glob("*.wav"))
+    if not files:
+        raise ValueError(f"babble_dir {cc.babble_dir}: no .wav file")
+    r = _utt_rng(seed + 7919, utts[i].uid)
+    pick = r.choice(len(files), size=min(cc.n_babble, len(files)), replace=False)
+    return [files[int(k)] for k in sorted(pick)]
+
+
 def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = False,
                  corruption=None, seed: int = 0, progress: bool = True, audio_kind: str = "stft",
-                 max_video_pad: int = 25, mp_context: str | None = None, targets=()):
+                 max_video_pad: int = 25, mp_context: str | None = None, targets=(),
+                 normalize: str = "none", normalize_decay: float = 0.98):
     """Prepare the GRID-layout corpus at ``root`` into ``out_path`` (``.npz``).
 
     ``workers`` processes (1 = in this process); ``shard`` ``"i/n"`` takes every
@@ -372,13 +464,23 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
     ``audio_noise``, or frames the ``audio_seg_range`` segment does not reach), NaN past the
     clip's length (as -1 for the integer labels); the target of
     ``GatedMixture(head="ratio_mask")``.
+    ``normalize``: ``"none"`` (default) or ``"running"``: every stream of every clip goes through
+    :func:`mmpgm.features.normalize.running_normalize` (causal per-utterance running mean and
+    variance, ``normalize_decay`` = its ``decay``; video padding frames excluded), which makes
+    the log-spectral audio features gain-invariant and removes each recording's own levels.
     Raises :class:`PrepError` listing failed files unless ``skip_bad``.
     Returns a summary dict.
     """
     from mmpgm.features.audio import FEATURE_KINDS
+    from mmpgm.features.normalize import NORMALIZATIONS
 
     if audio_kind not in FEATURE_KINDS:
         raise ValueError(f"audio_kind must be one of {FEATURE_KINDS}, got {audio_kind!r}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize: expected one of {NORMALIZATIONS}, got {normalize!r}")
+    if (isinstance(normalize_decay, bool) or not isinstance(normalize_decay, (int, float))
+            or not 0 < normalize_decay <= 1):
+        raise ValueError(f"normalize_decay: expected a number in (0, 1], got {normalize_decay!r}")
     t0 = time.time()
     cc = CorruptionConfig.coerce(corruption).validate()
     targets = check_targets(targets)
@@ -391,10 +493,11 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
     tasks = []
     for i in idx:
         u = all_utts[i]
-        babble = _babble_for(all_utts, i, seed, cc.n_babble) if cc.audio_noise == "babble" else []
+        babble = babble_paths(cc, all_utts, i, seed)
         tasks.append({"utt": asdict(u), "seed": seed, "corruption": asdict(cc), "babble": babble,
                       "audio_kind": audio_kind, "max_video_pad": int(max_video_pad),
-                      "root": str(root), "targets": targets})
+                      "root": str(root), "targets": targets, "normalize": normalize,
+                      "normalize_decay": float(normalize_decay)})
 
     from tqdm.auto import tqdm
 
@@ -476,7 +579,8 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
     config = {"root": str(root), "shard": f"{si}/{sn}", "seed": seed,
               "corruption": asdict(cc), "audio_kind": audio_kind,
               "max_video_pad": max_video_pad, "n_total_in_corpus": len(all_utts),
-              "targets": list(targets),
+              "targets": list(targets), "normalize": normalize,
+              "normalize_decay": float(normalize_decay),
               "frame_rate": 25, "audio_sample_rate": 16000, "stft_window": 1024, "stft_hop": 640}
     arr["meta/utterance_id"] = np.array(ok, dtype=str)
     arr["meta/speaker_id"] = np.array([by_uid[u].speaker for u in ok], dtype=str)
@@ -518,15 +622,39 @@ def main(argv=None) -> int:
     p.add_argument("--irm", action="store_true",
                    help="also store labels/irm (N, T, 513): the ideal ratio mask of the clean "
                         "audio against the added noise, the speech-enhancement target")
+    p.add_argument("--normalize", default="none", choices=["none", "running"],
+                   help="causal per-utterance running mean/variance normalization of every "
+                        "stream (mmpgm.features.normalize.running_normalize)")
+    p.add_argument("--normalize-decay", type=float, default=0.98,
+                   help="decay of the running statistics (time constant 1/(1-decay) frames)")
+    p.add_argument("--noise-kinds", default=None,
+                   help="augmentation: comma-separated noise kinds, one drawn per utterance "
+                        "(overrides --audio-noise)")
+    p.add_argument("--snr-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="augmentation: SNR uniform in [LO, HI] dB per utterance")
+    p.add_argument("--gain-db-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="augmentation: random waveform gain in dB (rescaled against clipping)")
+    p.add_argument("--patch-shapes", default="square",
+                   help="comma-separated patch shapes (square, rect, ellipse), one per utterance")
+    p.add_argument("--babble-dir", default=None,
+                   help="babble from the .wav files of this folder (voices not in the corpus)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     corruption = {"audio_noise": None if a.audio_noise == "none" else a.audio_noise,
-                  "snr_db": a.snr, "video_patch": a.video_patch}
+                  "snr_db": a.snr, "video_patch": a.video_patch,
+                  "noise_kinds": None if a.noise_kinds is None else tuple(
+                      k.strip() for k in a.noise_kinds.split(",") if k.strip()),
+                  "snr_range": None if a.snr_range is None else tuple(a.snr_range),
+                  "gain_db_range": None if a.gain_db_range is None else tuple(a.gain_db_range),
+                  "patch_shapes": tuple(k.strip() for k in a.patch_shapes.split(",")
+                                        if k.strip()),
+                  "babble_dir": a.babble_dir}
     try:
         s = prepare_grid(a.root, a.out, workers=a.workers, shard=a.shard, skip_bad=a.skip_bad,
                          corruption=corruption, seed=a.seed, progress=not a.no_progress,
                          audio_kind=a.audio_kind, max_video_pad=a.max_video_pad,
-                         targets=("irm",) if a.irm else ())
+                         targets=("irm",) if a.irm else (), normalize=a.normalize,
+                         normalize_decay=a.normalize_decay)
     except (PrepError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -65,8 +65,36 @@ VOICES = [
     ("en+f2", 70, 175),
 ]
 
-__all__ = ["make_synth_grid", "sentence_to_id", "random_sentence", "synth_sentence",
-           "render_video", "base_face_image", "parse_align", "write_align", "main",
+# Corpus variants (issue 12): every experiment can be trained on one corpus and scored on one
+# made differently. Voice lists are disjoint across variants and from BABBLE_VOICES["A"].
+#   speakers: (espeak-ng voice[+variant], pitch, words per minute)
+#   face: "astronaut" (scikit-image), "grace_hopper" (matplotlib's sample photograph) or
+#         "astronaut_wide" (the astronaut photo, wider crop, darker and tinted)
+#   peak: waveform peak range (uniform per clip); sample_rate of the .wav files written;
+#   gaps: word gap range (s); mouth / motion: scale of the mouth opening / head motion
+VARIANTS = {
+    "A": dict(speakers=VOICES, face="astronaut", peak=(0.7, 0.7), sample_rate=None,
+              gaps=(0.03, 0.09), mouth=1.0, motion=1.0),
+    "B": dict(speakers=[("en-gb-x-rp+paul", 45, 150), ("en-us-nyc+Annie", 62, 195),
+                        ("en-gb-x-gbclan", 30, 160), ("en-gb-x-gbcwmd+belinda", 72, 185),
+                        ("en-us+Gene", 40, 200), ("en+travis", 55, 140),
+                        ("en+shelby", 68, 170), ("en-gb-x-rp+quincy", 35, 180)],
+              face="grace_hopper", peak=(0.1, 0.5), sample_rate=16000, gaps=(0.05, 0.15),
+              mouth=0.75, motion=1.5),
+    "C": dict(speakers=[("en+Alex", 50, 165), ("en+Michael", 38, 185), ("en-us+ed", 60, 150),
+                        ("en+grandpa", 30, 145), ("en+max", 58, 190), ("en+john", 44, 175),
+                        ("en+norbert", 52, 160), ("en+Storm", 66, 180)],
+              face="astronaut_wide", peak=(0.2, 0.9), sample_rate=22050, gaps=(0.02, 0.06),
+              mouth=1.2, motion=1.25),
+}
+#: Voices of the babble-only utterances written with ``babble_utterances`` (not speakers of any
+#: variant): babble "of voices not in the training set" for training-time augmentation.
+BABBLE_VOICES = [("en+Andy", 50, 170), ("en+linda", 65, 175), ("en-us+Mike", 40, 180),
+                 ("en+robert", 35, 160), ("en+steph", 70, 170), ("en+david", 45, 185)]
+
+__all__ = ["make_synth_grid", "VARIANTS", "BABBLE_VOICES", "FACES", "sentence_to_id",
+           "random_sentence", "synth_sentence", "render_video", "base_face_image", "parse_align",
+           "write_align", "main",
            "GRAMMAR", "VOICES", "UNITS_PER_SECOND"]
 
 
@@ -130,7 +158,8 @@ def _trim(y, sr, rel_db=-35.0, margin_s=0.005):
     return y[a:b]
 
 
-def synth_sentence(words, voice, pitch, speed, rng, duration=3.0, tmpdir=None, cache=None):
+def synth_sentence(words, voice, pitch, speed, rng, duration=3.0, tmpdir=None, cache=None,
+                   gaps=(0.03, 0.09), peak=0.7):
     """Synthesise ``words`` word by word and lay them out in a ``duration``-second clip.
 
     Returns ``(waveform float32, sr, alignment)`` with alignment a list of
@@ -156,8 +185,8 @@ def synth_sentence(words, voice, pitch, speed, rng, duration=3.0, tmpdir=None, c
                 raise SynthError("espeak-ng sample rate changed between words")
             segs.append(seg)
         total = int(round(duration * sr))
-        gaps = [int(rng.uniform(0.03, 0.09) * sr) for _ in range(len(words) - 1)]
-        speech = sum(len(s) for s in segs) + sum(gaps)
+        gaps_n = [int(rng.uniform(*gaps) * sr) for _ in range(len(words) - 1)]
+        speech = sum(len(s) for s in segs) + sum(gaps_n)
         min_lead, min_tail = int(0.2 * sr), int(0.2 * sr)
         if speech + min_lead + min_tail <= total:
             break
@@ -173,13 +202,13 @@ def synth_sentence(words, voice, pitch, speed, rng, duration=3.0, tmpdir=None, c
         out[pos:pos + len(seg)] = seg
         align.append((u(pos), u(pos + len(seg)), w))
         pos += len(seg)
-        if i < len(gaps):
-            align.append((u(pos), u(pos + gaps[i]), "sp"))
-            pos += gaps[i]
+        if i < len(gaps_n):
+            align.append((u(pos), u(pos + gaps_n[i]), "sp"))
+            pos += gaps_n[i]
     align.append((u(pos), u(total), "sil"))
-    peak = np.abs(out).max()
-    if peak > 0:
-        out *= 0.7 / peak
+    top = np.abs(out).max()
+    if top > 0:
+        out *= peak / top
     return out, sr, align
 
 
@@ -210,18 +239,43 @@ def parse_align(path):
 
 # --------------------------------------------------------------------------- video
 
-def base_face_image(speaker_index: int = 0):
-    """The scikit-image astronaut photo cropped to the face, 360x288 BGR uint8,
-    varied per speaker (mirrored for odd indices, colour gains)."""
-    import cv2
-    from skimage import data as skdata
+FACES = ("astronaut", "grace_hopper", "astronaut_wide")
 
-    img = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
-    crop = img[20:212, 105:345]  # 240x192 around the face, aspect 5:4
+
+def base_face_image(speaker_index: int = 0, face: str = "astronaut"):
+    """A real face photograph that a Python package ships, cropped to the face, 360x288 BGR
+    uint8, varied per speaker (mirrored for odd indices, colour gains).
+
+    ``face``: ``"astronaut"`` (scikit-image's ``data.astronaut()``, corpus A),
+    ``"grace_hopper"`` (matplotlib's ``sample_data/grace_hopper.jpg``, corpus B; another
+    person, another camera, a black-and-white-era portrait) or ``"astronaut_wide"`` (the
+    astronaut, a wider crop so the face is smaller, darker, with a cold tint; corpus C).
+    Nothing is downloaded."""
+    import cv2
+
+    if face not in FACES:
+        raise ValueError(f"face: expected one of {FACES}, got {face!r}")
+    if face == "grace_hopper":
+        import matplotlib.cbook as cbook
+
+        img = cv2.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+        if img is None:
+            raise SynthError("matplotlib's sample_data/grace_hopper.jpg could not be read")
+        crop = img[50:370, 64:464]  # 400x320 around the face (Haar box 149,100,231,231)
+    else:
+        from skimage import data as skdata
+
+        img = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
+        if face == "astronaut":
+            crop = img[20:212, 105:345]  # 240x192 around the face, aspect 5:4
+        else:
+            crop = img[0:240, 75:375]  # 300x240: the face smaller in the frame
     base = cv2.resize(crop, FRAME_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
+    if face == "astronaut_wide":
+        base = np.clip(base * np.array([1.1, 0.9, 0.75]) * 0.8, 0, 255)
     if speaker_index % 2 == 1:
         base = base[:, ::-1]
-    r = np.random.default_rng(1000 + speaker_index)
+    r = np.random.default_rng(1000 + speaker_index + 97 * FACES.index(face))
     gains = 1.0 + (r.uniform(-0.12, 0.12, 3) if speaker_index else np.zeros(3))
     base = np.clip(base * gains, 0, 255)
     return np.ascontiguousarray(base.astype(np.uint8))
@@ -233,15 +287,17 @@ def _smooth_path(rng, T, knots_every, scale):
     return np.interp(np.arange(T), np.arange(n) * knots_every, k)
 
 
-def render_video(base, face_box, openness, rng, head_motion=True):
+def render_video(base, face_box, openness, rng, head_motion=True, mouth_scale=1.0,
+                 motion_scale=1.0):
     """Frames (T, H, W, 3) uint8: ``base`` with the mouth opened by ``openness``
-    (T,) in [0, 1] and smooth head jitter.  ``face_box`` is the Haar box (x, y, w, h)."""
+    (T,) in [0, 1] and smooth head jitter.  ``face_box`` is the Haar box (x, y, w, h);
+    ``mouth_scale`` / ``motion_scale`` scale the largest jaw drop and the head motion."""
     import cv2
 
     H, W = base.shape[:2]
     x, y, w, h = face_box
     cx, cy = x + 0.49 * w, y + 0.80 * h  # mouth centre relative to the Haar box
-    max_drop = 0.09 * w
+    max_drop = 0.09 * w * float(mouth_scale)
     # local ROI for the mouth/jaw deformation
     rx0, rx1 = int(max(0, cx - 0.4 * w)), int(min(W, cx + 0.4 * w))
     ry0, ry1 = int(max(0, cy - 0.2 * h)), int(min(H, cy + 0.45 * h))
@@ -253,9 +309,9 @@ def render_video(base, face_box, openness, rng, head_motion=True):
     wy = (below + above).astype(np.float32)
     T = len(openness)
     if head_motion:
-        tx = _smooth_path(rng, T, 12, 0.8)
-        ty = _smooth_path(rng, T, 12, 0.6)
-        rot = _smooth_path(rng, T, 15, 0.5)
+        tx = _smooth_path(rng, T, 12, 0.8) * motion_scale
+        ty = _smooth_path(rng, T, 12, 0.6) * motion_scale
+        rot = _smooth_path(rng, T, 15, 0.5) * motion_scale
     cavity = np.array([45, 30, 50], dtype=np.float32)
     frames = np.empty((T, H, W, 3), dtype=np.uint8)
     for t in range(T):
@@ -305,40 +361,62 @@ def _openness(y, sr, align, rng, n_frames):
 
 # --------------------------------------------------------------------------- corpus
 
-def _voice(k):
-    v, p, s = VOICES[(k - 1) % len(VOICES)]
-    cycle = (k - 1) // len(VOICES)
+def _voice(k, voices=VOICES):
+    v, p, s = voices[(k - 1) % len(voices)]
+    cycle = (k - 1) // len(voices)
     return v, int(np.clip(p + 11 * cycle, 0, 99)), s
+
+
+def _write_wav(path, y, sr, target_sr):
+    import soundfile as sf
+
+    if target_sr is not None and target_sr != sr:
+        from mmpgm.features.audio import resample
+
+        y, sr = resample(y, sr, target_sr), target_sr
+    sf.write(str(path), np.clip(y, -1.0, 1.0), sr, subtype="PCM_16")
+    return sr
 
 
 def make_synth_grid(out_dir, num_speakers: int = 3, num_utterances: int = 4, seed: int = 0,
                     duration: float = 3.0, head_motion: bool = True, drop_video_frames: int = 0,
-                    progress: bool = False):
+                    progress: bool = False, variant: str = "A", babble_utterances: int = 0):
     """Write a GRID-layout corpus of ``num_speakers`` x ``num_utterances`` clips to ``out_dir``.
 
     ``duration`` is the clip length in seconds (GRID: 3 s); ``drop_video_frames``
     removes that many frames from the end of every video (simulating the
-    shorter-video issue the paper met).  Deterministic given ``seed``.
+    shorter-video issue the paper met).  ``variant`` (:data:`VARIANTS`): ``"A"`` (the default
+    corpus), ``"B"`` or ``"C"``: other espeak-ng voices, rates and pitches, another face
+    photograph, other recording levels (random peak per clip) and sample rate, other word
+    gaps, mouth opening and head motion; every experiment can train on one and score on
+    another. ``babble_utterances``: also write that many utterances of each of
+    :data:`BABBLE_VOICES` (voices of no variant) to ``<out>/babble/`` for babble augmentation
+    (``prepare_grid(corruption={"babble_dir": ...})``); outside ``s<k>/``, so not part of the
+    corpus. Deterministic given ``seed`` and ``variant``.
     Returns the manifest dict (also written to ``<out>/synth_manifest.json``).
     """
     import cv2
-    import soundfile as sf
 
     _espeak_bin()
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {variant!r}")
+    var = VARIANTS[variant]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_frames = int(math.floor(duration * FPS + 0.5))  # same rounding as the audio frames
-    rng_master = np.random.default_rng(seed)
+    rng_master = np.random.default_rng(seed if variant == "A" else [seed, ord(variant)])
     manifest = {"seed": seed, "duration": duration, "fps": FPS, "frame_size": list(FRAME_SIZE),
-                "units_per_second": UNITS_PER_SECOND, "speakers": {}}
+                "units_per_second": UNITS_PER_SECOND, "variant": variant,
+                "variant_settings": {k: v for k, v in var.items() if k != "speakers"},
+                "speakers": {}}
     t_start = time.time()
     with tempfile.TemporaryDirectory(prefix="synthgrid_") as tmp:
         for k in range(1, num_speakers + 1):
             spk = f"s{k}"
-            voice, pitch, speed = _voice(k)
+            voice, pitch, speed = _voice(k, var["speakers"])
             (out / spk).mkdir(exist_ok=True)
             (out / "align" / spk).mkdir(parents=True, exist_ok=True)
-            base = base_face_image(k - 1)
+            base = base_face_image(k - 1, var["face"])
             import mmpgm.features.video as fv
 
             box = fv.detect_face(base)
@@ -355,11 +433,16 @@ def make_synth_grid(out_dir, num_speakers: int = 3, num_utterances: int = 4, see
                     if uid not in used:
                         break
                 used.add(uid)
-                y, sr, align = synth_sentence(words, voice, pitch, speed, rng, duration, tmp, cache)
-                sf.write(str(out / spk / f"{uid}.wav"), y, sr, subtype="PCM_16")
+                peak = var["peak"][0]
+                if var["peak"][1] != var["peak"][0]:
+                    peak = float(rng.uniform(*var["peak"]))
+                y, sr, align = synth_sentence(words, voice, pitch, speed, rng, duration, tmp, cache,
+                                              gaps=var["gaps"], peak=peak)
+                written_sr = _write_wav(out / spk / f"{uid}.wav", y, sr, var["sample_rate"])
                 write_align(out / "align" / spk / f"{uid}.align", align)
                 env, pre = _openness(y, sr, align, rng, n_frames)
-                frames = render_video(base, box.as_tuple(), env, rng, head_motion=head_motion)
+                frames = render_video(base, box.as_tuple(), env, rng, head_motion=head_motion,
+                                      mouth_scale=var["mouth"], motion_scale=var["motion"])
                 if drop_video_frames:
                     frames = frames[: max(1, n_frames - drop_video_frames)]
                 vw = cv2.VideoWriter(str(out / spk / f"{uid}.avi"),
@@ -370,11 +453,27 @@ def make_synth_grid(out_dir, num_speakers: int = 3, num_utterances: int = 4, see
                     vw.write(fr)
                 vw.release()
                 utts.append({"id": uid, "words": words, "pre_speech_motion": pre,
-                             "sample_rate": sr, "n_video_frames": len(frames)})
+                             "sample_rate": written_sr, "peak": peak,
+                             "n_video_frames": len(frames)})
                 if progress:
                     print(f"{spk}/{uid}: {' '.join(words)}", file=sys.stderr)
             manifest["speakers"][spk] = {"voice": voice, "pitch": pitch, "speed": speed,
-                                         "face_box": box.as_dict(), "utterances": utts}
+                                         "face": var["face"], "face_box": box.as_dict(),
+                                         "utterances": utts}
+        if babble_utterances:
+            (out / "babble").mkdir(exist_ok=True)
+            rng = np.random.default_rng([seed, 4242])
+            files = []
+            for voice, pitch, speed in BABBLE_VOICES:
+                cache = {}
+                for i in range(int(babble_utterances)):
+                    words = random_sentence(rng)
+                    y, sr, _ = synth_sentence(words, voice, pitch, speed, rng, duration, tmp,
+                                              cache)
+                    name = f"{voice.replace('+', '_')}_{i}.wav"
+                    _write_wav(out / "babble" / name, y, sr, None)
+                    files.append(name)
+            manifest["babble"] = {"voices": [v for v, _, _ in BABBLE_VOICES], "files": files}
     manifest["seconds"] = round(time.time() - t_start, 3)
     with open(out / "synth_manifest.json", "w") as f:
         json.dump(manifest, f, indent=1)
@@ -391,11 +490,19 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--drop-video-frames", type=int, default=0)
+    p.add_argument("--variant", default="A", choices=sorted(VARIANTS),
+                   help="A: the default corpus; B, C: other voices, rates, pitches, face photo, "
+                        "levels, sample rate, mouth and head motion (train on one, score on "
+                        "another)")
+    p.add_argument("--babble-utterances", type=int, default=0,
+                   help="also write this many utterances per babble voice (voices of no "
+                        "variant) to OUT_DIR/babble/ for babble augmentation")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     try:
         m = make_synth_grid(a.out_dir, a.speakers, a.utterances, a.seed, duration=a.duration,
-                            drop_video_frames=a.drop_video_frames, progress=not a.quiet)
+                            drop_video_frames=a.drop_video_frames, progress=not a.quiet,
+                            variant=a.variant, babble_utterances=a.babble_utterances)
     except SynthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -26,9 +26,12 @@ import numpy as np
 from .audio import FRAME_RATE, HOP, SAMPLE_RATE
 
 NOISE_KINDS = ("white", "babble", "nonstationary")
+PATCH_SHAPES = ("square", "rect", "ellipse")
 
 __all__ = [
     "NOISE_KINDS",
+    "PATCH_SHAPES",
+    "apply_gain",
     "corrupt_video",
     "corrupt_audio",
     "add_noise_at_snr",
@@ -64,8 +67,9 @@ def corrupt_video(
     seg_range=(20, 30),
     brightness_range=(0, 255),
     region=None,
+    shape: str = "square",
 ):
-    """Overlay a square patch of random brightness on a random frame segment.
+    """Overlay a patch of random brightness on a random frame segment.
 
     ``frames``: (T, H, W[, C]) uint8.  The side is drawn uniformly from
     ``side_range`` and clipped to ``min(H, W)``; the segment length from
@@ -73,9 +77,15 @@ def corrupt_video(
     ``brightness_range``.  The patch centre is uniform over ``region``
     ``(x, y, w, h)`` if given (e.g. the face box, so the patch hides the
     speaker), else over the frame; the patch is then shifted to lie inside
-    the frame.  Returns ``(corrupted copy, indicator (T,), record)``.
+    the frame.  ``shape``: ``"square"`` (default), ``"rect"`` (the square's width and height
+    multiplied by ``sqrt(r)`` and ``1/sqrt(r)``, aspect ``r`` log-uniform in [1/3, 3], clipped
+    to the frame) or ``"ellipse"`` (the disc inscribed in the square, axes of the ``"rect"``
+    draw); the extra draws come after the square's, so ``"square"`` consumes the stream as
+    before.  Returns ``(corrupted copy, indicator (T,), record)``.
     """
     _check_rng(rng)
+    if shape not in PATCH_SHAPES:
+        raise ValueError(f"shape: expected one of {PATCH_SHAPES}, got {shape!r}")
     frames = np.asarray(frames)
     T, H, W = frames.shape[:3]
     side = int(rng.integers(int(side_range[0]), int(side_range[1]) + 1))
@@ -91,19 +101,52 @@ def corrupt_video(
     y0 = int(min(max(round(cy - side / 2), 0), H - side))
     value = int(rng.integers(int(brightness_range[0]), int(brightness_range[1]) + 1))
     out = frames.copy()
-    out[start : start + length, y0 : y0 + side, x0 : x0 + side] = value
+    rec = {"type": "video_patch", "shape": shape}
+    if shape == "square":
+        out[start : start + length, y0 : y0 + side, x0 : x0 + side] = value
+        pw, ph = side, side
+    else:
+        r = math.exp(float(rng.uniform(math.log(1 / 3), math.log(3))))
+        pw = int(min(W, max(2, round(side * math.sqrt(r)))))
+        ph = int(min(H, max(2, round(side / math.sqrt(r)))))
+        x0 = int(min(max(round(cx - pw / 2), 0), W - pw))
+        y0 = int(min(max(round(cy - ph / 2), 0), H - ph))
+        if shape == "rect":
+            out[start : start + length, y0 : y0 + ph, x0 : x0 + pw] = value
+        else:
+            yy, xx = np.mgrid[0:ph, 0:pw]
+            disc = ((xx + 0.5 - pw / 2) / (pw / 2)) ** 2 + ((yy + 0.5 - ph / 2) / (ph / 2)) ** 2
+            sub = out[start : start + length, y0 : y0 + ph, x0 : x0 + pw]
+            sub[:, disc <= 1.0] = value
+        rec.update({"width": pw, "height": ph})
     ind = np.zeros(T, dtype=bool)
     ind[start : start + length] = True
-    rec = {
-        "type": "video_patch",
+    rec.update({
         "x": x0,
         "y": y0,
         "side": side,
         "brightness": value,
         "start_frame": start,
         "n_frames": length,
-    }
+    })  # fmt: skip
     return out, ind, rec
+
+
+def apply_gain(y: np.ndarray, rng: np.random.Generator, gain_db_range=(-20.0, 6.0),
+               peak: float = 0.99):
+    """Multiply the waveform by a random gain ``g`` (dB uniform in ``gain_db_range``), then by
+    ``peak / max|g y|`` where that would clip (levels rescaled against clipping, as a recording
+    chain with an automatic gain stage). Returns ``(float32 waveform, record)``."""
+    _check_rng(rng)
+    lo, hi = float(gain_db_range[0]), float(gain_db_range[1])
+    if not hi >= lo:
+        raise ValueError(f"gain_db_range: expected (lo, hi) with lo <= hi, got {gain_db_range}")
+    db = float(rng.uniform(lo, hi))
+    out = np.asarray(y, dtype=np.float64) * 10.0 ** (db / 20.0)
+    m = float(np.abs(out).max()) if out.size else 0.0
+    rescale = peak / m if m > peak else 1.0
+    return (out * rescale).astype(np.float32), {"type": "gain", "gain_db": db,
+                                               "anti_clip_rescale": rescale}
 
 
 def snr_db(signal: np.ndarray, noise: np.ndarray) -> float:
