@@ -32,6 +32,11 @@ class LDSPosterior(NamedTuple):
     block_slices : dict block -> ``(start, stop)`` into the state axis.
     pointwise_log_likelihood : ``(P, N)`` under ``P`` Laplace parameter draws (see
         :func:`mmpgm.infer`), or None.
+    fault_probs : dict modality -> ``(N, T)`` fault probabilities :math:`q(f^m_t = 1)` of the
+        modalities with ``sensor_faults`` (smoothed, filtered when ``causal``; the prior rate
+        where the modality is masked, 0 on padding), or None without sensor faults.  With
+        sensor faults the moments are those of the mean-field :math:`q(z)` and
+        ``log_likelihood`` is the variational bound.
     """
 
     means: dict
@@ -46,6 +51,7 @@ class LDSPosterior(NamedTuple):
     causal: bool
     block_slices: dict
     pointwise_log_likelihood: torch.Tensor | None = None
+    fault_probs: dict | None = None
 
     def latent_names(self) -> list:
         """Coordinate labels of the state axis: ``shared_0, .., <modality>_0, ..``."""

@@ -7,6 +7,7 @@ import torch
 from ...data import MultimodalData
 from ...ops import kalman as kops
 from ...ops.linalg import symmetrize
+from . import faults
 from .priors import emission_prior_terms
 
 
@@ -44,10 +45,26 @@ def em_step(model, data: MultimodalData) -> torch.Tensor:
       this still improves it), then :math:`Q_b` given :math:`A_b` (inverse-Wishart mode);
     * initial state: :math:`\\mu_0` the mean of the first smoothed states, :math:`P_0` the
       inverse-Wishart mode.
+
+    With ``sensor_faults`` (variational EM, :mod:`mmpgm.models.lds.faults`): the E-step is the
+    mean-field fixed point of :func:`mmpgm.ops.kalman.robust.robust_smoother` (warm-started
+    from the previous step's responsibilities on the same data object), the moments above are
+    those of :math:`q(z)`, each observed frame of a faulty modality enters its emission
+    regression with weight :math:`1 - r^m_t` (``n`` becomes :math:`\\sum_t (1 - r^m_t)`), and
+    :math:`\\rho_m = \\mathrm{clip}(\\mathrm{mean}_t\\, r^m_t, \\text{floor}, 1/2)`; the returned
+    value is the bound :math:`\\sum_n \\mathcal L_n + \\log p(\\theta)`, which no step decreases.
     """
     data = model._checked(data)
-    sm = smoothed_moments(model, data)
-    log_joint = sm.log_likelihood.sum() + model.log_prior()
+    fault_probs = {}
+    if model.fault_modalities:
+        # variational E-step (mmpgm.models.lds.faults): q(z) the reweighted exact smoother,
+        # q(f) closed form; the log joint is the bound sum_n L_n + log p(theta)
+        res, _, _ = faults.e_step(model, data, warm_start=True)
+        sm, fault_probs = res.moments, res.fault_probs
+        log_joint = res.bound.sum() + model.log_prior()
+    else:
+        sm = smoothed_moments(model, data)
+        log_joint = sm.log_likelihood.sum() + model.log_prior()
     mean, cov, cross = sm.means, sm.covs, sm.cross_covs
     N, T, S = mean.shape
     second = cov + mean[..., :, None] * mean[..., None, :]  # E[z_t z_t^T]
@@ -63,16 +80,27 @@ def em_step(model, data: MultimodalData) -> torch.Tensor:
         if n == 0:
             continue
         mz = mean[obs][:, idx]  # (n, k-1)
-        Ezz = second[obs][:, idx][:, :, idx].sum(0)
-        Ez = mz.sum(0)
         k = idx.numel() + 1
         Szz = torch.zeros(k, k, dtype=dtype, device=device)
+        if m in fault_probs:
+            # q(f)-weighted statistics: frame weight 1 - r (the expected "ok" indicator)
+            wt = 1.0 - fault_probs[m][obs]  # (n,)
+            rates_obs = fault_probs[m][obs]
+            model.faults[m].set_rate(rates_obs.mean())
+            Ezz = (wt[:, None, None] * second[obs][:, idx][:, :, idx]).sum(0)
+            Ez = (wt[:, None] * mz).sum(0)
+            xw = x * wt[:, None]
+            n = wt.sum()
+        else:
+            Ezz = second[obs][:, idx][:, :, idx].sum(0)
+            Ez = mz.sum(0)
+            xw = x
         Szz[:-1, :-1] = Ezz
         Szz[:-1, -1] = Ez
         Szz[-1, :-1] = Ez
         Szz[-1, -1] = n
-        Sxz = torch.cat([x.mT @ mz, x.sum(0)[:, None]], -1)  # (D, k)
-        Sxx = x.mT @ x
+        Sxz = torch.cat([xw.mT @ mz, xw.sum(0)[:, None]], -1)  # (D, k)
+        Sxx = xw.mT @ x
         _, lam, psi = emission_prior_terms(model, m)
         Pz = symmetrize(Szz + torch.diag(lam))
         W = torch.linalg.solve(Pz, Sxz.mT).mT  # (D, k)

@@ -3,6 +3,7 @@ sampling and parameters (the math is in the package docstring, :mod:`mmpgm.model
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import pyro
@@ -14,12 +15,13 @@ from torch import nn
 from ..._validation import check_bool, check_float
 from ...data import MultimodalData
 from ...ops import kalman as kops
+from ...ops.kalman import robust as kalman_robust
 from ...ops.linalg import symmetrize
 from ...results.lds import LDSImputation, LDSPosterior
 from .._base import MultimodalModel
 from .._checks import check_int, check_obs_dims, per_modality
 from .._savable import register
-from . import em, init, priors
+from . import em, faults, init, priors
 from . import params as params_io
 from .blocks import BlockDynamics, LinearEmission
 from .params import LDSParams
@@ -50,6 +52,26 @@ class MultimodalLDS(MultimodalModel):
     prior_noise : float
         :math:`\psi_R = \psi_Q`: scale of the inverse-Wishart / inverse-gamma noise priors
         (relative to the data variance for :math:`R`).
+    sensor_faults : bool, list of str or Mapping[str, bool]
+        Modalities with an outlier-robust observation model (``True``: all): per observed frame
+        an indicator :math:`f^m_t \sim \mathrm{Bernoulli}(\rho_m)` (iid over frames); when
+        :math:`f^m_t = 1`, :math:`x^m_t` comes from a broad background density :math:`g_m`
+        that does not depend on :math:`z` (a Cauchy per dimension around the data's median,
+        ``fault_scale`` times its robust spread), else from the usual emission.  Inference is
+        mean-field variational (:math:`q(z) q(f)`, the q(z) step the exact masked Kalman
+        smoother with frames reweighted by :math:`1 - q(f)`;
+        :mod:`mmpgm.ops.kalman.robust`), learning variational EM or SVI on the bound; the
+        model, its background and prior are in :mod:`mmpgm.models.lds.faults`.
+        :meth:`log_likelihood` is then the variational bound (<= the exact log-likelihood).
+    fault_scale : float
+        :math:`\kappa`, inflation of the background's scale (robust standard deviations).
+    fault_rate_floor : float
+        Lower bound of :math:`\rho_m` (prior: flat on ``[fault_rate_floor, 1/2]``), so that a
+        fit on clean data keeps the fault model alive.
+    fault_iters : int
+        Most mean-field updates of :math:`q(f)` per inference (per frame when causal).
+    fault_tol : float
+        Stop the updates when :math:`q(f)` changes by less than this (max over frames).
 
     Examples
     --------
@@ -74,6 +96,11 @@ class MultimodalLDS(MultimodalModel):
         max_spectral_norm: float = 0.999,
         prior_precision: float = 1e-2,
         prior_noise: float = 1e-3,
+        sensor_faults=False,
+        fault_scale: float = 2.0,
+        fault_rate_floor: float = 1e-2,
+        fault_iters: int = 20,
+        fault_tol: float = 1e-4,
     ):
         super().__init__()
         names = check_obs_dims(obs_dims)
@@ -96,6 +123,15 @@ class MultimodalLDS(MultimodalModel):
         check_float("prior_precision", prior_precision, positive=True)
         check_bool("stable", stable)
         check_float("prior_noise", prior_noise, positive=True)
+        fault_modalities = faults.resolve_sensor_faults(sensor_faults, names)
+        check_float("fault_scale", fault_scale, positive=True)
+        check_float("fault_rate_floor", fault_rate_floor, positive=True)
+        if not fault_rate_floor < 0.25:
+            raise ValueError(
+                f"fault_rate_floor: expected a float in (0, 0.25), got {fault_rate_floor!r}"
+            )
+        check_int("fault_iters", fault_iters, allow_zero=True)
+        check_float("fault_tol", fault_tol, minimum=0.0)
         self.modalities = names
         self.obs_dims = dict(obs_dims)
         self.shared_dim = shared_dim
@@ -128,6 +164,22 @@ class MultimodalLDS(MultimodalModel):
             prior_precision=float(prior_precision),
             prior_noise=float(prior_noise),
         )
+        self.fault_modalities = fault_modalities
+        self.fault_scale = float(fault_scale)
+        self.fault_rate_floor = float(fault_rate_floor)
+        self.fault_iters = int(fault_iters)
+        self.fault_tol = float(fault_tol)
+        if fault_modalities:
+            self.faults = PyroModule[nn.ModuleDict](
+                {m: faults.SensorFault(obs_dims[m], fault_rate_floor) for m in fault_modalities}
+            )
+            self._config.update(
+                sensor_faults=list(fault_modalities),
+                fault_scale=float(fault_scale),
+                fault_rate_floor=float(fault_rate_floor),
+                fault_iters=int(fault_iters),
+                fault_tol=float(fault_tol),
+            )
 
     # ------------------------------------------------------------------ structure
     def _state_index(self, modality: str) -> torch.Tensor:
@@ -194,16 +246,26 @@ class MultimodalLDS(MultimodalModel):
     # ------------------------------------------------------------------ likelihood
     def log_likelihood(self, data: MultimodalData) -> torch.Tensor:
         r"""Exact, differentiable :math:`\log p(x^{(n)}_{\text{observed}})` per sequence,
-        ``(N,)``."""
+        ``(N,)``.
+
+        With ``sensor_faults``: the variational bound :math:`\mathcal L_n \le \log p(x^{(n)})`
+        at the mean-field fixed point, differentiable in the parameters
+        (:func:`mmpgm.models.lds.faults.bound`)."""
         data = self._checked(data)
+        if self.fault_modalities:
+            return faults.bound(self, data)
         obs, mask, lengths = self._ops_inputs(data)
         return kops.kalman_log_likelihood(self.linear_gaussian_params(), obs, mask, lengths=lengths)
 
     def log_prior(self) -> torch.Tensor:
         """Log density of the weak conjugate parameter prior
         (:func:`mmpgm.models.lds.priors.log_prior`;
-        the prior is described in the package docstring)."""
-        return priors.log_prior(self)
+        the prior is described in the package docstring; with ``sensor_faults`` plus the
+        fault rates' truncated flat prior)."""
+        total = priors.log_prior(self)
+        for m in self.fault_modalities:
+            total = total + self.faults[m].log_prior()
+        return total
 
     def num_free_parameters(self) -> int:
         n = 0
@@ -216,7 +278,7 @@ class MultimodalLDS(MultimodalModel):
             n += D * (e.shared_dim + e.private_dim + 1) + (
                 D if e.noise == "diag" else D * (D + 1) // 2
             )
-        return n
+        return n + len(self.fault_modalities)
 
     # ------------------------------------------------------------------ Pyro programs
     def pyro_gaussian_hmm(self, num_timesteps: int) -> dist.GaussianHMM:
@@ -276,6 +338,11 @@ class MultimodalLDS(MultimodalModel):
             with plate:
                 pyro.factor("log_likelihood", self.log_likelihood(data))
         else:  # "gaussian_hmm"
+            if self.fault_modalities:
+                raise ValueError(
+                    "program='gaussian_hmm': not available with sensor_faults; use "
+                    "program='collapsed' (the variational bound)"
+                )
             if not all(bool(data.mask[m].all()) for m in self.modalities):
                 raise ValueError(
                     "program='gaussian_hmm': needs fully observed, equal-length data; "
@@ -288,8 +355,19 @@ class MultimodalLDS(MultimodalModel):
     # ------------------------------------------------------------------ initialization
     def init_from_data(self, data: MultimodalData, seed: int = 0) -> None:
         """Data-driven start that respects the shared/private structure
-        (:func:`mmpgm.models.lds.init.init_from_data`)."""
-        return init.init_from_data(self, data, seed)
+        (:func:`mmpgm.models.lds.init.init_from_data`).
+
+        With ``sensor_faults``: first the backgrounds (:func:`mmpgm.models.lds.faults.
+        fit_background`), then the start on the data with gross outliers of the faulty
+        modalities masked (robust z-score above 8, :func:`mmpgm.models.lds.faults.robust_mask`),
+        and the fault rates reset to 0.05."""
+        if not self.fault_modalities:
+            return init.init_from_data(self, data, seed)
+        data = self._checked(data)
+        faults.fit_background(self, data)
+        init.init_from_data(self, faults.robust_mask(self, data), seed)
+        for m in self.fault_modalities:
+            self.faults[m].set_rate(0.05)
 
     # ------------------------------------------------------------------ EM
     def em_step(self, data: MultimodalData) -> torch.Tensor:
@@ -319,10 +397,19 @@ class MultimodalLDS(MultimodalModel):
         Smoothed (RTS) moments, or filtered ones with ``causal=True``; ``num_samples`` joint
         state paths by forward-filter backward-sample (``seed`` makes them reproducible); the
         joint mode (``map_path``) is the smoothed mean.
+
+        With ``sensor_faults`` the moments, draws and mode are those of the mean-field
+        :math:`q(z)` (:mod:`mmpgm.ops.kalman.robust`; ``causal=True``: the frame-by-frame
+        fixed point of :func:`~mmpgm.ops.kalman.robust.robust_filter`), ``log_likelihood`` is the
+        variational bound, and ``fault_probs`` holds :math:`q(f^m_t = 1)` per faulty modality
+        ``(N, T)`` (smoothed, or filtered when ``causal``; the prior rate where the modality is
+        masked, 0 on padding).
         """
         if not isinstance(num_samples, int) or num_samples < 0:
             raise ValueError(f"num_samples: expected a non-negative int, got {num_samples!r}")
         data = self._checked(data)
+        if self.fault_modalities:
+            return self._fault_posterior(data, causal, num_samples, seed, map_path)
         obs, mask, lengths = self._ops_inputs(data)
         with torch.no_grad():
             lg = self.linear_gaussian_params()
@@ -359,11 +446,56 @@ class MultimodalLDS(MultimodalModel):
             pointwise_log_likelihood=None,
         )
 
+    def _fault_posterior(self, data, causal, num_samples, seed, map_path) -> LDSPosterior:
+        obs, mask, lengths = self._ops_inputs(data)
+        kw = dict(num_iters=self.fault_iters, tol=self.fault_tol)
+        with torch.no_grad():
+            lg = self.linear_gaussian_params()
+            lb, rates = faults.fault_inputs(self, data)
+            rates = {m: v.detach() for m, v in rates.items()}
+            sm = None
+            if map_path or not causal or num_samples:
+                sm = kalman_robust.robust_smoother(lg, obs, mask, lb, rates, lengths, **kw)
+            if causal:
+                fr = kalman_robust.robust_filter(lg, obs, mask, lb, rates, lengths, **kw)
+                mean, cov, cross = fr.moments.means, fr.moments.covs, None
+                ll, r = fr.bound, fr.fault_probs
+            else:
+                mean, cov, cross = sm.moments.means, sm.moments.covs, sm.moments.cross_covs
+                ll, r = sm.bound, sm.fault_probs
+            samples = None
+            if num_samples:
+                gen = torch.Generator(device=mean.device)
+                gen.manual_seed(int(torch.randint(2**31, (1,))) if seed is None else seed)
+                w = {m: 1.0 - v for m, v in sm.fault_probs.items()}
+                filt = kalman_robust.reweighted_filter(lg, obs, mask, w, lengths)
+                samples = kalman_robust.sample_from_filter(
+                    lg.transition_matrix, filt, num_samples, generator=gen
+                )
+        means, covs = self._split_blocks(mean, cov)
+        return LDSPosterior(
+            means=means,
+            covs=covs,
+            state_mean=mean,
+            state_cov=cov,
+            cross_covs=cross,
+            map=sm.moments.means if map_path else None,
+            samples=samples,
+            log_likelihood=ll,
+            lengths=data.lengths,
+            causal=causal,
+            block_slices=dict(self.block_slices),
+            pointwise_log_likelihood=None,
+            fault_probs=faults.fault_outputs(self, data, r),
+        )
+
     def impute(self, data: MultimodalData, modality: str) -> LDSImputation:
         r"""Posterior predictive of ``modality`` from the other modalities.
 
         Every frame of ``modality`` is masked out, the states are smoothed on the others, and
         :math:`p(x^m_t \mid x^{-m}) = \mathcal N(C^m m_t + d^m, C^m P_t C^{m\top} + R_m)`.
+        With ``sensor_faults`` the states are the mean-field :math:`q(z)` given the others
+        (their faulty frames down-weighted) and the prediction is that of a working sensor.
         """
         if modality not in self.modalities:
             raise ValueError(
@@ -373,7 +505,10 @@ class MultimodalLDS(MultimodalModel):
         obs, mask, lengths = self._ops_inputs(data, exclude=(modality,))
         with torch.no_grad():
             lg = self.linear_gaussian_params()
-            sm = kops.rts_smoother(lg, obs, mask, lengths=lengths)
+            if self.fault_modalities:
+                sm = faults.e_step(self, data, exclude=(modality,))[0].moments
+            else:
+                sm = kops.rts_smoother(lg, obs, mask, lengths=lengths)
             C = lg.emission_matrices[modality]
             mean = sm.means @ C.mT + lg.emission_offsets[modality]
             covariance = symmetrize(C @ sm.covs @ C.mT + lg.emission_covs[modality])
@@ -389,7 +524,9 @@ class MultimodalLDS(MultimodalModel):
         -------
         data : MultimodalData
         latents : dict
-            ``"shared"`` and each modality with a private block -> ``(N, T, k_b)`` state paths.
+            ``"shared"`` and each modality with a private block -> ``(N, T, k_b)`` state paths;
+            with ``sensor_faults`` also ``"faults"``: modality -> ``(N, T)`` bool indicators
+            :math:`f^m_t` (where true, the frame is a draw from the background).
         """
         check_int("num_sequences", num_sequences)
         check_int("num_timesteps", num_timesteps)
@@ -411,7 +548,16 @@ class MultimodalLDS(MultimodalModel):
                 C, d, R = lg.emission_matrices[m], lg.emission_offsets[m], lg.emission_covs[m]
                 LR = torch.linalg.cholesky(R)
                 obs[m] = z @ C.mT + d + torch.randn(N, T, C.shape[0], **kw) @ LR.mT
+            flags = {}
+            for m in self.fault_modalities:
+                f = self.faults[m]
+                flags[m] = torch.rand(N, T, **kw) < f.rate
+                u = torch.rand(N, T, self.obs_dims[m], **kw)
+                bg = f.background_loc + f.background_scale * torch.tan(math.pi * (u - 0.5))
+                obs[m] = torch.where(flags[m][..., None], bg, obs[m])
         latents = {b: z[..., s0:s1].clone() for b, (s0, s1) in self.block_slices.items()}
+        if self.fault_modalities:
+            latents["faults"] = flags
         return MultimodalData(obs), latents
 
     # ------------------------------------------------------------------ parameters, I/O

@@ -23,6 +23,11 @@ class LDSParams(NamedTuple):
     private_emission_matrices : dict modality -> :math:`C^m_m` ``(D_m, k_m)``.
     emission_offsets : dict modality -> :math:`d^m` ``(D_m,)``.
     emission_covs : dict modality -> :math:`R_m` ``(D_m, D_m)``.
+    fault_rates : dict modality -> :math:`\rho_m` (scalar tensor) for the modalities with
+        ``sensor_faults``, or None (no sensor faults; in :meth:`MultimodalLDS.set_params`: leave
+        the fault model unchanged).
+    fault_background_locs, fault_background_scales : dict modality -> ``(D_m,)`` centre and
+        (inflated) scale of the Cauchy background :math:`g_m`, or None.
     """
 
     transition_matrices: dict
@@ -33,6 +38,9 @@ class LDSParams(NamedTuple):
     private_emission_matrices: dict
     emission_offsets: dict
     emission_covs: dict
+    fault_rates: dict | None = None
+    fault_background_locs: dict | None = None
+    fault_background_scales: dict | None = None
 
 
 def get_params(model) -> LDSParams:
@@ -55,6 +63,19 @@ def get_params(model) -> LDSParams:
         },
         emission_offsets={m: det(model.emissions[m].offset) for m in model.modalities},
         emission_covs={m: det(model.emissions[m].noise_cov) for m in model.modalities},
+        **_fault_fields(model, det),
+    )
+
+
+def _fault_fields(model, det) -> dict:
+    fm = getattr(model, "fault_modalities", ())
+    if not fm:
+        return {}
+    f = model.faults
+    return dict(
+        fault_rates={m: det(f[m].rate) for m in fm},
+        fault_background_locs={m: det(f[m].background_loc) for m in fm},
+        fault_background_scales={m: det(f[m].background_scale) for m in fm},
     )
 
 
@@ -117,7 +138,28 @@ def set_params(model, params: LDSParams):
                 f"params.emission_covs[{m!r}]: expected a diagonal matrix (noise='diag')"
             )
         emissions[m] = (Cs, Cm, dm, R)
+    fault_values = {}
+    fm = getattr(model, "fault_modalities", ())
+    if fm and params.fault_rates is not None:
+        for m in fm:
+            f = model.faults[m]
+            rate = get("fault_rates", m, ())
+            if not f.floor <= float(rate) <= 0.5:
+                raise ValueError(
+                    f"params.fault_rates[{m!r}]: expected a value in [{f.floor}, 0.5] "
+                    f"(fault_rate_floor, 1/2), got {float(rate):.6g}"
+                )
+            loc = get("fault_background_locs", m, (f.obs_dim,))
+            scale = get("fault_background_scales", m, (f.obs_dim,))
+            if not bool((scale > 0).all()):
+                raise ValueError(f"params.fault_background_scales[{m!r}]: expected positive values")
+            fault_values[m] = (rate, loc, scale)
     with torch.no_grad():
+        for m, (rate, loc, scale) in fault_values.items():
+            f = model.faults[m]
+            f.set_rate(rate)
+            f.background_loc.copy_(loc)
+            f.background_scale.copy_(scale)
         for b, (A, LQ, L0, mu) in blocks.items():
             d = model.dynamics[b]
             d.set_transition_matrix(A)
