@@ -193,7 +193,7 @@ def fit(
         pyro.set_rng_seed(seed + r)
         if r > 0:
             model.load_state_dict(start_state)
-        if do_init:
+        if do_init and method == "em":  # (svi initializes in its standardized units)
             model.init_from_data(data, seed=seed + r)
         if method == "em":
             result = fit_em(
@@ -223,6 +223,7 @@ def fit(
                 checkpoint_every=checkpoint_every,
                 program=program,
                 elbo=elbo,
+                init_seed=seed + r if do_init else None,
             )
         if best is None or result.final_loss < best[0].final_loss:
             best = (result, copy.deepcopy(model.state_dict()) if num_restarts > 1 else None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import time
 
@@ -9,6 +11,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import units
 from .progress import progress_bar
 from .result import FitResult
 from .stopping import PlateauStopper
@@ -34,16 +37,95 @@ def fit_svi(
     checkpoint_every: int,
     program: str | None = None,
     elbo=None,
+    init_seed: int | None = None,
 ) -> FitResult:
     """Minimize ``elbo.differentiable_loss(model.model, model.guide, batch, program=program)``
-    with Adam.
+    with Adam, in standardized units where the model has them.
 
     ``model`` is a :class:`~mmpgm.models.MultimodalModel` and ``data`` what its ``check_data``
     returned (:func:`mmpgm.fit` checks once; minibatches of checked data stay checked, so no
     step re-validates). ``elbo`` defaults to ``model.default_elbo(program)``. The loop is plain
     PyTorch (so the model can be wrapped in DDP); gradients are clipped to ``clip_norm``; the
     loss is reported per observed frame.
+
+    For the HMM (Gaussian emissions) and the LDS the fit runs on standardized data with the
+    model re-expressed in those units, and the model is mapped back at the end
+    (:mod:`mmpgm.inference.units`): the fit does not depend on the units of the data, and the
+    losses are those of the user's units (negative log joint per observed frame).
+    ``init_seed``: run ``model.init_from_data(data, seed=init_seed)`` first (in the
+    standardized units).
     """
+    opts = dict(
+        num_steps=num_steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        clip_norm=clip_norm,
+        patience=patience,
+        tol=tol,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        program=program,
+        elbo=elbo,
+    )
+    maps = units.unit_maps(model)
+    if maps is None:
+        if init_seed is not None:
+            model.init_from_data(data, seed=init_seed)
+        return _fit_loop(model, data, loss_offset=0.0, standardized=False, user_data=data, **opts)
+    u = units.data_units(data, maps.modalities, maps.centred)
+    sdata = units.standardize_data(model, data, u)
+    with torch.no_grad():
+        prior_before = float(model.log_prior())
+    maps.rescale(model, u.shift, u.scale)
+    try:
+        with torch.no_grad():
+            prior_jacobian = float(model.log_prior()) - prior_before
+        if init_seed is not None:
+            model.init_from_data(sdata, seed=init_seed)
+        if not math.isfinite(prior_jacobian):  # a start outside the prior's support: take it
+            prior_jacobian = _prior_jacobian_at(model, maps, u)  # at the data-driven start
+        offset = (u.log_jacobian + prior_jacobian) / _frames(sdata)
+        return _fit_loop(
+            model, sdata, loss_offset=offset, standardized=True, user_data=data, **opts
+        )
+    finally:
+        maps.rescale(model, *u.inverse())
+
+
+def _prior_jacobian_at(model, maps, u) -> float:
+    """``log_prior`` in standardized units minus that in the user's units, at the current
+    parameters (on a copy mapped back)."""
+    clone = copy.deepcopy(model)
+    maps.rescale(clone, *u.inverse())
+    with torch.no_grad():
+        return float(model.log_prior()) - float(clone.log_prior())
+
+
+def _fit_loop(
+    model,
+    data,
+    *,
+    num_steps,
+    lr,
+    batch_size,
+    seed,
+    clip_norm,
+    patience,
+    tol,
+    progress,
+    checkpoint,
+    checkpoint_every,
+    program,
+    elbo,
+    loss_offset: float,
+    standardized: bool,
+    user_data,
+) -> FitResult:
+    """The Adam loop of :func:`fit_svi` on (possibly standardized) checked ``data``; each
+    step's loss per frame is reported plus ``loss_offset`` (the units' log-Jacobian per frame);
+    a checkpoint names the fingerprint of ``user_data``, the data in the user's units."""
     program = model.check_program(program)
     if elbo is None:
         elbo = model.default_elbo(program)
@@ -58,15 +140,19 @@ def fit_svi(
     if checkpoint is not None:
         head = ckpt.header(
             model,
-            ckpt.data_fingerprint(data),
-            ckpt.fit_options(
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed,
-                program=program,
-                clip_norm=clip_norm,
-                elbo=elbo,
-            ),
+            ckpt.data_fingerprint(user_data),
+            {
+                **ckpt.fit_options(
+                    lr=lr,
+                    batch_size=batch_size,
+                    seed=seed,
+                    program=program,
+                    clip_norm=clip_norm,
+                    elbo=elbo,
+                ),
+                # the model state is saved in the units the loop runs in
+                "units": "standardized" if standardized else "data",
+            },
         )
         ckpt.remove_stale_temps(checkpoint)
         if os.path.exists(checkpoint):
@@ -116,7 +202,7 @@ def fit_svi(
                     torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 optim.step()
                 epoch_loss += loss.item() * batch.num_sequences / N
-            losses.append(epoch_loss / total_frames)
+            losses.append(epoch_loss / total_frames + loss_offset)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if checkpoint is not None and (

@@ -22,6 +22,9 @@ class ObservationModel(TypedPyroModule):
 
     #: whether observations are integer class indices (stored in a float tensor)
     discrete = False
+    #: whether :meth:`rescale_` is implemented (the model can be re-expressed in other units of
+    #: ``x``; :func:`mmpgm.fit` then runs SVI on standardized data)
+    rescalable = False
 
     def __init__(self, obs_dim: int, num_shared_states: int, num_private_states: int):
         super().__init__()
@@ -66,6 +69,20 @@ class ObservationModel(TypedPyroModule):
 
     def num_free_parameters(self) -> int:
         raise NotImplementedError
+
+    def rescale_(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        r"""Re-express the model (parameters and prior hyper-parameters) in the units
+        :math:`x' = (x - \mathrm{shift}) / \mathrm{scale}`, in place.
+
+        ``shift``, ``scale`` are ``(obs_dim,)`` (``scale > 0``). Afterwards the model's density
+        of :math:`x'` is the pushforward of the old density of :math:`x`,
+        :math:`\log p'(x') = \log p(x) + \sum_d \log \mathrm{scale}_d`, and its
+        :meth:`log_prior` differs from the old one by a constant (the log-Jacobian of the
+        parameter map), so MAP fits in either unit system are the same fit. The inverse map is
+        ``rescale_(-shift / scale, 1 / scale)``. Only models with :attr:`rescalable` True
+        implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be rescaled (rescalable=False)")
 
     def init_from_data(self, x: torch.Tensor, generator=None, means=None) -> None:
         """Data-driven initialization from observed frames ``x (F, obs_dim)`` (and optionally

@@ -73,6 +73,32 @@ class _GaussianBase(ObservationModel):
     def mean(self):
         return self.loc
 
+    rescalable = True
+
+    def _check_units(self, shift, scale):
+        """``shift``, ``scale`` as ``(obs_dim,)`` tensors of the model's dtype/device."""
+        out = []
+        for name, v in (("shift", shift), ("scale", scale)):
+            v = torch.as_tensor(v).to(self.loc)
+            if v.shape != (self.obs_dim,) or not bool(torch.isfinite(v).all()):
+                raise ValueError(
+                    f"{name}: expected {self.obs_dim} finite values (obs_dim), got shape "
+                    f"{tuple(v.shape)}"
+                )
+            out.append(v)
+        if not bool((out[1] > 0).all()):
+            raise ValueError(f"scale: expected positive values, got {out[1].tolist()}")
+        return out
+
+    @torch.no_grad()
+    def _rescale_loc_and_prior(self, shift, scale):
+        r""":math:`\mu \to (\mu - m) / s`, :math:`\mu_0 \to (\mu_0 - m) / s`,
+        :math:`\tau \to \tau / s`, the prior variance mode :math:`\to v / s^2`."""
+        self.loc = (self.loc - shift) / scale
+        self.prior_loc = (self.prior_loc - shift) / scale
+        self.prior_scale = self.prior_scale / scale
+        self.prior_var = self.prior_var / scale.square()
+
 
 class DiagonalGaussianObservation(_GaussianBase):
     r""":math:`x_t \mid s_t=i, p_t=j \sim N(\mu_{ij}, \mathrm{diag}(\sigma^2_{ij}))`."""
@@ -148,6 +174,16 @@ class DiagonalGaussianObservation(_GaussianBase):
 
     def num_free_parameters(self):
         return self.num_shared_states * self.num_private_states * 2 * self.obs_dim
+
+    @torch.no_grad()
+    def rescale_(self, shift, scale):
+        r"""Units :math:`x' = (x - m) / s` (see :meth:`ObservationModel.rescale_`):
+        :math:`\mu \to (\mu - m) / s`, :math:`\sigma \to \sigma / s`, and the prior's
+        :math:`\mu_0, \tau, \sigma^2_0` alike. Exact: the InverseGamma and Normal priors
+        change by the constant :math:`3 \sum_{ijd} \log s_d`."""
+        shift, scale = self._check_units(shift, scale)
+        self._rescale_loc_and_prior(shift, scale)
+        self.scale = self.scale / scale
 
 
 class FullGaussianObservation(_GaussianBase):
@@ -239,3 +275,14 @@ class FullGaussianObservation(_GaussianBase):
     def num_free_parameters(self):
         D = self.obs_dim
         return self.num_shared_states * self.num_private_states * (D + D * (D + 1) // 2)
+
+    @torch.no_grad()
+    def rescale_(self, shift, scale):
+        r"""Units :math:`x' = (x - m) / s` (see :meth:`ObservationModel.rescale_`):
+        :math:`\mu \to (\mu - m) / s`, :math:`L \to S^{-1} L` (so
+        :math:`\Sigma \to S^{-1} \Sigma S^{-1}`, :math:`S = \mathrm{diag}(s)`; still lower
+        triangular with a positive diagonal), and the prior's :math:`\mu_0, \tau, \Psi_0`
+        alike. Exact: the priors change by a constant."""
+        shift, scale = self._check_units(shift, scale)
+        self._rescale_loc_and_prior(shift, scale)
+        self.scale_tril = self.scale_tril / scale[:, None]
