@@ -4,6 +4,11 @@ filtered state and one-step predictions out, with constant memory.
 Each :meth:`LDSFilter.step` performs the same Cholesky-form measurement update as the batch filter
 :func:`mmpgm.ops.kalman.kalman_filter` (missing modality rows removed exactly), so after ``t``
 frames the state equals ``mmpgm.infer(model, data, causal=True)`` at frame ``t``.
+
+With a model fitted with ``sensor_faults``, each step runs the same per-frame mean-field fixed
+point as the batch causal posterior (:func:`mmpgm.ops.kalman.robust.robust_condition`, at most
+``model.fault_iters`` updates): the frame is conditioned with weights :math:`1 - q(f^m_t)` and
+:attr:`LDSFilterState.fault_probs` gives the filtered fault probabilities.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import torch
 
 from .._validation import check_int
 from ..models.lds import MultimodalLDS
+from ..models.lds import faults as lds_faults
+from ..ops.kalman import robust as kalman_robust
 from ..ops.kalman import steps as kalman_steps
 
 __all__ = ["LDSFilter", "LDSFilterState"]
@@ -36,7 +43,10 @@ class LDSFilterState(NamedTuple):
     predicted_obs : dict modality -> ``(mean (N, D), cov (N, D, D))`` of
         :math:`p(x^m_{t+1} \mid x_{1:t})`.
     log_likelihood : ``(N,)`` :math:`\log p(x_{1:t})`.
-    log_increment : ``(N,)`` :math:`\log p(x_t \mid x_{1:t-1})`.
+    log_increment : ``(N,)`` :math:`\log p(x_t \mid x_{1:t-1})` (with sensor faults: the
+        frame's variational bound on it, and ``log_likelihood`` their sum).
+    fault_probs : dict modality -> ``(N,)`` filtered :math:`q(f^m_t = 1)` of the modalities
+        with ``sensor_faults`` (the prior rate where the modality is missing), or None.
     """
 
     step: int
@@ -49,6 +59,7 @@ class LDSFilterState(NamedTuple):
     predicted_obs: dict
     log_likelihood: torch.Tensor
     log_increment: torch.Tensor
+    fault_probs: dict | None = None
 
 
 class LDSFilter:
@@ -137,7 +148,10 @@ class LDSFilter:
         C = torch.cat([self._C[m] for m in model.modalities], 0)  # (D, S)
         R = torch.block_diag(*[self._R[m] for m in model.modalities])
         fm, fP = self._pred_m, self._pred_P
-        if bool(rows.any()):  # the batch filter's update (raises NumericalError if not SPD)
+        fault_probs = None
+        if model.fault_modalities:
+            fm, fP, inc, fault_probs = self._robust_update(y, rows, C, R)
+        elif bool(rows.any()):  # the batch filter's update (raises NumericalError if not SPD)
             u = kalman_steps.condition(fm, fP, C, R, y, rows)
             fm, fP = u.mean, u.cov
             inc = kalman_steps.innovation_log_prob(u.chol, u.innovation, rows.sum(-1).to(y.dtype))
@@ -160,7 +174,37 @@ class LDSFilter:
             predicted_obs={mm: self._predict_obs(mm) for mm in model.modalities},
             log_likelihood=self._log_likelihood.clone(),
             log_increment=inc,
+            fault_probs=fault_probs,
         )
+
+    def _robust_update(self, y, rows, C, R):
+        """The sensor-fault update of one frame (see the module docstring)."""
+        model = self.model
+        segs, o = {}, 0
+        for m in model.modalities:
+            segs[m] = (o, o + model.obs_dims[m])
+            o += model.obs_dims[m]
+        lbs, rates, observed = {}, {}, {}
+        for m in model.fault_modalities:
+            f = model.faults[m]
+            a, e = segs[m]
+            observed[m] = rows[:, a]
+            x = y[:, a:e] + self._d[m]
+            lb = lds_faults.log_background(x, f.background_loc, f.background_scale)
+            lbs[m] = torch.where(observed[m], lb, torch.zeros_like(lb))
+            rates[m] = f.rate.detach()
+        fm, fP = self._pred_m, self._pred_P
+        if bool(rows.any()):
+            u, r, inc, _ = kalman_robust.robust_condition(
+                fm, fP, C, R, y, rows, segs, lbs, rates,
+                num_iters=model.fault_iters, tol=model.fault_tol,
+            )  # fmt: skip
+            fm, fP = u.mean, u.cov
+        else:
+            r = {m: torch.zeros_like(self._log_likelihood) for m in model.fault_modalities}
+            inc = torch.zeros_like(self._log_likelihood)
+        probs = {m: torch.where(observed[m], r[m], rates[m].to(r[m])) for m in r}
+        return fm, fP, inc, probs
 
     def _predict_obs(self, modality):
         C = self._C[modality]
