@@ -62,6 +62,15 @@ def fit(
         Validated once here (``model.check_data``) and moved to the model's device and dtype.
     method : {"svi", "em"}
         ``"svi"``: Adam on ``model.default_elbo(program)`` of the Pyro program ``program``.
+        For :class:`~mmpgm.MultimodalHMM` (Gaussian emissions) and
+        :class:`~mmpgm.MultimodalLDS` SVI standardizes internally
+        (:mod:`mmpgm.inference.units`): the data-driven start and Adam run on the data shifted
+        and scaled per feature (mean and standard deviation of the observed frames; the LDS
+        scaled only), with the model and its priors re-expressed in those units, and the fitted
+        model is mapped back to the data's units. The MAP problem is the same, so the fit does
+        not depend on the units of the data (``x * 1e-8`` gives the fit of ``x`` scaled), and
+        ``lr`` is a step in standard deviations. The MVRNN and the gated mixture are fitted in
+        the data's units.
         ``"em"``: the model's EM: closed-form Baum-Welch / MAP-EM (``model.em_step``) for the
         HMM and the LDS, the Appendix-A EM
         (:func:`mmpgm.inference.em_mixture.fit_em_mixture`) for the gated mixture; the MVRNN has
@@ -113,7 +122,8 @@ def fit(
         Python ``random``'s, the minibatch order), so a resumed fit equals the uninterrupted one
         bitwise (pass the larger ``num_steps`` to continue), and a header (model class, config,
         dtype, a fingerprint of the data: sizes, modalities, label names, a content hash; and
-        ``lr``, ``batch_size``, ``seed``, ``program``, ``clip_norm``, the ELBO). A checkpoint of
+        ``lr``, ``batch_size``, ``seed``, ``program``, ``clip_norm``, the ELBO, and the units the
+        model state is saved in: standardized for the HMM and the LDS). A checkpoint of
         another fit (any of these differs; ``num_steps``, ``patience``, ``tol`` may), a file that
         is not a checkpoint (foreign, truncated, a model file, a newer format) raise
         ``ValueError`` naming the path. Writes are atomic (temp file in the same folder, fsync,
@@ -127,7 +137,8 @@ def fit(
     Returns
     -------
     FitResult
-        Losses per observed frame, method, steps run, convergence flag, wall time.
+        Losses per observed frame (negative log joint, in the data's units also where SVI ran
+        standardized), method, steps run, convergence flag, wall time.
 
     Raises
     ------
