@@ -114,7 +114,8 @@ def reduce_audio(data: MultimodalData) -> MultimodalData:
     """513-bin log-STFT -> 40 band means (contiguous bins)."""
     a = data.obs["audio"]
     edges = np.linspace(0, a.shape[-1], NUM_BANDS + 1).round().astype(int)
-    bands = torch.stack([a[..., lo:hi].mean(-1) for lo, hi in zip(edges[:-1], edges[1:])], -1)
+    pairs = zip(edges[:-1], edges[1:], strict=True)
+    bands = torch.stack([a[..., lo:hi].mean(-1) for lo, hi in pairs], -1)
     obs = dict(data.obs)
     obs["audio"] = bands
     return MultimodalData(
@@ -273,7 +274,8 @@ def train_kw(args) -> dict:
 
 
 def gate_split(train: MultimodalData):
-    """Speaker-wise split of the training speakers: experts on all but the last, gate on the last."""
+    """Speaker-wise split of the training speakers: experts on all but the last, gate on the
+    last."""
     spk = train.labels["speaker"]
     g = int(spk.max())
     return train[torch.nonzero(spk != g).flatten()], train[torch.nonzero(spk == g).flatten()]
@@ -526,7 +528,8 @@ def staged_or_joint_mixtures(uni, train, test, args, emit_row):
                     **mixture_config(gate, expert, co, args),
                     "training": "joint, collapsed ELBO"
                     if args.training == "joint"
-                    else f"staged: experts on {train.num_sequences - gate_split(train)[1].num_sequences}"
+                    else "staged: experts on "
+                    f"{train.num_sequences - gate_split(train)[1].num_sequences}"
                     f" clips, gate ({args.gate_method if gate != 'recurrent' else 'svi'}) on "
                     f"held-out training speaker",
                 },
@@ -539,10 +542,10 @@ def staged_or_joint_mixtures(uni, train, test, args, emit_row):
 
 # --------------------------------------------------------------------------- peers
 def noisy_waveforms(root: Path, data: MultimodalData, corruption: dict, seed: int):
-    """The corrupted 16 kHz waveforms exactly as ``prepare_grid`` made them (same random streams)."""
-    from data_prep.grid import CorruptionConfig, _babble_for, _utt_rng, discover
+    """The corrupted 16 kHz waveforms exactly as ``prepare_grid`` made them (same random streams,
+    through the preparation's own ``data_prep.grid.corrupt_clip``)."""
+    from data_prep.grid import CorruptionConfig, _utt_rng, babble_paths, corrupt_clip, discover
     from mmpgm.features import audio as fa
-    from mmpgm.features import corrupt as fc
     from mmpgm.features import video as fv
 
     cc = CorruptionConfig.coerce(dict(corruption)).validate()
@@ -552,32 +555,18 @@ def noisy_waveforms(root: Path, data: MultimodalData, corruption: dict, seed: in
     for uid in data.meta["utterance_id"]:
         i = index[str(uid)]
         u = utts[i]
-        rng = _utt_rng(seed, u.uid)
         y = fa.load_audio(u.audio)
         T = fa.num_frames(len(y))
-        if cc.video_patch:  # advance the stream exactly as the preparation did
+        if cc.video_patch:  # the patch advances the stream exactly as the preparation did
             frames, _ = fv.read_video(u.video)
             box = fv.detect_face(frames[0])
-            fc.corrupt_video(
-                frames,
-                rng,
-                side_range=cc.patch_side_range,
-                seg_range=cc.patch_seg_range,
-                region=box.as_tuple(),
-            )
-        sources = None
-        if cc.audio_noise == "babble":
-            sources = [fa.load_audio(p) for p in _babble_for(utts, i, seed, cc.n_babble)]
-        y, _, _ = fc.corrupt_audio(
-            y,
-            rng,
-            cc.audio_noise,
-            cc.snr_db,
-            n_frames=T,
-            babble_sources=sources,
-            seg_range=cc.audio_seg_range,
-        )
-        waves.append(y.astype(np.float32))
+        else:
+            frames, box = np.zeros((T, 1, 1, 3), np.uint8), None
+        y, _, _, _, _ = corrupt_clip(
+            y, frames, box, cc, _utt_rng(seed, u.uid), _utt_rng(seed + 104729, u.uid), T,
+            babble_paths(cc, utts, i, seed), str(root),
+        )  # fmt: skip
+        waves.append(np.asarray(y, dtype=np.float32))
     return waves
 
 
@@ -635,7 +624,8 @@ def run_peers(root, test, corruption, seed, emit_row):
 
     feats = fa.audio_features(waves[0], 16000, kind="stft")
     stored = test.meta.get("_raw_audio0")
-    # max relative difference of the first clip's log-STFT rebuilt from the waveform vs the stored one
+    # max relative difference of the first clip's log-STFT rebuilt from the waveform vs the
+    # stored one
     agree = (
         None
         if stored is None
@@ -705,6 +695,67 @@ def save_figure(path, post, data, n, title, extra_gates=()):
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- transfer
+def transfer(args, t_start) -> int:
+    """``--test-corpus``: train on corpus A, score on another corpus (``_av_transfer``)."""
+    import io
+
+    from _av_transfer import run_transfer
+
+    args.transfer_mixtures = tuple(
+        m.strip() for m in args.transfer_mixtures.split(",") if m.strip()
+    )
+    tmp = None
+    if args.data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="av_transfer_")
+        args.data_dir = tmp.name
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    env = env_info({"mmpgm": mmpgm.__version__})
+
+    def factory(base, cond):
+        def emit_row(impl, metrics, *, name=None, seconds=None, skipped=None, agreement=None,
+                     extra=None):
+            cfg = dict(base, name=f"A->{args.test_corpus}/{cond}/{name or impl}", **(extra or {}))
+            rec = {
+                "benchmark": BENCH + "_transfer",
+                "config": cfg,
+                "median_s": {} if seconds is None else {impl: round(seconds, 3)},
+                "speedup": {},
+                "peak_mib": {},
+                "agreement": {} if agreement is None else {impl: agreement},
+                "metrics": {impl: metrics if metrics is not None else {"skipped": skipped}},
+                "env": env,
+            }
+            emit(rec)
+            if args.jsonl:
+                with open(args.jsonl, "a") as fh:
+                    emit(rec, fh)
+
+        return emit_row
+
+    helpers = (reduce_audio, speaker_normalize, frame_metrics, gate_video_weights, run_peers)
+    rows = run_transfer(args, BENCH, factory, helpers)
+    out = io.StringIO()
+    out.write(
+        f"\n| condition (train A, test {args.test_corpus}) | model | accuracy | F1 | "
+        "accuracy in patched video | gate on video in / out patch |\n|---|---|---|---|---|---|\n"
+    )
+    for cond, name, met, skipped in rows:
+        if met is None:
+            out.write(f"| {cond} | {name} | skipped: {skipped} | | | |\n")
+            continue
+        acc_p = met.get("accuracy_video_patched", float("nan"))
+        out.write(
+            f"| {cond} | {name} | {met['accuracy']:.3f} | {met['f1']:.3f} | {acc_p:.3f} | "
+            f"{gate_cell(met)} |\n"
+        )
+    out.write(f"\ntotal {time.perf_counter() - t_start:.0f} s\n")
+    write_table(out.getvalue(), args.table)
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -770,6 +821,34 @@ def main(argv=None):
         default=None,
         help="gradient steps per batch in the EM vs SVI timing (0 = skip)",
     )
+    ap.add_argument(
+        "--test-corpus",
+        default=None,
+        choices=("B", "C"),
+        help="train on corpus A (augmented), score on this data_prep.synth_grid variant "
+        "(benchmarks/_av_transfer.py); the default is the speaker-held-out run on one corpus",
+    )
+    ap.add_argument(
+        "--val-corpus",
+        default=None,
+        choices=("B", "C"),
+        help="with --test-corpus: a third corpus that chooses the gate shrinkage and the "
+        "reported mixture (never the test corpus)",
+    )
+    ap.add_argument(
+        "--normalize",
+        choices=("running", "speaker", "none"),
+        default="running",
+        help="with --test-corpus: causal per-utterance running normalization (default), "
+        "offline per-speaker standardization, or none",
+    )
+    ap.add_argument("--norm-decay", type=float, default=0.98, help="running normalization decay")
+    ap.add_argument(
+        "--transfer-mixtures",
+        default="conditional/features,conditional/reliability,conditional/features+reliability,"
+        "markov/features,markov/reliability,markov/features+reliability",
+        help="with --test-corpus: gate/inputs pairs to fit",
+    )
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--table", default=None, help="also write the markdown table to this file")
     args = ap.parse_args(argv)
@@ -788,6 +867,10 @@ def main(argv=None):
         args.timing_steps = 5 if q else 20
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    if args.test_corpus is not None:
+        if args.val_corpus == args.test_corpus:
+            ap.error("--val-corpus must differ from --test-corpus (nothing is chosen on the test)")
+        return transfer(args, t_start)
 
     tmp = None
     if args.data_dir is None:
@@ -931,8 +1014,8 @@ def main(argv=None):
     out = io.StringIO()
     extra_col = " accuracy per test speaker |" if rotating else ""
     out.write(
-        "\n| condition | model | accuracy | F1 | accuracy in patched video | gate on video in / out "
-        f"corrupted |{extra_col}\n|---|---|---|---|---|---|{'---|' if rotating else ''}\n"
+        "\n| condition | model | accuracy | F1 | accuracy in patched video | gate on video in / "
+        f"out corrupted |{extra_col}\n|---|---|---|---|---|---|{'---|' if rotating else ''}\n"
     )
     for cond, name, met, skipped, _ in rows:
         if met is None:

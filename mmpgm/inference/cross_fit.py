@@ -124,6 +124,7 @@ def out_of_fold_scores(
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool | None = False,
+    return_outputs: bool = False,
 ):
     r"""Step 1 of the module docstring: per-frame out-of-fold component log-likelihoods.
 
@@ -132,13 +133,16 @@ def out_of_fold_scores(
     current weights, by :func:`~mmpgm.inference.mixture.pretrain_experts`) on every group but
     sequence ``n``'s; ``evidence`` marks the labelled frames with an observed stream.
     ``model`` is not modified except for its input standardization (set from ``data``).
-    ``progress``: a bar over the folds (None: only on a terminal)."""
+    ``progress``: a bar over the folds (None: only on a terminal). ``return_outputs``: also
+    return the out-of-fold experts' raw outputs ``(N, T, M, P)`` as a fourth element (what a
+    gate with the ``"disagreement"`` input reads while it is fit to these scores)."""
     _check_steps(expert_steps=expert_steps)
     data = model.check_data(data)
     model.check_training_data(data)
     g = resolve_groups(data, groups).to(data.device)
     model.init_from_data(data)
-    return _out_of_fold_scores(model, data, g, expert_steps, lr, batch_size, seed, progress)
+    res = _out_of_fold_scores(model, data, g, expert_steps, lr, batch_size, seed, progress)
+    return res if return_outputs else res[:3]
 
 
 def _out_of_fold_scores(model, data, g, expert_steps, lr, batch_size, seed, progress):
@@ -149,6 +153,7 @@ def _out_of_fold_scores(model, data, g, expert_steps, lr, batch_size, seed, prog
     p = next(model.parameters())
     scores = torch.zeros(N, T, M, dtype=p.dtype, device=p.device)
     evidence = torch.zeros(N, T, dtype=torch.bool, device=p.device)
+    outputs = None
     values = g.unique()
     bar = progress_bar(len(values), "out-of-fold experts", progress)
     for k, v in enumerate(values):
@@ -163,10 +168,15 @@ def _out_of_fold_scores(model, data, g, expert_steps, lr, batch_size, seed, prog
             batch_size=batch_size,
         )
         scores[held], evidence[held] = fold.expert_scores(data[held])
+        with torch.no_grad():
+            out = fold.forward_outputs(data[held]).expert_outputs
+        if outputs is None:
+            outputs = torch.zeros(N, T, M, out.shape[-1], dtype=p.dtype, device=p.device)
+        outputs[held] = out
         del fold
         bar.update()
     bar.close()
-    return scores, evidence, g
+    return scores, evidence, g, outputs
 
 
 def grouped_gate_cv(
@@ -182,12 +192,14 @@ def grouped_gate_cv(
     batch_size: int | None = None,
     seed: int = 0,
     shrink_toward: str = "uniform",
+    expert_outputs: torch.Tensor | None = None,
 ) -> dict:
     r"""Leave-one-group-out validation of the gate stage: for every :math:`\kappa` in
     ``shrinkages`` and every group :math:`g`, a fresh gate (``model.gate``'s current weights)
     is fit by :func:`fit_gate_to_scores` on the other groups and scored on :math:`g`. Returns
     :math:`\kappa` -> held-out mixture log-likelihood per labelled frame (pooled over groups);
-    ``model`` is not modified. Cheap: the experts are never run (their ``scores`` are fixed)."""
+    ``model`` is not modified. Cheap: the experts are never run (their ``scores`` are fixed;
+    ``expert_outputs``, the matching raw outputs, feed a ``"disagreement"`` gate input)."""
     _check_steps(num_steps=num_steps)
     for kappa in shrinkages:
         _check_gate_options(kappa, shrink_toward)
@@ -198,10 +210,14 @@ def grouped_gate_cv(
     fit_kw = dict(
         num_steps=num_steps, lr=lr, batch_size=batch_size, seed=seed, shrink_toward=shrink_toward
     )
-    return _grouped_gate_cv(model, data, scores, evidence, g, shrinkages, **fit_kw)
+    return _grouped_gate_cv(
+        model, data, scores, evidence, g, shrinkages, expert_outputs=expert_outputs, **fit_kw
+    )
 
 
-def _grouped_gate_cv(model, data, scores, evidence, g, shrinkages, **fit_kw) -> dict:
+def _grouped_gate_cv(
+    model, data, scores, evidence, g, shrinkages, expert_outputs=None, **fit_kw
+) -> dict:
     """:func:`grouped_gate_cv` on checked data and arguments."""
     evidence = evidence.to(g.device)
     start = copy.deepcopy(model.gate.state_dict())
@@ -213,11 +229,14 @@ def _grouped_gate_cv(model, data, scores, evidence, g, shrinkages, **fit_kw) -> 
             fit = torch.nonzero(g != v).flatten()
             held = torch.nonzero(g == v).flatten()
             model.gate.load_state_dict(start)
+            eo = (None, None) if expert_outputs is None else (
+                expert_outputs[fit], expert_outputs[held])  # fmt: skip
             _train_gate(
-                model, data[fit], scores[fit], evidence[fit], gate_shrinkage=kappa, **fit_kw
-            )
+                model, data[fit], scores[fit], evidence[fit], gate_shrinkage=kappa,
+                expert_outputs=eo[0], **fit_kw,
+            )  # fmt: skip
             with torch.no_grad():
-                _, log_w = model.gate_log_weights(data[held])
+                _, log_w = model.gate_log_weights(data[held], eo[1])
                 ll = model.mixture_log_likelihood(
                     log_w, scores[held].to(device=p.device, dtype=p.dtype), evidence[held]
                 )
@@ -273,9 +292,10 @@ def fit_cross_fitted(
     refit_experts : bool
         Train the final experts on all groups (default); otherwise they keep their starting weights.
     out_of_fold : tuple, optional
-        ``(scores, evidence)`` from an earlier :func:`out_of_fold_scores` call with the same
-        experts, data and groups (step 1 is then skipped: several gates can share one set of
-        experts).
+        ``(scores, evidence)`` or ``(scores, evidence, expert_outputs)`` from an earlier
+        :func:`out_of_fold_scores` call with the same experts, data and groups (step 1 is then
+        skipped: several gates can share one set of experts). The outputs feed a gate with
+        the ``"disagreement"`` input; without them it reads the model's own experts.
     progress : bool or None
         A progress bar over the out-of-fold expert fits (None: only when stderr is a terminal).
 
@@ -306,11 +326,16 @@ def fit_cross_fitted(
     start = copy.deepcopy(model.experts.state_dict())
     model.init_from_data(data)
     if out_of_fold is None:
-        scores, evidence, g = _out_of_fold_scores(
+        scores, evidence, g, outputs = _out_of_fold_scores(
             model, data, g, expert_steps, lr, batch_size, seed, progress
         )
     else:
-        scores, evidence = out_of_fold
+        if not isinstance(out_of_fold, (tuple, list)) or len(out_of_fold) not in (2, 3):
+            raise ValueError(
+                "out_of_fold: expected (scores, evidence) or (scores, evidence, expert_outputs)"
+            )
+        scores, evidence = out_of_fold[:2]
+        outputs = out_of_fold[2] if len(out_of_fold) == 3 else None
         _check_scores(model, data, scores, evidence)
     fit_kw = dict(
         num_steps=gate_steps,
@@ -322,12 +347,16 @@ def fit_cross_fitted(
     cv = None
     kappa = float(grid[0])
     if len(grid) > 1:
-        cv = _grouped_gate_cv(model, data, scores, evidence, g, grid, **fit_kw)
+        cv = _grouped_gate_cv(
+            model, data, scores, evidence, g, grid, expert_outputs=outputs, **fit_kw
+        )
         kappa = max(cv, key=cv.get)
-    gate_losses = _train_gate(model, data, scores, evidence, gate_shrinkage=kappa, **fit_kw)
+    gate_losses = _train_gate(
+        model, data, scores, evidence, gate_shrinkage=kappa, expert_outputs=outputs, **fit_kw
+    )
     fold_ll, fold_expert = {}, {}
     with torch.no_grad():
-        _, log_w = model.gate_log_weights(data)
+        _, log_w = model.gate_log_weights(data, outputs)
         ll = model.mixture_log_likelihood(log_w, scores, evidence)
         for v in g.unique():
             rows = g == v

@@ -155,6 +155,7 @@ def fit_gate_to_scores(
     seed: int = 0,
     gate_shrinkage: float = 0.0,
     shrink_toward: str = "uniform",
+    expert_outputs: torch.Tensor | None = None,
 ) -> list:
     r"""Fit ``model.gate`` alone (Adam, ``num_steps`` epochs) to maximize
     :math:`\log p(y \mid x)` with the experts' per-frame scores fixed to ``scores``
@@ -167,27 +168,37 @@ def fit_gate_to_scores(
     variation is shrunk (a large :math:`\kappa` then gives the best constant gate). Why the
     default is ``"uniform"``: on the audio-visual benchmark ``"constant"`` had the better
     held-out log-likelihood but the lower accuracy and a gate that hardly reacts to corrupted
-    video (``benchmarks/results/av_speech_activity.md``). Returns the per-frame losses, one per
-    epoch."""
+    video (``benchmarks/results/av_speech_activity.md``). ``expert_outputs (N, T, M, P)``: the
+    experts' raw outputs that produced ``scores`` (e.g. out-of-fold), read by a gate whose
+    ``gate_inputs`` include ``"disagreement"`` (else the model's own experts are run).
+    Returns the per-frame losses, one per epoch."""
     _check_steps(num_steps=num_steps)
     _check_gate_options(gate_shrinkage, shrink_toward)
     data = model.check_data(data)
     model.check_training_data(data)
     _check_scores(model, data, scores, evidence)
+    if expert_outputs is not None and tuple(expert_outputs.shape[:3]) != tuple(scores.shape):
+        raise ValueError(
+            f"expert_outputs: expected shape {tuple(scores.shape)} + (P,), "
+            f"got {tuple(expert_outputs.shape)}"
+        )
     return _train_gate(
         model, data, scores, evidence, num_steps=num_steps, lr=lr, batch_size=batch_size,
         seed=seed, gate_shrinkage=gate_shrinkage, shrink_toward=shrink_toward,
+        expert_outputs=expert_outputs,
     )  # fmt: skip
 
 
 def _train_gate(
     model, data, scores, evidence, *, num_steps, lr, batch_size, seed, gate_shrinkage,
-    shrink_toward,
+    shrink_toward, expert_outputs=None,
 ) -> list:  # fmt: skip
     """The loop of :func:`fit_gate_to_scores` on checked ``data`` and checked arguments."""
     kw = _model_tensor_kw(model)
     scores = scores.to(**kw)
     evidence = evidence.to(kw["device"])
+    if expert_outputs is not None:
+        expert_outputs = expert_outputs.to(**kw)
     with seeded(seed, kw["device"]):
         return _gate_loop(
             model,
@@ -201,6 +212,7 @@ def _train_gate(
             seed=seed,
             gate_shrinkage=gate_shrinkage,
             shrink_toward=shrink_toward,
+            expert_outputs=expert_outputs,
         )
 
 
@@ -217,6 +229,7 @@ def _gate_loop(
     seed,
     gate_shrinkage,
     shrink_toward,
+    expert_outputs=None,
 ) -> list:
     N, M = data.num_sequences, model.num_experts
     gen = torch.Generator().manual_seed(seed)
@@ -235,7 +248,9 @@ def _gate_loop(
             idx = order[s : s + size].to(data.device)
             b = data[idx]
             optim.zero_grad()
-            avail, log_w = model.gate_log_weights(b)
+            avail, log_w = model.gate_log_weights(
+                b, None if expert_outputs is None else expert_outputs[idx]
+            )
             ev = evidence[idx]
             n = float(ev.sum())
             obj = model.mixture_log_likelihood(log_w, scores[idx], ev).sum()

@@ -23,6 +23,7 @@ from .gating import make_gating
 from .heads import HEADS, make_head
 from .outputs import LogWeights, MixtureOutputs, TargetScores
 from .penalty import co_learning_penalty, co_learning_weights, expert_fit_penalty
+from .reliability import ReliabilityGate, ReliabilityInputs, check_gate_inputs
 
 __all__ = ["GatedMixture"]
 
@@ -65,6 +66,14 @@ class GatedMixture(MultimodalModel):
     mask_dim : int, optional
         ``F``, the number of frequency bins of the mask, for ``head="ratio_mask"`` (and only
         there). Each expert then outputs ``F + 1`` numbers per frame (mask logits, log-scale).
+    gate_inputs : sequence of {"features", "novelty", "disagreement"}
+        What the gate sees (:mod:`mmpgm.models.mixture.reliability`): the standardized streams
+        (``"features"``, default, the only input before), per-stream novelty under a diagonal
+        Gaussian of clean features (:meth:`fit_novelty`), expert disagreement (Bernoulli
+        head). The reliability inputs enter the gate's logits linearly (zero at the start).
+    novelty_decay : float in (0, 1]
+        Decay of the causal running mean of the novelty (time constant
+        ``1 / (1 - novelty_decay)`` frames).
 
     Attributes
     ----------
@@ -103,6 +112,8 @@ class GatedMixture(MultimodalModel):
         co_learning_weight=1.0,
         expert_weight: float = 1.0,
         mask_dim: int | None = None,
+        gate_inputs=("features",),
+        novelty_decay: float = 0.9,
     ):
         super().__init__()
         names = check_obs_dims(obs_dims)
@@ -112,6 +123,10 @@ class GatedMixture(MultimodalModel):
         if not isinstance(target, str) or not target:
             raise TypeError(f"target: expected a label name (non-empty str), got {target!r}")
         self.target_head = make_head(head, target, num_classes, mask_dim)
+        gate_inputs = check_gate_inputs(gate_inputs, head)
+        novelty_decay = check_float("novelty_decay", novelty_decay, minimum=0.0)
+        if not 0.0 < novelty_decay <= 1.0:
+            raise ValueError(f"novelty_decay: expected a number in (0, 1], got {novelty_decay}")
         sizes = dict(hidden_dim=hidden_dim, num_layers=num_layers, gate_hidden_dim=gate_hidden_dim)
         for name, v in sizes.items():
             check_int(name, v)
@@ -144,6 +159,13 @@ class GatedMixture(MultimodalModel):
         self.gate = self.gating.network(
             dims, gate_hidden_dim, gate_context, gate_recurrent, stickiness
         )
+        self.gate_inputs = gate_inputs
+        self.reliability = None
+        if gate_inputs != ("features",):
+            self.reliability = ReliabilityInputs(dims, gate_inputs, novelty_decay)
+            self.gate = ReliabilityGate(
+                self.gate, self.reliability.num_inputs, len(names), markov=gate == "markov"
+            )
         self.register_buffer("co_learning_lambda", torch.tensor([lam[m] for m in names]))
         self._config = dict(
             obs_dims=dict(obs_dims), gate=gate, head=head, num_classes=num_classes, target=target,
@@ -152,6 +174,7 @@ class GatedMixture(MultimodalModel):
             gate_recurrent=gate_recurrent, stickiness=stickiness,
             co_learning_units=co_learning_units, co_learning_weight=lam,
             expert_weight=float(expert_weight), mask_dim=mask_dim,
+            gate_inputs=list(gate_inputs), novelty_decay=float(novelty_decay),
         )  # fmt: skip
 
     @property
@@ -200,6 +223,37 @@ class GatedMixture(MultimodalModel):
         xs = [self.standardizers[m](data.filled(m)) for m in self.modalities]
         return xs, [data.mask[m] for m in self.modalities]
 
+    def _gate_logits(self, xs, masks, expert_outputs=None):
+        """The gate network's logits; with reliability inputs (``gate_inputs``) their linear
+        term is added, the experts' ``expert_outputs (N, T, M, P)`` (detached) feeding the
+        disagreement (run here, without gradient, when not given)."""
+        if self.reliability is None:
+            return self.gate(xs, masks)
+        probs = None
+        if self.reliability.disagreement:
+            if expert_outputs is None:
+                with torch.no_grad():
+                    expert_outputs, _ = self._run_experts(xs, masks)
+            probs = torch.sigmoid(expert_outputs.detach()[..., 0])
+        r = self.reliability(xs, masks, probs)
+        gx = xs if "features" in self.gate_inputs else [torch.zeros_like(x) for x in xs]
+        return self.gate(gx, masks, r)
+
+    @torch.no_grad()
+    def fit_novelty(self, data: MultimodalData) -> None:
+        """Fit the clean-feature density of the novelty inputs to ``data`` (e.g. clean training
+        data): per stream the mean and variance of the standardized inputs over the observed
+        frames. Sets the standardization first when not set yet. Requires ``"novelty"`` in
+        ``gate_inputs``."""
+        if self.reliability is None or not self.reliability.novelty:
+            raise ValueError(
+                f"gate_inputs: fit_novelty needs 'novelty' among them, got {self.gate_inputs}"
+            )
+        data = self._checked(data)
+        self.init_from_data(data)
+        xs, masks = self._inputs(data)
+        self.reliability.fit(xs, masks)
+
     def _run_experts(self, xs, masks):
         pairs = [self.experts[m](x, k) for m, x, k in zip(self.modalities, xs, masks, strict=True)]
         return torch.stack([o for o, _ in pairs], 2), tuple(h for _, h in pairs)
@@ -222,11 +276,15 @@ class GatedMixture(MultimodalModel):
         out, hidden = self._run_experts(xs, masks)
         avail = torch.stack(masks, -1)
         return MixtureOutputs(
-            out, hidden, avail, self.gating.log_weights(self.gate(xs, masks), avail)
+            out, hidden, avail, self.gating.log_weights(self._gate_logits(xs, masks, out), avail)
         )
 
-    def gate_log_weights(self, data: MultimodalData) -> tuple[torch.Tensor, LogWeights]:
-        """Run only the gate (no expert) on checked ``data``.
+    def gate_log_weights(
+        self, data: MultimodalData, expert_outputs: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, LogWeights]:
+        """Run only the gate (no expert, unless the disagreement input needs them and
+        ``expert_outputs (N, T, M, P)`` is not given, e.g. out-of-fold outputs) on checked
+        ``data``.
 
         Returns
         -------
@@ -236,7 +294,8 @@ class GatedMixture(MultimodalModel):
         """
         xs, masks = self._inputs(data)
         avail = torch.stack(masks, -1)
-        return avail, self.gating.log_weights(self.gate(xs, masks), avail)
+        logits = self._gate_logits(xs, masks, expert_outputs)
+        return avail, self.gating.log_weights(logits, avail)
 
     def targets(self, data: MultimodalData) -> tuple[torch.Tensor, torch.Tensor]:
         """The target of checked ``data``.

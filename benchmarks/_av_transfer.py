@@ -1,0 +1,338 @@
+"""Train on one generated corpus, score on another (issue 12, items 3-5c): the ``--test-corpus``
+mode of ``benchmarks/av_speech_activity.py``.
+
+Corpora (``data_prep.synth_grid`` variants, disjoint voices): **A** trains (the package's
+default corpus: scikit-image's astronaut face, its espeak-ng voices), **B** tests (other voices,
+rates and pitches, matplotlib's Grace Hopper photograph, random recording levels, 16 kHz wavs,
+other mouth and head motion, other patch shapes and sizes) and, with ``--val-corpus C``, a third
+corpus **C** (yet other voices, a wider tinted astronaut crop) chooses the gate's shrinkage and
+the reported mixture. Nothing is chosen on B.
+
+Training data: corpus A prepared three times (``data_prep.grid.prepare_grid``), all speakers:
+
+* ``clean``: no corruption (also the clean-feature density of the gates' novelty inputs);
+* ``aug_noisy``: one noise kind per clip (white, babble of voices in no corpus, from
+  ``<A>/babble``, non-stationary), SNR uniform in [-5, 15] dB, random gain in [-20, 6] dB
+  (rescaled against clipping), a video patch (square, rectangle or ellipse, brightness 0-255);
+* ``aug_clean``: the gain and the patch, no noise.
+
+Test conditions on B: babble 0 dB (other B speakers) + patch (rectangles and ellipses of side
+60-160 px), clean audio + clean video, non-stationary -5 dB + patch.
+
+Features: the 40 band means of the log-STFT, then (default ``--normalize running``) every
+stream through :func:`mmpgm.features.normalize.running_normalize` (causal per utterance;
+removes log-gain offsets, so the audio features are gain-invariant). ``--normalize speaker``
+(offline per-speaker standardization) and ``none`` are the ablations.
+
+Systems: the MLP experts alone, their equal-weight mix, cross-fitted gates (conditional and
+Markov) reading the features only (the former gate), the reliability inputs only (per-stream
+novelty under a diagonal Gaussian of clean A features, expert disagreement), or both; and the
+peers silero-vad and webrtcvad on B's noisy 16 kHz waveforms.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmpgm.data import MultimodalData
+from mmpgm.features.normalize import running_normalize
+from mmpgm.inference.cross_fit import fit_cross_fitted, out_of_fold_scores
+from mmpgm.inference.mixture import pretrain_experts
+from mmpgm.models.mixture import GatedMixture
+
+MODALITIES = ("audio", "image", "flow")
+PATCH = dict(video_patch=True, patch_shapes=("square", "rect", "ellipse"))
+TEST_PATCH = dict(video_patch=True, patch_shapes=("rect", "ellipse"), patch_side_range=(60, 160))
+TRAIN_PREPS = {
+    "clean": (0, {}),
+    "aug_noisy": (
+        1,
+        dict(
+            PATCH,
+            noise_kinds=("white", "babble", "nonstationary"),
+            snr_range=(-5.0, 15.0),
+            gain_db_range=(-20.0, 6.0),
+        ),
+    ),
+    "aug_clean": (2, dict(PATCH, gain_db_range=(-20.0, 6.0))),
+}
+TEST_CONDITIONS = {
+    "babble0dB+patch": dict(TEST_PATCH, audio_noise="babble", snr_db=0.0),
+    "clean": {},
+    "nonstationary-5dB+patch": dict(TEST_PATCH, audio_noise="nonstationary", snr_db=-5.0),
+}
+GATE_VARIANTS = {
+    "features": ("features",),
+    "reliability": ("novelty", "disagreement"),
+    "features+reliability": ("features", "novelty", "disagreement"),
+}
+SHRINKAGE_GRID = (0.0, 0.1, 0.3, 1.0, 3.0)
+
+
+# --------------------------------------------------------------------------- corpora
+def make_corpus(data_dir: Path, variant: str, speakers: int, utterances: int, seed: int,
+                babble: int = 0) -> Path:
+    from data_prep.synth_grid import make_synth_grid
+
+    root = data_dir / f"synth{variant}_s{speakers}_u{utterances}_b{babble}_seed{seed}"
+    if not (root / "synth_manifest.json").exists():
+        make_synth_grid(str(root), num_speakers=speakers, num_utterances=utterances, seed=seed,
+                        variant=variant, babble_utterances=babble)
+    return root
+
+
+def prep(root: Path, data_dir: Path, name: str, corruption: dict, seed: int) -> Path:
+    from data_prep.grid import prepare_grid
+
+    npz = data_dir / f"{root.name}_{name}_seed{seed}.npz"
+    if not npz.exists():
+        prepare_grid(str(root), str(npz), workers=2, corruption=corruption, seed=seed,
+                     progress=False)
+    return npz
+
+
+def concat(parts: list) -> MultimodalData:
+    """Sequences of several corpora of the same modalities, labels and ``T`` stacked."""
+    T = max(p.num_timesteps for p in parts)
+    if any(p.num_timesteps != T for p in parts):
+        raise ValueError("concat: all parts must have the same num_timesteps")
+    obs = {m: torch.cat([p.obs[m] for p in parts]) for m in parts[0].modalities}
+    mask = {m: torch.cat([p.mask[m] for p in parts]) for m in parts[0].modalities}
+    labels = {k: torch.cat([p.labels[k] for p in parts]) for k in parts[0].labels}
+    lengths = torch.cat([p.lengths for p in parts])
+    uids = [str(u) for p in parts for u in np.asarray(p.meta["utterance_id"]).reshape(-1)]
+    return MultimodalData(obs, lengths=lengths, mask=mask, labels=labels,
+                          meta={"utterance_id": uids})
+
+
+def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_normalize):
+    """40-band audio, then the normalization ``how`` (running / speaker / none)."""
+    data = reduce_audio(raw)
+    if how == "speaker":
+        return speaker_normalize(data)
+    if how == "running":
+        obs = {
+            m: running_normalize(data.obs[m].double(), data.mask[m], decay=decay).float()
+            for m in data.modalities
+        }
+        data = MultimodalData(obs, lengths=data.lengths, mask=data.mask, labels=data.labels,
+                              meta=data.meta)
+    return data
+
+
+# --------------------------------------------------------------------------- models
+def build(gate: str, gate_inputs, args) -> GatedMixture:
+    torch.manual_seed(args.seed)
+    return GatedMixture(
+        {"audio": 40, "image": 32, "flow": 11},
+        gate=gate,
+        hidden_dim=args.hidden,
+        context=args.context,
+        gate_hidden_dim=args.hidden,
+        expert_weight=1.0,
+        gate_inputs=gate_inputs,
+    )
+
+
+def val_log_likelihood(model, vals: dict) -> float:
+    """Mixture log-likelihood per labelled frame pooled over the validation sets."""
+    tot, frames = 0.0, 0.0
+    with torch.no_grad():
+        for v in vals.values():
+            post = model.posterior(v, causal=True, map_path=False)
+            tot += float(post.log_likelihood.sum())
+            frames += float(((v.labels["speech"] >= 0) & v.time_mask).sum())
+    return tot / max(frames, 1.0)
+
+
+def val_accuracy(model, vals: dict) -> float:
+    correct, frames = 0, 0
+    with torch.no_grad():
+        for v in vals.values():
+            pred = (model.posterior(v, causal=True, map_path=False).predictive > 0.5).long()
+            keep = (v.labels["speech"] >= 0) & v.time_mask
+            correct += int((pred[keep] == v.labels["speech"][keep]).sum())
+            frames += int(keep.sum())
+    return correct / max(frames, 1)
+
+
+# --------------------------------------------------------------------------- run
+def run_transfer(args, bench, emit_row_factory, helpers) -> list:
+    """The whole transfer run; returns the table rows ``(condition, system, metrics,
+    skipped)``. ``helpers``: the benchmark's ``reduce_audio``, ``speaker_normalize``,
+    ``frame_metrics``, ``gate_video_weights``, ``run_peers`` functions."""
+    reduce_audio, speaker_normalize, frame_metrics, gate_video_weights, run_peers = helpers
+    q = args.quick
+    data_dir = Path(args.data_dir)
+    sa, ua = (3, 4) if q else (args.speakers or 5, args.utterances or 16)
+    sb, ub = (2, 4) if q else (4, 12)
+    sc, uc = (2, 4) if q else (3, 8)
+    t0 = time.perf_counter()
+    root_a = make_corpus(data_dir, "A", sa, ua, args.seed, babble=1 if q else 3)
+    root_b = make_corpus(data_dir, args.test_corpus, sb, ub, args.seed)
+    root_c = None
+    if args.val_corpus:
+        root_c = make_corpus(data_dir, args.val_corpus, sc, uc, args.seed)
+    feat = lambda raw: features(  # noqa: E731
+        raw, args.normalize, args.norm_decay, reduce_audio, speaker_normalize
+    )
+    parts = {}
+    for name, (off, corr) in TRAIN_PREPS.items():
+        corr = dict(corr)
+        if "noise_kinds" in corr:
+            corr["babble_dir"] = str(root_a / "babble")
+        parts[name] = feat(MultimodalData.load(prep(root_a, data_dir, name, corr, args.seed + off)))
+    train = concat(list(parts.values()))
+    tests, vals = {}, {}
+    for cond, corr in TEST_CONDITIONS.items():
+        npz = prep(root_b, data_dir, cond, corr, args.seed)
+        tests[cond] = (feat(MultimodalData.load(npz)), corr)
+        if root_c is not None:
+            vals[cond] = feat(MultimodalData.load(prep(root_c, data_dir, cond, corr, args.seed)))
+    prep_secs = time.perf_counter() - t0
+    base_cfg = {
+        "train_corpus": "A",
+        "test_corpus": args.test_corpus,
+        "val_corpus": args.val_corpus,
+        "normalize": args.normalize,
+        "norm_decay": args.norm_decay if args.normalize == "running" else None,
+        "train_clips": train.num_sequences,
+        "train_speakers": sa,
+        "train_preps": {k: v[1] for k, v in TRAIN_PREPS.items()},
+        "frames_per_s": 25,
+        "prep_s": round(prep_secs, 1),
+    }
+    rows = []
+    kw = dict(lr=args.lr, seed=args.seed, batch_size=args.batch)
+    steps, pre_steps = args.steps, args.pretrain_steps
+
+    # experts: out-of-fold (per training speaker) and final, shared by every gate
+    t1 = time.perf_counter()
+    base = build("conditional", ("features",), args)
+    scores, evidence, _, outputs = out_of_fold_scores(
+        base, train, "speaker", expert_steps=pre_steps, return_outputs=True, **kw
+    )
+    final = copy.deepcopy(base)
+    pretrain_experts(final, train, num_steps=pre_steps, **kw)
+    expert_secs = time.perf_counter() - t1
+
+    systems = {}  # name -> (model or None, extra config)
+    for gate in ("conditional", "markov"):
+        for vname, inputs in GATE_VARIANTS.items():
+            if f"{gate}/{vname}" not in args.transfer_mixtures:
+                continue
+            t2 = time.perf_counter()
+            model = build(gate, inputs, args)
+            model.experts.load_state_dict(final.experts.state_dict())
+            model.standardizers.load_state_dict(final.standardizers.state_dict())
+            if "novelty" in inputs:
+                model.fit_novelty(parts["clean"])
+            start = copy.deepcopy(model.gate.state_dict())
+            choice = {}
+            if vals:  # shrinkage chosen on corpus C (validation), not on B
+                best = None
+                for kappa in SHRINKAGE_GRID:
+                    model.gate.load_state_dict(start)
+                    fit_cross_fitted(model, train, "speaker", expert_steps=pre_steps,
+                                     gate_steps=steps, gate_shrinkage=kappa, refit_experts=False,
+                                     out_of_fold=(scores, evidence, outputs), **kw)
+                    ll = val_log_likelihood(model, vals)
+                    choice[str(kappa)] = round(ll, 4)
+                    if best is None or ll > best[0]:
+                        best = (ll, kappa, copy.deepcopy(model.gate.state_dict()))
+                model.gate.load_state_dict(best[2])
+                kappa, how = best[1], f"validation log-likelihood on corpus {args.val_corpus}"
+            else:  # leave-one-speaker-out on A
+                res = fit_cross_fitted(model, train, "speaker", expert_steps=pre_steps,
+                                       gate_steps=steps, gate_shrinkage=SHRINKAGE_GRID,
+                                       refit_experts=False,
+                                       out_of_fold=(scores, evidence, outputs), **kw)
+                kappa, how = res.gate_shrinkage, "leave-one-speaker-out on A"
+                choice = {str(k): round(v, 4) for k, v in res.shrinkage_cv.items()}
+            extra = {
+                "model": "GatedMixture",
+                "gate": gate,
+                "gate_inputs": list(inputs),
+                "gate_shrinkage": kappa,
+                "shrinkage_chosen_by": how,
+                "shrinkage_scores": choice,
+                "fit_s": round(time.perf_counter() - t2 + expert_secs, 1),
+            }
+            if vals:
+                extra["val_accuracy"] = round(val_accuracy(model, vals), 4)
+            systems[f"{gate}/{vname}"] = (model, extra)
+
+    # the mixture reported as "selected": best validation accuracy on C (else none)
+    selected = None
+    if vals and systems:
+        selected = max(systems, key=lambda k: systems[k][1]["val_accuracy"])
+
+    for cond, (test, corr) in tests.items():
+        emit_row = emit_row_factory(dict(base_cfg, condition=cond, test_clips=test.num_sequences,
+                                         test_corruption=corr), cond)
+        post = final.posterior(test)
+        patched = bool((test.labels["video_corrupted"] == 1).any())
+        for i, m in enumerate(MODALITIES):
+            met = frame_metrics((post.expert_predictions[..., i] > 0.5).long(), test)
+            emit_row("mmpgm", met, name=f"expert_{m}",
+                     extra={"model": "unimodal MLP expert", "modality": m})
+            rows.append((cond, f"expert_{m}", met, None))
+        met = frame_metrics((post.expert_predictions.mean(-1) > 0.5).long(), test)
+        emit_row("mmpgm", met, name="uniform_gate_reference",
+                 extra={"model": "experts, gate fixed at 1/3 (not learned)"})
+        rows.append((cond, "uniform_gate_reference", met, None))
+        for name, (model, extra) in systems.items():
+            p = model.posterior(test, causal=True)
+            met = frame_metrics((p.predictive > 0.5).long(), test)
+            if patched:
+                met.update(gate_video_weights(p, test))
+            else:
+                met["gate_video_mean"] = round(
+                    float((p.gate_weights[..., 1] + p.gate_weights[..., 2])[test.time_mask].mean()),
+                    4,
+                )
+            emit_row("mmpgm", met, name=name,
+                     extra=dict(extra, selected_on_validation=name == selected))
+            rows.append((cond, name, met, None))
+        peer_rows = []
+        run_peers(root_b, test, corr, args.seed,
+                  lambda impl, met, _e=emit_row, _r=peer_rows, **k: (_e(impl, met, **k),
+                                                                    _r.append((impl, met, k))))
+        for impl, met, k in peer_rows:
+            rows.append((cond, impl, met, k.get("skipped")))
+    # targets (issue 12): babble 0 dB + patch and clean, on the test corpus
+    summary = {}
+    by = {(c, n): m for c, n, m, _ in rows if m is not None}
+    for cond in TEST_CONDITIONS:
+        mixes = {n: by[(cond, n)]["accuracy"] for n in systems if (cond, n) in by}
+        experts = {m: by[(cond, f"expert_{m}")]["accuracy"] for m in MODALITIES}
+        s = {
+            "best_single_expert": max(experts.values()),
+            "uniform_gate_reference": by[(cond, "uniform_gate_reference")]["accuracy"],
+        }
+        if mixes:
+            s["best_mixture_on_test (oracle pick)"] = max(mixes.values())
+            s["best_mixture_name"] = max(mixes, key=mixes.get)
+        if selected is not None:
+            sel = by[(cond, selected)]
+            s["selected_mixture"] = selected
+            s["selected_accuracy"] = sel["accuracy"]
+            if "gate_video_inside" in sel:
+                s["selected_gate_video_inside_over_outside"] = round(
+                    sel["gate_video_inside"] / max(sel["gate_video_outside"], 1e-9), 4
+                )
+        for peer in ("silero_vad", "webrtcvad"):
+            if (cond, peer) in by:
+                s[peer] = by[(cond, peer)]["accuracy"]
+        summary[cond] = s
+    emit_row = emit_row_factory(dict(base_cfg, condition="all"), "targets")
+    emit_row("mmpgm", summary, name="summary",
+             extra={"targets": "babble0dB+patch: mixture >= 0.90 and >= best expert + 0.02; "
+                    "clean: >= 0.95; gate on video inside/outside patch <= 0.6",
+                    "total_s": round(time.perf_counter() - t0, 1)})
+    return rows
