@@ -116,14 +116,15 @@ def fit(
     elbo : pyro.infer.ELBO, optional
         The ELBO for ``method="svi"``; default ``model.default_elbo(program)``.
     checkpoint : str or path-like, optional
-        Path of a checkpoint file (svi): written every ``checkpoint_every`` steps (and at the
-        end) and resumed from when it exists. It holds the model's and Adam's state, the losses,
-        every random state the loop draws from (torch's CPU and CUDA generators, numpy's and
-        Python ``random``'s, the minibatch order), so a resumed fit equals the uninterrupted one
-        bitwise (pass the larger ``num_steps`` to continue), and a header (model class, config,
-        dtype, a fingerprint of the data: sizes, modalities, label names, a content hash; and
-        ``lr``, ``batch_size``, ``seed``, ``program``, ``clip_norm``, the ELBO, and the units the
-        model state is saved in: standardized for the HMM and the LDS). A checkpoint of
+        Path of a checkpoint file (svi, and the closed-form EM of the HMM and LDS): written
+        every ``checkpoint_every`` steps (and at the end) and resumed from when it exists. It
+        holds the model's (and Adam's) state, the losses, every random state the loop draws
+        from (torch's CPU and CUDA generators, numpy's and Python ``random``'s, the minibatch
+        order), so a resumed fit equals the uninterrupted one bitwise (pass the larger
+        ``num_steps`` to continue), and a header (model class, config, dtype, a fingerprint of
+        the data: sizes, modalities, label names, a content hash; and ``lr``, ``batch_size``,
+        ``seed``, ``program``, ``clip_norm``, the ELBO, and the units the model state is saved
+        in: standardized for the HMM and the LDS; for EM ``method="em"``). A checkpoint of
         another fit (any of these differs; ``num_steps``, ``patience``, ``tol`` may), a file that
         is not a checkpoint (foreign, truncated, a model file, a newer format) raise
         ``ValueError`` naming the path. Writes are atomic (temp file in the same folder, fsync,
@@ -170,8 +171,13 @@ def fit(
     em_kind = None
     if method == "em":
         em_kind = check_em(model)
-        if program is not None or checkpoint is not None or elbo is not None:
-            raise ValueError("method='em': program, elbo and checkpoint apply to method='svi' only")
+        if program is not None or elbo is not None:
+            raise ValueError("method='em': program and elbo apply to method='svi' only")
+        if checkpoint is not None and em_kind == "mixture":
+            raise ValueError(
+                "checkpoint: applies to method='svi' and the closed-form EM of the HMM and LDS, "
+                "not to the gated mixture's EM"
+            )
         if batch_size is not None and em_kind != "mixture":
             raise ValueError(
                 f"batch_size: applies to method='svi' (and the gated mixture's EM), not to the "
@@ -217,6 +223,8 @@ def fit(
                 lr=lr,
                 batch_size=batch_size,
                 seed=seed + r,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
             )
         else:
             result = fit_svi(

@@ -3,10 +3,13 @@ the dispatch of :func:`mmpgm.fit` ``method="em"`` to the gated mixture's Appendi
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
+import torch
 
+from . import checkpoint as ckpt
 from .progress import progress_bar
 from .result import FitResult
 from .stopping import PlateauStopper
@@ -49,6 +52,8 @@ def fit_em(
     lr: float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    checkpoint=None,
+    checkpoint_every: int = 50,
 ) -> FitResult:
     """Fit ``model`` by EM (see :func:`check_em` for which).
 
@@ -61,29 +66,87 @@ def fit_em(
     num_steps`` (``lr`` its M-step learning rate when given, ``batch_size``, ``seed``); all
     iterations run (no early stopping); ``losses`` are its negative log-likelihood per labelled
     frame before each iteration.
+
+    ``checkpoint`` (closed form only): a path written every ``checkpoint_every`` iterations and
+    at the end, and resumed from when it exists, in the format of the SVI checkpoints
+    (:mod:`mmpgm.inference.checkpoint`; options ``{"method": "em"}``, an empty optimizer
+    state). EM draws no random numbers, so a resumed fit equals the uninterrupted one bitwise.
     """
     if check_em(model) == "mixture":
+        if checkpoint is not None:
+            raise ValueError(
+                "checkpoint: not supported by the gated mixture's EM (method='em'); use "
+                "method='svi' or leave checkpoint=None"
+            )
         return _fit_em_mixture(
             model, data, num_steps=num_steps, lr=lr, batch_size=batch_size, seed=seed
         )
     frames = _frames(data)
     stopper = PlateauStopper(patience, tol)
-    losses = []
-    t0 = time.perf_counter()
+    losses: list[float] = []
+    start = 0
+    head = gen = device = None
+    if checkpoint is not None:
+        head = ckpt.header(model, ckpt.data_fingerprint(data), {"method": "em"})
+        gen = torch.Generator().manual_seed(seed)  # EM draws nothing; kept for the format
+        device = model._param().device
+        ckpt.remove_stale_temps(checkpoint)
+        if os.path.exists(checkpoint):
+            state = ckpt.load_checkpoint(checkpoint)
+            ckpt.check_compatible(state, checkpoint, head)
+            try:
+                model.load_state_dict(state["model"])
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise ValueError(
+                    f"checkpoint: {checkpoint} does not fit this {type(model).__name__} "
+                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                    "delete it or pass another path"
+                ) from None
+            losses = [float(v) for v in state["losses"]]
+            start = int(state["step"])
+            ckpt.set_rng_state(state["rng"], gen, device)
     converged = False
+    for value in losses:  # replay: a run that had stopped early stays stopped
+        converged = stopper(value) or converged
+    t0 = time.perf_counter()
     bar = progress_bar(num_steps, "fit (em)", progress)
+    bar.update(start)
+    saved = start
     try:
-        for _ in range(num_steps):
+        for step in range(start, start if converged else num_steps):
             log_joint = float(model.em_step(data))
             losses.append(-log_joint / frames)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if checkpoint is not None and (
+                (step + 1) % checkpoint_every == 0 or step + 1 == num_steps
+            ):
+                _save(checkpoint, head, model, losses, gen, device)
+                saved = len(losses)
             if stopper(losses[-1]):
                 converged = True
                 break
     finally:
         bar.close()
-    return FitResult(np.asarray(losses), "em", len(losses), converged, time.perf_counter() - t0)
+    if checkpoint is not None and (saved != len(losses) or not os.path.exists(checkpoint)):
+        _save(checkpoint, head, model, losses, gen, device)
+    return FitResult(
+        np.asarray(losses), "em", len(losses), converged, time.perf_counter() - t0, start
+    )
+
+
+def _save(path, head, model, losses, gen, device):
+    ckpt.save_checkpoint(
+        path,
+        {
+            **head,
+            "step": len(losses),
+            "losses": list(losses),
+            "model": model.state_dict(),
+            "optimizer": {},
+            "rng": ckpt.get_rng_state(gen, device),
+        },
+    )
 
 
 def _fit_em_mixture(model, data, *, num_steps, lr, batch_size, seed) -> FitResult:

@@ -150,8 +150,9 @@ def _fit_loop(
                     clip_norm=clip_norm,
                     elbo=elbo,
                 ),
-                # the model state is saved in the units the loop runs in
-                "units": "standardized" if standardized else "data",
+                # the model state is saved in the units the loop runs in (named only when
+                # standardized, so checkpoints of the other families stay as they were)
+                **({"units": "standardized"} if standardized else {}),
             },
         )
         ckpt.remove_stale_temps(checkpoint)

@@ -11,6 +11,14 @@ from ...data import MultimodalData
 from ...ops.linalg import symmetrize
 
 
+def _lstsq(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Least-squares solution of ``A X = B``; on the CPU with LAPACK's SVD driver ``gelsd``: the
+    default ``gelsy`` (MKL) varies in the last bits with the memory alignment of its inputs, which
+    made :func:`init_from_data` not bitwise reproducible from call to call (CUDA has ``gels``)."""
+    driver = "gelsd" if A.device.type == "cpu" else None
+    return torch.linalg.lstsq(A, B, driver=driver).solution
+
+
 @torch.no_grad()
 def init_from_data(model, data: MultimodalData, seed: int = 0) -> None:
     """Data-driven start that respects the shared/private structure.
@@ -69,7 +77,7 @@ def init_from_data(model, data: MultimodalData, seed: int = 0) -> None:
         e = model.emissions[m]
         x, obs = data.filled(m), data.mask[m]
         Z = torch.cat([zs[obs], torch.ones_like(zs[obs][:, :1])], -1)
-        W = torch.linalg.lstsq(Z, x[obs]).solution.mT  # (D, ks + 1)
+        W = _lstsq(Z, x[obs]).mT  # (D, ks + 1)
         e.shared_weight.copy_(W[:, :ks])
         e.offset.copy_(W[:, -1])
         resid = x - zs @ W[:, :ks].mT - W[:, -1]
@@ -83,7 +91,7 @@ def init_from_data(model, data: MultimodalData, seed: int = 0) -> None:
             zm = torch.where(obs[..., None], resid @ Vm, torch.zeros(()).to(resid))
             zm = zm / zm[obs].std(0).clamp_min(1e-8)
             scores[m] = zm
-            Cm = torch.linalg.lstsq(zm[obs], resid[obs]).solution.mT
+            Cm = _lstsq(zm[obs], resid[obs]).mT
             e.private_weight.copy_(Cm)
             resid = resid - zm @ Cm.mT
         r = resid[obs]
