@@ -125,6 +125,60 @@ def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_
     return data
 
 
+def mouth_cover(data: MultimodalData) -> torch.Tensor:
+    """Per frame, the fraction of the mouth box (:func:`mmpgm.features.video.mouth_box` of the
+    clip's face box, the region the video features see) that the patch covers, ``(N, T)``; 0
+    outside the patch segment. The patch is placed anywhere on the face box, so on many clips
+    it leaves the mouth alone and the video features are not corrupted at all."""
+    import json
+
+    from mmpgm.features.video import FaceBox, mouth_box
+
+    N, T = data.num_sequences, data.num_timesteps
+    out = torch.zeros(N, T)
+    recs = np.asarray(data.meta.get("corruption", [])).reshape(-1)
+    infos = np.asarray(data.meta.get("info", [])).reshape(-1)
+    for n in range(min(N, len(recs))):
+        patch = [r for r in json.loads(str(recs[n])) if r["type"] == "video_patch"]
+        if not patch:
+            continue
+        r, b = patch[0], json.loads(str(infos[n]))["face_box"]
+        mx, my, mw, mh = mouth_box(FaceBox(b["x"], b["y"], b["w"], b["h"], True))
+        pw, ph = r.get("width", r["side"]), r.get("height", r["side"])
+        ox = max(0, min(mx + mw, r["x"] + pw) - max(mx, r["x"]))
+        oy = max(0, min(my + mh, r["y"] + ph) - max(my, r["y"]))
+        out[n, r["start_frame"] : r["start_frame"] + r["n_frames"]] = ox * oy / (mw * mh)
+    return out
+
+
+def gate_on_covered_mouth(post, data: MultimodalData, cover: torch.Tensor) -> dict:
+    """Mean gate weight on the video experts on the patched frames whose patch covers at least
+    half of the mouth box (the frames whose video features are corrupted), against the frames
+    without a patch."""
+    w = post.gate_weights[..., 1] + post.gate_weights[..., 2]
+    tm = data.time_mask
+    hit = (cover >= 0.5) & tm
+    clean = (data.labels["video_corrupted"] == 0) & tm
+    if not bool(hit.any()):
+        return {}
+    return {
+        "gate_video_mouth_covered": round(float(w[hit].mean()), 4),
+        "mouth_covered_frames": int(hit.sum()),
+        "patched_frames_mouth_untouched": int(((cover == 0) & (data.labels["video_corrupted"] == 1)
+                                                & tm).sum()),
+        "gate_video_unpatched": round(float(w[clean].mean()), 4),
+    }
+
+
+def accuracy_mouth_covered(pred: torch.Tensor, data: MultimodalData, cover: torch.Tensor):
+    """Accuracy on the labelled frames whose patch covers at least half of the mouth box."""
+    y = data.labels["speech"]
+    keep = (y >= 0) & data.time_mask & (cover >= 0.5)
+    if not bool(keep.any()):
+        return None
+    return round(float((pred[keep] == y[keep]).double().mean()), 4)
+
+
 # --------------------------------------------------------------------------- models
 def build(gate: str, gate_inputs, args) -> GatedMixture:
     torch.manual_seed(args.seed)
@@ -277,20 +331,29 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                                          test_corruption=corr), cond)
         post = final.posterior(test)
         patched = bool((test.labels["video_corrupted"] == 1).any())
+        cover = mouth_cover(test)
+
+        def metrics(pred, _test=test, _cover=cover, _patched=patched):
+            met = frame_metrics(pred, _test)
+            if _patched:
+                met["accuracy_mouth_covered"] = accuracy_mouth_covered(pred, _test, _cover)
+            return met
+
         for i, m in enumerate(MODALITIES):
-            met = frame_metrics((post.expert_predictions[..., i] > 0.5).long(), test)
+            met = metrics((post.expert_predictions[..., i] > 0.5).long())
             emit_row("mmpgm", met, name=f"expert_{m}",
                      extra={"model": "unimodal MLP expert", "modality": m})
             rows.append((cond, f"expert_{m}", met, None))
-        met = frame_metrics((post.expert_predictions.mean(-1) > 0.5).long(), test)
+        met = metrics((post.expert_predictions.mean(-1) > 0.5).long())
         emit_row("mmpgm", met, name="uniform_gate_reference",
                  extra={"model": "experts, gate fixed at 1/3 (not learned)"})
         rows.append((cond, "uniform_gate_reference", met, None))
         for name, (model, extra) in systems.items():
             p = model.posterior(test, causal=True)
-            met = frame_metrics((p.predictive > 0.5).long(), test)
+            met = metrics((p.predictive > 0.5).long())
             if patched:
                 met.update(gate_video_weights(p, test))
+                met.update(gate_on_covered_mouth(p, test, cover))
             else:
                 met["gate_video_mean"] = round(
                     float((p.gate_weights[..., 1] + p.gate_weights[..., 2])[test.time_mask].mean()),

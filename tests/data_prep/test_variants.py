@@ -1,0 +1,148 @@
+"""Corpus variants (synth-grid --variant, --babble-utterances) and the preparation's
+augmentation and running normalization, on tiny corpora."""
+
+import json
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from mmpgm.features import missing_av_requirements
+
+if missing_av_requirements():
+    pytest.skip("needs " + "; ".join(missing_av_requirements()), allow_module_level=True)
+
+from data_prep import grid, synth_grid  # noqa: E402
+from mmpgm.data import MultimodalData  # noqa: E402
+from mmpgm.features import corrupt as fc  # noqa: E402
+from mmpgm.features.normalize import running_normalize  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus_b(tmp_path_factory):
+    root = tmp_path_factory.mktemp("variant") / "B"
+    manifest = synth_grid.make_synth_grid(root, num_speakers=2, num_utterances=1, seed=3,
+                                          variant="B", babble_utterances=1)
+    return root, manifest
+
+
+def test_voice_sets_are_disjoint():
+    sets = {k: {v for v, _, _ in var["speakers"]} for k, var in synth_grid.VARIANTS.items()}
+    babble = {v for v, _, _ in synth_grid.BABBLE_VOICES}
+    names = list(sets)
+    for i, a in enumerate(names):
+        assert not sets[a] & babble
+        for b in names[i + 1 :]:
+            assert not sets[a] & sets[b], (a, b)
+
+
+def test_variant_b_is_made_differently(corpus_b):
+    root, manifest = corpus_b
+    assert manifest["variant"] == "B"
+    voices = [s["voice"] for s in manifest["speakers"].values()]
+    assert voices == [v for v, _, _ in synth_grid.VARIANTS["B"]["speakers"][:2]]
+    for spk in manifest["speakers"].values():
+        assert spk["face"] == "grace_hopper" and spk["face_box"]["found"]
+        for u in spk["utterances"]:
+            assert 0.1 <= u["peak"] <= 0.5 and u["sample_rate"] == 16000
+    wav = next(root.glob("s1/*.wav"))
+    with wave.open(str(wav)) as w:
+        assert w.getframerate() == 16000 and abs(w.getnframes() / 16000 - 3.0) < 1e-3
+    babble = sorted(p.name for p in (root / "babble").glob("*.wav"))
+    assert len(babble) == len(synth_grid.BABBLE_VOICES)
+    assert not any(p.name.startswith("s") and p.is_dir() for p in (root / "babble").iterdir())
+    # the babble folder is not part of the corpus
+    assert all(u.speaker in ("s1", "s2") for u in grid.discover(root))
+
+
+def test_faces_differ_and_bad_names_are_refused():
+    a = synth_grid.base_face_image(0, "astronaut")
+    b = synth_grid.base_face_image(0, "grace_hopper")
+    c = synth_grid.base_face_image(0, "astronaut_wide")
+    assert a.shape == b.shape == c.shape == (288, 360, 3)
+    assert np.abs(a.astype(float) - b).mean() > 20 and np.abs(a.astype(float) - c).mean() > 10
+    with pytest.raises(ValueError, match="face"):
+        synth_grid.base_face_image(0, "cat")
+    with pytest.raises(ValueError, match="variant"):
+        synth_grid.make_synth_grid("/nonexistent", variant="Z")
+
+
+def test_augmented_preparation_and_running_normalization(corpus_b, tmp_path):
+    root, _ = corpus_b
+    corr = {"video_patch": True, "noise_kinds": ("white", "babble"), "snr_range": (0.0, 10.0),
+            "gain_db_range": (-12.0, 0.0), "patch_shapes": ("rect", "ellipse"),
+            "babble_dir": str(root / "babble"), "n_babble": 2}
+    plain, normed = tmp_path / "p.npz", tmp_path / "n.npz"
+    grid.prepare_grid(root, plain, corruption=corr, seed=5, progress=False)
+    grid.prepare_grid(root, normed, corruption=corr, seed=5, progress=False,
+                      normalize="running", normalize_decay=0.9)
+    a, b = MultimodalData.load(plain), MultimodalData.load(normed)
+    for rec in a.meta["corruption"]:
+        rec = {r["type"]: r for r in json.loads(str(rec))}
+        assert rec["video_patch"]["shape"] in ("rect", "ellipse")
+        assert rec["audio_noise"]["kind"] in ("white", "babble")
+        assert 0.0 <= rec["audio_noise"]["snr_db"] <= 10.0
+        assert -12.0 <= rec["gain"]["gain_db"] <= 0.0
+        if rec["audio_noise"]["kind"] == "babble":
+            assert all(f.startswith("babble/") for f in rec["audio_noise"]["babble_files"])
+    for m in ("audio", "image", "flow"):
+        ref = running_normalize(a.obs[m].double(), a.mask[m], decay=0.9)
+        torch.testing.assert_close(b.obs[m].double(), ref, rtol=1e-5, atol=1e-5)
+    assert json.loads(str(b.meta["config"]))["normalize"] == "running"
+
+
+@pytest.mark.parametrize(
+    "corr, match",
+    [({"noise_kinds": ("white", "rain")}, "noise_kinds"), ({"snr_range": (5, 0)}, "snr_range"),
+     ({"patch_shapes": ("star",)}, "patch_shapes"), ({"babble_dir": "/no/such/dir"}, "babble_dir"),
+     ({"gain_db_range": (1,)}, "gain_db_range")],
+)
+def test_bad_corruption_settings(corr, match):
+    with pytest.raises(ValueError, match=match):
+        grid.CorruptionConfig.coerce(corr).validate()
+
+
+def test_bad_normalize_option(corpus_b, tmp_path):
+    root, _ = corpus_b
+    with pytest.raises(ValueError, match="normalize"):
+        grid.prepare_grid(root, tmp_path / "x.npz", normalize="cmvn", progress=False)
+    with pytest.raises(ValueError, match="normalize_decay"):
+        grid.prepare_grid(root, tmp_path / "x.npz", normalize="running", normalize_decay=0,
+                          progress=False)
+
+
+@pytest.mark.parametrize("shape", ["rect", "ellipse"])
+def test_patch_shapes(shape):
+    frames = np.full((40, 100, 120, 3), 7, np.uint8)
+    out, ind, rec = fc.corrupt_video(frames, np.random.default_rng(0), shape=shape,
+                                     brightness_range=(200, 200))
+    assert rec["shape"] == shape and ind.sum() == rec["n_frames"]
+    changed = (out != frames).any(-1)
+    w, h, x, y = rec["width"], rec["height"], rec["x"], rec["y"]
+    inside = np.zeros(changed.shape[1:], bool)
+    inside[y : y + h, x : x + w] = True
+    assert not changed[:, ~inside].any() and not changed[~ind].any()
+    area = changed[ind][0].sum()
+    expect = w * h if shape == "rect" else np.pi * w * h / 4
+    assert abs(area - expect) <= 0.05 * expect + 2 * (w + h)
+
+
+def test_square_patch_consumes_the_stream_as_before():
+    frames = np.zeros((30, 80, 90), np.uint8)
+    r1, r2 = np.random.default_rng(4), np.random.default_rng(4)
+    a = fc.corrupt_video(frames, r1)
+    b = fc.corrupt_video(frames, r2, shape="square")
+    assert np.array_equal(a[0], b[0]) and r1.integers(1 << 30) == r2.integers(1 << 30)
+    with pytest.raises(ValueError, match="shape"):
+        fc.corrupt_video(frames, np.random.default_rng(0), shape="star")
+
+
+def test_apply_gain():
+    y = np.linspace(-0.5, 0.5, 1000).astype(np.float32)
+    out, rec = fc.apply_gain(y, np.random.default_rng(0), (-6.0, -6.0))
+    np.testing.assert_allclose(out, y * 10 ** (-6 / 20), rtol=1e-6)
+    loud, rec = fc.apply_gain(y, np.random.default_rng(0), (20.0, 20.0))
+    assert abs(np.abs(loud).max() - 0.99) < 1e-6 and rec["anti_clip_rescale"] < 1
+    with pytest.raises(ValueError, match="gain_db_range"):
+        fc.apply_gain(y, np.random.default_rng(0), (3.0, -3.0))
