@@ -4,7 +4,10 @@ Submodules (imported lazily by users; librosa / OpenCV are only needed when used
 
 * :mod:`mmpgm.features.audio`   -- 16 kHz, 25 frames/s STFT / log-mel / MFCC features.
 * :mod:`mmpgm.features.video`   -- Haar face box, mouth DCT features, Farneback flow summaries.
-* :mod:`mmpgm.features.corrupt` -- seeded, recorded video patch and audio noise corruptions.
+* :mod:`mmpgm.features.corrupt` -- seeded, recorded video patch and audio noise corruptions
+  (patch shapes, random gain: training-time augmentation).
+* :mod:`mmpgm.features.normalize` -- causal per-utterance running normalization
+  (:func:`~mmpgm.features.normalize.running_normalize`; gain-invariant log-spectral features).
 
 :func:`missing_av_requirements` says what the audio-visual path still needs on this machine.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
-__all__ = ["audio", "video", "corrupt", "missing_av_requirements"]
+__all__ = ["audio", "video", "corrupt", "normalize", "missing_av_requirements"]
 
 
 def missing_av_requirements(*, speech_synthesis: bool = True) -> list[str]:
