@@ -105,6 +105,31 @@ CORPORA = {
 }
 
 
+def git_state() -> dict:
+    """The checkout the run measured: ``MMPGM_GIT_COMMIT`` if set (a snapshot without ``.git``),
+    else ``git rev-parse HEAD`` of this repository and whether tracked files differ from it."""
+    import os
+    import subprocess
+
+    if os.environ.get("MMPGM_GIT_COMMIT"):
+        return {"git_commit": os.environ["MMPGM_GIT_COMMIT"], "git_dirty": False}
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return {}
+    if rev.returncode != 0:
+        return {}
+    return {"git_commit": rev.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+
+
 def has_faults(cls) -> bool:
     return "sensor_faults" in inspect.signature(cls.__init__).parameters
 
@@ -358,6 +383,7 @@ def run_imu(corpus: str, args) -> dict:
             "fault_fraction": args.fault_fraction,
             "segments": args.segments,
             "conditions": list(conds),
+            "seed": args.seed,
             "dtype": "float64",
         },
         "median_s": median_s,
@@ -367,7 +393,7 @@ def run_imu(corpus: str, args) -> dict:
         "metrics": metrics,
         "targets": targets,
         "skipped": skipped,
-        "env": env_info({"mmpgm": mmpgm.__version__}),
+        "env": env_info({"mmpgm": mmpgm.__version__, **git_state()}),
     }
 
 
@@ -638,6 +664,7 @@ def run_lds(args) -> dict:
             "outlier_scale_sd": 10.0,
             "parameters": "known (the generating model); *_fitted: EM on a clean training sample",
             "em_steps": args.lds_em_steps,
+            "seed": args.seed,
             "dtype": "float64",
         },
         "median_s": {k: round(v, 4) for k, v in times.items()},
@@ -647,7 +674,7 @@ def run_lds(args) -> dict:
         "metrics": metrics,
         "targets": targets,
         "skipped": skipped,
-        "env": env_info({"mmpgm": mmpgm.__version__}),
+        "env": env_info({"mmpgm": mmpgm.__version__, **git_state()}),
     }
 
 
