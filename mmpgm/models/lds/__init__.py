@@ -55,9 +55,9 @@ the fault model alive. ``mmpgm.infer(model, data).fault_probs[m]`` gives :math:`
 :class:`mmpgm.online.lds.LDSFilter` does). Measured against the enumerated exact posterior at
 tiny sizes (state 1-2, T 3-4, two 1-d sensors, one gross outlier; ``tests/models/
 test_lds_faults.py``, ``tests/ops/test_kalman_robust.py``): the largest error of a fault
-probability 0.0002-0.07 per sequence, of a posterior state mean 0.0002-0.05, the bound 0.0005-0.16 nats
-below :math:`\log p(x)`; the outlier frame itself at 1.00000 in both. Details:
-:mod:`mmpgm.models.lds.faults`.
+probability 0.0002-0.07 per sequence, of a posterior state mean 0.0002-0.05, the bound
+0.0005-0.16 nats below :math:`\log p(x)`; the outlier frame itself at 1.00000 in both.
+Details: :mod:`mmpgm.models.lds.faults`.
 
 The package is cut by idea: ``model.py`` (structure, programs, posteriors, parameters),
 ``blocks.py`` (dynamics and emission parameter blocks), ``priors.py``, ``init.py`` (data-driven
