@@ -467,7 +467,7 @@ def test_bad_inputs_raise():
     [
         (
             dict(method="fast"),
-            r"method: expected one of 'auto', 'sequential', 'parallel', got 'fast'",
+            r"method: expected one of 'auto', 'sequential', 'parallel', 'information', got 'fast'",
         ),
         (dict(method=None), r"method: expected one of .*, got None"),
         (

@@ -58,6 +58,7 @@ _RUN = [
     Impl("sequential", "matrices", False),
     Impl("sequential", "none", False),
     Impl("parallel", "none", False),
+    Impl("information", "none", False),
 ]
 _NOT_AN_IMPLEMENTATION = {
     Impl("sequential", "matrices", True): "steady state exists only in the shared-cov recursion",
@@ -67,6 +68,11 @@ _NOT_AN_IMPLEMENTATION = {
     Impl("parallel", "covariance", True): "the parallel scan shares nothing across the batch",
     Impl("parallel", "matrices", False): "the parallel scan shares nothing across the batch",
     Impl("parallel", "matrices", True): "the parallel scan shares nothing across the batch",
+    Impl("information", "none", True): "the information filter has no steady state",
+    Impl("information", "covariance", False): "the information filter shares nothing",
+    Impl("information", "covariance", True): "the information filter shares nothing",
+    Impl("information", "matrices", False): "the information filter shares nothing",
+    Impl("information", "matrices", True): "the information filter shares nothing",
 }
 
 

@@ -43,9 +43,13 @@ Which implementation runs is chosen by keywords shared by :func:`kalman_filter`,
 :func:`kalman_log_likelihood`, :func:`rts_smoother` and :func:`ffbs_sample`
 (validated in one place, :func:`mmpgm.ops.kalman.method.resolve`):
 
-* ``method="auto" | "sequential" | "parallel"``: the frame-by-frame recursion
-  (:mod:`~mmpgm.ops.kalman.sequential`) or the associative scan over frames
-  (:mod:`~mmpgm.ops.kalman.parallel`); ``"auto"`` follows :func:`choose_method`.
+* ``method="auto" | "sequential" | "parallel" | "information"``: the frame-by-frame
+  recursion (:mod:`~mmpgm.ops.kalman.sequential`), the associative scan over frames
+  (:mod:`~mmpgm.ops.kalman.parallel`), or the frame-by-frame recursion in information form
+  (:mod:`~mmpgm.ops.kalman.information`: a missing modality adds zero precision, so no rows are
+  selected; the log-likelihood's gradient comes from the smoothed moments by Fisher's identity,
+  first order only); ``"auto"`` follows :func:`choose_method` (``"information"`` whenever the
+  covariance recursion differs between sequences, e.g. masks at random per sequence).
 * ``share="auto" | "covariance" | "matrices" | "none"``: what the sequential
   recursion shares across the batch.  ``"covariance"`` (shared parameters and the
   same mask pattern in every sequence) runs the covariance recursion once without
@@ -147,23 +151,27 @@ def kalman_filter(
         ``(N, T, U)`` controls :math:`u_t`; ``controls[:, 0]`` is unused.
     lengths : Tensor, optional
         ``(N,)`` integer sequence lengths; frames ``t >= lengths[n]`` are unobserved.
-    method : {"auto", "sequential", "parallel"}
+    method : {"auto", "sequential", "parallel", "information"}
         ``"sequential"``: the Cholesky-form recursion (``T`` Python steps, most accurate).
         ``"parallel"``: the associative scan of :func:`parallel_kalman_filter`
-        (``O(log T)`` depth, ``O(N T S^2)`` memory).  ``"auto"``: :func:`choose_method`,
-        i.e. ``"sequential"`` when the covariance recursion is shared by the batch and may
-        reach its steady state, else ``"parallel"`` for long sequences with little work per
-        frame (``T >= AUTO_PARALLEL_MIN_T`` and ``N (S + D)^2 <=
-        AUTO_PARALLEL_MAX_STEP_WORK``, ``D = sum_m D_m``) and ``"sequential"`` otherwise;
-        ``"sequential"`` whenever ``share`` is ``"covariance"`` or ``"matrices"``.  Timings:
-        ``benchmarks/lds_speed.py``.
+        (``O(log T)`` depth, ``O(N T S^2)`` memory).  ``"information"``: the recursion in
+        information form of :mod:`mmpgm.ops.kalman.information` (``S x S`` factorisations
+        only; :func:`kalman_log_likelihood` gets its gradient by Fisher's identity, first
+        order only).  ``"auto"``: :func:`choose_method`, i.e. ``"information"`` when the
+        covariance recursion differs between sequences (masks differing between sequences,
+        per-sequence parameters), else ``"sequential"`` when it may reach its steady state,
+        else ``"parallel"`` for long sequences with little work per frame (``T >=
+        AUTO_PARALLEL_MIN_T`` and ``N (S + D)^2 <= AUTO_PARALLEL_MAX_STEP_WORK``, ``D = sum_m
+        D_m``) and ``"sequential"`` otherwise; ``"sequential"`` whenever ``share`` is
+        ``"covariance"`` or ``"matrices"``.  Timings: ``benchmarks/lds_speed.py``.
     share : {"auto", "covariance", "matrices", "none"}
         What the sequential recursion shares across the batch: ``"covariance"`` one
         covariance recursion for the batch (needs ``P_0``, ``A``, ``Q``, ``C_m``, ``R_m``
         shared and the same mask pattern in every sequence); ``"matrices"`` products with a
         shared ``A`` and ``C`` as one GEMM; ``"none"`` batched ``bmm``.  ``"auto"``: the
         first that applies.  An explicit choice that does not apply raises ``ValueError``;
-        with ``method="parallel"`` only ``"auto"`` and ``"none"`` are allowed.
+        with ``method="parallel"`` or ``"information"`` only ``"auto"`` and ``"none"`` are
+        allowed.
     steady_state : bool
         With ``share="covariance"``: stop the Riccati recursion once converged over the
         final fully observed frames and reuse its last values.  No effect otherwise.

@@ -5,13 +5,15 @@ Keywords (the same for :func:`~mmpgm.ops.kalman.kalman_filter`,
 :func:`~mmpgm.ops.kalman.kalman_log_likelihood`, :func:`~mmpgm.ops.kalman.rts_smoother` and
 :func:`~mmpgm.ops.kalman.ffbs_sample`):
 
-``method`` : ``"auto"`` | ``"sequential"`` | ``"parallel"``
-    The frame-by-frame Cholesky recursion or the time-parallel associative scan.
+``method`` : ``"auto"`` | ``"sequential"`` | ``"parallel"`` | ``"information"``
+    The frame-by-frame Cholesky recursion, the time-parallel associative scan, or the
+    frame-by-frame recursion in information form (:mod:`mmpgm.ops.kalman.information`).
 ``share`` : ``"auto"`` | ``"covariance"`` | ``"matrices"`` | ``"none"``
     What the sequential recursion shares across the batch (see
     :mod:`mmpgm.ops.kalman.sequential`).  ``"auto"`` takes the first of ``"covariance"``,
     ``"matrices"``, ``"none"`` that applies to the inputs; an explicit choice that does not
-    apply raises.  The parallel method shares nothing (``"auto"`` or ``"none"`` only).
+    apply raises.  The parallel and information methods share nothing (``"auto"`` or
+    ``"none"`` only).
 ``steady_state`` : bool
     Let the shared-covariance recursion stop once the Riccati recursion has converged over
     the final fully observed frames (no effect on the other recursions).
@@ -30,6 +32,8 @@ from typing import Literal, NamedTuple, Optional
 
 import torch
 
+from .._threads import cpu_single_thread
+from .information import information_forward
 from .parallel import parallel_forward
 from .prepare import Prepared
 from .sequential import sequential_forward, shares_covariance, shares_matrices
@@ -47,9 +51,9 @@ __all__ = [
     "forward",
 ]
 
-Method = Literal["auto", "sequential", "parallel"]
+Method = Literal["auto", "sequential", "parallel", "information"]
 Share = Literal["auto", "covariance", "matrices", "none"]
-METHODS = ("auto", "sequential", "parallel")
+METHODS = ("auto", "sequential", "parallel", "information")
 SHARES = ("auto", "covariance", "matrices", "none")
 
 AUTO_PARALLEL_MIN_T = 256
@@ -83,18 +87,26 @@ def choose_method(
     state_dim: int,
     obs_dim: int,
     steady_state: bool = False,
+    *,
+    shared_covariance: bool = True,
 ) -> str:
     """The method ``method="auto"`` runs for these sizes.
 
-    ``"sequential"`` when the covariance recursion is shared by the batch and may reach its
-    steady state (``steady_state``: every frame fully observed; then the sequential filter stops
-    the Riccati recursion early and is the fastest at every size measured by
-    ``benchmarks/lds_speed.py``); otherwise
+    ``"information"`` when the covariance recursion is not shared by the batch
+    (``shared_covariance=False``: masks that differ between sequences, or per-sequence
+    parameters; measured with ``benchmarks/lds_speed.py``, config B with 20% of each modality
+    missing: several times faster than the sequential recursions, see
+    :mod:`mmpgm.ops.kalman.information`); else ``"sequential"`` when the covariance
+    recursion is shared by the batch and may reach its steady state (``steady_state``: every
+    frame fully observed; then the sequential filter stops the Riccati recursion early and is
+    the fastest at every size measured by ``benchmarks/lds_speed.py``); otherwise
     ``"parallel"`` if ``num_timesteps >= AUTO_PARALLEL_MIN_T`` and
     ``num_sequences * (state_dim + obs_dim) ** 2 <= AUTO_PARALLEL_MAX_STEP_WORK`` (long sequences
     with little work per frame, where the sequential loop is bound by per-step overhead), else
     ``"sequential"`` (``obs_dim`` = the total dimension ``D`` of all modalities).
     """
+    if not shared_covariance:
+        return "information"
     if steady_state:
         return "sequential"
     work = num_sequences * (state_dim + obs_dim) ** 2
@@ -125,9 +137,9 @@ def check_options(method, share, steady_state, steady_state_rtol) -> None:
         raise ValueError(
             f"steady_state_rtol: expected None or a finite float > 0, got {steady_state_rtol!r}"
         )
-    if method == "parallel" and share not in ("auto", "none"):
+    if method in ("parallel", "information") and share not in ("auto", "none"):
         raise ValueError(
-            f"share: expected 'auto' or 'none' with method='parallel' (the parallel filter "
+            f"share: expected 'auto' or 'none' with method={method!r} (the {method} filter "
             f"shares nothing across the batch), got {share!r}"
         )
 
@@ -153,10 +165,13 @@ def resolve(
             method = "sequential"
         else:
             # the steady state can cut the recursion short only if every frame is observed alike
-            steady = steady_state and share == "auto" and all(p.frame_full) and shares_covariance(p)
-            method = choose_method(p.N, p.T, p.S, p.C.shape[-2], steady)
-    if method == "parallel":
-        return Plan("parallel", "none", None)
+            shared = shares_covariance(p)
+            steady = steady_state and share == "auto" and all(p.frame_full) and shared
+            method = choose_method(
+                p.N, p.T, p.S, p.C.shape[-2], steady, shared_covariance=shared or share == "none"
+            )
+    if method in ("parallel", "information"):
+        return Plan(method, "none", None)
     if share == "covariance" and not shares_covariance(p):
         raise ValueError(
             "share: 'covariance' needs P_0, A, Q, C and R shared by the batch and the same "
@@ -187,4 +202,7 @@ def forward(p: Prepared, plan: Plan, store: bool = True):
     filt_covs, log_lik (N,))``, ``b`` in ``{1, N}`` (1 only for ``share="covariance"``)."""
     if plan.method == "parallel":
         return parallel_forward(p)
+    if plan.method == "information":
+        with cpu_single_thread(p.y.device, p.N * (p.S + p.C.shape[-2]) ** 2):
+            return information_forward(p, store)
     return sequential_forward(p, store, plan.share, plan.steady_rtol)

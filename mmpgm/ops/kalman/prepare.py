@@ -38,6 +38,7 @@ class Prepared(NamedTuple):
     frame_full: list  # per t: every row of every sequence observed
     frame_empty: list  # per t: nothing observed in the whole batch
     num_obs: Tensor  # (N,) number of observed scalar entries
+    dims: tuple = ()  # (D_1, .., D_M): the modality blocks of the stacked rows (masked together)
 
 
 def _shape_error(name: str, expected: str, got) -> ValueError:
@@ -266,4 +267,5 @@ def prepare(
         frame_full=frame_full,
         frame_empty=frame_empty,
         num_obs=rowmask.sum(dim=(1, 2)).to(dtype),
+        dims=tuple(dims),
     )

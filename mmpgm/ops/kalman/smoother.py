@@ -18,6 +18,7 @@ from ..._validation import check_int
 from .._threads import cpu_single_thread
 from ..linalg import symmetrize
 from ..scan import associative_scan
+from .information import information_smoother
 from .method import Method, Share, forward, resolve
 from .prepare import prepare
 from .sequential import expand_batch
@@ -207,6 +208,9 @@ def rts_smoother(
     """
     p = prepare(params, obs, mask, controls, lengths)
     plan = resolve(p, method, share, steady_state, steady_state_rtol)
+    if plan.method == "information":
+        with cpu_single_thread(p.y.device, p.N * (p.S + p.C.shape[-2]) ** 2):
+            return information_smoother(p)
     pm, pP, fm, fP, ll = forward(p, plan, store=True)
     return smooth_from_filter(p.A, FilterResult(fm, fP, pm, pP, ll))
 

@@ -1,0 +1,473 @@
+r"""Information-form Kalman filter and smoother, and the log-likelihood gradient by Fisher's
+identity: the fast exact path for masks that differ between sequences (``method="information"``).
+
+Why
+---
+With missing data at random per sequence, the covariance recursion differs between sequences and
+cannot be shared (``share="covariance"`` needs one mask pattern for the batch).  The covariance
+form conditions on the observed rows with a ``D x D`` factorisation per frame, and autograd records
+some 40 batched products per frame: at ``N = 64``, ``S = 6``, ``D = 10`` the log-likelihood and
+gradient cost 20x the unmasked one.  Here the per-frame work is four batched ops of size ``S``, no
+graph is recorded, and every other quantity is computed for all frames at once.
+
+Filter
+------
+A missing modality adds zero precision, so the measurement update in information form needs no
+row selection: with the per-modality precisions :math:`\Lambda_m = C_m^\top R_m^{-1} C_m` and
+:math:`r_{tm} \in \{0, 1\}`,
+
+.. math::
+
+    J^f_t = J^p_t + \Lambda_t, \quad \Lambda_t = \sum_m r_{tm} \Lambda_m, \qquad
+    h^f_t = h^p_t + C^\top R^{-1} y_t
+
+(:math:`y_t = x_t - d` zero on missing rows; :math:`R` is block diagonal over modalities, so
+:math:`\Lambda_t` and :math:`C^\top R^{-1} y_t` are computed for all frames at once).  The time
+update, with :math:`c_{t+1} = B u_{t+1}`, :math:`M_t = J^f_t + A^\top Q^{-1} A` and
+:math:`h'_t = h^f_t - A^\top Q^{-1} c_{t+1}`, is
+
+.. math::
+
+    J^p_{t+1} = Q^{-1} - Q^{-1} A M_t^{-1} A^\top Q^{-1}, \qquad
+    h^p_{t+1} = Q^{-1} c_{t+1} + Q^{-1} A M_t^{-1} h'_t,
+
+so one frame is one Cholesky factorisation of :math:`M_t` (``S x S``, eigenvalues bounded below
+by those of :math:`Q^{-1}`-weighted terms), one solve with :math:`[A^\top Q^{-1} \mid h'_t]`, one
+product and one subtraction, on the state ``K_t = [M_t | -h'_t]``.
+
+Log-likelihood
+--------------
+With :math:`\varphi(J, h) = \tfrac12 h^\top J^{-1} h - \tfrac12 \log|J|`, each frame contributes
+:math:`\varphi(J^f_t, h^f_t) - \varphi(J^p_t, h^p_t) - \tfrac12 y_t^\top R_o^{-1} y_t -
+\tfrac12 \log|2\pi R_o|`; integrating :math:`z_t` out of the joint of :math:`(z_t, z_{t+1})`
+gives :math:`\varphi(J^f_t, h^f_t) - \varphi(J^p_{t+1}, h^p_{t+1}) = \tfrac12 h'^\top_t
+M_t^{-1} h'_t - \tfrac12 \log|M_t| - \tfrac12 \log|Q| - \tfrac12 c_{t+1}^\top Q^{-1} c_{t+1}`,
+so the sum telescopes into quantities of the recursion plus :math:`\varphi(J^f_T, h^f_T) -
+\varphi(P_0^{-1}, P_0^{-1} \mu_0)`.
+
+Smoother
+--------
+:math:`p(z_t \mid z_{t+1}, x_{1:t}) = \mathcal N(M_t^{-1} h'_t + G_t z_{t+1}, M_t^{-1})` with the
+gain :math:`G_t = M_t^{-1} A^\top Q^{-1}`, both by-products of the filter's solve; so
+:math:`m^s_t = M_t^{-1} h'_t + G_t m^s_{t+1}`, :math:`P^s_t = M_t^{-1} + G_t P^s_{t+1}
+G_t^\top`, :math:`\mathrm{Cov}[z_{t+1}, z_t] = P^s_{t+1} G_t^\top`.
+
+Gradient
+--------
+Fisher's identity :math:`\nabla_\theta \log p(x) = E_{p(z \mid x)}[\nabla_\theta \log p(x, z)]`
+gives the exact gradient of the log-likelihood w.r.t. every parameter, control and observation
+from the smoothed moments (the expected complete-data scores, in closed form, for all frames at
+once): :func:`information_log_likelihood` is a :class:`torch.autograd.Function` whose backward
+runs the smoother.  It is first-order only (``create_graph=True`` through it raises).
+:func:`information_forward` and :func:`information_smoother` record the same recursion on
+autograd instead (differentiable outputs, slower).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from ..linalg import symmetrize
+from .prepare import Prepared
+from .types import LOG_2PI, SmootherResult, check_cholesky
+
+__all__ = [
+    "information_log_likelihood",
+    "information_forward",
+    "information_smoother",
+]
+
+
+class _Model(NamedTuple):
+    """Precomputed inverses and per-frame increments (``b`` is 1 or ``N``)."""
+
+    Qi: Tensor  # (b, S, S)  Q^{-1}
+    AtQi: Tensor  # (b, S, S)  A^T Q^{-1}
+    AtQiA: Tensor  # (b, S, S)
+    Rinv: Tensor  # (b, D, D)  block diagonal
+    P0i: Tensor  # (N, S, S)
+    Zj: Tensor  # (T, N, S, S) per-frame increment of M (J^f_T itself at the last frame)
+    Zh: Tensor  # (T, N, S, 1) per-frame increment of h' (h^f_T at the last frame)
+    c: Optional[Tensor]  # (N, T, S) controls B u_t as rows (or None)
+    const: Tensor  # (N,) the log-likelihood terms that need no recursion
+    observed: Tensor  # (N,) bool: the sequence has an observed entry
+    infos: list  # Cholesky infos of R, Q, P0
+
+
+def _blocks(p: Prepared) -> list:
+    """``(start, stop)`` rows of each modality block of the stacked observation."""
+    dims = p.dims if p.dims else (p.C.shape[-2],)
+    out, o = [], 0
+    for d in dims:
+        out.append((o, o + d))
+        o += d
+    return out
+
+
+def _modality_rows(p: Prepared) -> Tensor:
+    """``(N, T, M)`` modality masks (0/1 floats) from the row mask (rows of a modality agree)."""
+    return p.rm[:, :, [a for a, _ in _blocks(p)], 0]
+
+
+def _rows_times(x: Tensor, W: Tensor) -> Tensor:
+    """``x @ W`` for rows ``x`` ``(N, T, k)`` and ``W`` ``(b, k, l)``, b in {1, N}."""
+    return x @ W if W.shape[0] == 1 else torch.bmm(x, W)
+
+
+def _model(p: Prepared) -> _Model:
+    N, T, S = p.N, p.T, p.S
+    A, Q, C, R = p.A, p.Q, p.C, p.R
+    infos = []
+    LR, info = torch.linalg.cholesky_ex(R)
+    infos.append(info)
+    Rinv = torch.cholesky_inverse(LR)
+    RiC = Rinv @ C  # (b, D, S)
+    LQ, info = torch.linalg.cholesky_ex(Q)
+    infos.append(info)
+    Qi = torch.cholesky_inverse(LQ)
+    AtQi = A.mT @ Qi
+    AtQiA = symmetrize(AtQi @ A)
+    shared_P0 = p.P0.stride(0) == 0
+    LP0, info = torch.linalg.cholesky_ex(p.P0[:1] if shared_P0 else p.P0)
+    infos.append(info)
+    P0i = torch.cholesky_inverse(LP0).expand(N, S, S)
+    m0 = p.m0[..., 0]  # (N, S)
+    P0i_m0 = (P0i @ m0.unsqueeze(-1))[..., 0]
+
+    # per-frame precision increments: sum over observed modalities of C_m^T R_m^{-1} C_m
+    rmod = _modality_rows(p).transpose(0, 1)  # (T, N, M)
+    blocks = _blocks(p)
+    M_ = len(blocks)
+    Lam_m = torch.stack([symmetrize(C[:, a:e].mT @ RiC[:, a:e]) for a, e in blocks], 1)
+    if Lam_m.shape[0] == 1:  # (b, M, S, S)
+        Lam = (rmod.reshape(T * N, M_) @ Lam_m.reshape(M_, S * S)).reshape(T, N, S, S)
+    else:
+        Lam = (rmod.unsqueeze(-2) @ Lam_m.reshape(N, M_, S * S)).reshape(T, N, S, S)
+    y = p.y[..., 0]  # (N, T, D), zero on missing rows
+
+    # M_t = J^p_t + Lambda_t + A^T Q^{-1} A (t < T), J^f_T = J^p_T + Lambda_T: the prior
+    # precision is P_0^{-1} at the first frame, Q^{-1} after (plus the recursion's term);
+    # built in place on the fresh Lambda stack
+    Zj = Lam
+    Zj[0] += P0i
+    if T > 1:
+        Zj[:-1] += AtQiA.unsqueeze(0)
+        Zj[1:] += Qi.unsqueeze(0)
+    # h'_t = h^p_t + C^T R^{-1} y_t - A^T Q^{-1} c_{t+1}; h^p_1 = P_0^{-1} m_0, Q^{-1} c_t after
+    yt = y.transpose(0, 1)  # (T, N, D)
+    Zh = yt @ RiC if RiC.shape[0] == 1 else (yt.unsqueeze(-2) @ RiC.unsqueeze(0)).squeeze(-2)
+    Zh[0] += P0i_m0
+    c = None
+    if T > 1 and p.Bu is not None:
+        c = p.Bu[..., 0]  # (N, T, S); c[:, 0] unused
+        c1 = c[:, 1:]
+        Qic = _rows_times(c1, Qi)  # rows: (Q^{-1} c)^T
+        AtQic = _rows_times(c1, AtQi.mT)  # rows: (A^T Q^{-1} c)^T
+        Zh[1:] += Qic.transpose(0, 1)
+        Zh[:-1] -= AtQic.transpose(0, 1)
+    Zh = Zh.unsqueeze(-1)  # (T, N, S, 1)
+
+    # terms without recursion: -1/2 y^T R_o^{-1} y - 1/2 log|2 pi R_o| per frame, the prior's
+    # -phi(P0^{-1}, P0^{-1} m0), and -1/2 log|Q| - 1/2 c^T Q^{-1} c for every transition
+    yRy = (y * _rows_times(y, Rinv)).sum((1, 2))
+    logdiagR = LR.diagonal(dim1=-2, dim2=-1).log()  # (b, D)
+    logdetR = (p.rm[..., 0].sum(1) * logdiagR).sum(-1)
+    logdetP0 = 2.0 * LP0.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (N,) or (1,)
+    logdetQ = 2.0 * LQ.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (b,)
+    const = (
+        -0.5 * yRy
+        - logdetR
+        - 0.5 * LOG_2PI * p.num_obs
+        - 0.5 * (m0 * P0i_m0).sum(-1)
+        - 0.5 * logdetP0
+        - 0.5 * (T - 1) * logdetQ
+    )
+    if c is not None:
+        const = const - 0.5 * (Qic * c1).sum((1, 2))
+    return _Model(Qi, AtQi, AtQiA, Rinv, P0i, Zj, Zh, c, const, p.num_obs > 0, infos)
+
+
+class _Recursion(NamedTuple):
+    """The filter's by-products, per frame ``t < T``: ``(T-1, N, ...)`` stacks."""
+
+    L: Tensor  # Cholesky factors L_t of M_t (T-1, N, S, S)
+    Vt: Tensor  # V_t^T = Q^{-1} A L_t^{-T} (T-1, N, S, S)
+    w: Tensor  # w_t = L_t^{-1} h'_t (T-1, N, S, 1)
+    M: Optional[Tensor]  # M_t (T-1, N, S, S) (only with keep=True)
+    h: Optional[Tensor]  # h'_t (T-1, N, S, 1) (only with keep=True)
+    J_last: Tensor  # J^f_T (N, S, S)
+    h_last: Tensor  # h^f_T (N, S, 1)
+    L_last: Tensor  # Cholesky factor of J^f_T
+    infos: list
+
+
+def _recursion(mdl: _Model, S: int, keep: bool = False) -> _Recursion:
+    """The filter's frame loop (any autograd mode): per frame one Cholesky factorisation of
+    :math:`M_t`, two triangular solves and two fused products of size ``S``:
+
+    :math:`V_t^\top = Q^{-1} A L_t^{-\top}`, :math:`w_t = L_t^{-1} h'_t`,
+    :math:`M_{t+1} = Z^J_{t+1} - V_t^\top V_t`, :math:`h'_{t+1} = Z^h_{t+1} + V_t^\top w_t`.
+
+    (``V_t^\top`` is computed directly, row-major, so that both products read their second
+    operand contiguously: on the CPU that halves the cost of a batch of tiny products.)"""
+    Zj, Zh = mdl.Zj.unbind(0), mdl.Zh.unbind(0)
+    T = len(Zj)
+    N = Zj[0].shape[0]
+    QiA = mdl.AtQi.mT.expand(N, S, S)
+    M, h = Zj[0], Zh[0]
+    Ls, Vts, ws, Ms, hs, infos = [], [], [], [], [], []
+    for t in range(T - 1):
+        L, info = torch.linalg.cholesky_ex(M)
+        Vt = torch.linalg.solve_triangular(L.mT, QiA, upper=True, left=False)
+        w = torch.linalg.solve_triangular(L, h, upper=False)
+        Ls.append(L)
+        Vts.append(Vt)
+        ws.append(w)
+        infos.append(info)
+        if keep:
+            Ms.append(M)
+            hs.append(h)
+        M = torch.baddbmm(Zj[t + 1], Vt, Vt.mT, alpha=-1.0)
+        h = torch.baddbmm(Zh[t + 1], Vt, w)
+    L, info = torch.linalg.cholesky_ex(M)
+    infos.append(info)
+
+    def stack(xs, *shape):
+        return torch.stack(xs, 0) if xs else Zj[0].new_zeros(0, N, *shape)
+
+    return _Recursion(
+        stack(Ls, S, S),
+        stack(Vts, S, S),
+        stack(ws, S, 1),
+        stack(Ms, S, S) if keep else None,
+        stack(hs, S, 1) if keep else None,
+        M,
+        h,
+        L,
+        infos,
+    )
+
+
+def _log_likelihood(mdl: _Model, rec: _Recursion) -> tuple:
+    """``(log_lik (N,), m^s_T (N, S, 1))`` from the recursion (the telescoped sum)."""
+    hT = rec.h_last
+    mT = torch.cholesky_solve(hT, rec.L_last)
+    ll = (
+        mdl.const
+        + 0.5 * (hT * mT).sum((1, 2))
+        - rec.L_last.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        + 0.5 * rec.w.square().sum((0, 2, 3))
+        - rec.L.diagonal(dim1=-2, dim2=-1).log().sum((0, 2))
+    )
+    # nothing observed: exactly zero (the telescoped terms cancel only up to rounding)
+    ll = torch.where(mdl.observed, ll, torch.zeros_like(ll))
+    return ll, mT
+
+
+def _smoothed(mdl: _Model, rec: _Recursion, mT: Tensor, S: int, sym: bool = True):
+    """Smoothed means ``(N, T, S)``, covariances ``(N, T, S, S)`` and ``Cov[z_{t+1}, z_t]``
+    ``(N, T-1, S, S)`` (any autograd mode).  ``sym=False`` leaves the covariances symmetric
+    only up to rounding (the gradient symmetrizes its sums instead)."""
+    ms, Ps = mT, torch.cholesky_inverse(rec.L_last)
+    means, covs, cross = [ms], [Ps], []
+    n = rec.L.shape[0]
+    if n:
+        # M_t^{-1}, G_t = M_t^{-1} A^T Q^{-1} and M_t^{-1} h'_t for all frames at once
+        Minv = torch.cholesky_inverse(rec.L)  # (T-1, N, S, S)
+        G = Minv @ mdl.AtQi.unsqueeze(0) if mdl.AtQi.shape[0] == 1 else Minv @ mdl.AtQi
+        g = torch.linalg.solve_triangular(rec.L.mT, rec.w, upper=True)
+        Minv, G, g = Minv.unbind(0), G.unbind(0), g.unbind(0)
+        for t in range(n - 1, -1, -1):
+            # P^s_t = M_t^{-1} + G_t P^s_{t+1} G_t^T with G P^s = G (P^s)^T (symmetric): both
+            # products read their second operand contiguously (see _recursion)
+            Gt = G[t]
+            ms = torch.baddbmm(g[t], Gt, ms)
+            GP = torch.bmm(Gt, Ps.mT)
+            Ps = torch.baddbmm(Minv[t], GP, Gt.mT)
+            means.append(ms)
+            covs.append(Ps)
+            cross.append(GP.mT)
+    means = torch.stack(means[::-1], 1)[..., 0]
+    covs = torch.stack(covs[::-1], 1)
+    if sym:
+        covs = symmetrize(covs)
+    if cross:
+        cross = torch.stack(cross[::-1], 1)
+    else:
+        cross = mT.new_zeros(mT.shape[0], 0, S, S)
+    return means, covs, cross
+
+
+def _scores(p: Prepared, mdl: _Model, ms: Tensor, Ps: Tensor, cross: Tensor, g: Tensor):
+    r"""Fisher's identity: expected complete-data scores, weighted by ``g`` ``(N,)`` per
+    sequence, w.r.t. ``m0, P0, A, Q, C, R, y, Bu`` of ``p`` (shaped like them)."""
+    N, T, S = p.N, p.T, p.S
+    A, Q, C = p.A, p.Q, p.C
+    Rinv, Qi, P0i = mdl.Rinv, mdl.Qi, mdl.P0i
+    gw = g.reshape(N, 1, 1)
+
+    def reduce(x, b):  # per-sequence (N, ...) weighted by g, summed when shared (b == 1)
+        x = x * gw
+        return x.sum(0, keepdim=True) if b == 1 else x
+
+    r = p.rm[..., 0]  # (N, T, D)
+    rmod = _modality_rows(p)
+    blocks = _blocks(p)
+    y = p.y[..., 0]
+    Cb = C.expand(N, *C.shape[1:])
+    Rb = Rinv.expand(N, *Rinv.shape[1:])
+    e = (y - torch.bmm(ms, Cb.mT)) * r  # (N, T, D)
+    Gy = torch.bmm(e, Rb) * r  # R_o^{-1} (y - C m^s) on observed rows
+    grad_y = (Gy * -g.reshape(N, 1, 1)).unsqueeze(-1)  # d/dy log N(y; C z, R) = -R^{-1}(y - C z)
+
+    # every weighted sum over frames of the smoothed covariances, as one product:
+    # sum_t r_tm P^s_t (M), sum_t r_ta r_tb P^s_t (M^2), sum_{t<T} P^s_t, sum_{t>1} P^s_t
+    M_ = len(blocks)
+    pairs = (rmod.unsqueeze(-1) * rmod.unsqueeze(-2)).reshape(N, T, M_ * M_)
+    ones = rmod.new_ones(N, T, 1)
+    first, last = ones.clone(), ones.clone()
+    first[:, -1] = 0.0
+    last[:, 0] = 0.0
+    wts = torch.cat([rmod, pairs, first, last], -1)  # (N, T, K)
+    sums = torch.bmm(wts.mT, Ps.reshape(N, T, S * S)).reshape(N, -1, S, S)
+    Wm = sums[:, :M_]  # (N, M, S, S)
+    V = sums[:, M_ : M_ + M_ * M_].reshape(N, M_, M_, S, S).transpose(2, 3)
+    V = V.reshape(N, M_ * S, M_ * S)
+    sP0, sP1 = sums[:, -2], sums[:, -1]
+
+    # emission: C and R
+    CW = torch.cat([torch.bmm(Cb[:, a:e_], Wm[:, i]) for i, (a, e_) in enumerate(blocks)], 1)
+    grad_C = reduce(torch.bmm(Gy.mT, ms) - torch.bmm(Rb, CW), C.shape[0])
+    Cbig = C.new_zeros(C.shape[0], C.shape[1], M_ * S)
+    for i, (a, e_) in enumerate(blocks):
+        Cbig[:, a:e_, i * S : (i + 1) * S] = C[:, a:e_]
+    Cbig = Cbig.expand(N, *Cbig.shape[1:])
+    CVC = torch.bmm(torch.bmm(Cbig, V), Cbig.mT)  # sum_t diag(r) C P^s C^T diag(r)
+    count = r.sum(1)  # (N, D)
+    gR = torch.bmm(Gy.mT, Gy) + torch.bmm(torch.bmm(Rb, CVC), Rb) - Rb * count.unsqueeze(-1)
+    grad_R = reduce(0.5 * symmetrize(gR), p.R.shape[0])
+
+    # initial state
+    m0 = p.m0[..., 0]
+    d0 = ms[:, 0] - m0
+    grad_m0 = (torch.bmm(P0i, d0.unsqueeze(-1))) * gw
+    E0 = Ps[:, 0] + d0.unsqueeze(-1) * d0.unsqueeze(-2) - p.P0
+    grad_P0 = 0.5 * symmetrize(torch.bmm(torch.bmm(P0i, E0), P0i)) * gw
+
+    # transitions
+    Ab = A.expand(N, S, S)
+    Qb = Qi.expand(N, S, S)
+    grad_Bu = None
+    if T > 1:
+        mu0, mu1 = ms[:, :-1], ms[:, 1:]
+        res = mu1 - torch.bmm(mu0, Ab.mT)
+        if mdl.c is not None:
+            res = res - mdl.c[:, 1:]
+        sX = cross.sum(1)  # sum_t Cov[z_{t+1}, z_t]
+        sXAt = torch.bmm(sX, Ab.mT)
+        Eee = sP1 - sXAt - sXAt.mT + torch.bmm(torch.bmm(Ab, sP0), Ab.mT) + torch.bmm(res.mT, res)
+        gQ = torch.bmm(torch.bmm(Qb, Eee - (T - 1) * Q.expand(N, S, S)), Qb)
+        grad_Q = reduce(0.5 * symmetrize(gQ), Q.shape[0])
+        grad_A = reduce(torch.bmm(Qb, sX - torch.bmm(Ab, sP0) + torch.bmm(res.mT, mu0)), A.shape[0])
+        if mdl.c is not None:
+            gc = torch.bmm(res, Qb) * gw
+            grad_Bu = torch.cat([gc.new_zeros(N, 1, S), gc], 1).unsqueeze(-1)
+    else:
+        grad_Q = torch.zeros_like(Q)
+        grad_A = torch.zeros_like(A)
+        if mdl.c is not None:
+            grad_Bu = torch.zeros(N, 1, S, 1, dtype=ms.dtype, device=ms.device)
+    return grad_m0, grad_P0, grad_A, grad_Q, grad_C, grad_R, grad_y, grad_Bu
+
+
+def _prepared(m0, P0, A, Q, C, R, y, Bu, like: Prepared) -> Prepared:
+    return like._replace(m0=m0, P0=P0, A=A, Q=Q, C=C, R=R, y=y, Bu=Bu)
+
+
+class _FisherLogLik(torch.autograd.Function):
+    """Log-likelihood by the information filter; backward by Fisher's identity."""
+
+    @staticmethod
+    def forward(ctx, meta, m0, P0, A, Q, C, R, y, Bu):
+        p = _prepared(m0, P0, A, Q, C, R, y, Bu, meta)
+        mdl = _model(p)
+        rec = _recursion(mdl, p.S)
+        check_cholesky(mdl.infos + rec.infos, "information matrix")
+        ll, mT = _log_likelihood(mdl, rec)
+        ctx.meta = p
+        ctx.state = (mdl, rec, mT)
+        return ll
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        p = ctx.meta
+        mdl, rec, mT = ctx.state
+        ms, Ps, cross = _smoothed(mdl, rec, mT, p.S, sym=False)
+        grads = _scores(p, mdl, ms, Ps, cross, g)
+        return (None, *grads)
+
+
+def information_log_likelihood(p: Prepared) -> Tensor:
+    """``(N,)`` log-likelihoods by the information filter; the gradient (first order) by Fisher's
+    identity from the information smoother."""
+    tensors = (p.m0, p.P0, p.A, p.Q, p.C, p.R, p.y, p.Bu)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _FisherLogLik.apply(p, *tensors)
+    with torch.no_grad():
+        mdl = _model(p)
+        rec = _recursion(mdl, p.S)
+        check_cholesky(mdl.infos + rec.infos, "information matrix")
+        return _log_likelihood(mdl, rec)[0]
+
+
+def information_forward(p: Prepared, store: bool):
+    """``(pred_means (N, T, S), pred_covs (N, T, S, S), filt_means, filt_covs, log_lik (N,))``
+    by the information filter (recorded on autograd: differentiable; all but the last ``None``
+    with ``store=False``)."""
+    if not store:
+        return None, None, None, None, information_log_likelihood(p)
+    N, T, S = p.N, p.T, p.S
+    mdl = _model(p)
+    rec = _recursion(mdl, S, keep=True)
+    check_cholesky(mdl.infos + rec.infos, "information matrix")
+    ll, _ = _log_likelihood(mdl, rec)
+    # filtered: J^f_t = M_t - A^T Q^{-1} A, h^f_t = h'_t + A^T Q^{-1} c_{t+1} (t < T)
+    Jf = torch.cat([rec.M, rec.J_last.unsqueeze(0)], 0).transpose(0, 1)  # (N, T, S, S)
+    hf = torch.cat([rec.h, rec.h_last.unsqueeze(0)], 0).transpose(0, 1)[..., 0]  # (N, T, S)
+    if T > 1:
+        corr = torch.cat(
+            [mdl.AtQiA.unsqueeze(1).expand(N, T - 1, S, S), Jf.new_zeros(N, 1, S, S)], 1
+        )
+        Jf = Jf - corr
+        if mdl.c is not None:
+            AtQic = _rows_times(mdl.c[:, 1:], mdl.AtQi.mT)
+            hf = hf + torch.cat([AtQic, hf.new_zeros(N, 1, S)], 1)
+    Lf, info = torch.linalg.cholesky_ex(symmetrize(Jf))
+    check_cholesky(info, "filtered information matrix")
+    fP = torch.cholesky_inverse(Lf)
+    fm = torch.cholesky_solve(hf.unsqueeze(-1), Lf)[..., 0]
+    # predicted: z_{t+1} | x_{1:t}: mean A m^f_t + c_{t+1}, covariance A P^f_t A^T + Q
+    pm, pP = p.m0[..., 0].unsqueeze(1), p.P0.unsqueeze(1)
+    if T > 1:
+        Ab = p.A.unsqueeze(1)
+        pm_rest = (Ab @ fm[:, :-1].unsqueeze(-1))[..., 0]
+        if mdl.c is not None:
+            pm_rest = pm_rest + mdl.c[:, 1:]
+        pP_rest = symmetrize(Ab @ fP[:, :-1] @ Ab.mT + p.Q.unsqueeze(1))
+        pm = torch.cat([pm, pm_rest], 1)
+        pP = torch.cat([pP, pP_rest], 1)
+    return pm, pP, fm, fP, ll
+
+
+def information_smoother(p: Prepared) -> SmootherResult:
+    """RTS smoother from the information filter's by-products (recorded on autograd)."""
+    mdl = _model(p)
+    rec = _recursion(mdl, p.S)
+    check_cholesky(mdl.infos + rec.infos, "information matrix")
+    ll, mT = _log_likelihood(mdl, rec)
+    ms, Ps, cross = _smoothed(mdl, rec, mT, p.S)
+    return SmootherResult(ms, Ps, cross, ll)
