@@ -26,7 +26,15 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from mmpgm.ops.kalman import ffbs_sample, kalman_filter, kalman_log_likelihood, rts_smoother
+from mmpgm.ops.kalman import (
+    choose_method,
+    ffbs_sample,
+    kalman_filter,
+    kalman_log_likelihood,
+    rts_smoother,
+)
+from mmpgm.ops.kalman.method import resolve
+from mmpgm.ops.kalman.prepare import prepare
 
 # the shared oracle sits next to this file (test modules are imported with importlib)
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -237,3 +245,16 @@ def test_implementation_matches_dense_oracle(impl, sc):
     emp_cov = torch.einsum("knti,kntj->ntij", zc, zc) / (NUM_DRAWS - 1)
     se_cov = ((var.unsqueeze(-1) * var.unsqueeze(-2) + sP.square()) / NUM_DRAWS).sqrt()
     assert ((emp_cov - sP).abs() <= 6 * se_cov).all()
+
+
+def test_auto_runs_information_when_masks_differ_between_sequences():
+    """``method="auto"`` picks the information filter exactly when the covariance recursion is
+    not shared and the parallel scan's rule does not apply (config-B-like sizes)."""
+    assert choose_method(64, 500, 6, 10, shared_covariance=False) == "information"
+    assert choose_method(64, 500, 6, 10, shared_covariance=True) == "sequential"
+    assert choose_method(1, 20000, 2, 2, steady_state=True, shared_covariance=False) == "parallel"
+    cases = (("random", "information"), ("aligned", "sequential"), ("full", "sequential"))
+    for masks, want in cases:
+        base, controls, obs, mk, lengths = _data(Scenario(3, 7, "shared", masks))
+        p = prepare(base, obs, mk, controls, lengths)
+        assert resolve(p).method == want

@@ -48,8 +48,9 @@ Which implementation runs is chosen by keywords shared by :func:`kalman_filter`,
   (:mod:`~mmpgm.ops.kalman.parallel`), or the frame-by-frame recursion in information form
   (:mod:`~mmpgm.ops.kalman.information`: a missing modality adds zero precision, so no rows are
   selected; the log-likelihood's gradient comes from the smoothed moments by Fisher's identity,
-  first order only); ``"auto"`` follows :func:`choose_method` (``"information"`` whenever the
-  covariance recursion differs between sequences, e.g. masks at random per sequence).
+  first order only); ``"auto"`` follows :func:`choose_method` (``"information"`` for a
+  covariance recursion that differs between sequences, e.g. masks at random per sequence,
+  unless the parallel scan's rule applies).
 * ``share="auto" | "covariance" | "matrices" | "none"``: what the sequential
   recursion shares across the batch.  ``"covariance"`` (shared parameters and the
   same mask pattern in every sequence) runs the covariance recursion once without
@@ -157,13 +158,14 @@ def kalman_filter(
         (``O(log T)`` depth, ``O(N T S^2)`` memory).  ``"information"``: the recursion in
         information form of :mod:`mmpgm.ops.kalman.information` (``S x S`` factorisations
         only; :func:`kalman_log_likelihood` gets its gradient by Fisher's identity, first
-        order only).  ``"auto"``: :func:`choose_method`, i.e. ``"information"`` when the
-        covariance recursion differs between sequences (masks differing between sequences,
-        per-sequence parameters), else ``"sequential"`` when it may reach its steady state,
-        else ``"parallel"`` for long sequences with little work per frame (``T >=
+        order only).  ``"auto"``: :func:`choose_method`, i.e. ``"sequential"`` when the
+        covariance recursion is shared by the batch and may reach its steady state, else
+        ``"parallel"`` for long sequences with little work per frame (``T >=
         AUTO_PARALLEL_MIN_T`` and ``N (S + D)^2 <= AUTO_PARALLEL_MAX_STEP_WORK``, ``D = sum_m
-        D_m``) and ``"sequential"`` otherwise; ``"sequential"`` whenever ``share`` is
-        ``"covariance"`` or ``"matrices"``.  Timings: ``benchmarks/lds_speed.py``.
+        D_m``), else ``"sequential"`` for a shared covariance recursion and ``"information"``
+        for one that differs between sequences (masks differing between sequences,
+        per-sequence parameters); ``"sequential"`` whenever ``share`` is ``"covariance"`` or
+        ``"matrices"``.  Timings: ``benchmarks/lds_speed.py``.
     share : {"auto", "covariance", "matrices", "none"}
         What the sequential recursion shares across the batch: ``"covariance"`` one
         covariance recursion for the batch (needs ``P_0``, ``A``, ``Q``, ``C_m``, ``R_m``

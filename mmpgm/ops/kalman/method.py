@@ -92,27 +92,24 @@ def choose_method(
 ) -> str:
     """The method ``method="auto"`` runs for these sizes.
 
-    ``"information"`` when the covariance recursion is not shared by the batch
-    (``shared_covariance=False``: masks that differ between sequences, or per-sequence
-    parameters; measured with ``benchmarks/lds_speed.py``, config B with 20% of each modality
-    missing: several times faster than the sequential recursions, see
-    :mod:`mmpgm.ops.kalman.information`); else ``"sequential"`` when the covariance
-    recursion is shared by the batch and may reach its steady state (``steady_state``: every
-    frame fully observed; then the sequential filter stops the Riccati recursion early and is
-    the fastest at every size measured by ``benchmarks/lds_speed.py``); otherwise
-    ``"parallel"`` if ``num_timesteps >= AUTO_PARALLEL_MIN_T`` and
-    ``num_sequences * (state_dim + obs_dim) ** 2 <= AUTO_PARALLEL_MAX_STEP_WORK`` (long sequences
-    with little work per frame, where the sequential loop is bound by per-step overhead), else
-    ``"sequential"`` (``obs_dim`` = the total dimension ``D`` of all modalities).
+    ``"sequential"`` when the covariance recursion is shared by the batch
+    (``shared_covariance``) and may reach its steady state (``steady_state``: every frame fully
+    observed; then the sequential filter stops the Riccati recursion early and is the fastest
+    at every size measured by ``benchmarks/lds_speed.py``); otherwise ``"parallel"`` if
+    ``num_timesteps >= AUTO_PARALLEL_MIN_T`` and ``num_sequences * (state_dim + obs_dim) ** 2
+    <= AUTO_PARALLEL_MAX_STEP_WORK`` (long sequences with little work per frame, where a
+    sequential loop is bound by per-step overhead), else ``"sequential"`` for a shared
+    covariance recursion and ``"information"`` for one that differs between sequences (masks
+    that differ between sequences, per-sequence parameters: the information form is several
+    times faster than the sequential recursions there, e.g. 5x at config B with 20% of each
+    modality missing; ``obs_dim`` = the total dimension ``D`` of all modalities).
     """
-    if not shared_covariance:
-        return "information"
-    if steady_state:
+    if steady_state and shared_covariance:
         return "sequential"
     work = num_sequences * (state_dim + obs_dim) ** 2
     if num_timesteps >= AUTO_PARALLEL_MIN_T and work <= AUTO_PARALLEL_MAX_STEP_WORK:
         return "parallel"
-    return "sequential"
+    return "sequential" if shared_covariance else "information"
 
 
 def _choice_error(name: str, allowed, value) -> ValueError:
