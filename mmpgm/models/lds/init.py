@@ -47,7 +47,9 @@ def init_from_data(model, data: MultimodalData, seed: int = 0) -> None:
                 f"{int(obs.sum())}"
             )
         mu = x[obs].mean(0)
-        sd = x[obs].std(0).clamp_min(1e-8)
+        xo = x[obs]
+        floor = (16 * torch.finfo(x.dtype).eps * xo.square().mean(0)).sqrt()  # relative to units
+        sd = xo.std(0).clamp_min(floor).clamp_min(torch.finfo(x.dtype).tiny)
         stats[m] = (mu, sd)
         model.emissions[m].data_var.copy_(sd.square())
         z = torch.where(obs[..., None], (x - mu) / sd, torch.zeros_like(x))
@@ -89,7 +91,9 @@ def init_from_data(model, data: MultimodalData, seed: int = 0) -> None:
             if Vm.shape[-1] < km:
                 Vm = torch.cat([Vm, Vm.new_zeros(Vm.shape[0], km - Vm.shape[-1])], -1)
             zm = torch.where(obs[..., None], resid @ Vm, torch.zeros(()).to(resid))
-            zm = zm / zm[obs].std(0).clamp_min(1e-8)
+            zo = zm[obs]  # in the data's units: a floor relative to them
+            floor = (16 * torch.finfo(zo.dtype).eps * zo.square().mean(0)).sqrt()
+            zm = zm / zo.std(0).clamp_min(floor).clamp_min(torch.finfo(zo.dtype).tiny)
             scores[m] = zm
             Cm = _lstsq(zm[obs], resid[obs]).mT
             e.private_weight.copy_(Cm)
