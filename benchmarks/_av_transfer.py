@@ -46,7 +46,9 @@ from mmpgm.inference.mixture import pretrain_experts
 from mmpgm.models.mixture import GatedMixture
 
 MODALITIES = ("audio", "image", "flow")
-PATCH = dict(video_patch=True, patch_shapes=("square", "rect", "ellipse"))
+PATCH = dict(
+    video_patch=True, patch_shapes=("square", "rect", "ellipse"), box_jitter=(0.08, 0.15)
+)
 TEST_PATCH = dict(video_patch=True, patch_shapes=("rect", "ellipse"), patch_side_range=(60, 160))
 TRAIN_PREPS = {
     "clean": (0, {}),
@@ -89,10 +91,10 @@ def make_corpus(data_dir: Path, variant: str, speakers: int, utterances: int, se
 def prep(root: Path, data_dir: Path, name: str, corruption: dict, seed: int) -> Path:
     from data_prep.grid import prepare_grid
 
-    npz = data_dir / f"{root.name}_{name}_seed{seed}.npz"
+    npz = data_dir / f"{root.name}_{name}_fq_seed{seed}.npz"
     if not npz.exists():
         prepare_grid(str(root), str(npz), workers=2, corruption=corruption, seed=seed,
-                     progress=False)
+                     progress=False, face_quality=True)
     return npz
 
 
@@ -111,8 +113,15 @@ def concat(parts: list) -> MultimodalData:
 
 
 def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_normalize):
-    """40-band audio, then the normalization ``how`` (running / speaker / none)."""
+    """40-band audio, the face-quality summaries appended to the image stream (32 + 17 dims),
+    then the normalization ``how`` (running / speaker / none)."""
     data = reduce_audio(raw)
+    if "face_quality" in data.obs:
+        obs = {m: v for m, v in data.obs.items() if m != "face_quality"}
+        mask = {m: v for m, v in data.mask.items() if m != "face_quality"}
+        obs["image"] = torch.cat([obs["image"], data.obs["face_quality"]], -1)
+        data = MultimodalData(obs, lengths=data.lengths, mask=mask, labels=data.labels,
+                              meta=data.meta)
     if how == "speaker":
         return speaker_normalize(data)
     if how == "running":
@@ -180,10 +189,10 @@ def accuracy_mouth_covered(pred: torch.Tensor, data: MultimodalData, cover: torc
 
 
 # --------------------------------------------------------------------------- models
-def build(gate: str, gate_inputs, args) -> GatedMixture:
+def build(gate: str, gate_inputs, args, dims) -> GatedMixture:
     torch.manual_seed(args.seed)
     return GatedMixture(
-        {"audio": 40, "image": 32, "flow": 11},
+        dims,
         gate=gate,
         hidden_dim=args.hidden,
         context=args.context,
@@ -267,7 +276,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
 
     # experts: out-of-fold (per training speaker) and final, shared by every gate
     t1 = time.perf_counter()
-    base = build("conditional", ("features",), args)
+    dims = {m: train.obs[m].shape[-1] for m in MODALITIES}
+    base = build("conditional", ("features",), args, dims)
     scores, evidence, _, outputs = out_of_fold_scores(
         base, train, "speaker", expert_steps=pre_steps, return_outputs=True, **kw
     )
@@ -281,7 +291,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
             if f"{gate}/{vname}" not in args.transfer_mixtures:
                 continue
             t2 = time.perf_counter()
-            model = build(gate, inputs, args)
+            model = build(gate, inputs, args, dims)
             model.experts.load_state_dict(final.experts.state_dict())
             model.standardizers.load_state_dict(final.standardizers.state_dict())
             if "novelty" in inputs:

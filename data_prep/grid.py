@@ -94,6 +94,9 @@ class CorruptionConfig:
     patch_shapes: tuple = ("square",)  # one shape per utterance (mmpgm.features.corrupt)
     patch_brightness_range: tuple = (0, 255)
     babble_dir: str | None = None  # babble from the .wav files here (voices not in the corpus)
+    # (shift, scale): the face box the features are cut from moved by up to shift * its size
+    # and rescaled by up to 1 +- scale (the patch still uses the detected box): another framing
+    box_jitter: tuple | None = None
 
     @classmethod
     def coerce(cls, c):
@@ -127,6 +130,10 @@ class CorruptionConfig:
         if not self.patch_shapes or bad:
             raise ValueError(f"patch_shapes: expected a non-empty list from {PATCH_SHAPES}, "
                              f"got {self.patch_shapes!r}")
+        if self.box_jitter is not None and (
+                len(self.box_jitter) != 2 or not all(0 <= float(v) < 0.5 for v in self.box_jitter)):
+            raise ValueError(f"box_jitter: expected (shift, scale) in [0, 0.5), got "
+                             f"{self.box_jitter!r}")
         for name in ("snr_range", "gain_db_range", "patch_brightness_range"):
             v = getattr(self, name)
             if v is not None and (len(v) != 2 or not float(v[0]) <= float(v[1])):
@@ -304,6 +311,23 @@ def corrupt_clip(y, frames, box, cc, rng, aug_rng, T, babble=(), root="."):
     return y, frames, vind, aind, records
 
 
+def jitter_box(box, W, H, jitter, rng):
+    """``box`` (a :class:`mmpgm.features.video.FaceBox`) shifted by up to ``jitter[0]`` times
+    its size in x and y and rescaled by a factor in ``1 +- jitter[1]`` (uniform draws from
+    ``rng``), kept inside the ``W x H`` frame: training-time augmentation of the framing."""
+    from mmpgm.features.video import FaceBox
+
+    shift, scale = float(jitter[0]), float(jitter[1])
+    f = float(rng.uniform(1 - scale, 1 + scale))
+    w, h = max(8, int(round(box.w * f))), max(8, int(round(box.h * f)))
+    cx = box.x + box.w / 2 + float(rng.uniform(-shift, shift)) * box.w
+    cy = box.y + box.h / 2 + float(rng.uniform(-shift, shift)) * box.h
+    w, h = min(w, W), min(h, H)
+    x = int(min(max(round(cx - w / 2), 0), W - w))
+    y = int(min(max(round(cy - h / 2), 0), H - h))
+    return FaceBox(x, y, w, h, box.found)
+
+
 def process_utterance(task):
     """Features, labels and records for one utterance (runs in a worker).
 
@@ -363,18 +387,26 @@ def _process(task):
         # noise = noisy - clean: exactly 0 (mask 1) where no noise was added
         targets["irm"] = fa.waveform_ratio_mask(clean, y, fa.SAMPLE_RATE)
         assert targets["irm"].shape == (T, fa.N_BINS)
-    vfeats, vinfo = fv.video_features(frames, box, n_frames=T)
+    feat_box = box
+    if cc.box_jitter is not None:
+        feat_box = jitter_box(box, frames.shape[2], frames.shape[1], cc.box_jitter,
+                              _utt_rng(task["seed"] + 15485863, u.uid))
+        info["feature_box"] = feat_box.as_dict()
+    vfeats, vinfo = fv.video_features(frames, feat_box, n_frames=T)
     vind, _ = fv.align_frames(vind, T, mode="zero")
     padded = vinfo["align"]["padded"]
     vmask = np.ones(T, dtype=bool)
     if padded:
         vmask[T - padded:] = False
     feats = {"audio": audio, "image": vfeats["image"], "flow": vfeats["flow"]}
+    if task.get("face_quality"):
+        feats["face_quality"] = fv.face_quality_features(vfeats["face"])
     if task.get("normalize", "none") == "running":
         from mmpgm.features.normalize import running_normalize
 
         decay = float(task.get("normalize_decay", 0.98))
-        for key, mk in (("audio", None), ("image", vmask), ("flow", vmask)):
+        for key in feats:
+            mk = None if key == "audio" else vmask
             feats[key] = running_normalize(feats[key].astype(np.float64), mk,
                                            decay=decay).astype(np.float32)
     info.update(vinfo)
@@ -384,7 +416,8 @@ def _process(task):
         info["warning"] = "no face detected in the first frame; centred box used"
     return {
         "audio": feats["audio"], "image": feats["image"], "flow": feats["flow"],
-        "video_mask": vmask, "speech": speech_labels(align, T),
+        "face_quality": feats.get("face_quality"), "video_mask": vmask,
+        "speech": speech_labels(align, T),
         "video_corrupted": vind.astype(np.int64), "audio_corrupted": aind.astype(np.int64),
         "length": T, "info": info, "records": records, "targets": targets,
     }
@@ -444,7 +477,8 @@ def babble_paths(cc, utts, i, seed):
 def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = False,
                  corruption=None, seed: int = 0, progress: bool = True, audio_kind: str = "stft",
                  max_video_pad: int = 25, mp_context: str | None = None, targets=(),
-                 normalize: str = "none", normalize_decay: float = 0.98):
+                 normalize: str = "none", normalize_decay: float = 0.98,
+                 face_quality: bool = False):
     """Prepare the GRID-layout corpus at ``root`` into ``out_path`` (``.npz``).
 
     ``workers`` processes (1 = in this process); ``shard`` ``"i/n"`` takes every
@@ -468,6 +502,9 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
     :func:`mmpgm.features.normalize.running_normalize` (causal per-utterance running mean and
     variance, ``normalize_decay`` = its ``decay``; video padding frames excluded), which makes
     the log-spectral audio features gain-invariant and removes each recording's own levels.
+    ``face_quality``: also store ``obs/face_quality`` (N, T, 17) with ``mask/face_quality``
+    (the video mask): occlusion evidence over the whole face crop
+    (:func:`mmpgm.features.video.face_quality_features`; a 4th stream, off by default).
     Raises :class:`PrepError` listing failed files unless ``skip_bad``.
     Returns a summary dict.
     """
@@ -497,6 +534,7 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
         tasks.append({"utt": asdict(u), "seed": seed, "corruption": asdict(cc), "babble": babble,
                       "audio_kind": audio_kind, "max_video_pad": int(max_video_pad),
                       "root": str(root), "targets": targets, "normalize": normalize,
+                      "face_quality": bool(face_quality),
                       "normalize_decay": float(normalize_decay)})
 
     from tqdm.auto import tqdm
@@ -554,6 +592,9 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
         "labels/video_corrupted": np.full((N, T), -1, np.int64),
         "labels/audio_corrupted": np.full((N, T), -1, np.int64),
     }
+    if face_quality:
+        arr["obs/face_quality"] = np.zeros((N, T, r0["face_quality"].shape[1]), np.float32)
+        arr["mask/face_quality"] = np.zeros((N, T), bool)
     for name in targets:  # float per-frame targets: NaN past the clip's length
         arr[f"labels/{name}"] = np.full((N, T) + r0["targets"][name].shape[1:], np.nan,
                                         np.float32)
@@ -567,6 +608,9 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
         arr["mask/audio"][n, :L] = True
         arr["mask/image"][n, :L] = r["video_mask"]
         arr["mask/flow"][n, :L] = r["video_mask"]
+        if face_quality:
+            arr["obs/face_quality"][n, :L] = r["face_quality"]
+            arr["mask/face_quality"][n, :L] = r["video_mask"]
         arr["lengths"][n] = L
         arr["labels/speech"][n, :L] = r["speech"]
         arr["labels/speaker"][n] = speakers.index(by_uid[uid].speaker)
@@ -580,7 +624,7 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
               "corruption": asdict(cc), "audio_kind": audio_kind,
               "max_video_pad": max_video_pad, "n_total_in_corpus": len(all_utts),
               "targets": list(targets), "normalize": normalize,
-              "normalize_decay": float(normalize_decay),
+              "normalize_decay": float(normalize_decay), "face_quality": bool(face_quality),
               "frame_rate": 25, "audio_sample_rate": 16000, "stft_window": 1024, "stft_hop": 640}
     arr["meta/utterance_id"] = np.array(ok, dtype=str)
     arr["meta/speaker_id"] = np.array([by_uid[u].speaker for u in ok], dtype=str)
@@ -638,6 +682,9 @@ def main(argv=None) -> int:
                    help="comma-separated patch shapes (square, rect, ellipse), one per utterance")
     p.add_argument("--babble-dir", default=None,
                    help="babble from the .wav files of this folder (voices not in the corpus)")
+    p.add_argument("--face-quality", action="store_true",
+                   help="also store obs/face_quality (N, T, 17): occlusion evidence over the "
+                        "whole face crop (4x4 cell texture energies, flat-pixel fraction)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     corruption = {"audio_noise": None if a.audio_noise == "none" else a.audio_noise,
@@ -654,7 +701,7 @@ def main(argv=None) -> int:
                          corruption=corruption, seed=a.seed, progress=not a.no_progress,
                          audio_kind=a.audio_kind, max_video_pad=a.max_video_pad,
                          targets=("irm",) if a.irm else (), normalize=a.normalize,
-                         normalize_decay=a.normalize_decay)
+                         normalize_decay=a.normalize_decay, face_quality=a.face_quality)
     except (PrepError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

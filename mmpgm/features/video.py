@@ -45,6 +45,8 @@ MOUTH_WIDTH_FRAC = 0.6
 N_DCT = 32
 N_FLOW_BINS = 8
 FLOW_DIM = 3 + N_FLOW_BINS
+FACE_GRID = 4
+FACE_QUALITY_DIM = FACE_GRID * FACE_GRID + 1
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
 __all__ = [
@@ -57,6 +59,8 @@ __all__ = [
     "dct_features",
     "zigzag_indices",
     "flow_features",
+    "face_quality_features",
+    "FACE_QUALITY_DIM",
     "video_features",
     "mouth_box",
     "align_frames",
@@ -271,6 +275,40 @@ def flow_features(crops: np.ndarray, n_bins: int = N_FLOW_BINS) -> np.ndarray:
         out[t, 1] = dx.mean()
         out[t, 2] = dy.mean()
         out[t, 3:] = np.bincount(bins.ravel(), weights=mag.ravel(), minlength=n_bins) / npx
+    return out
+
+
+def face_quality_features(faces: np.ndarray, grid: int = FACE_GRID,
+                          flat_threshold: float = 1.0) -> np.ndarray:
+    """Per-frame evidence of occlusion over the *whole* face crop, ``(T, grid*grid + 1)``
+    float32: the log texture energy ``log(1 + std)`` of each cell of a ``grid x grid``
+    partition of the grey face crop (``faces (T, S, S)`` uint8, e.g. ``video_features``'
+    ``"face"``), and the fraction of pixels whose Sobel gradient magnitude is below
+    ``flat_threshold`` grey levels (a uniform patch is flat; a face rarely is).
+
+    The mouth features (DCT, flow) only see the mouth box; a patch elsewhere on the face
+    leaves them intact but still tells that the camera image is corrupted. These summaries
+    depend on the face only through its texture, so after per-utterance normalization
+    (:func:`mmpgm.features.normalize.running_normalize`) a patch shows as a sudden drop of
+    texture in some cells and a jump of the flat fraction, on any face."""
+    cv2 = _cv2()
+    faces = np.asarray(faces)
+    if faces.ndim != 3:
+        raise ValueError(f"faces: expected (T, S, S) grey crops, got shape {faces.shape}")
+    T, H, W = faces.shape
+    out = np.zeros((T, grid * grid + 1), dtype=np.float32)
+    ys = np.linspace(0, H, grid + 1).round().astype(int)
+    xs = np.linspace(0, W, grid + 1).round().astype(int)
+    for t in range(T):
+        f = faces[t].astype(np.float32)
+        k = 0
+        for i in range(grid):
+            for j in range(grid):
+                out[t, k] = np.log1p(f[ys[i] : ys[i + 1], xs[j] : xs[j + 1]].std())
+                k += 1
+        gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+        gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+        out[t, -1] = float((np.hypot(gx, gy) < flat_threshold).mean())
     return out
 
 
