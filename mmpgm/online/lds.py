@@ -96,6 +96,12 @@ class LDSFilter:
             self._C = {m: p.emission_matrices[m].detach() for m in self.model.modalities}
             self._d = {m: p.emission_offsets[m].detach() for m in self.model.modalities}
             self._R = {m: _sym(p.emission_covs[m].detach()) for m in self.model.modalities}
+            self._faults = {
+                m: (f.background_loc.clone(), f.background_scale.clone(), f.rate.detach().clone())
+                for m, f in (
+                    (m, self.model.faults[m]) for m in getattr(self.model, "fault_modalities", ())
+                )
+            }
             N, S = self.num_sequences, self.model.state_dim
             self._pred_m = p.initial_mean.detach().expand(N, S).clone()
             self._pred_P = _sym(p.initial_cov.detach()).expand(N, S, S).clone()
@@ -149,7 +155,7 @@ class LDSFilter:
         R = torch.block_diag(*[self._R[m] for m in model.modalities])
         fm, fP = self._pred_m, self._pred_P
         fault_probs = None
-        if model.fault_modalities:
+        if self._faults:
             fm, fP, inc, fault_probs = self._robust_update(y, rows, C, R)
         elif bool(rows.any()):  # the batch filter's update (raises NumericalError if not SPD)
             u = kalman_steps.condition(fm, fP, C, R, y, rows)
@@ -185,14 +191,13 @@ class LDSFilter:
             segs[m] = (o, o + model.obs_dims[m])
             o += model.obs_dims[m]
         lbs, rates, observed = {}, {}, {}
-        for m in model.fault_modalities:
-            f = model.faults[m]
+        for m, (loc, scale, rate) in self._faults.items():
             a, e = segs[m]
             observed[m] = rows[:, a]
             x = y[:, a:e] + self._d[m]
-            lb = lds_faults.log_background(x, f.background_loc, f.background_scale)
+            lb = lds_faults.log_background(x, loc, scale)
             lbs[m] = torch.where(observed[m], lb, torch.zeros_like(lb))
-            rates[m] = f.rate.detach()
+            rates[m] = rate
         fm, fP = self._pred_m, self._pred_P
         if bool(rows.any()):
             u, r, inc, _ = kalman_robust.robust_condition(
@@ -201,7 +206,7 @@ class LDSFilter:
             )  # fmt: skip
             fm, fP = u.mean, u.cov
         else:
-            r = {m: torch.zeros_like(self._log_likelihood) for m in model.fault_modalities}
+            r = {m: torch.zeros_like(self._log_likelihood) for m in self._faults}
             inc = torch.zeros_like(self._log_likelihood)
         probs = {m: torch.where(observed[m], r[m], rates[m].to(r[m])) for m in r}
         return fm, fP, inc, probs
