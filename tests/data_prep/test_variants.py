@@ -146,3 +146,38 @@ def test_apply_gain():
     assert abs(np.abs(loud).max() - 0.99) < 1e-6 and rec["anti_clip_rescale"] < 1
     with pytest.raises(ValueError, match="gain_db_range"):
         fc.apply_gain(y, np.random.default_rng(0), (3.0, -3.0))
+
+
+def test_jitter_box_stays_inside_and_is_seeded():
+    from mmpgm.features.video import FaceBox
+
+    box = FaceBox(100, 60, 150, 150, True)
+    for seed in range(50):
+        b = grid.jitter_box(box, 360, 288, (0.08, 0.15), np.random.default_rng(seed))
+        assert 0 <= b.x and b.x + b.w <= 360 and 0 <= b.y and b.y + b.h <= 288
+        assert 0.85 * 150 - 1 <= b.w <= 1.15 * 150 + 1 and b.w == b.h
+        assert abs(b.x + b.w / 2 - 175) <= 0.08 * 150 + 1
+    same = [grid.jitter_box(box, 360, 288, (0.08, 0.15), np.random.default_rng(7))
+            for _ in range(2)]
+    assert same[0] == same[1]
+    with pytest.raises(ValueError, match="box_jitter"):
+        grid.CorruptionConfig.coerce({"box_jitter": (0.6, 0.1)}).validate()
+
+
+def test_face_quality_stream_and_box_jitter_in_prep(corpus_b, tmp_path):
+    root, _ = corpus_b
+    out = tmp_path / "fq.npz"
+    grid.prepare_grid(root, out, corruption={"box_jitter": (0.08, 0.15)}, seed=2,
+                      progress=False, face_quality=True)
+    d = MultimodalData.load(out)
+    assert d.obs["face_quality"].shape[-1] == 17
+    assert bool((d.mask["face_quality"] == d.mask["image"]).all())
+    for info in d.meta["info"]:
+        info = json.loads(str(info))
+        assert info["feature_box"] == info["face_box"]  # the features were cut from it
+    plain = tmp_path / "plain.npz"
+    grid.prepare_grid(root, plain, seed=2, progress=False)
+    p = MultimodalData.load(plain)
+    assert "face_quality" not in p.obs
+    assert not torch.equal(p.obs["image"], d.obs["image"])  # another framing
+    torch.testing.assert_close(p.obs["audio"], d.obs["audio"], rtol=0, atol=0)
