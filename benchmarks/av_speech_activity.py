@@ -41,9 +41,20 @@ joint fit and number of gradient steps (first noise condition).
 ``--test-speakers all`` holds out each speaker in turn (leave-one-speaker-out) and reports every
 row pooled over all test frames, with the per-speaker accuracies.
 
+``--test-corpus B`` (issue 12; :mod:`_av_transfer`): train on corpus A (all its speakers,
+prepared clean and with augmentation: noise kinds incl. babble of voices in no corpus, SNR and
+gain ranges, patch shapes, framing jitter), score on corpus B, made with other voices, face
+photograph, levels and patch shapes (``data_prep.synth_grid --variant B``);
+``--val-corpus C`` chooses the gates' shrinkage and the reported mixture on a third corpus.
+Features are running-normalized per utterance by default (``--normalize``). Rows: the experts,
+the equal-weight mix, conditional / Markov gates reading the features, the reliability inputs
+(novelty, disagreement; :mod:`mmpgm.models.mixture.reliability`) or both, silero-vad and
+webrtcvad, and a ``summary`` row with the issue's targets; gate weights on the video experts
+inside / outside the patch and on the frames whose patch covers the mouth.
+
 Usage: ``python benchmarks/av_speech_activity.py [--quick] [--out fig.png] [--data-dir DIR]
 [--jsonl F] [--table F] [--training {crossfit,staged,joint}] [--test-speakers {last,all}]
-[--seed S]``.
+[--seed S] [--test-corpus B [--val-corpus C] [--normalize {running,speaker,none}]]``.
 """
 
 from __future__ import annotations
