@@ -182,3 +182,33 @@ def test_bad_arguments():
         imu_activity_data(1, noise_ar=1.0)
     with pytest.raises(ValueError, match="num_classes"):
         imu_activity_data(1, num_classes=1)
+
+
+@pytest.mark.slow
+def test_each_sensor_alone_classifies_partly_both_together_well(float64, one_thread):
+    """What the generator is for: per-class MultimodalHMMs (K_s = 4, EM) on one sensor classify
+    the 4 activities only partly, on both nearly perfectly. Measured (template seed 1, 100 test
+    sequences): accel 0.67, gyro 0.71, both 1.00; the binomial standard error is ~0.045, so the
+    bounds [0.45, 0.95] for one sensor and >= 0.95 for both leave >= 4.5 standard errors."""
+    import mmpgm
+
+    kw = dict(template_seed=1, min_length=60, max_length=80)
+    train, test = imu_activity_data(12, seed=3, **kw), imu_activity_data(25, seed=4, **kw)
+
+    def accuracy(mods):
+        def view(d):
+            return mmpgm.MultimodalData({m: d.obs[m] for m in mods}, lengths=d.lengths)
+
+        scores = []
+        for c in range(4):
+            model = mmpgm.MultimodalHMM({m: 3 for m in mods}, num_shared_states=4)
+            rows = torch.nonzero(train.labels["activity"] == c).flatten()
+            mmpgm.fit(model, view(train)[rows], method="em", num_steps=30, progress=False)
+            with torch.no_grad():
+                scores.append(model.log_likelihood(view(test)))
+        pred = torch.stack(scores, -1).argmax(-1)
+        return float((pred == test.labels["activity"]).double().mean())
+
+    for mods in (("accel",), ("gyro",)):
+        assert 0.45 <= accuracy(mods) <= 0.95, mods
+    assert accuracy(IMU_MODALITIES) >= 0.95
