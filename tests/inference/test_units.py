@@ -122,7 +122,9 @@ def test_rescale_refuses_bad_units_and_unit_free_emissions():
 def _ragged(T=5):
     g = torch.Generator().manual_seed(0)
     obs = {
-        "a": torch.randn(3, T, 3, generator=g, dtype=torch.float64) * SCALE + SHIFT,
+        # means a few sds from 0 (a mean of 3000 sds would cost the raw-unit density itself
+        # digits: its quadratic form cancels, eps * (x / sigma)^2, whatever the units map does)
+        "a": torch.randn(3, T, 3, generator=g, dtype=torch.float64) * SCALE + SHIFT * SCALE,
         "b": torch.randn(3, T, 2, generator=g, dtype=torch.float64) * 7.0 - 2.0,
     }
     if T > 1:
