@@ -64,7 +64,18 @@ class ObservationModel(TypedPyroModule):
         raise NotImplementedError
 
     def m_step(self, x: torch.Tensor, weights: torch.Tensor) -> None:
-        """Closed-form MAP update from ``x (F, obs_dim)`` and responsibilities ``(F, K_s, K_m)``."""
+        """Closed-form MAP update from ``x (F, obs_dim)`` and responsibilities ``(F, K_s, K_m)``:
+        ``m_step_from_statistics(sufficient_statistics(x, weights))``."""
+        self.m_step_from_statistics(self.sufficient_statistics(x, weights))
+
+    def sufficient_statistics(self, x: torch.Tensor, weights: torch.Tensor) -> dict:
+        """Name -> tensor of the responsibility-weighted sums over the frames of ``x (F, D)``
+        (``weights (F, K_s, K_m)``) that the M-step needs; sums, so the statistics of disjoint
+        frame sets add (data-parallel EM all-reduces them, :mod:`mmpgm.inference.distributed`)."""
+        raise NotImplementedError
+
+    def m_step_from_statistics(self, stats: dict) -> None:
+        """The closed-form MAP update from :meth:`sufficient_statistics` (summed over frames)."""
         raise NotImplementedError
 
     def num_free_parameters(self) -> int:

@@ -67,10 +67,14 @@ class CategoricalObservation(ObservationModel):
         draw = torch.multinomial(flat, 1, generator=generator).reshape(p.shape[:-1] + (1,))
         return draw.to(p.dtype)
 
-    @torch.no_grad()
-    def m_step(self, x, weights):
+    def sufficient_statistics(self, x, weights):
+        """``counts (K_s, K_m, C)``: weighted category counts."""
         onehot = torch.nn.functional.one_hot(self._index(x), self.num_categories).to(weights)
-        counts = torch.einsum("fij,fc->ijc", weights, onehot) + (self.concentration - 1.0)
+        return {"counts": torch.einsum("fij,fc->ijc", weights, onehot)}
+
+    @torch.no_grad()
+    def m_step_from_statistics(self, stats):
+        counts = stats["counts"] + (self.concentration - 1.0)
         self.probs = counts / counts.sum(-1, keepdim=True)
 
     @torch.no_grad()

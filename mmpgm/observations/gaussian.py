@@ -146,11 +146,18 @@ class DiagonalGaussianObservation(_GaussianBase):
         eps = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
         return loc + scale * eps
 
+    def sufficient_statistics(self, x, weights):
+        """``n (K_s, K_m)``: summed weights; ``sx``, ``sxx (K_s, K_m, D)``: weighted sums of
+        :math:`x_d` and :math:`x_d^2`."""
+        return {
+            "n": weights.sum(0),
+            "sx": torch.einsum("fij,fd->ijd", weights, x),
+            "sxx": torch.einsum("fij,fd->ijd", weights, x * x),
+        }
+
     @torch.no_grad()
-    def m_step(self, x, weights):
-        n = weights.sum(0)  # (K_s, K_m)
-        sx = torch.einsum("fij,fd->ijd", weights, x)
-        sxx = torch.einsum("fij,fd->ijd", weights, x * x)
+    def m_step_from_statistics(self, stats):
+        n, sx, sxx = stats["n"], stats["sx"], stats["sxx"]
         mu = self._loc_given_precision(sx, n, self.scale**-2)
         ss = (sxx - 2 * mu * sx + n[..., None] * mu**2).clamp_min(0.0)
         beta0 = self.prior_var * (self.alpha0 + 1.0)
@@ -233,11 +240,19 @@ class FullGaussianObservation(_GaussianBase):
         return loc + (L @ eps[..., None]).squeeze(-1)
 
     @torch.no_grad()
-    def m_step(self, x, weights):
+    def sufficient_statistics(self, x, weights):
+        """``n (K_s, K_m)``, ``sx (K_s, K_m, D)``, ``sxx (K_s, K_m, D, D)``: weighted sums of
+        1, :math:`x` and :math:`x x^\\top`."""
+        return {
+            "n": weights.sum(0),
+            "sx": torch.einsum("fij,fd->ijd", weights, x),
+            "sxx": torch.einsum("fij,fd,fe->ijde", weights, x, x),
+        }
+
+    @torch.no_grad()
+    def m_step_from_statistics(self, stats):
         D = self.obs_dim
-        n = weights.sum(0)
-        sx = torch.einsum("fij,fd->ijd", weights, x)
-        sxx = torch.einsum("fij,fd,fe->ijde", weights, x, x)
+        n, sx, sxx = stats["n"], stats["sx"], stats["sxx"]
         cov = self.covariance()
         mu = self._loc_given_precision(sx, n, torch.linalg.inv(cov))
         outer = mu[..., :, None] * sx[..., None, :]

@@ -327,21 +327,55 @@ class MultimodalHMM(MultimodalModel):
     @torch.no_grad()
     def em_step(self, data: MultimodalData) -> torch.Tensor:
         """One Baum-Welch (MAP-EM) step on the factorial model; returns the log joint
-        ``sum_n log p(x_n) + log p(theta)`` at the parameters *before* the update."""
+        ``sum_n log p(x_n) + log p(theta)`` at the parameters *before* the update:
+        ``em_update(em_statistics(data))``."""
+        stats = self.em_statistics(data)
+        log_joint = stats["log_likelihood"] + self.log_prior()
+        self.em_update(stats)
+        return log_joint
+
+    @torch.no_grad()
+    def em_statistics(self, data: MultimodalData) -> dict:
+        """The E-step: name -> tensor of expected sufficient statistics of checked ``data`` at
+        the current parameters, all sums over sequences (so those of disjoint shards add:
+        data-parallel EM all-reduces them, :mod:`mmpgm.inference.distributed`).
+
+        ``"log_likelihood"``: :math:`\\sum_n \\log p(x_n)` (scalar); per chain ``c`` of
+        :meth:`_chains` (shared, private, fault chains) ``"chain<c>.initial" (K_c,)`` and
+        ``"chain<c>.transition" (K_c, K_c)`` expected counts; per modality ``m``
+        ``"emission.<m>.<name>"``: the emission's
+        :meth:`~mmpgm.observations.base.ObservationModel.sufficient_statistics` of the observed
+        frames weighted by the posterior of (shared, private) state (jointly with ``m``'s fault
+        chain being ok).
+        """
         data = self._checked(data)
         init, trans, logE = self._ops_args(data)
         sm = ops.factorial_smooth(
             [a.detach() for a in init], [a.detach() for a in trans], logE.detach()
         )
-        log_joint = sm.log_likelihood.sum() + self.log_prior()
-        counts = zip(self._chains(), sm.initial_counts, sm.transition_counts, strict=True)
-        for chain, ic, tc in counts:
-            chain.m_step(ic, tc)
+        stats = {"log_likelihood": sm.log_likelihood.sum()}
+        for c, (ic, tc) in enumerate(zip(sm.initial_counts, sm.transition_counts, strict=True)):
+            stats[f"chain{c}.initial"] = ic
+            stats[f"chain{c}.transition"] = tc
         for m in self.modalities:
             w = self._emission_weights(sm.marginals, m, ok_only=True)
             mask = data.mask[m]
-            self.emissions[m].m_step(data.obs[m][mask], w[mask])
-        return log_joint
+            suff = self.emissions[m].sufficient_statistics(data.obs[m][mask], w[mask])
+            for k, v in suff.items():
+                stats[f"emission.{m}.{k}"] = v
+        return stats
+
+    @torch.no_grad()
+    def em_update(self, stats: dict) -> None:
+        """The M-step from :meth:`em_statistics` (summed over any number of shards): every
+        chain's and emission's closed-form MAP update."""
+        for c, chain in enumerate(self._chains()):
+            chain.m_step(stats[f"chain{c}.initial"], stats[f"chain{c}.transition"])
+        for m in self.modalities:
+            head = f"emission.{m}."
+            self.emissions[m].m_step_from_statistics(
+                {k[len(head) :]: v for k, v in stats.items() if k.startswith(head)}
+            )
 
     def _emission_weights(self, joint: torch.Tensor, modality: str, ok_only: bool = False):
         """``joint (..., T) + chain_sizes`` -> ``(..., T, K_s, K_m)``: the marginal of the shared

@@ -375,6 +375,15 @@ class MultimodalLDS(MultimodalModel):
         before the update (:func:`mmpgm.models.lds.em.em_step`)."""
         return em.em_step(self, data)
 
+    def em_statistics(self, data: MultimodalData) -> dict:
+        """The E-step's summed sufficient statistics (:func:`mmpgm.models.lds.em.em_statistics`);
+        ``em_step`` is ``em_update(em_statistics(data))``."""
+        return em.em_statistics(self, data)
+
+    def em_update(self, stats: dict) -> None:
+        """The closed-form M-step from summed statistics (:func:`mmpgm.models.lds.em.em_update`)."""
+        em.em_update(self, stats)
+
     # ------------------------------------------------------------------ posteriors
     def _split_blocks(self, mean, cov):
         means, covs = {}, {}
