@@ -215,7 +215,7 @@ def build():
     data, _ = model.sample(6, 8, seed=0)
     return model, data
 
-KW = dict(num_steps=60, patience=0, progress=False, checkpoint_every=1)
+KW = dict(num_steps=25, patience=0, progress=False, checkpoint_every=1)
 """,
     "hmm_em": """
 import torch
@@ -229,7 +229,7 @@ def build():
     data, _ = model.sample(6, 8, seed=0)
     return model, data
 
-KW = dict(method="em", num_steps=150, patience=0, progress=False, checkpoint_every=1)
+KW = dict(method="em", num_steps=60, patience=0, progress=False, checkpoint_every=1)
 """,
     "mixture": """
 import torch
