@@ -34,6 +34,10 @@ magnitude spectrogram (:func:`mmpgm.features.audio.apply_ratio_mask`) is the enh
   frames and unlabelled frames (target -1, NaN for a Normal head, NaN in every bin for a ratio
   mask) carry no evidence. A ratio-mask frame with only *some* NaN bins is labelled: its missing
   bins are summed out (the product over ``f`` runs over the observed bins only).
+* **Reliability inputs** (``gate_inputs``, :mod:`.reliability`): besides (or instead of) the
+  standardized streams the gate can read per-stream novelty under a diagonal Gaussian of clean
+  features (:meth:`GatedMixture.fit_novelty`) and expert disagreement, added linearly to its
+  logits: evidence of a failing stream whose meaning does not change with the corpus.
 * **Causality**: experts, gates and the gate chain only read :math:`x_{\le t}`;
   :attr:`MixturePosterior.predictive` is the online :math:`p(y_t \mid x_{\le t})`.
 * **Exact marginalization**: :meth:`log_likelihood` sums over :math:`c` in closed form
