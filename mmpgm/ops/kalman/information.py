@@ -194,7 +194,7 @@ class _Recursion(NamedTuple):
     """The filter's by-products, per frame ``t < T``: ``(T-1, N, ...)`` stacks."""
 
     L: Tensor  # Cholesky factors L_t of M_t (T-1, N, S, S)
-    Vt: Tensor  # V_t^T = Q^{-1} A L_t^{-T} (T-1, N, S, S)
+    V: Tensor  # V_t = L_t^{-1} A^T Q^{-1} (T-1, N, S, S)
     w: Tensor  # w_t = L_t^{-1} h'_t (T-1, N, S, 1)
     M: Optional[Tensor]  # M_t (T-1, N, S, S) (only with keep=True)
     h: Optional[Tensor]  # h'_t (T-1, N, S, 1) (only with keep=True)
@@ -207,30 +207,27 @@ class _Recursion(NamedTuple):
 def _recursion(mdl: _Model, S: int, keep: bool = False) -> _Recursion:
     """The filter's frame loop (any autograd mode): per frame one Cholesky factorisation of
     :math:`M_t`, two triangular solves and two fused products of size ``S``:
-
-    :math:`V_t^\top = Q^{-1} A L_t^{-\top}`, :math:`w_t = L_t^{-1} h'_t`,
-    :math:`M_{t+1} = Z^J_{t+1} - V_t^\top V_t`, :math:`h'_{t+1} = Z^h_{t+1} + V_t^\top w_t`.
-
-    (``V_t^\top`` is computed directly, row-major, so that both products read their second
-    operand contiguously: on the CPU that halves the cost of a batch of tiny products.)"""
+    :math:`V_t = L_t^{-1} A^\top Q^{-1}`, :math:`w_t = L_t^{-1} h'_t`,
+    :math:`M_{t+1} = Z^J_{t+1} - V_t^\top V_t`, :math:`h'_{t+1} = Z^h_{t+1} + V_t^\top w_t`."""
     Zj, Zh = mdl.Zj.unbind(0), mdl.Zh.unbind(0)
     T = len(Zj)
     N = Zj[0].shape[0]
-    QiA = mdl.AtQi.mT.expand(N, S, S)
+    AtQi = mdl.AtQi
     M, h = Zj[0], Zh[0]
-    Ls, Vts, ws, Ms, hs, infos = [], [], [], [], [], []
+    Ls, Vs, ws, Ms, hs, infos = [], [], [], [], [], []
     for t in range(T - 1):
         L, info = torch.linalg.cholesky_ex(M)
-        Vt = torch.linalg.solve_triangular(L.mT, QiA, upper=True, left=False)
+        V = torch.linalg.solve_triangular(L, AtQi, upper=False)
         w = torch.linalg.solve_triangular(L, h, upper=False)
         Ls.append(L)
-        Vts.append(Vt)
+        Vs.append(V)
         ws.append(w)
         infos.append(info)
         if keep:
             Ms.append(M)
             hs.append(h)
-        M = torch.baddbmm(Zj[t + 1], Vt, Vt.mT, alpha=-1.0)
+        Vt = V.mT
+        M = torch.baddbmm(Zj[t + 1], Vt, V, alpha=-1.0)
         h = torch.baddbmm(Zh[t + 1], Vt, w)
     L, info = torch.linalg.cholesky_ex(M)
     infos.append(info)
@@ -240,7 +237,7 @@ def _recursion(mdl: _Model, S: int, keep: bool = False) -> _Recursion:
 
     return _Recursion(
         stack(Ls, S, S),
-        stack(Vts, S, S),
+        stack(Vs, S, S),
         stack(ws, S, 1),
         stack(Ms, S, S) if keep else None,
         stack(hs, S, 1) if keep else None,

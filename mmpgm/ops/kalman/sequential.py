@@ -258,8 +258,17 @@ def forward_shared_covariance(p: Prepared, store: bool, steady_rtol: Optional[fl
 
     # ---- mean recursion m_{t+1} = m_t F_t + g_t: an associative scan over the affine maps
     # (depth O(log T), differentiable, no per-frame Python loop) ----
+    # Without autograd the plain loop is cheaper (one fused GEMM of (N, S) by (S, S) per frame,
+    # no O(T log T) intermediates).
     m0 = p.m0[..., 0].unsqueeze(0)  # (1, N, S)
-    if T > 1:
+    if T > 1 and not _recorded(F, g, m0):
+        m, gs, Fs = m0[0], g.unbind(0), F.unbind(0)
+        pms = [m]
+        for t in range(T - 1):
+            m = torch.addmm(gs[t], m, Fs[t])
+            pms.append(m)
+        pm = torch.stack(pms, 0)
+    elif T > 1:
         Fc, gc = associative_scan(affine_combine, (F[: T - 1], g[: T - 1]), dim=0)
         pm = torch.cat([m0, m0 @ Fc + gc], dim=0)  # (T, N, S)
     else:
@@ -273,6 +282,11 @@ def forward_shared_covariance(p: Prepared, store: bool, steady_rtol: Optional[fl
     fm = torch.baddbmm(pm, e.mT, Ws)  # (T, N, S)
     Pp, Pf = stack(Pp_l), stack(Pf_l)
     return pm.transpose(0, 1), Pp.unsqueeze(0), fm.transpose(0, 1), Pf.unsqueeze(0), ll
+
+
+def _recorded(*tensors) -> bool:
+    """Whether autograd records operations on any of ``tensors``."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def sequential_forward(p: Prepared, store: bool, share: str, steady_rtol: Optional[float]):

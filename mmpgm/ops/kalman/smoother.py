@@ -47,6 +47,13 @@ def _smooth_combine(ea: tuple, eb: tuple) -> tuple:
     return Gb @ Ga, Gb @ Ca @ Gb.mT + Cb, ba @ Gb.mT + bb
 
 
+def _cov_combine(ea: tuple, eb: tuple) -> tuple:
+    """:func:`_smooth_combine` without the means: ``(G_b G_a, G_b C_a G_b^T + C_b)``."""
+    Ga, Ca = ea
+    Gb, Cb = eb
+    return Gb @ Ga, Gb @ Ca @ Gb.mT + Cb
+
+
 def backward_gains(A: Tensor, fP: Tensor, pP: Tensor):
     r"""Smoother gains and backward conditional covariances, for all frames at once.
 
@@ -106,17 +113,31 @@ def smooth_from_filter(A: Tensor, filt: FilterResult) -> SmootherResult:
     if fP.shape[0] == 1 and G.shape[0] == 1:
         # means: m^s_t = (m_t - G_t m^p_{t+1}) + m^s_{t+1} G_t^T, rows are sequences
         G1 = G[0]
-        base = fm[:, :-1] - (pm[:, 1:].unsqueeze(-2) @ G1.mT).squeeze(-2)
-        base = base.transpose(0, 1)  # (T-1, N, S)
+        # (T-1, N, S): one small GEMM per frame (a batched product over frames)
+        base = fm[:, :-1].transpose(0, 1) - torch.bmm(pm[:, 1:].transpose(0, 1), G1.mT)
         # Both backward recursions are affine maps of the later smoothed value,
         # m -> m G_t^T + base_t and P -> G_t P G_t^T + Cond_t, so all of them follow from an
         # associative scan over their compositions (depth O(log T), no per-frame Python loop),
         # applied to the last filtered moments. Reversed so the scan runs from t = T-2 down to 0.
-        elems = (G1.flip(0), Cond[0].flip(0), base.flip(0))
-        Gc, Cc, bc = associative_scan(_smooth_combine, elems, dim=0)
         ms_last, Ps_last = fm[:, -1], fP[0, -1]
-        ms = (ms_last.unsqueeze(0) @ Gc.mT + bc).flip(0)  # (T-1, N, S) for t = 0..T-2
-        Ps = symmetrize(Gc @ Ps_last @ Gc.mT + Cc).flip(0)  # (T-1, S, S)
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (G1, Cond, base, fm, fP)):
+            elems = (G1.flip(0), Cond[0].flip(0), base.flip(0))
+            Gc, Cc, bc = associative_scan(_smooth_combine, elems, dim=0)
+            ms = (ms_last.unsqueeze(0) @ Gc.mT + bc).flip(0)  # (T-1, N, S) for t = 0..T-2
+            Ps = symmetrize(Gc @ Ps_last @ Gc.mT + Cc).flip(0)  # (T-1, S, S)
+        else:
+            # without autograd: the batch-free covariances by the scan, the means by the plain
+            # backward loop (one fused GEMM of (N, S) by (S, S) a frame, no (T, N, S) levels)
+            elems = (G1.flip(0), Cond[0].flip(0))
+            Gc, Cc = associative_scan(_cov_combine, elems, dim=0)
+            Ps = symmetrize(Gc @ Ps_last @ Gc.mT + Cc).flip(0)  # (T-1, S, S)
+            with cpu_single_thread(fm.device, N * S * S):
+                m, Gs, bs = ms_last, G1.unbind(0), base.unbind(0)
+                ms_l = []
+                for t in range(T - 2, -1, -1):
+                    m = torch.addmm(bs[t], m, Gs[t].mT)
+                    ms_l.append(m)
+                ms = torch.stack(ms_l[::-1], 0)
         means = torch.cat([ms.transpose(0, 1), ms_last.unsqueeze(1)], dim=1)
         covs = torch.cat([Ps, Ps_last.unsqueeze(0)], dim=0)
         cross = covs[1:] @ G1.mT
