@@ -13,6 +13,7 @@ import pyro
 
 from ._validation import check_bool, check_choice, check_float, check_int
 from .data import MultimodalData
+from .inference.distributed import check_distributed
 from .inference.em import check_em, fit_em
 from .inference.result import FitResult
 from .inference.svi import fit_svi
@@ -50,6 +51,7 @@ def fit(
     checkpoint: str | None = None,
     checkpoint_every: int = 50,
     progress: bool | None = None,
+    distributed: bool | str = False,
 ) -> FitResult:
     """Fit ``model`` to ``data`` (MAP point estimate of the parameters).
 
@@ -134,6 +136,16 @@ def fit(
         Steps between checkpoints.
     progress : bool, optional
         tqdm progress bar; default on only when stderr is a terminal.
+    distributed : bool or "auto"
+        Data-parallel training over the processes of an initialized ``torch.distributed``
+        process group (:mod:`mmpgm.inference.distributed`; run under ``torchrun``, gloo on the
+        CPU, NCCL with the model on each rank's GPU). Every rank passes the same full ``data``;
+        rank ``r`` of ``W`` works on sequences ``r, r + W, ...`` (none repeated). EM (HMM,
+        LDS): the E-step statistics are all-reduced, every rank runs the same M-step. SVI (every
+        family): the gradients of each step's global minibatch are all-reduced. Rank 0 alone
+        writes the checkpoint and shows progress; the result equals the single-process fit up
+        to floating-point summation order. ``True`` without an initialized process group raises
+        ``ValueError``; ``"auto"`` uses one when it is initialized, else trains in one process.
 
     Returns
     -------
@@ -168,6 +180,7 @@ def fit(
     check_int("patience", patience, minimum=0, allow_none=True)
     check_int("seed", seed, minimum=0)
     check_int("checkpoint_every", checkpoint_every)
+    comm = check_distributed(distributed)
     em_kind = None
     if method == "em":
         em_kind = check_em(model)
@@ -177,6 +190,11 @@ def fit(
             raise ValueError(
                 "checkpoint: applies to method='svi' and the closed-form EM of the HMM and LDS, "
                 "not to the gated mixture's EM"
+            )
+        if comm is not None and em_kind == "mixture":
+            raise ValueError(
+                "distributed: the gated mixture's EM (method='em') runs in one process; use "
+                "method='svi' for data-parallel training of a GatedMixture"
             )
         if batch_size is not None and em_kind != "mixture":
             raise ValueError(
@@ -225,6 +243,7 @@ def fit(
                 seed=seed + r,
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
+                comm=comm,
             )
         else:
             result = fit_svi(
@@ -243,6 +262,7 @@ def fit(
                 program=program,
                 elbo=elbo,
                 init_seed=seed + r if do_init else None,
+                comm=comm,
             )
         if best is None or result.final_loss < best[0].final_loss:
             best = (result, copy.deepcopy(model.state_dict()) if num_restarts > 1 else None)

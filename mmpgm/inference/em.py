@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .distributed import read_checkpoint as dist_read
 from .progress import progress_bar
 from .result import FitResult
 from .stopping import PlateauStopper
@@ -54,6 +55,7 @@ def fit_em(
     seed: int = 0,
     checkpoint=None,
     checkpoint_every: int = 50,
+    comm=None,
 ) -> FitResult:
     """Fit ``model`` by EM (see :func:`check_em` for which).
 
@@ -71,6 +73,11 @@ def fit_em(
     at the end, and resumed from when it exists, in the format of the SVI checkpoints
     (:mod:`mmpgm.inference.checkpoint`; options ``{"method": "em"}``, an empty optimizer
     state). EM draws no random numbers, so a resumed fit equals the uninterrupted one bitwise.
+
+    ``comm`` (closed form only): a :class:`~mmpgm.inference.distributed.Communicator`; ``data``
+    is then the full data set on every rank, the rank's shard is E-stepped, the statistics are
+    all-reduced and every rank runs the same M-step; rank 0 alone checkpoints and shows
+    progress (:mod:`mmpgm.inference.distributed`).
     """
     if check_em(model) == "mixture":
         if checkpoint is not None:
@@ -90,10 +97,9 @@ def fit_em(
         head = ckpt.header(model, ckpt.data_fingerprint(data), {"method": "em"})
         gen = torch.Generator().manual_seed(seed)  # EM draws nothing; kept for the format
         device = model._param().device
-        ckpt.remove_stale_temps(checkpoint)
-        if os.path.exists(checkpoint):
-            state = ckpt.load_checkpoint(checkpoint)
-            ckpt.check_compatible(state, checkpoint, head)
+        read = dist_read if comm is None else comm.read_checkpoint
+        state = read(checkpoint, head)
+        if state is not None:
             try:
                 model.load_state_dict(state["model"])
             except (RuntimeError, ValueError, KeyError) as err:
@@ -108,17 +114,24 @@ def fit_em(
     converged = False
     for value in losses:  # replay: a run that had stopped early stays stopped
         converged = stopper(value) or converged
+    root = comm is None or comm.is_root
+    if comm is not None:
+        comm.broadcast_state(model)  # rank 0's start (data-driven or resumed) everywhere
+        shard = comm.shard(model, data)
     t0 = time.perf_counter()
-    bar = progress_bar(num_steps, "fit (em)", progress)
+    bar = progress_bar(num_steps, "fit (em)", progress if root else False)
     bar.update(start)
     saved = start
     try:
         for step in range(start, start if converged else num_steps):
-            log_joint = float(model.em_step(data))
+            if comm is None:
+                log_joint = float(model.em_step(data))
+            else:
+                log_joint = float(comm.em_step(model, data, shard))
             losses.append(-log_joint / frames)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if checkpoint is not None and (
+            if root and checkpoint is not None and (
                 (step + 1) % checkpoint_every == 0 or step + 1 == num_steps
             ):
                 _save(checkpoint, head, model, losses, gen, device)
@@ -128,7 +141,9 @@ def fit_em(
                 break
     finally:
         bar.close()
-    if checkpoint is not None and (saved != len(losses) or not os.path.exists(checkpoint)):
+    if root and checkpoint is not None and (
+        saved != len(losses) or not os.path.exists(checkpoint)
+    ):
         _save(checkpoint, head, model, losses, gen, device)
     return FitResult(
         np.asarray(losses), "em", len(losses), converged, time.perf_counter() - t0, start

@@ -12,6 +12,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import units
+from .distributed import read_checkpoint as dist_read
 from .progress import progress_bar
 from .result import FitResult
 from .stopping import PlateauStopper
@@ -38,6 +39,7 @@ def fit_svi(
     program: str | None = None,
     elbo=None,
     init_seed: int | None = None,
+    comm=None,
 ) -> FitResult:
     """Minimize ``elbo.differentiable_loss(model.model, model.guide, batch, program=program)``
     with Adam, in standardized units where the model has them.
@@ -54,6 +56,10 @@ def fit_svi(
     losses are those of the user's units (negative log joint per observed frame).
     ``init_seed``: run ``model.init_from_data(data, seed=init_seed)`` first (in the
     standardized units).
+    ``comm``: a :class:`~mmpgm.inference.distributed.Communicator` for data-parallel training
+    (``data`` the full data set on every rank; each step back-propagates this rank's part of
+    the global minibatch and all-reduces the gradients; rank 0 alone checkpoints and shows
+    progress; :mod:`mmpgm.inference.distributed`).
     """
     opts = dict(
         num_steps=num_steps,
@@ -68,6 +74,7 @@ def fit_svi(
         checkpoint_every=checkpoint_every,
         program=program,
         elbo=elbo,
+        comm=comm,
     )
     maps = units.unit_maps(model)
     if maps is None:
@@ -122,6 +129,7 @@ def _fit_loop(
     loss_offset: float,
     standardized: bool,
     user_data,
+    comm=None,
 ) -> FitResult:
     """The Adam loop of :func:`fit_svi` on (possibly standardized) checked ``data``; each
     step's loss per frame is reported plus ``loss_offset`` (the units' log-Jacobian per frame);
@@ -155,10 +163,9 @@ def _fit_loop(
                 **({"units": "standardized"} if standardized else {}),
             },
         )
-        ckpt.remove_stale_temps(checkpoint)
-        if os.path.exists(checkpoint):
-            state = ckpt.load_checkpoint(checkpoint)
-            ckpt.check_compatible(state, checkpoint, head)
+        read = dist_read if comm is None else comm.read_checkpoint
+        state = read(checkpoint, head)
+        if state is not None:
             try:
                 model.load_state_dict(state["model"])
                 optim.load_state_dict(state["optimizer"])
@@ -176,8 +183,11 @@ def _fit_loop(
     converged = False
     for value in losses:  # replay: a run that had stopped early stays stopped
         converged = stopper(value) or converged
+    root = comm is None or comm.is_root
+    if comm is not None:
+        comm.broadcast_state(model)  # rank 0's start (data-driven or resumed) everywhere
     t0 = time.perf_counter()
-    bar = progress_bar(num_steps, "fit (svi)", progress)
+    bar = progress_bar(num_steps, "fit (svi)", progress if root else False)
     bar.update(start)
     step = saved = start
     try:
@@ -187,8 +197,18 @@ def _fit_loop(
                 batches = [data]
             else:
                 batches = model.checked_batches(data, batch_size, shuffle=True, generator=gen)
+            if comm is not None:
+                batches = comm.svi_batches(model, data, batch_size, gen)
             for batch in batches:
                 optim.zero_grad()
+                if comm is not None:  # this rank's part of the global batch; grads all-reduced
+                    batch, count = batch
+                    value = comm.svi_backward(model, elbo, batch, count, N, program, params)
+                    if clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                    optim.step()
+                    epoch_loss += value * count / N
+                    continue
                 loss = elbo.differentiable_loss(
                     model.model, model.guide, batch, num_sequences=N, program=program
                 )
@@ -206,7 +226,7 @@ def _fit_loop(
             losses.append(epoch_loss / total_frames + loss_offset)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if checkpoint is not None and (
+            if root and checkpoint is not None and (
                 (step + 1) % checkpoint_every == 0 or step + 1 == num_steps
             ):
                 _save(checkpoint, head, model, optim, losses, gen, device)
@@ -216,7 +236,9 @@ def _fit_loop(
                 break
     finally:
         bar.close()
-    if checkpoint is not None and (saved != len(losses) or not os.path.exists(checkpoint)):
+    if root and checkpoint is not None and (
+        saved != len(losses) or not os.path.exists(checkpoint)
+    ):
         _save(checkpoint, head, model, optim, losses, gen, device)
     return FitResult(
         np.asarray(losses), "svi", len(losses), converged, time.perf_counter() - t0, start
