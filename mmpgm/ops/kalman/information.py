@@ -214,38 +214,52 @@ def _recursion(mdl: _Model, S: int, keep: bool = False) -> _Recursion:
     N = Zj[0].shape[0]
     AtQi = mdl.AtQi
     M, h = Zj[0], Zh[0]
-    Ls, Vs, ws, Ms, hs, infos = [], [], [], [], [], []
-    for t in range(T - 1):
-        L, info = torch.linalg.cholesky_ex(M)
-        V = torch.linalg.solve_triangular(L, AtQi, upper=False)
-        w = torch.linalg.solve_triangular(L, h, upper=False)
-        Ls.append(L)
-        Vs.append(V)
-        ws.append(w)
-        infos.append(info)
-        if keep:
-            Ms.append(M)
-            hs.append(h)
-        Vt = V.mT
-        M = torch.baddbmm(Zj[t + 1], Vt, V, alpha=-1.0)
-        h = torch.baddbmm(Zh[t + 1], Vt, w)
+    Ms, hs = [], []
+    z = Zj[0]
+    if not (torch.is_grad_enabled() and (mdl.Zj.requires_grad or mdl.Zh.requires_grad)):
+        # no autograd: write every frame's factors into preallocated stacks (no copies)
+        Lb = z.new_empty(T - 1, N, S, S)
+        Vb = z.new_empty(T - 1, N, S, S)
+        wb = z.new_empty(T - 1, N, S, 1)
+        ib = torch.empty(T - 1, N, dtype=torch.int32, device=z.device)
+        for t in range(T - 1):
+            L, V, w = Lb[t], Vb[t], wb[t]
+            torch.linalg.cholesky_ex(M, out=(L, ib[t]))
+            torch.linalg.solve_triangular(L, AtQi, upper=False, out=V)
+            torch.linalg.solve_triangular(L, h, upper=False, out=w)
+            if keep:
+                Ms.append(M)
+                hs.append(h)
+            Vt = V.mT
+            M = torch.baddbmm(Zj[t + 1], Vt, V, alpha=-1.0)
+            h = torch.baddbmm(Zh[t + 1], Vt, w)
+        infos = [ib]
+    else:
+        Ls, Vs, ws, infos = [], [], [], []
+        for t in range(T - 1):
+            L, info = torch.linalg.cholesky_ex(M)
+            V = torch.linalg.solve_triangular(L, AtQi, upper=False)
+            w = torch.linalg.solve_triangular(L, h, upper=False)
+            Ls.append(L)
+            Vs.append(V)
+            ws.append(w)
+            infos.append(info)
+            if keep:
+                Ms.append(M)
+                hs.append(h)
+            Vt = V.mT
+            M = torch.baddbmm(Zj[t + 1], Vt, V, alpha=-1.0)
+            h = torch.baddbmm(Zh[t + 1], Vt, w)
+
+        def stack(xs, *shape):
+            return torch.stack(xs, 0) if xs else z.new_zeros(0, N, *shape)
+
+        Lb, Vb, wb = stack(Ls, S, S), stack(Vs, S, S), stack(ws, S, 1)
     L, info = torch.linalg.cholesky_ex(M)
     infos.append(info)
-
-    def stack(xs, *shape):
-        return torch.stack(xs, 0) if xs else Zj[0].new_zeros(0, N, *shape)
-
-    return _Recursion(
-        stack(Ls, S, S),
-        stack(Vs, S, S),
-        stack(ws, S, 1),
-        stack(Ms, S, S) if keep else None,
-        stack(hs, S, 1) if keep else None,
-        M,
-        h,
-        L,
-        infos,
-    )
+    Ms = (torch.stack(Ms, 0) if Ms else z.new_zeros(0, N, S, S)) if keep else None
+    hs = (torch.stack(hs, 0) if hs else z.new_zeros(0, N, S, 1)) if keep else None
+    return _Recursion(Lb, Vb, wb, Ms, hs, M, h, L, infos)
 
 
 def _log_likelihood(mdl: _Model, rec: _Recursion) -> tuple:
@@ -274,7 +288,10 @@ def _smoothed(mdl: _Model, rec: _Recursion, mT: Tensor, S: int, sym: bool = True
     if n:
         # M_t^{-1}, G_t = M_t^{-1} A^T Q^{-1} and M_t^{-1} h'_t for all frames at once
         Minv = torch.cholesky_inverse(rec.L)  # (T-1, N, S, S)
-        G = Minv @ mdl.AtQi.unsqueeze(0) if mdl.AtQi.shape[0] == 1 else Minv @ mdl.AtQi
+        if mdl.AtQi.shape[0] == 1:  # one GEMM over the flattened rows
+            G = (Minv.reshape(-1, S) @ mdl.AtQi[0]).reshape(Minv.shape)
+        else:
+            G = Minv @ mdl.AtQi
         g = torch.linalg.solve_triangular(rec.L.mT, rec.w, upper=True)
         Minv, G, g = Minv.unbind(0), G.unbind(0), g.unbind(0)
         for t in range(n - 1, -1, -1):
