@@ -27,42 +27,69 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 
-def _sequence_log_likelihood(post) -> np.ndarray:
-    """``(chain=1, draw, sequence)``: the Laplace parameter draws when present, else one draw."""
-    if getattr(post, "pointwise_log_likelihood", None) is not None:
-        return _np(post.pointwise_log_likelihood)[None]
-    return _np(post.log_likelihood)[None, None]
+def _log_likelihood_group(post) -> dict:
+    """``{"sequence_log_likelihood": (chain=1, draw, sequence)}`` under the Laplace parameter
+    draws, or ``{}``: one point estimate is not a pointwise posterior quantity, and
+    :func:`arviz.loo` on it would fail inside ArviZ (it then says the group is missing)."""
+    if getattr(post, "pointwise_log_likelihood", None) is None:
+        return {}
+    return {"sequence_log_likelihood": _np(post.pointwise_log_likelihood)[None]}
+
+
+def _assemble(posterior, latent_states, log_likelihood, constant, dims, coords):
+    """One :class:`arviz.InferenceData` in the package's layout.
+
+    ``posterior``: small per-sequence summaries of the latent draws (what :func:`arviz.summary`
+    should see: a few rows per sequence, not one per frame); ``latent_states``: the full latent
+    paths ``(chain, draw, sequence, time, ...)``; ``log_likelihood`` only when pointwise (Laplace
+    parameter draws, whose total per draw fills ``posterior`` when nothing else does);
+    ``constant_data``: marginals and moments.
+    """
+    if not posterior and log_likelihood:  # ArviZ's loo needs a posterior group
+        posterior = {"total_log_likelihood": sum(v.sum(-1) for v in log_likelihood.values())}
+    idata = az.from_dict(
+        posterior=posterior or None,
+        log_likelihood=log_likelihood or None,
+        constant_data=constant or None,
+        dims=dims,
+        coords=coords,
+    )
+    if latent_states:
+        dataset = az.dict_to_dataset(latent_states, coords=coords, dims=dims)
+        idata.add_groups({"latent_states": dataset})
+    return idata
+
+
+def _occupancy(paths: np.ndarray, lengths: torch.Tensor, num_values: int) -> np.ndarray:
+    """``(S, N, T)`` paths (-1 on padding) -> ``(S, N, K)`` fraction of each sequence's frames
+    spent in each value."""
+    onehot = paths[..., None] == np.arange(num_values)
+    return onehot.sum(-2) / np.maximum(_np(lengths), 1)[None, :, None]
 
 
 def hmm_posterior_to_arviz(post) -> az.InferenceData:
     """:class:`arviz.InferenceData` of a :class:`mmpgm.results.Posterior` (see its ``to_arviz``)."""
     N, T = next(iter(post.marginals.values())).shape[:2]
-    posterior, dims, coords = {}, {}, {"sequence": np.arange(N), "time": np.arange(T)}
+    dims, coords = {}, {"sequence": np.arange(N), "time": np.arange(T)}
+    posterior, latent, constant = {}, {}, {}
+    for name, p in post.marginals.items():
+        value = f"{name}_value"
+        coords[value] = np.arange(p.shape[-1])
+        constant[f"{name}_marginal"] = _np(p)
+        dims[f"{name}_marginal"] = ["sequence", "time", value]
     paths = post.samples if post.samples is not None else post.map
     if paths is not None:
         for name, z in paths.items():
             draws = z if post.samples is not None else z[None]  # (S, N, T)
-            posterior[f"{name}_state"] = mask_padding(draws, post.lengths, time_dim=-1, fill=-1)[
-                None
-            ]
+            masked = mask_padding(draws, post.lengths, time_dim=-1, fill=-1)
+            latent[f"{name}_state"] = masked[None]
             dims[f"{name}_state"] = ["sequence", "time"]
-    constant = {}
-    for name, p in post.marginals.items():
-        key = f"{name}_marginal"
-        constant[key] = _np(p)
-        dims[key] = ["sequence", "time", f"{name}_value"]
-        coords[f"{name}_value"] = np.arange(p.shape[-1])
-    ll = _sequence_log_likelihood(post)
+            K = post.marginals[name].shape[-1]
+            posterior[f"{name}_occupancy"] = _occupancy(masked, post.lengths, K)[None]
+            dims[f"{name}_occupancy"] = ["sequence", f"{name}_value"]
+    ll = _log_likelihood_group(post)
     dims["sequence_log_likelihood"] = ["sequence"]
-    if not posterior:  # arviz needs a posterior group for some functions; give the draws index
-        posterior = {"log_likelihood_draw": ll.sum(-1)}
-    return az.from_dict(
-        posterior=posterior,
-        log_likelihood={"sequence_log_likelihood": ll},
-        constant_data=constant,
-        dims=dims,
-        coords=coords,
-    )
+    return _assemble(posterior, latent, ll, constant, dims, coords)
 
 
 def lds_posterior_to_arviz(post) -> az.InferenceData:
@@ -71,6 +98,7 @@ def lds_posterior_to_arviz(post) -> az.InferenceData:
     coords = {"sequence": np.arange(N), "time": np.arange(T), "latent": post.latent_names()}
     dims = {
         "state": ["sequence", "time", "latent"],
+        "state_time_mean": ["sequence", "latent"],
         "state_mean": ["sequence", "time", "latent"],
         "state_sd": ["sequence", "time", "latent"],
         "sequence_log_likelihood": ["sequence"],
@@ -81,15 +109,17 @@ def lds_posterior_to_arviz(post) -> az.InferenceData:
         paths = (post.map if post.map is not None else post.state_mean)[None]
     sd = post.state_cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
     nan = float("nan")
-    return az.from_dict(
-        posterior={"state": mask_padding(paths, post.lengths, time_dim=-2, fill=nan)[None]},
-        log_likelihood={"sequence_log_likelihood": _sequence_log_likelihood(post)},
-        constant_data={
+    states = mask_padding(paths, post.lengths, time_dim=-2, fill=nan)  # (S, N, T, latent)
+    return _assemble(
+        {"state_time_mean": np.nanmean(states, axis=-2)[None]},
+        {"state": states[None]},
+        _log_likelihood_group(post),
+        {
             "state_mean": mask_padding(post.state_mean, post.lengths, time_dim=-2, fill=nan),
             "state_sd": mask_padding(sd, post.lengths, time_dim=-2, fill=nan),
         },
-        dims=dims,
-        coords=coords,
+        dims,
+        coords,
     )
 
 
@@ -116,39 +146,35 @@ def mixture_posterior_to_arviz(post) -> az.InferenceData:
     else:
         dims["expert_predictions"] = ["sequence", "time", "expert"]
         dims["predictive"] = ["sequence", "time"]
-    ll = _np(post.log_likelihood)[None, None]
     draws = (
         post.samples
         if post.samples is not None
         else (post.map[None] if post.map is not None else None)
     )
+    posterior, latent = {}, {}
     if draws is not None:
-        posterior = {"expert": mask_padding(draws, post.lengths, time_dim=-1, fill=-1)[None]}
+        masked = mask_padding(draws, post.lengths, time_dim=-1, fill=-1)
+        latent["expert"] = masked[None]
         dims["expert"] = ["sequence", "time"]
-    else:
-        posterior = {"log_likelihood_draw": ll.sum(-1)}
-    return az.from_dict(
-        posterior=posterior,
-        log_likelihood={"sequence_log_likelihood": ll},
-        constant_data=constant,
-        dims=dims,
-        coords=coords,
-    )
+        posterior["expert_occupancy"] = _occupancy(masked, post.lengths, M)[None]
+        dims["expert_occupancy"] = ["sequence", "expert"]
+    return _assemble(posterior, latent, _log_likelihood_group(post), constant, dims, coords)
 
 
 def mvrnn_posterior_to_arviz(post) -> az.InferenceData:
     """:class:`arviz.InferenceData` of an :class:`mmpgm.results.MVRNNPosterior`."""
     N, T = post.elbo.shape
     coords = {"sequence": np.arange(N), "time": np.arange(T)}
-    dims, posterior, constant = {}, {}, {}
+    dims, posterior, latent, constant = {}, {}, {}, {}
     for b, mu in post.mean.items():
         dim = f"z_{b}_dim"
         coords[dim] = np.arange(mu.shape[-1])
         draws = post.samples[b] if post.samples is not None else mu[None]
-        posterior[f"z_{b}"] = mask_padding(draws, post.lengths, time_dim=-2, fill=float("nan"))[
-            None
-        ]
+        masked = mask_padding(draws, post.lengths, time_dim=-2, fill=float("nan"))
+        latent[f"z_{b}"] = masked[None]
         dims[f"z_{b}"] = ["sequence", "time", dim]
+        posterior[f"z_{b}_time_mean"] = np.nanmean(masked, axis=-2)[None]
+        dims[f"z_{b}_time_mean"] = ["sequence", dim]
         for key, val in ((f"z_{b}_mean", mu), (f"z_{b}_scale", post.scale[b])):
             constant[key] = _np(val)
             dims[key] = ["sequence", "time", dim]
@@ -160,14 +186,11 @@ def mvrnn_posterior_to_arviz(post) -> az.InferenceData:
         constant[f"reconstruction_{m}"] = _np(r)
         constant[f"observed_{m}"] = _np(post.mask[m])
         dims[f"reconstruction_{m}"] = dims[f"observed_{m}"] = ["sequence", "time"]
+    # the per-sequence ELBO is a bound at one set of weights, not a pointwise log-likelihood
+    # under posterior draws: it goes to constant_data, and there is no log_likelihood group
+    constant["sequence_elbo"] = _np(post.elbo.sum(-1))
     dims["sequence_elbo"] = ["sequence"]
-    return az.from_dict(
-        posterior=posterior,
-        log_likelihood={"sequence_elbo": _sequence_log_likelihood(post)},
-        constant_data=constant,
-        dims=dims,
-        coords=coords,
-    )
+    return _assemble(posterior, latent, {}, constant, dims, coords)
 
 
 def mvrnn_imputation_to_arviz(imputation) -> az.InferenceData:

@@ -54,12 +54,15 @@ class Posterior(NamedTuple):
     def to_arviz(self):
         """Convert to :class:`arviz.InferenceData` with named dims.
 
-        Groups: ``posterior`` (state path draws ``<chain>_state`` with dims
-        ``(chain, draw, sequence, time)``, padding frames set to -1), ``log_likelihood``
-        (``sequence_log_likelihood`` with dims ``(chain, draw, sequence)``: the Laplace parameter
-        draws when available, so :func:`arviz.loo` and :func:`arviz.compare` work, otherwise the
-        single point estimate), and ``constant_data`` (the marginals with dims
-        ``(sequence, time, <chain>_state_value)``).
+        Groups: ``posterior`` (``<chain>_occupancy``, the fraction of each sequence's frames
+        in each state per path draw, dims ``(chain, draw, sequence, <chain>_value)``: a few rows
+        per sequence for :func:`arviz.summary`), ``latent_states`` (the path draws, or the MAP
+        path as one draw, ``<chain>_state`` with dims ``(chain, draw, sequence, time)``, padding
+        -1), ``log_likelihood`` (``sequence_log_likelihood`` ``(chain, draw, sequence)``, only
+        with Laplace parameter draws, ``mmpgm.infer(..., num_param_samples=)``, so
+        :func:`arviz.loo` and :func:`arviz.compare` compare real pointwise quantities; a single
+        point estimate is left out) and ``constant_data`` (the marginals ``<chain>_marginal``,
+        dims ``(sequence, time, <chain>_value)``).
         """
         from .arviz import hmm_posterior_to_arviz
 

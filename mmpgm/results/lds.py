@@ -63,11 +63,12 @@ class LDSPosterior(NamedTuple):
     def to_arviz(self):
         """Convert to :class:`arviz.InferenceData` with named dims.
 
-        Groups: ``posterior`` (``state`` with dims ``(chain, draw, sequence, time, latent)``: the
-        FFBS draws, else the joint mode as a single draw; padding frames NaN),
-        ``log_likelihood`` (``sequence_log_likelihood`` with dims ``(chain, draw, sequence)``:
-        Laplace parameter draws when available, so :func:`arviz.loo` works, else the point
-        estimate), and ``constant_data`` (``state_mean`` and ``state_sd``, the marginal
+        Groups: ``posterior`` (``state_time_mean``, each draw's time average per sequence, dims
+        ``(chain, draw, sequence, latent)``), ``latent_states`` (``state`` with dims ``(chain,
+        draw, sequence, time, latent)``: the FFBS draws, else the joint mode as a single draw;
+        padding frames NaN), ``log_likelihood`` (``sequence_log_likelihood`` ``(chain, draw,
+        sequence)``, only with Laplace parameter draws, so :func:`arviz.loo` works), and
+        ``constant_data`` (``state_mean`` and ``state_sd``, the marginal
         posterior means and standard deviations, dims ``(sequence, time, latent)``).
         """
         from .arviz import lds_posterior_to_arviz

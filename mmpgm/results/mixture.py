@@ -54,9 +54,11 @@ class MixturePosterior(NamedTuple):
     def to_arviz(self):
         """:class:`arviz.InferenceData` with named dims.
 
-        ``posterior``: ``expert`` (chosen expert index; draws from ``samples``, else the MAP path
-        as one draw, padding -1) with dims ``(chain, draw, sequence, time)``;
-        ``log_likelihood``: ``sequence_log_likelihood`` ``(chain, draw, sequence)``;
+        ``posterior``: ``expert_occupancy`` (the fraction of each sequence's frames given to
+        each expert per draw, dims ``(chain, draw, sequence, expert)``); ``latent_states``:
+        ``expert`` (chosen expert index; draws from ``samples``, else the MAP path as one draw,
+        padding -1) with dims ``(chain, draw, sequence, time)``; no ``log_likelihood`` group
+        (no parameter draws for neural models);
         ``constant_data``: ``gate_weights``, ``responsibilities``, ``expert_predictions``
         (dims ``sequence, time, expert[, class]``, ``frequency`` instead of ``class`` for a ratio
         mask) and ``predictive``.

@@ -50,11 +50,13 @@ class MVRNNPosterior(NamedTuple):
     def to_arviz(self):
         """:class:`arviz.InferenceData` with named dims.
 
-        ``posterior``: ``z_<block>`` with dims ``(chain, draw, sequence, time, z_<block>_dim)`` (the
-        draws, or the mean path as a single draw), NaN on padding. ``log_likelihood``:
-        ``sequence_elbo`` ``(chain, draw, sequence)``. ``constant_data``: ``z_<block>_mean``,
-        ``z_<block>_scale``, ``elbo``, ``reconstruction_<m>``, ``kl_<block>`` (dims
-        ``sequence, time``) and ``observed_<m>``.
+        ``posterior``: ``z_<block>_time_mean`` (each draw's time average per sequence, dims
+        ``(chain, draw, sequence, z_<block>_dim)``). ``latent_states``: ``z_<block>`` with dims
+        ``(chain, draw, sequence, time, z_<block>_dim)`` (the draws, or the mean path as a
+        single draw), NaN on padding. No ``log_likelihood`` group: an ELBO at one set of weights
+        is not a pointwise log-likelihood under posterior draws. ``constant_data``:
+        ``sequence_elbo``, ``z_<block>_mean``, ``z_<block>_scale``, ``elbo``,
+        ``reconstruction_<m>``, ``kl_<block>`` (dims ``sequence, time``) and ``observed_<m>``.
         """
         from .arviz import mvrnn_posterior_to_arviz
 

@@ -2,6 +2,7 @@
 
 import math
 
+import arviz as az
 import numpy as np
 import pytest
 import torch
@@ -150,8 +151,16 @@ def test_sample_posterior_shapes_and_arviz():
     assert post.samples["a"].shape == (7, 4, 6)
     assert post.map["shared"].shape == (4, 6)
     idata = post.to_arviz()
-    assert idata.posterior["shared_state"].dims == ("chain", "draw", "sequence", "time")
-    assert idata.log_likelihood["sequence_log_likelihood"].shape == (1, 1, 4)
+    # full paths in their own group; az.summary sees per-sequence occupancies only
+    assert idata.latent_states["shared_state"].dims == ("chain", "draw", "sequence", "time")
+    assert idata.latent_states["shared_state"].shape == (1, 7, 4, 6)
+    occ = idata.posterior["shared_occupancy"]
+    assert occ.dims == ("chain", "draw", "sequence", "shared_value") and occ.shape == (1, 7, 4, 2)
+    np.testing.assert_allclose(occ.values.sum(-1), 1.0, rtol=0, atol=1e-12)
+    z = post.samples["shared"][3, 2].numpy()
+    np.testing.assert_allclose(occ.values[0, 3, 2], np.bincount(z, minlength=2) / 6, atol=1e-12)
+    assert "log_likelihood" not in idata.groups()  # a point estimate is not pointwise
+    assert len(az.summary(idata)) == 4 * sum(model.chain_sizes)  # sequences x state values
 
 
 def test_save_load_and_from_params_roundtrip(tmp_path):

@@ -234,12 +234,14 @@ def test_posterior_smoothed_filtered_samples_and_arviz():
     torch.testing.assert_close(causal.covs["shared"], filt.covs[..., :2, :2].detach())
     assert causal.causal and causal.cross_covs is None
     idata = post.to_arviz()
-    assert idata.posterior["state"].dims == ("chain", "draw", "sequence", "time", "latent")
-    assert idata.posterior["state"].shape == (1, 5, N, T, S)
-    assert list(idata.posterior["latent"].values) == ["shared_0", "shared_1", "a_0", "b_0", "b_1"]
-    assert idata.log_likelihood["sequence_log_likelihood"].dims == ("chain", "draw", "sequence")
+    states = idata.latent_states["state"]
+    assert states.dims == ("chain", "draw", "sequence", "time", "latent")
+    assert states.shape == (1, 5, N, T, S)
+    assert list(states["latent"].values) == ["shared_0", "shared_1", "a_0", "b_0", "b_1"]
+    assert idata.posterior["state_time_mean"].dims == ("chain", "draw", "sequence", "latent")
+    assert "log_likelihood" not in idata.groups()  # no parameter draws asked for
     # padding frames (t >= length) are NaN in the ArviZ view
-    assert bool(torch.isnan(torch.as_tensor(idata.posterior["state"].values[0, :, 1, T - 1])).all())
+    assert bool(torch.isnan(torch.as_tensor(states.values[0, :, 1, T - 1])).all())
     assert idata.constant_data["state_sd"].dims == ("sequence", "time", "latent")
 
 

@@ -202,10 +202,11 @@ def test_posterior_samples_and_arviz():
         assert post.predictive.shape == (3, 6, 3)
         assert post.expert_predictions.shape == (3, 6, 3, 3)
         idata = post.to_arviz()
-        assert idata.posterior["expert"].dims == ("chain", "draw", "sequence", "time")
+        assert idata.latent_states["expert"].dims == ("chain", "draw", "sequence", "time")
         assert list(idata.constant_data["gate_weights"].coords["expert"].values) == list(DIMS)
-        assert int(idata.posterior["expert"].values[0, 0, 2, 5]) == -1  # padding
-        assert idata.log_likelihood["sequence_log_likelihood"].shape == (1, 1, 3)
+        assert int(idata.latent_states["expert"].values[0, 0, 2, 5]) == -1  # padding
+        assert idata.posterior["expert_occupancy"].dims[-2:] == ("sequence", "expert")
+        assert "log_likelihood" not in idata.groups()
     with pytest.raises(ValueError, match="num_param_samples: Laplace parameter draws are not"):
         mmpgm.infer(model, data, num_param_samples=2)
 

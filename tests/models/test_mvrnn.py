@@ -370,12 +370,15 @@ def test_shapes_padding_and_arviz(T, lengths):
         post.elbo, sum(post.reconstruction.values()) - sum(post.kl.values()), rtol=1e-12, atol=1e-12
     )
     idata = post.to_arviz()
-    assert idata.posterior["z_shared"].dims == ("chain", "draw", "sequence", "time", "z_shared_dim")
-    assert idata.posterior["z_a"].shape == (1, 2, N, T, 2)
-    assert idata.log_likelihood["sequence_elbo"].dims == ("chain", "draw", "sequence")
+    z = idata.latent_states["z_shared"]
+    assert z.dims == ("chain", "draw", "sequence", "time", "z_shared_dim")
+    assert idata.latent_states["z_a"].shape == (1, 2, N, T, 2)
+    assert idata.posterior["z_a_time_mean"].shape == (1, 2, N, 2)
+    assert "log_likelihood" not in idata.groups()  # an ELBO is not a pointwise log-likelihood
+    assert idata.constant_data["sequence_elbo"].dims == ("sequence",)
     assert idata.constant_data["elbo"].dims == ("sequence", "time")
     if lengths is not None:
-        assert bool(idata.posterior["z_shared"].isnull()[0, 0, 2, 1:].all())
+        assert bool(z.isnull()[0, 0, 2, 1:].all())
     ll = model.log_likelihood(data)
     assert ll.shape == (N,) and ll.requires_grad
     assert model.impute(data, "b", num_samples=2).mean.shape == (N, T, 2)
