@@ -205,3 +205,35 @@ def test_sensor_faults_quick():
         )
         assert robust["rmse"] < 2 * oracle["rmse"], (suffix, robust, oracle)
         assert isinstance(lds["targets"]["rmse_vs_oracle" + suffix]["pass"], bool)
+
+
+@pytest.mark.benchmark
+def test_distributed_fit_quick():
+    """``benchmarks/distributed_fit.py --quick --method em``: config ``DDP2`` in the JSON
+    convention, 1 and 2 processes timed, and the 2-process EM fit equal to the 1-process one
+    (float64; summation order only, measured ~1e-16 relative)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "distributed_fit.py"), "--quick"]
+        + ["--method", "em"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
+    assert [r["config"]["name"] for r in records] == ["DDP2"]
+    (r,) = records
+    for k in KEYS:
+        assert k in r, k
+    assert r["benchmark"] == "distributed_fit" and r["config"]["processes"] == [1, 2]
+    assert set(r["median_s"]) == {"mmpgm", "one_process"}
+    assert all(isinstance(t, float) and t > 0 for t in r["median_s"].values())
+    assert r["speedup"]["one_process"] == pytest.approx(
+        r["median_s"]["one_process"] / r["median_s"]["mmpgm"]
+    )
+    assert 0 <= r["agreement"]["single_process"] < 1e-10
+    assert 0 <= r["param_max_abs_diff"] < 1e-10

@@ -67,6 +67,8 @@ def shard_indices(num_sequences: int, rank: int, world_size: int) -> torch.Tenso
             raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ValueError(f"rank: expected an int in [0, {world_size}), got {rank!r}")
+    if rank >= num_sequences:
+        return torch.zeros(0, dtype=torch.long)
     return torch.arange(rank, num_sequences, world_size, dtype=torch.long)
 
 
@@ -166,11 +168,20 @@ class Communicator:
         return flat
 
     def broadcast_state(self, model) -> None:
-        """Every parameter and buffer of ``model`` set to rank 0's, in place."""
+        """Every parameter and buffer of ``model`` set to rank 0's, in place (one broadcast per
+        dtype and device: the tensors flattened into one buffer)."""
+        groups: dict = {}
         for t in model.state_dict().values():
-            if isinstance(t, torch.Tensor):
-                self._check_device(t.device)
-                dist.broadcast(t, src=0)
+            if isinstance(t, torch.Tensor) and t.numel():
+                groups.setdefault((t.dtype, t.device), []).append(t)
+        for (_, device), ts in groups.items():
+            self._check_device(device)
+            flat = torch.cat([t.reshape(-1) for t in ts])
+            dist.broadcast(flat, src=0)
+            i = 0
+            for t in ts:
+                t.copy_(flat[i : i + t.numel()].reshape(t.shape))
+                i += t.numel()
 
     def broadcast_object(self, obj):
         box = [obj]

@@ -1,0 +1,204 @@
+"""Data-parallel training benchmark (config ``DDP2``): time per epoch of ``mmpgm.fit`` in one
+process and in two (``distributed=True``, gloo, one torch thread each) on the same problem.
+
+Prints one JSON object per line (DESIGN.md section 8)::
+
+    {"benchmark": "distributed_fit", "config": {"name": "DDP2", ...},
+     "median_s": {"mmpgm": s per epoch with 2 processes, "one_process": s per epoch with 1},
+     "speedup": {"one_process": one_process_s / mmpgm_s},
+     "peak_mib": {impl: peak RSS of rank 0 in MiB},
+     "agreement": {"single_process": max relative difference of the per-frame losses of
+                   every epoch, 2 processes vs 1}, "param_max_abs_diff": ..., "env": {...}}
+
+Workload: a :class:`~mmpgm.MultimodalHMM` (two Gaussian modalities of 3 features, 4 shared and 3
+private states per modality: 36 joint states), float64, ``N = 128`` sequences of ``T = 200``
+frames sampled from the model. ``DDP2``: closed-form EM (``method="em"``: each rank E-steps its
+64 sequences, the statistics are all-reduced, every rank runs the M-step); ``DDP2_svi``:
+full-batch SVI of the collapsed program (gradients all-reduced). Every run: the data-driven
+start and one warm-up epoch (not timed), then ``--repeats`` fits of ``--epochs`` epochs each
+(``init="none"``), each timed on rank 0 between barriers; the median over the repeats of
+seconds per epoch is reported. Both runs do the same fits, so the final parameters compare.
+
+The processes are started the way ``torchrun`` starts them (environment ``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); ``--quick``: N = 8, T = 20, one repeat of
+two epochs (CI smoke). On a shared machine the speedup depends on the other load (``env``
+records the load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from _common import emit, env_info  # noqa: E402
+
+
+def _config(args, method):
+    return {
+        "name": "DDP2" if method == "em" else "DDP2_svi",
+        "model": "MultimodalHMM",
+        "method": method,
+        "dims": {"a": 3, "b": 3},
+        "K_s": 4,
+        "K_m": 3,
+        "N": args.N,
+        "T": args.T,
+        "dtype": "float64",
+        "processes": [1, 2],
+        "threads_per_process": 1,
+        "backend": "gloo",
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+    }
+
+
+def worker(args) -> None:
+    """One rank: build, fit, time; rank 0 prints a JSON line."""
+    import resource
+
+    import torch
+    import torch.distributed as dist
+
+    import mmpgm
+    from mmpgm.models import MultimodalHMM
+
+    torch.set_num_threads(1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    torch.manual_seed(0)
+    model = MultimodalHMM({"a": 3, "b": 3}, num_shared_states=4, num_private_states=3).double()
+    data, _ = model.sample(args.N, args.T, seed=0)
+    opts = dict(method=args.method, patience=0, progress=False, distributed=world > 1)
+    if args.method == "svi":
+        opts["lr"] = 0.01
+    losses = list(mmpgm.fit(model, data, num_steps=1, **opts).losses)  # start + warm-up
+    per_epoch = []
+    for _ in range(args.repeats):
+        if world > 1:
+            dist.barrier()
+        t0 = time.perf_counter()
+        res = mmpgm.fit(model, data, num_steps=args.epochs, init="none", **opts)
+        if world > 1:
+            dist.barrier()
+        per_epoch.append((time.perf_counter() - t0) / args.epochs)
+        losses += list(res.losses)
+    if rank == 0:
+        state = {k: v.detach().reshape(-1).tolist() for k, v in model.state_dict().items()}
+        out = {
+            "per_epoch_s": per_epoch,
+            "losses": [float(v) for v in losses],
+            "state": state,
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        }
+        print(json.dumps(out), flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args, world: int) -> dict:
+    """``world`` worker processes (torchrun's environment); rank 0's JSON."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env.update(WORLD_SIZE=str(world), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, "--worker", "--method", args.method]
+    cmd += ["--N", str(args.N), "--T", str(args.T)]
+    cmd += ["--epochs", str(args.epochs), "--repeats", str(args.repeats)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=args.timeout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"worker exit {p.returncode}: {err[-2000:]}")
+    lines = [ln for ln in outs[0][0].splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small size for CI smoke checks")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--method", choices=("em", "svi"), default=None)
+    ap.add_argument("--N", type=int, default=128)
+    ap.add_argument("--T", type=int, default=200)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=900.0)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    import torch  # noqa: F401  (its version in env)
+
+    if args.quick:
+        args.N, args.T, args.epochs, args.repeats = 8, 20, 2, 1
+    for method in ("em", "svi") if args.method is None else (args.method,):
+        args.method = method
+        one = launch(args, 1)
+        two = launch(args, 2)
+        t1 = sorted(one["per_epoch_s"])[len(one["per_epoch_s"]) // 2]
+        t2 = sorted(two["per_epoch_s"])[len(two["per_epoch_s"]) // 2]
+        agree = max(
+            abs(a - b) / max(abs(b), 1e-300)
+            for a, b in zip(two["losses"], one["losses"], strict=True)
+        )
+        pdiff = max(
+            (
+                abs(a - b)
+                for k in one["state"]
+                for a, b in zip(two["state"][k], one["state"][k], strict=True)
+            ),
+            default=0.0,
+        )
+        rec = {
+            "benchmark": "distributed_fit",
+            "config": _config(args, method),
+            "median_s": {"mmpgm": t2, "one_process": t1},
+            "speedup": {"one_process": t1 / t2},
+            "peak_mib": {"mmpgm": two["peak_mib"], "one_process": one["peak_mib"]},
+            "agreement": {"single_process": agree},
+            "param_max_abs_diff": pdiff,
+            "env": env_info({"torch_threads_per_process": 1}),
+        }
+        emit(rec)
+        print(
+            f"{rec['config']['name']}: 1 process {t1:.4f} s/epoch, 2 processes {t2:.4f} s/epoch, "
+            f"speedup {t1 / t2:.2f}x, loss agreement {agree:.1e}, params {pdiff:.1e}",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    main()
