@@ -276,6 +276,8 @@ def test_errors_name_the_argument():
     obs = sample_obs(p, 2, 4, seed=5)
     with pytest.raises(ValueError, match="weights\\['a'\\]"):
         rb.reweighted_filter(keyed(p), as_dict(obs), None, {"a": torch.ones(3, 4)})
+    with pytest.raises(ValueError, match="weights: unknown modalities \\['c'\\]"):
+        rb.reweighted_filter(keyed(p), as_dict(obs), None, {"c": torch.ones(2, 4)})
     with pytest.raises(ValueError, match="obs"):
         rb.reweighted_filter(keyed(p), obs)
     with pytest.raises(ValueError, match="log_backgrounds"):

@@ -135,7 +135,14 @@ def _segments(obs, keys) -> dict:
 
 def _row_weights(p, weights, segs) -> Optional[Tensor]:
     """``(N, T, D)`` per-row weights from per-modality ``(N, T)`` weights (None = all 1)."""
-    if weights is None or all(weights.get(k) is None for k in segs):
+    if weights is None:
+        return None
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"weights: expected a mapping modality -> (N, T), got {type(weights)}")
+    unknown = [k for k in weights if k not in segs]
+    if unknown:
+        raise ValueError(f"weights: unknown modalities {unknown}; expected some of {list(segs)}")
+    if all(weights.get(k) is None for k in segs):
         return None
     cols = []
     for k, (a, e) in segs.items():
