@@ -194,7 +194,6 @@ class _Recursion(NamedTuple):
     """The filter's by-products, per frame ``t < T``: ``(T-1, N, ...)`` stacks."""
 
     L: Tensor  # Cholesky factors L_t of M_t (T-1, N, S, S)
-    V: Tensor  # V_t = L_t^{-1} A^T Q^{-1} (T-1, N, S, S)
     w: Tensor  # w_t = L_t^{-1} h'_t (T-1, N, S, 1)
     M: Optional[Tensor]  # M_t (T-1, N, S, S) (only with keep=True)
     h: Optional[Tensor]  # h'_t (T-1, N, S, 1) (only with keep=True)
@@ -219,11 +218,11 @@ def _recursion(mdl: _Model, S: int, keep: bool = False) -> _Recursion:
     if not (torch.is_grad_enabled() and (mdl.Zj.requires_grad or mdl.Zh.requires_grad)):
         # no autograd: write every frame's factors into preallocated stacks (no copies)
         Lb = z.new_empty(T - 1, N, S, S)
-        Vb = z.new_empty(T - 1, N, S, S)
+        V = z.new_empty(N, S, S)  # reused: only L and w are kept
         wb = z.new_empty(T - 1, N, S, 1)
         ib = torch.empty(T - 1, N, dtype=torch.int32, device=z.device)
         for t in range(T - 1):
-            L, V, w = Lb[t], Vb[t], wb[t]
+            L, w = Lb[t], wb[t]
             torch.linalg.cholesky_ex(M, out=(L, ib[t]))
             torch.linalg.solve_triangular(L, AtQi, upper=False, out=V)
             torch.linalg.solve_triangular(L, h, upper=False, out=w)
@@ -235,13 +234,12 @@ def _recursion(mdl: _Model, S: int, keep: bool = False) -> _Recursion:
             h = torch.baddbmm(Zh[t + 1], Vt, w)
         infos = [ib]
     else:
-        Ls, Vs, ws, infos = [], [], [], []
+        Ls, ws, infos = [], [], []
         for t in range(T - 1):
             L, info = torch.linalg.cholesky_ex(M)
             V = torch.linalg.solve_triangular(L, AtQi, upper=False)
             w = torch.linalg.solve_triangular(L, h, upper=False)
             Ls.append(L)
-            Vs.append(V)
             ws.append(w)
             infos.append(info)
             if keep:
@@ -254,12 +252,12 @@ def _recursion(mdl: _Model, S: int, keep: bool = False) -> _Recursion:
         def stack(xs, *shape):
             return torch.stack(xs, 0) if xs else z.new_zeros(0, N, *shape)
 
-        Lb, Vb, wb = stack(Ls, S, S), stack(Vs, S, S), stack(ws, S, 1)
+        Lb, wb = stack(Ls, S, S), stack(ws, S, 1)
     L, info = torch.linalg.cholesky_ex(M)
     infos.append(info)
     Ms = (torch.stack(Ms, 0) if Ms else z.new_zeros(0, N, S, S)) if keep else None
     hs = (torch.stack(hs, 0) if hs else z.new_zeros(0, N, S, 1)) if keep else None
-    return _Recursion(Lb, Vb, wb, Ms, hs, M, h, L, infos)
+    return _Recursion(Lb, wb, Ms, hs, M, h, L, infos)
 
 
 def _log_likelihood(mdl: _Model, rec: _Recursion) -> tuple:
@@ -315,86 +313,168 @@ def _smoothed(mdl: _Model, rec: _Recursion, mT: Tensor, S: int, sym: bool = True
     return means, covs, cross
 
 
-def _scores(p: Prepared, mdl: _Model, ms: Tensor, Ps: Tensor, cross: Tensor, g: Tensor):
-    r"""Fisher's identity: expected complete-data scores, weighted by ``g`` ``(N,)`` per
-    sequence, w.r.t. ``m0, P0, A, Q, C, R, y, Bu`` of ``p`` (shaped like them)."""
-    N, T, S = p.N, p.T, p.S
-    A, Q, C = p.A, p.Q, p.C
-    Rinv, Qi, P0i = mdl.Rinv, mdl.Qi, mdl.P0i
-    gw = g.reshape(N, 1, 1)
+BACKWARD_CHUNK_FRAMES = 256
+"""Frames the gradient's backward pass (:func:`_fisher_backward`) smooths and scores at once
+(memory ``O(N * BACKWARD_CHUNK_FRAMES * S^2)`` beyond the filter's stacks); a constant."""
 
-    def reduce(x, b):  # per-sequence (N, ...) weighted by g, summed when shared (b == 1)
-        x = x * gw
-        return x.sum(0, keepdim=True) if b == 1 else x
 
-    r = p.rm[..., 0]  # (N, T, D)
-    rmod = _modality_rows(p)
-    blocks = _blocks(p)
-    y = p.y[..., 0]
-    Cb = C.expand(N, *C.shape[1:])
-    Rb = Rinv.expand(N, *Rinv.shape[1:])
-    e = (y - torch.bmm(ms, Cb.mT)) * r  # (N, T, D)
-    Gy = torch.bmm(e, Rb) * r  # R_o^{-1} (y - C m^s) on observed rows
-    grad_y = (Gy * -g.reshape(N, 1, 1)).unsqueeze(-1)  # d/dy log N(y; C z, R) = -R^{-1}(y - C z)
+class _Scores:
+    """Running sums of the expected complete-data scores over chunks of frames (per sequence),
+    and their assembly into gradients (:meth:`gradients`)."""
 
-    # every weighted sum over frames of the smoothed covariances, as one product:
-    # sum_t r_tm P^s_t (M), sum_t r_ta r_tb P^s_t (M^2), sum_{t<T} P^s_t, sum_{t>1} P^s_t
-    M_ = len(blocks)
-    pairs = (rmod.unsqueeze(-1) * rmod.unsqueeze(-2)).reshape(N, T, M_ * M_)
-    ones = rmod.new_ones(N, T, 1)
-    first, last = ones.clone(), ones.clone()
-    first[:, -1] = 0.0
-    last[:, 0] = 0.0
-    wts = torch.cat([rmod, pairs, first, last], -1)  # (N, T, K)
-    sums = torch.bmm(wts.mT, Ps.reshape(N, T, S * S)).reshape(N, -1, S, S)
-    Wm = sums[:, :M_]  # (N, M, S, S)
-    V = sums[:, M_ : M_ + M_ * M_].reshape(N, M_, M_, S, S).transpose(2, 3)
-    V = V.reshape(N, M_ * S, M_ * S)
-    sP0, sP1 = sums[:, -2], sums[:, -1]
+    def __init__(self, p: Prepared, mdl: _Model, g: Tensor):
+        N, T, S = p.N, p.T, p.S
+        self.p, self.mdl, self.g = p, mdl, g
+        self.blocks = _blocks(p)
+        M_ = len(self.blocks)
+        D = p.C.shape[-2]
+        dt = dict(dtype=p.y.dtype, device=p.y.device)
+        rmod = _modality_rows(p)  # (N, T, M)
+        pairs = (rmod.unsqueeze(-1) * rmod.unsqueeze(-2)).reshape(N, T, M_ * M_)
+        first, last = rmod.new_ones(N, T, 1), rmod.new_ones(N, T, 1)
+        first[:, -1] = 0.0
+        last[:, 0] = 0.0
+        # weights of the sums over frames of P^s_t: sum_t r_tm (M), sum_t r_ta r_tb (M^2),
+        # sum_{t<T}, sum_{t>1}
+        self.wts = torch.cat([rmod, pairs, first, last], -1)  # (N, T, K)
+        self.Cb = p.C.expand(N, D, S)
+        self.Rb = mdl.Rinv.expand(N, D, D)
+        self.Ab = p.A.expand(N, S, S)
+        self.sums = torch.zeros(N, self.wts.shape[-1], S * S, **dt)
+        self.GyM = torch.zeros(N, D, S, **dt)  # sum_t Gy_t m_t^T
+        self.GyGy = torch.zeros(N, D, D, **dt)
+        self.sX = torch.zeros(N, S, S, **dt)  # sum_t Cov[z_{t+1}, z_t]
+        self.RR = torch.zeros(N, S, S, **dt)  # sum_t res_t res_t^T
+        self.RM = torch.zeros(N, S, S, **dt)  # sum_t res_t m_t^T
+        self.grad_y = torch.zeros(N, T, D, 1, **dt)
+        self.res = torch.zeros(N, T, S, **dt) if mdl.c is not None else None
+        self.first = None  # (m^s_1, P^s_1)
 
-    # emission: C and R
-    CW = torch.cat([torch.bmm(Cb[:, a:e_], Wm[:, i]) for i, (a, e_) in enumerate(blocks)], 1)
-    grad_C = reduce(torch.bmm(Gy.mT, ms) - torch.bmm(Rb, CW), C.shape[0])
-    Cbig = C.new_zeros(C.shape[0], C.shape[1], M_ * S)
-    for i, (a, e_) in enumerate(blocks):
-        Cbig[:, a:e_, i * S : (i + 1) * S] = C[:, a:e_]
-    Cbig = Cbig.expand(N, *Cbig.shape[1:])
-    CVC = torch.bmm(torch.bmm(Cbig, V), Cbig.mT)  # sum_t diag(r) C P^s C^T diag(r)
-    count = r.sum(1)  # (N, D)
-    gR = torch.bmm(Gy.mT, Gy) + torch.bmm(torch.bmm(Rb, CVC), Rb) - Rb * count.unsqueeze(-1)
-    grad_R = reduce(0.5 * symmetrize(gR), p.R.shape[0])
+    def frames(self, a: int, ms: Tensor, Ps: Tensor) -> None:
+        """Frames ``a .. a + k - 1``: smoothed means ``ms`` ``(N, k, S)``, covariances ``Ps``
+        ``(N, k, S, S)``."""
+        p, k = self.p, ms.shape[1]
+        N, S = p.N, p.S
+        r = p.rm[:, a : a + k, :, 0]
+        e = (p.y[:, a : a + k, :, 0] - torch.bmm(ms, self.Cb.mT)) * r  # (N, k, D)
+        Gy = torch.bmm(e, self.Rb) * r  # R_o^{-1} (y - C m^s) on observed rows
+        # d/dy log N(y; C z, R) = -R^{-1} (y - C z)
+        self.grad_y[:, a : a + k, :, 0] = Gy * -self.g.reshape(N, 1, 1)
+        self.GyM.baddbmm_(Gy.mT, ms)
+        self.GyGy.baddbmm_(Gy.mT, Gy)
+        self.sums.baddbmm_(self.wts[:, a : a + k].mT, Ps.reshape(N, k, S * S))
+        if a == 0:
+            self.first = (ms[:, 0], Ps[:, 0])
 
-    # initial state
-    m0 = p.m0[..., 0]
-    d0 = ms[:, 0] - m0
-    grad_m0 = (torch.bmm(P0i, d0.unsqueeze(-1))) * gw
-    E0 = Ps[:, 0] + d0.unsqueeze(-1) * d0.unsqueeze(-2) - p.P0
-    grad_P0 = 0.5 * symmetrize(torch.bmm(torch.bmm(P0i, E0), P0i)) * gw
+    def transitions(self, a: int, ms: Tensor, m_next: Tensor, cross: Tensor) -> None:
+        r"""Transitions ``t -> t + 1`` for ``t = a .. a + k - 1``: means ``ms`` ``(N, k, S)`` of
+        frames ``a ..``, ``m_next`` ``(N, S)`` of frame ``a + k``, ``cross`` ``(N, k, S, S)``
+        :math:`\mathrm{Cov}[z_{t+1}, z_t]`."""
+        k = ms.shape[1]
+        mu1 = torch.cat([ms[:, 1:], m_next.unsqueeze(1)], 1)
+        res = mu1 - torch.bmm(ms, self.Ab.mT)
+        if self.mdl.c is not None:
+            res = res - self.mdl.c[:, a + 1 : a + k + 1]
+            self.res[:, a + 1 : a + k + 1] = res
+        self.sX += cross.sum(1)
+        self.RR.baddbmm_(res.mT, res)
+        self.RM.baddbmm_(res.mT, ms)
 
-    # transitions
-    Ab = A.expand(N, S, S)
-    Qb = Qi.expand(N, S, S)
-    grad_Bu = None
-    if T > 1:
-        mu0, mu1 = ms[:, :-1], ms[:, 1:]
-        res = mu1 - torch.bmm(mu0, Ab.mT)
-        if mdl.c is not None:
-            res = res - mdl.c[:, 1:]
-        sX = cross.sum(1)  # sum_t Cov[z_{t+1}, z_t]
-        sXAt = torch.bmm(sX, Ab.mT)
-        Eee = sP1 - sXAt - sXAt.mT + torch.bmm(torch.bmm(Ab, sP0), Ab.mT) + torch.bmm(res.mT, res)
-        gQ = torch.bmm(torch.bmm(Qb, Eee - (T - 1) * Q.expand(N, S, S)), Qb)
-        grad_Q = reduce(0.5 * symmetrize(gQ), Q.shape[0])
-        grad_A = reduce(torch.bmm(Qb, sX - torch.bmm(Ab, sP0) + torch.bmm(res.mT, mu0)), A.shape[0])
-        if mdl.c is not None:
-            gc = torch.bmm(res, Qb) * gw
-            grad_Bu = torch.cat([gc.new_zeros(N, 1, S), gc], 1).unsqueeze(-1)
-    else:
-        grad_Q = torch.zeros_like(Q)
-        grad_A = torch.zeros_like(A)
-        if mdl.c is not None:
-            grad_Bu = torch.zeros(N, 1, S, 1, dtype=ms.dtype, device=ms.device)
-    return grad_m0, grad_P0, grad_A, grad_Q, grad_C, grad_R, grad_y, grad_Bu
+    def gradients(self) -> tuple:
+        """Gradients w.r.t. ``m0, P0, A, Q, C, R, y, Bu`` of ``p`` (shaped like them)."""
+        p, mdl = self.p, self.mdl
+        N, T, S = p.N, p.T, p.S
+        A, Q, C = p.A, p.Q, p.C
+        Qi, P0i = mdl.Qi, mdl.P0i
+        Rb = self.Rb
+        gw = self.g.reshape(N, 1, 1)
+
+        def reduce(x, b):  # per-sequence (N, ...) weighted by g, summed when shared (b == 1)
+            x = x * gw
+            return x.sum(0, keepdim=True) if b == 1 else x
+
+        blocks = self.blocks
+        M_ = len(blocks)
+        sums = self.sums.reshape(N, -1, S, S)
+        Wm = sums[:, :M_]  # (N, M, S, S)
+        V = sums[:, M_ : M_ + M_ * M_].reshape(N, M_, M_, S, S).transpose(2, 3)
+        V = V.reshape(N, M_ * S, M_ * S)
+        sP0, sP1 = sums[:, -2], sums[:, -1]
+
+        # emission: C and R
+        Cb = self.Cb
+        CW = torch.cat([torch.bmm(Cb[:, a:e], Wm[:, i]) for i, (a, e) in enumerate(blocks)], 1)
+        grad_C = reduce(self.GyM - torch.bmm(Rb, CW), C.shape[0])
+        Cbig = C.new_zeros(C.shape[0], C.shape[1], M_ * S)
+        for i, (a, e) in enumerate(blocks):
+            Cbig[:, a:e, i * S : (i + 1) * S] = C[:, a:e]
+        Cbig = Cbig.expand(N, *Cbig.shape[1:])
+        CVC = torch.bmm(torch.bmm(Cbig, V), Cbig.mT)  # sum_t diag(r) C P^s C^T diag(r)
+        count = p.rm[..., 0].sum(1)  # (N, D)
+        gR = self.GyGy + torch.bmm(torch.bmm(Rb, CVC), Rb) - Rb * count.unsqueeze(-1)
+        grad_R = reduce(0.5 * symmetrize(gR), p.R.shape[0])
+
+        # initial state
+        m1, P1 = self.first
+        d0 = m1 - p.m0[..., 0]
+        grad_m0 = (torch.bmm(P0i, d0.unsqueeze(-1))) * gw
+        E0 = P1 + d0.unsqueeze(-1) * d0.unsqueeze(-2) - p.P0
+        grad_P0 = 0.5 * symmetrize(torch.bmm(torch.bmm(P0i, E0), P0i)) * gw
+
+        # transitions
+        Ab = self.Ab
+        Qb = Qi.expand(N, S, S)
+        grad_Bu = None
+        if T > 1:
+            sX = self.sX
+            sXAt = torch.bmm(sX, Ab.mT)
+            Eee = sP1 - sXAt - sXAt.mT + torch.bmm(torch.bmm(Ab, sP0), Ab.mT) + self.RR
+            gQ = torch.bmm(torch.bmm(Qb, Eee - (T - 1) * Q.expand(N, S, S)), Qb)
+            grad_Q = reduce(0.5 * symmetrize(gQ), Q.shape[0])
+            grad_A = reduce(torch.bmm(Qb, sX - torch.bmm(Ab, sP0) + self.RM), A.shape[0])
+            if self.res is not None:  # d/dc_{t+1} = Q^{-1} res_t; c_1 is unused
+                grad_Bu = (torch.bmm(self.res, Qb) * gw).unsqueeze(-1)
+        else:
+            grad_Q = torch.zeros_like(Q)
+            grad_A = torch.zeros_like(A)
+        return grad_m0, grad_P0, grad_A, grad_Q, grad_C, grad_R, self.grad_y, grad_Bu
+
+
+def _fisher_backward(p: Prepared, mdl: _Model, rec: _Recursion, mT: Tensor, g: Tensor) -> tuple:
+    r"""Gradients of ``(g * log_lik).sum()`` by Fisher's identity: the smoother of
+    :func:`_smoothed` run backward in chunks of :data:`BACKWARD_CHUNK_FRAMES` frames, each chunk
+    scored (:class:`_Scores`) before the next, so memory stays small beyond the filter's
+    stacks."""
+    S = p.S
+    sc = _Scores(p, mdl, g)
+    ms, Ps = mT, torch.cholesky_inverse(rec.L_last)
+    sc.frames(p.T - 1, ms.mT, Ps.unsqueeze(1))
+    n = rec.L.shape[0]  # T - 1 backward steps
+    shared = mdl.AtQi.shape[0] == 1
+    for b in range(n, 0, -BACKWARD_CHUNK_FRAMES):
+        a = max(0, b - BACKWARD_CHUNK_FRAMES)
+        L = rec.L[a:b]
+        Minv = torch.cholesky_inverse(L)  # (k, N, S, S)
+        if shared:
+            G = (Minv.reshape(-1, S) @ mdl.AtQi[0]).reshape(Minv.shape)
+        else:
+            G = Minv @ mdl.AtQi
+        gv = torch.linalg.solve_triangular(L.mT, rec.w[a:b], upper=True)
+        Minv, G, gv = Minv.unbind(0), G.unbind(0), gv.unbind(0)
+        m_next = ms[..., 0]
+        means, covs, cross = [], [], []
+        for j in range(b - a - 1, -1, -1):
+            Gt = G[j]
+            ms = torch.baddbmm(gv[j], Gt, ms)
+            GP = torch.bmm(Gt, Ps.mT)
+            Ps = torch.baddbmm(Minv[j], GP, Gt.mT)
+            means.append(ms)
+            covs.append(Ps)
+            cross.append(GP.mT)
+        mch = torch.stack(means[::-1], 1)[..., 0]  # (N, k, S)
+        sc.frames(a, mch, torch.stack(covs[::-1], 1))
+        sc.transitions(a, mch, m_next, torch.stack(cross[::-1], 1))
+    return sc.gradients()
 
 
 def _prepared(m0, P0, A, Q, C, R, y, Bu, like: Prepared) -> Prepared:
@@ -420,8 +500,7 @@ class _FisherLogLik(torch.autograd.Function):
     def backward(ctx, g):
         p = ctx.meta
         mdl, rec, mT = ctx.state
-        ms, Ps, cross = _smoothed(mdl, rec, mT, p.S, sym=False)
-        grads = _scores(p, mdl, ms, Ps, cross, g)
+        grads = _fisher_backward(p, mdl, rec, mT, g)
         return (None, *grads)
 
 
