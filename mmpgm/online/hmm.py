@@ -65,6 +65,7 @@ class HMMFilter:
         self._filtered = None
         self._log_likelihood = None
         self._step = 0
+        self._previous = {}  # fault modality -> (last frame, observed): the held-value part
 
     def _frame_log_emission(self, frame: Mapping) -> torch.Tensor:
         model = self.model
@@ -77,6 +78,7 @@ class HMMFilter:
                 f"{list(model.modalities)}"
             )
         state_lps, fault_lps = {}, {}
+        self._next_previous = {}
         for m in model.modalities:
             if m not in frame or frame[m] is None:
                 continue
@@ -94,8 +96,12 @@ class HMMFilter:
             lp = model.emissions[m].log_prob(x)
             state_lps[m] = torch.where(observed[:, None, None], lp, torch.zeros_like(lp))
             if m in model.fault_modalities:
-                bg = model.fault_backgrounds[m].log_prob(x)
+                prev, prev_obs = self._previous.get(m, (torch.zeros_like(x), None))
+                if prev_obs is None:
+                    prev_obs = torch.zeros_like(observed)
+                bg = model.fault_backgrounds[m].log_prob(x, prev, prev_obs)
                 fault_lps[m] = torch.where(observed, bg, torch.zeros_like(bg))
+                self._next_previous[m] = (x, observed)
         return model.combine_log_factors(state_lps, fault_lps, (N,))
 
     @torch.no_grad()
@@ -107,6 +113,7 @@ class HMMFilter:
         init = [c.initial_probs.detach() for c in chains]
         trans = [c.transition_probs.detach() for c in chains]
         logE = self._frame_log_emission(frame)
+        self._previous = self._next_previous  # a stream absent now is "previous unobserved" next
         self._filtered, inc = ops.factorial_filter_step(init, trans, logE, self._filtered)
         self._log_likelihood = inc if self._log_likelihood is None else self._log_likelihood + inc
         self._step += 1

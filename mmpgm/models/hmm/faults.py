@@ -16,12 +16,26 @@ where :math:`q_m` is a broad **background density shared by every state**: a fra
 by it carries no evidence about :math:`s_t` or :math:`p^m_t` (the likelihood ratio between any
 two states is one), so a stream that silently fails stops steering the shared state.
 
-The background is a product of per-dimension Cauchy (Student-t, one degree of freedom)
-densities centred on the median of the pooled observed frames with scale
-``BACKGROUND_INFLATION`` times their standard deviation (a uniform distribution for a
-categorical modality). It is heavy-tailed so that values far outside the training range
-(a spike, a rail-stuck or drifting sensor) are explained by it, and broad so that clean frames
-are not. It is fitted once (:func:`fit_background`, called by the data-driven start) and held
+The background is a two-part mixture:
+
+.. math::
+    q_m(x_t \mid x_{t-1}) = (1 - w_m) \prod_d \mathrm{Cauchy}(x_{td}; \ell_d, \sigma_d)
+        + w_m \prod_d \mathcal N(x_{td}; x_{t-1,d}, (\epsilon \sigma_d)^2),
+
+a product of per-dimension Cauchy (Student-t, one degree of freedom) densities centred on the
+median of the pooled observed frames with scale ``BACKGROUND_INFLATION`` times their standard
+deviation (heavy-tailed, so values far outside the training range, a spike or a drifting
+sensor, are explained by it; broad, so clean frames are not), and a **held-value** part
+(``STUCK_WEIGHT``, ``STUCK_RELATIVE_SCALE`` :math:`= \epsilon`): a sensor that repeats its
+previous reading (stuck, frozen driver, sample-and-hold) has a vanishing density under any
+emission of spread :math:`\gg \epsilon \sigma` but a huge one here. The held-value part is
+used only where the previous frame of that stream is observed, and it is switched off
+(:math:`w_m = 0`) for a stream whose clean training frames already repeat (a quantized sensor
+at rest: more than ``STUCK_MAX_CLEAN_RATE`` of consecutive pairs within
+:math:`3 \epsilon \sigma`), so it never flags normal behaviour. The background depends on the
+observed previous frame, not on any latent, so inference stays exact. A categorical modality's
+background is uniform. It is fitted once
+(:meth:`~mmpgm.MultimodalHMM.fit_fault_background`, called by the data-driven start) and held
 fixed while fitting: it is a reference density, not a parameter. When the likelihoods of
 several models are compared (classification), give every model the same background (fit each
 on the same pooled data) so that a faulty frame adds the same evidence to every class.
@@ -47,6 +61,11 @@ from ..._pyro import TypedPyroModule
 
 __all__ = [
     "BACKGROUND_INFLATION",
+    "STUCK_MAX_CLEAN_RATE",
+    "STUCK_RELATIVE_SCALE",
+    "STUCK_WEIGHT",
+    "previous_frames",
+    "repeat_rate",
     "FaultBackground",
     "FaultChain",
     "fault_chain_name",
@@ -58,6 +77,13 @@ __all__ = [
 #: large enough that a clean frame is almost never claimed by it, small enough that a frame
 #: a few standard deviations off its state is.
 BACKGROUND_INFLATION = 2.0
+#: Weight :math:`w_m` of the held-value part of the background (where not switched off).
+STUCK_WEIGHT = 0.5
+#: Spread of the held-value part, relative to the pooled standard deviation per dimension.
+STUCK_RELATIVE_SCALE = 1e-3
+#: Largest fraction of consecutive clean training frames that repeat (within 3 held-value
+#: spreads in every dimension) for which the held-value part stays on.
+STUCK_MAX_CLEAN_RATE = 0.005
 
 # (lower, upper) bounds of the fault chain's probabilities and the Beta prior (a, b) of each.
 _BOUNDS = {
@@ -204,8 +230,9 @@ class FaultChain(TypedPyroModule):
 class FaultBackground(TypedPyroModule):
     r"""The broad, state-independent density :math:`q_m` of one modality's faulty frames.
 
-    Continuous modalities: :math:`q_m(x) = \prod_d \mathrm{Cauchy}(x_d; \ell_d, \sigma_d)` with
-    buffers ``loc`` and ``scale`` ``(D,)``; categorical: uniform over ``num_categories``.
+    Continuous modalities: buffers ``loc`` and ``scale`` ``(D,)`` of the Cauchy part,
+    ``stuck_scale`` ``(D,)`` and ``stuck_weight`` (0-d) of the held-value part (see the module
+    docstring); categorical: uniform over ``num_categories``.
     """
 
     def __init__(self, data_dim: int, num_categories: int | None = None):
@@ -213,25 +240,36 @@ class FaultBackground(TypedPyroModule):
         self.num_categories = num_categories
         self.register_buffer("loc", torch.zeros(data_dim))
         self.register_buffer("scale", torch.ones(data_dim))
+        self.register_buffer("stuck_scale", torch.full((data_dim,), STUCK_RELATIVE_SCALE))
+        self.register_buffer("stuck_weight", torch.tensor(STUCK_WEIGHT))
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (..., D)`` -> ``(...,)``."""
+    def log_prob(self, x: torch.Tensor, previous=None, previous_observed=None) -> torch.Tensor:
+        """``x (..., D)`` -> ``(...,)``; ``previous`` ``(..., D)`` is the stream's previous frame
+        and ``previous_observed`` ``(...)`` where it was observed (the held-value part applies
+        there only)."""
         if self.num_categories is not None:
             return torch.full(
                 x.shape[:-1], -math.log(self.num_categories), dtype=x.dtype, device=x.device
             )
         z = (x - self.loc) / self.scale
-        return (-math.log(math.pi) - self.scale.log() - torch.log1p(z * z)).sum(-1)
+        broad = (-math.log(math.pi) - self.scale.log() - torch.log1p(z * z)).sum(-1)
+        w = float(self.stuck_weight)
+        if previous is None or w <= 0:
+            return broad
+        held = torch.distributions.Normal(previous, self.stuck_scale).log_prob(x).sum(-1)
+        mix = torch.logaddexp(broad + math.log1p(-w), held + math.log(w))
+        return torch.where(previous_observed, mix, broad)
 
-    def distribution(self, batch_shape=()):
-        """The Pyro distribution (``event_dim = 1`` for continuous data)."""
+    def distribution(self, previous=None, previous_observed=None):
+        """The Pyro distribution of a frame (``event_dim = 1`` for continuous data)."""
         if self.num_categories is not None:
             probs = self.loc.new_full((self.num_categories,), 1.0 / self.num_categories)
             return dist.Categorical(probs)
-        return dist.Cauchy(self.loc, self.scale).to_event(1)
+        return _Background(self, previous, previous_observed)
 
     def sample(self, shape, generator=None) -> torch.Tensor:
-        """``shape + (D,)`` draws (class indices ``shape + (1,)`` for a categorical modality)."""
+        """``shape + (D,)`` draws of the broad part (class indices ``shape + (1,)`` for a
+        categorical modality)."""
         if self.num_categories is not None:
             k = torch.randint(
                 self.num_categories,
@@ -249,16 +287,22 @@ class FaultBackground(TypedPyroModule):
         return self.loc + self.scale * torch.tan(math.pi * (u - 0.5))
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, inflation: float = BACKGROUND_INFLATION) -> None:
-        """Centre and scale from observed frames ``x (F, D)`` (no-op for a categorical stream)."""
+    def fit(self, x: torch.Tensor, inflation: float = BACKGROUND_INFLATION, repeat_rate=None):
+        """Centre and scale from observed frames ``x (F, D)``; ``repeat_rate`` (the fraction of
+        consecutive clean frames that repeat, see :func:`repeat_rate`) switches the held-value
+        part off above ``STUCK_MAX_CLEAN_RATE`` (no-op for a categorical stream)."""
         if self.num_categories is not None or x.shape[0] == 0:
             return
         x = x.to(self.loc)
         loc = x.median(0).values
         sd = x.std(0) if x.shape[0] > 1 else torch.ones_like(loc)
         floor = (16 * torch.finfo(x.dtype).eps * x.square().mean(0)).sqrt()  # relative to units
+        sd = sd.clamp_min(floor).clamp_min(torch.finfo(x.dtype).tiny)
         self.loc = loc
-        self.scale = inflation * sd.clamp_min(floor).clamp_min(torch.finfo(x.dtype).tiny)
+        self.scale = inflation * sd
+        self.stuck_scale = STUCK_RELATIVE_SCALE * sd
+        stuck_on = repeat_rate is None or repeat_rate <= STUCK_MAX_CLEAN_RATE
+        self.stuck_weight = self.stuck_weight.new_tensor(STUCK_WEIGHT if stuck_on else 0.0)
 
     @torch.no_grad()
     def fit_to_moments(
@@ -271,6 +315,43 @@ class FaultBackground(TypedPyroModule):
         mean = mean.reshape(-1, mean.shape[-1])
         var = covariance.diagonal(dim1=-2, dim2=-1).reshape(-1, mean.shape[-1])
         centre = mean.mean(0)
-        total = var.mean(0) + (mean - centre).square().mean(0)
+        sd = (var.mean(0) + (mean - centre).square().mean(0)).sqrt()
         self.loc = centre.to(self.loc)
-        self.scale = (inflation * total.sqrt()).to(self.scale)
+        self.scale = (inflation * sd).to(self.scale)
+        self.stuck_scale = (STUCK_RELATIVE_SCALE * sd).to(self.stuck_scale)
+
+
+def previous_frames(x: torch.Tensor, mask: torch.Tensor):
+    """``x (..., T, D)``, ``mask (..., T)`` -> each frame's previous frame and whether it was
+    observed (False at ``t = 0``)."""
+    prev = torch.cat([torch.zeros_like(x[..., :1, :]), x[..., :-1, :]], -2)
+    observed = torch.cat([torch.zeros_like(mask[..., :1]), mask[..., :-1]], -1)
+    return prev, observed
+
+
+def repeat_rate(x: torch.Tensor, mask: torch.Tensor, sd: torch.Tensor) -> float:
+    """Fraction of consecutive observed frame pairs of ``x (N, T, D)`` whose every dimension
+    moved less than three held-value spreads (``STUCK_RELATIVE_SCALE * sd``)."""
+    prev, prev_obs = previous_frames(x, mask)
+    pairs = mask & prev_obs
+    if not bool(pairs.any()):
+        return 0.0
+    still = ((x - prev).abs() < 3 * STUCK_RELATIVE_SCALE * sd).all(-1)
+    return float((still & pairs).sum()) / float(pairs.sum())
+
+
+class _Background(dist.TorchDistribution):
+    """:meth:`FaultBackground.log_prob` as a Pyro distribution (for the enumerated program;
+    log_prob only)."""
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+
+    def __init__(self, background, previous=None, previous_observed=None):
+        self.background = background
+        self.previous, self.previous_observed = previous, previous_observed
+        batch = () if previous is None else tuple(previous.shape[:-1])
+        super().__init__(batch, background.loc.shape, validate_args=False)
+
+    def log_prob(self, value):
+        return self.background.log_prob(value, self.previous, self.previous_observed)

@@ -25,7 +25,14 @@ from .._savable import register
 from . import init
 from . import params as params_io
 from .chain import MarkovChain
-from .faults import FaultBackground, FaultChain, fault_chain_name, resolve_sensor_faults
+from .faults import (
+    FaultBackground,
+    FaultChain,
+    fault_chain_name,
+    previous_frames,
+    repeat_rate,
+    resolve_sensor_faults,
+)
 from .params import HMMParams
 
 __all__ = ["MarkovChain", "MultimodalHMM", "HMMParams"]
@@ -190,7 +197,10 @@ class MultimodalHMM(MultimodalModel):
                 if not e.discrete:
                     self.fault_backgrounds[m].fit_to_moments(e.mean(), e.covariance())
             else:
-                self.fault_backgrounds[m].fit(data.obs[m][data.mask[m]])
+                x, mask = data.filled(m), data.mask[m]
+                bg = self.fault_backgrounds[m]
+                sd = x[mask].std(0) if int(mask.sum()) > 1 else torch.ones_like(x[0, 0])
+                bg.fit(x[mask], repeat_rate=None if e.discrete else repeat_rate(x, mask, sd))
         return self
 
     def _check_labels(self, data) -> None:
@@ -231,7 +241,8 @@ class MultimodalHMM(MultimodalModel):
         for m in self.fault_modalities:
             if m in exclude:
                 continue
-            lp = self.fault_backgrounds[m].log_prob(data.filled(m))
+            x = data.filled(m)
+            lp = self.fault_backgrounds[m].log_prob(x, *previous_frames(x, data.mask[m]))
             out[m] = torch.where(
                 data.mask[m], lp, torch.zeros((), dtype=lp.dtype, device=lp.device)
             )
@@ -432,6 +443,7 @@ class MultimodalHMM(MultimodalModel):
             m: getattr(self.emissions[m], "pyro_value", lambda x: x)(data.filled(m))
             for m in self.modalities
         }
+        previous = {m: previous_frames(data.filled(m), data.mask[m]) for m in self.fault_modalities}
         with plate:
             states = [None] * len(chains)
             for t in pyro.markov(range(T)):
@@ -450,9 +462,9 @@ class MultimodalHMM(MultimodalModel):
                     d = self.emissions[m].distribution(states[0], states[i + 1])
                     if m in self.fault_modalities:
                         f = states[1 + len(self.modalities) + self.fault_modalities.index(m)]
-                        d = dist.MaskedMixture(
-                            f.bool(), d, self.fault_backgrounds[m].distribution()
-                        )
+                        prev, prev_obs = previous[m]
+                        bg = self.fault_backgrounds[m].distribution(prev[:, t], prev_obs[:, t])
+                        d = dist.MaskedMixture(f.bool(), d, bg)
                     with poutine.mask(mask=data.mask[m][:, t]):
                         pyro.sample(f"obs_{m}_{t}", d, obs=values[m][:, t])
 
@@ -570,8 +582,16 @@ class MultimodalHMM(MultimodalModel):
             }
             for m in self.fault_modalities:
                 faulty = latents[fault_chain_name(m)].bool()
-                junk = self.fault_backgrounds[m].sample((N, T), generator=gen)
-                obs[m] = torch.where(faulty[..., None], junk.to(obs[m]), obs[m])
+                bg = self.fault_backgrounds[m]
+                junk = bg.sample((N, T), generator=gen).to(obs[m])
+                held = torch.rand(N, T, generator=gen, device=p.device) < bg.stuck_weight
+                held &= bg.num_categories is None
+                x = obs[m]
+                for t in range(T):  # a faulty frame holds the previous reading or is broad
+                    value = junk[:, t]
+                    if t:
+                        value = torch.where(held[:, t, None], x[:, t - 1], value)
+                    x[:, t] = torch.where(faulty[:, t, None], value, x[:, t])
         return MultimodalData(obs), latents
 
     # ------------------------------------------------------------------ parameters, I/O

@@ -28,8 +28,9 @@ class HMMParams(NamedTuple):
     fault_initial_probs : dict modality -> ``(2,)`` (ok, faulty) start of each fault chain
         (``sensor_faults``), or None.
     fault_transition_probs : dict modality -> ``(2, 2)`` fault-chain transitions, or None.
-    fault_backgrounds : dict modality -> ``{"loc": (D,), "scale": (D,)}`` of each background
-        density (Cauchy per dimension), or None (then fitted to the emissions' moments).
+    fault_backgrounds : dict modality -> ``{"loc": (D,), "scale": (D,), "stuck_scale": (D,),
+        "stuck_weight": ()}`` of each background density (Cauchy part and held-value part; see
+        :mod:`mmpgm.models.hmm.faults`), or None (then fitted to the emissions' moments).
     """
 
     shared_initial_probs: torch.Tensor
@@ -77,8 +78,8 @@ def get_params(model) -> HMMParams:
         or None,
         fault_backgrounds={
             m: {
-                "loc": model.fault_backgrounds[m].loc.clone(),
-                "scale": model.fault_backgrounds[m].scale.clone(),
+                k: getattr(model.fault_backgrounds[m], k).clone()
+                for k in ("loc", "scale", "stuck_scale", "stuck_weight")
             }
             for m in model.fault_modalities
         }
@@ -230,8 +231,8 @@ def set_params(model, params: HMMParams, *, complete: bool = False):
                 )
             if params.fault_backgrounds is not None:
                 bg = model.fault_backgrounds[m]
-                bg.loc = params.fault_backgrounds[m]["loc"].to(**conv)
-                bg.scale = params.fault_backgrounds[m]["scale"].to(**conv)
+                for k, v in params.fault_backgrounds[m].items():
+                    setattr(bg, k, v.to(**conv))
     return model
 
 
@@ -269,17 +270,25 @@ def _check_faults(model, params: HMMParams) -> None:
             model.fault_chains[m].check_probs(f"params.fault chain of {m!r}", init, trans)
         if params.fault_backgrounds is not None:
             bg = params.fault_backgrounds[m]
-            if not isinstance(bg, Mapping) or set(bg) != {"loc", "scale"}:
+            keys = {"loc", "scale", "stuck_scale", "stuck_weight"}
+            if not isinstance(bg, Mapping) or not {"loc", "scale"} <= set(bg) <= keys:
                 raise ValueError(
-                    f"params.fault_backgrounds[{m!r}]: expected a dict with 'loc' and 'scale', "
-                    f"got {bg!r}"
+                    f"params.fault_backgrounds[{m!r}]: expected a dict with 'loc' and 'scale' "
+                    f"(and optionally 'stuck_scale', 'stuck_weight'), got {bg!r}"
                 )
-            D = model.fault_backgrounds[m].loc.shape
-            for k in ("loc", "scale"):
+            D = tuple(model.fault_backgrounds[m].loc.shape)
+            for k in sorted(set(bg)):
                 name = f"params.fault_backgrounds[{m!r}][{k!r}]"
-                check_finite(name, _tensor(name, bg[k], tuple(D)))
-            if bool((bg["scale"] <= 0).any()):
+                check_finite(name, _tensor(name, bg[k], () if k == "stuck_weight" else D))
+            for k in ("scale", "stuck_scale"):
+                if k in bg and bool((bg[k] <= 0).any()):
+                    raise ValueError(
+                        f"params.fault_backgrounds[{m!r}][{k!r}]: expected positive scales, got "
+                        f"min {float(bg[k].min()):.3g}"
+                    )
+            w = bg.get("stuck_weight")
+            if w is not None and not 0.0 <= float(w) < 1.0:
                 raise ValueError(
-                    f"params.fault_backgrounds[{m!r}]['scale']: expected positive scales, got "
-                    f"min {float(bg['scale'].min()):.3g}"
+                    f"params.fault_backgrounds[{m!r}]['stuck_weight']: expected a value in "
+                    f"[0, 1), got {float(w):.3g}"
                 )
