@@ -430,3 +430,23 @@ def test_a_stuck_sensor_is_detected_and_a_quantized_one_is_not_flagged():
     quantized = MultimodalHMM({"a": 2, "b": 2}, 3, 1, sensor_faults=True)
     quantized.init_from_data(coarse)
     assert float(quantized.fault_backgrounds["a"].stuck_weight) == 0.0
+
+
+def test_rescaling_the_units_moves_the_likelihood_by_the_jacobian_only():
+    """The SVI units map (mmpgm.models.hmm.units) carries the fault backgrounds, both parts."""
+    from mmpgm.models.hmm.units import rescale_observations
+
+    model = random_fault_model({"a": 2, "b": 1}, 2, 2)
+    data = _tiny_data(model, 4)
+    obs = {m: v.clone() for m, v in data.obs.items()}
+    obs["a"][1, 2] = obs["a"][1, 1]  # a held reading, so the held-value part matters
+    data = MultimodalData(obs, lengths=data.lengths)
+    before = model.log_likelihood(data).detach()
+    shift = {"a": torch.tensor([1.0, -2.0]), "b": torch.tensor([0.5])}
+    scale = {"a": torch.tensor([1e-3, 10.0]), "b": torch.tensor([1e4])}
+    rescale_observations(model, shift, scale)
+    moved = MultimodalData({m: (obs[m] - shift[m]) / scale[m] for m in obs}, lengths=data.lengths)
+    jac = sum((data.mask[m].double() * scale[m].log().sum()).sum(-1) for m in model.modalities)
+    torch.testing.assert_close(
+        model.log_likelihood(moved).detach(), before + jac, rtol=1e-10, atol=1e-9
+    )

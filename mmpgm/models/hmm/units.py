@@ -68,3 +68,5 @@ def rescale_observations(
                 sh, sc = (torch.as_tensor(v).to(g.loc) for v in (shift[m], scale[m]))
                 g.loc = (g.loc - sh) / sc
                 g.scale = g.scale / sc
+                if hasattr(g, "stuck_scale"):  # the held-value part's spread maps like a scale
+                    g.stuck_scale = g.stuck_scale / sc
