@@ -292,12 +292,12 @@ def test_gross_outliers_in_one_sensor_recovery():
     to the corrupted data: the fault-aware smoothed-state RMSE within 10% of the oracle that
     masks the outlier frames, far below the plain smoother's; fault AUROC >= 0.95.
 
-    Measured (N = 4, T = 150, 2 + 2 sensors): RMSE fault-aware / oracle 1.000 (seed 0; 0.999
-    and 1.000 for seeds 1, 2), plain / oracle 3.97 (seed 0; 1.33 and 3.42), AUROC 1.0000. The
-    margins 1.10 and 0.95 are the targets of issue 12; plain >= 2 x oracle is half the measured
-    3.97. (With EM-fitted models, 100 steps, seeds 0-2, the RMSE of the reconstructed clean
-    signal of a: fault-aware / oracle-masked fit 0.99-1.01, plain 1.7-2.9 x worse, AUROC 1.0;
-    not run here: about a minute.)
+    Measured (N = 4, T = 150, 2 + 2 sensors, fault_scale 4): RMSE fault-aware / oracle 1.000
+    (seed 0; 1.000 and 1.000 for seeds 1, 2), plain / oracle 3.97 (seed 0; 1.33 and 3.42),
+    AUROC 1.0000. The margins 1.10 and 0.95 are the targets of issue 12; plain >= 2 x oracle is
+    half the measured 3.97. (With EM-fitted models, 100 steps, seeds 0-2, the RMSE of the
+    reconstructed clean signal of a: fault-aware / oracle-masked fit 0.98-1.01, plain 1.7-2.9 x
+    worse, AUROC 1.0; not run here: about a minute.)
     """
     gen, data, flags, lat = corrupted(T=150, N=4, seed=0)
     z = lat["shared"]

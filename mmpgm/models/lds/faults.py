@@ -21,8 +21,17 @@ so that clean frames are not. :math:`\tilde\mu` is the median and :math:`\tilde\
 \mathrm{MAD}` (the standard deviation when the MAD is 0) of the pooled observed frames: robust,
 so outliers in the training data do not widen it. It is fitted once by the data-driven start
 (:func:`fit_background`) and held fixed while fitting: it is a reference density, not a
-parameter. The same choice (shared background, heavy tails, inflated scale) as the
-``MultimodalHMM``'s fault chains.
+parameter. The same kind of choice (shared background, heavy tails, inflated scale) as the
+``MultimodalHMM``'s fault chains. Default :math:`\kappa = 4`: with the parameters known, on 6
+generated two-sensor tracking problems (N = 4, T = 150, 10% of one sensor's frames offset by
+10 data sd times a standard normal, background fitted on clean data) the fault AUROC / the
+smoothed-state RMSE over that of the oracle masking the outlier frames were, for
+:math:`\kappa` = 1, 2, 4, 8: 0.94-1.00 / 1.04-1.81, 0.96-1.00 / 1.04-1.66, 0.985-1.00 /
+1.03-1.63, 0.987-1.00 / 1.02-1.62 (every seed improved or tied from 2 to 4), with no clean
+frame above 0.5 for any; after EM on the corrupted data (4 seeds) AUROC 0.80-0.98 at 2 and
+0.86-0.98 at 4. (For a Cauchy the density far out, :math:`\approx s / (\pi u^2)`, grows with
+the scale :math:`s`, so a broader background claims far outliers more readily, and clean
+frames less.)
 
 Iid indicators rather than a sticky chain: the q(f) step stays one closed-form logistic update per
 frame and the exact posterior stays enumerable; the Kalman dynamics already carry the temporal

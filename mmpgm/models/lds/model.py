@@ -97,7 +97,7 @@ class MultimodalLDS(MultimodalModel):
         prior_precision: float = 1e-2,
         prior_noise: float = 1e-3,
         sensor_faults=False,
-        fault_scale: float = 2.0,
+        fault_scale: float = 4.0,
         fault_rate_floor: float = 1e-2,
         fault_iters: int = 20,
         fault_tol: float = 1e-4,
