@@ -284,3 +284,27 @@ def test_errors_name_the_argument():
         rb.robust_smoother(keyed(p), as_dict(obs), None, {"c": torch.zeros(2, 4)}, {"c": 0.1})
     with pytest.raises(ValueError, match="rates"):
         rb.robust_smoother(keyed(p), as_dict(obs), None, {"a": torch.zeros(2, 4)}, {})
+
+
+def test_each_sequence_gets_its_own_result_whatever_the_batch():
+    # sequences stop iterating on their own, so a sequence's fixed point does not depend on the
+    # other sequences in the batch (data-parallel fits, minibatches)
+    p, obs, masks, lb, rates = fault_case(1, 2, 4, outlier=True, rate=0.2)
+    both = run_smoother(p, obs, masks, lb, rates, num_iters=20, tol=1e-3)
+    for n in range(2):
+        one = run_smoother(
+            p, [o[n : n + 1] for o in obs], [m[n : n + 1] for m in masks],
+            [x[n : n + 1] for x in lb], rates, num_iters=20, tol=1e-3,
+        )  # fmt: skip
+        close(one.bound[0], both.bound[n], tol=1e-12)
+        for k in KEYS:
+            close(one.fault_probs[k][0], both.fault_probs[k][n], tol=1e-12)
+        fr1 = rb.robust_filter(
+            keyed(p), as_dict([o[n : n + 1] for o in obs]), as_dict([m[n : n + 1] for m in masks]),
+            as_dict([x[n : n + 1] for x in lb]), as_dict(rates), num_iters=20, tol=1e-3,
+        )  # fmt: skip
+        fr2 = rb.robust_filter(
+            keyed(p), as_dict(obs), as_dict(masks), as_dict(lb), as_dict(rates),
+            num_iters=20, tol=1e-3,
+        )  # fmt: skip
+        close(fr1.moments.means[0], fr2.moments.means[n], tol=1e-12)

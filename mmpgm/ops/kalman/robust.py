@@ -453,9 +453,10 @@ def robust_smoother(
     r"""Mean-field variational smoother of the sensor-fault model (module docstring).
 
     Starts from :math:`r = \rho` (or ``init``), then alternates the q(f) step and the exact
-    reweighted smoother (q(z) step) up to ``num_iters`` times, stopping when the largest
-    change of :math:`r` is below ``tol``; the returned :math:`q(z)` is optimal for the returned
-    :math:`r`, so ``bound`` is the bound at that pair.  No gradients flow (run under
+    reweighted smoother (q(z) step) up to ``num_iters`` times; a sequence stops (its :math:`r`
+    is frozen) once the largest change of its :math:`r` is below ``tol``, so each sequence gets
+    the result it would get alone, whatever the batch; the returned :math:`q(z)` is optimal for
+    the returned :math:`r`, so ``bound`` is the bound at that pair.  No gradients flow (run under
     ``torch.no_grad``; for a differentiable bound call :func:`reweighted_filter` at the
     returned ``fault_probs``, which is exact by the envelope theorem at a fixed point).
 
@@ -471,7 +472,7 @@ def robust_smoother(
     num_iters : int
         The most q(f) updates (0: :math:`r` stays at its start).
     tol : float
-        Stop when :math:`\max |r_{new} - r| <` ``tol``.
+        A sequence stops when :math:`\max_{m,t} |r_{new} - r| <` ``tol``.
     init : Mapping[str, Tensor], optional
         Starting :math:`r` per faulty modality, ``(N, T)``.
 
@@ -496,13 +497,15 @@ def robust_smoother(
             r = {k: obs_k[k] * rt[k] for k in faulty}
         sm = reweighted_smoother(params, obs, mask, {k: 1.0 - r[k] for k in faulty}, lengths)
         done = 0
-        for _ in range(num_iters):
+        active = torch.ones(p.N, dtype=torch.bool, device=p.y.device)
+        for _ in range(num_iters if faulty else 0):
             new = _update_faults(p, segs, faulty, sm.means, sm.covs, lb, rt, obs_k)
-            delta = max([float((new[k] - r[k]).abs().max()) for k in faulty] or [0.0])
-            r = new
+            delta = torch.stack([(new[k] - r[k]).abs().amax(-1) for k in faulty]).amax(0)
+            r = {k: torch.where(active[:, None], new[k], r[k]) for k in faulty}
             done += 1
             sm = reweighted_smoother(params, obs, mask, {k: 1.0 - r[k] for k in faulty}, lengths)
-            if delta < tol:
+            active = active & (delta >= tol)
+            if not bool(active.any()):
                 break
         bound = sm.log_likelihood.clone()
         for k in faulty:
@@ -539,7 +542,8 @@ def robust_condition(
     r"""One frame of the causal fixed point: condition the predicted state
     :math:`\mathcal N(m, P)` on the frame with weights :math:`1 - r`, update :math:`r` from the
     conditioned moments, repeat (``num_iters`` at most, until the change is below ``tol``);
-    the last conditioning uses the returned :math:`r`.
+    the last conditioning uses the returned :math:`r`.  Each sequence stops on its own (as in
+    :func:`robust_smoother`).
 
     Parameters
     ----------
@@ -584,6 +588,7 @@ def robust_condition(
 
     u = cond(r)
     done = 0
+    active = torch.ones(N, dtype=torch.bool, device=y.device)
     for _ in range(num_iters if faulty else 0):
         mu = u.mean.squeeze(-1)
         new = {}
@@ -591,11 +596,12 @@ def robust_condition(
             a, e = segments[k]
             ell = expected_log_emission(y[:, a:e], C[:, a:e], R[:, a:e, a:e], mu, u.cov)
             new[k] = fault_posterior(ell, log_backgrounds[k].to(y), rt[k], obs_k[k])
-        delta = max(float((new[k] - r[k]).abs().max()) for k in faulty)
-        r = new
+        delta = torch.stack([(new[k] - r[k]).abs() for k in faulty]).amax(0)
+        r = {k: torch.where(active, new[k], r[k]) for k in faulty}
         done += 1
         u = cond(r)
-        if delta < tol:
+        active = active & (delta >= tol)
+        if not bool(active.any()):
             break
     bound = innovation_log_prob(u.chol, u.innovation.squeeze(-1), rows.sum(-1))
     for k, (a, e) in segments.items():
