@@ -30,6 +30,7 @@ _EXPORTS = {
     "MVRNNPosterior": "mmpgm.results",
     "MVRNNImputation": "mmpgm.results",
     "FitResult": "mmpgm.inference.result",
+    "ConvergenceWarning": "mmpgm.inference.result",
     "Posterior": "mmpgm.results",
     "Imputation": "mmpgm.results",
 }

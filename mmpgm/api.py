@@ -8,6 +8,7 @@ checked data are passed down, ``program`` names one of ``model.PROGRAMS``.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pyro
 
@@ -15,7 +16,7 @@ from ._validation import check_bool, check_choice, check_float, check_int
 from .data import MultimodalData
 from .inference.distributed import check_distributed
 from .inference.em import check_em, fit_em
-from .inference.result import FitResult
+from .inference.result import RESTART_SPREAD_WARN, ConvergenceWarning, FitResult
 from .inference.svi import fit_svi
 from .models import MultimodalModel
 
@@ -111,10 +112,16 @@ def fit(
         gated mixture's EM runs all ``num_steps`` iterations).
     num_restarts : int
         Fit from this many data-driven initializations (seeds ``seed .. seed+R-1``) and keep the
-        best final loss.
+        best final loss; every restart's final loss is in ``FitResult.restart_losses``, and a
+        :class:`~mmpgm.inference.result.ConvergenceWarning` says when they differ by more than
+        ``RESTART_SPREAD_WARN`` nats/frame (different optima). The same warning says when a fit
+        with early stopping on reaches ``num_steps`` before converging.
     init : {"auto", "data", "none"}
         ``"auto"`` initializes from data (``model.init_from_data``) on the first fit of a model
-        only.
+        only, and never over parameters the user set (``from_params`` / ``set_params``) or
+        loaded (:func:`mmpgm.load_model`); ``"data"`` always; ``"none"`` never. The HMM's
+        data-driven start is itself multi-start (a Gaussian mixture from 8 seedings, see
+        :func:`mmpgm.models.hmm.init.init_from_data`); ``num_restarts`` repeats the whole fit.
     elbo : pyro.infer.ELBO, optional
         The ELBO for ``method="svi"``; default ``model.default_elbo(program)``.
     checkpoint : str or path-like, optional
@@ -223,7 +230,7 @@ def fit(
     if checkpoint is not None and num_restarts > 1:
         raise ValueError("checkpoint: not supported with num_restarts > 1")
     start_state = copy.deepcopy(model.state_dict())
-    best = None
+    best, finals = None, []
     for r in range(num_restarts):
         pyro.set_rng_seed(seed + r)
         if r > 0:
@@ -264,12 +271,40 @@ def fit(
                 init_seed=seed + r if do_init else None,
                 comm=comm,
             )
+        finals.append(result.final_loss)
         if best is None or result.final_loss < best[0].final_loss:
             best = (result, copy.deepcopy(model.state_dict()) if num_restarts > 1 else None)
     if num_restarts > 1:
         model.load_state_dict(best[1])
     model._mmpgm_fitted = True
-    return best[0]
+    result = best[0]
+    if num_restarts > 1:
+        result = result._replace(restart_losses=tuple(finals))
+    _warn_about(result, num_steps, patience, method)
+    return result
+
+
+def _warn_about(result: FitResult, num_steps: int, patience, method: str) -> None:
+    """:class:`ConvergenceWarning` when the fit hit its step cap without converging (with early
+    stopping on) or its restarts ended in different optima."""
+    stopped_early_possible = patience is not None
+    if stopped_early_possible and not result.converged and result.num_steps >= num_steps:
+        warnings.warn(
+            f"fit: stopped at the step cap num_steps={num_steps} before the loss per frame "
+            f"settled (method={method!r}, last loss {result.final_loss:.6g}); pass a larger "
+            "num_steps (or patience=0 to run a fixed number of steps without this warning)",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    finals = [f for f in result.restart_losses if f == f]
+    if len(finals) > 1 and max(finals) - min(finals) > RESTART_SPREAD_WARN:
+        warnings.warn(
+            f"fit: the {len(finals)} restarts ended in different optima (final loss per frame "
+            f"{', '.join(f'{f:.4f}' for f in finals)}); the best is kept. Their spread says the "
+            "objective has several basins here: more restarts may find a better one",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
 
 def infer(

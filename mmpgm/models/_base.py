@@ -68,7 +68,9 @@ class MultimodalModel(SavableModel, PyroModule):
     docstring of :mod:`mmpgm.models._base`)."""
 
     PROGRAMS: tuple[str, ...] = ()
-    _mmpgm_fitted = False  # set by mmpgm.fit; init="auto" initializes from data until then
+    # set by mmpgm.fit, mmpgm.load_model and set_params / from_params: init="auto" initializes
+    # from data until then, and never overwrites parameters a user set or loaded
+    _mmpgm_fitted = False
 
     # ------------------------------------------------------------------ programs
     @property

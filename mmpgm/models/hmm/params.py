@@ -233,6 +233,7 @@ def set_params(model, params: HMMParams, *, complete: bool = False):
                 bg = model.fault_backgrounds[m]
                 for k, v in params.fault_backgrounds[m].items():
                     setattr(bg, k, v.to(**conv))
+    model._mmpgm_fitted = True  # the user's parameters: init="auto" keeps them
     return model
 
 

@@ -172,4 +172,5 @@ def set_params(model, params: LDSParams):
             e.private_weight.copy_(Cm)
             e.offset.copy_(dm)
             e.set_noise_cov(symmetrize(R))
+    model._mmpgm_fitted = True  # the user's parameters: init="auto" keeps them
     return model
