@@ -219,8 +219,8 @@ def e_step(model, data: MultimodalData, *, exclude=(), warm_start: bool = False)
     ``exclude`` masked out). With ``warm_start`` the responsibilities start from those of the
     previous call on the same data object (EM: later steps then need one or two updates).
     That start is not part of the model's state: an EM fit resumed from a checkpoint restarts
-    the responsibilities at the rates, so it agrees with the uninterrupted fit to about
-    ``fault_tol``, not bitwise."""
+    the responsibilities at the rates, so it is not bitwise the uninterrupted fit (not
+    measured how far off)."""
     obs, mask, lengths = model._ops_inputs(data, exclude=exclude)
     lg = model.linear_gaussian_params()
     lb, rates = fault_inputs(model, data)
