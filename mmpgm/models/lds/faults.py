@@ -218,9 +218,11 @@ def e_step(model, data: MultimodalData, *, exclude=(), warm_start: bool = False)
     :func:`mmpgm.ops.kalman.robust.robust_smoother` on checked ``data`` (modalities in
     ``exclude`` masked out). With ``warm_start`` the responsibilities start from those of the
     previous call on the same data object (EM: later steps then need one or two updates).
-    That start is not part of the model's state: an EM fit resumed from a checkpoint restarts
-    the responsibilities at the rates, so it is not bitwise the uninterrupted fit (not
-    measured how far off)."""
+    That start is not part of the model's state and lasts one :func:`mmpgm.fit` call (each
+    call checks the data into a new object): a fit continued by a second call, or resumed from
+    a checkpoint, restarts the responsibilities at the rates, so it is not bitwise the
+    uninterrupted fit (measured: 1.7e-9 largest relative parameter difference, EM 5 + 5 steps
+    against 10, N = 3, T = 60, 10% outliers)."""
     obs, mask, lengths = model._ops_inputs(data, exclude=exclude)
     lg = model.linear_gaussian_params()
     lb, rates = fault_inputs(model, data)
