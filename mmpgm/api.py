@@ -216,7 +216,7 @@ def fit(
     check_int("batch_size", batch_size, allow_none=True)
     check_int("num_restarts", num_restarts)
     if lr is None and method == "svi":
-        lr = 0.05
+        lr = model.default_svi_options().get("lr", 0.05)
     if patience is None:
         patience = 100 if method == "svi" else 5
     elif patience == 0:

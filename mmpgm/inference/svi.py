@@ -17,6 +17,10 @@ from .progress import progress_bar
 from .result import FitResult
 from .stopping import PlateauStopper
 
+#: Losses averaged by the plateau test of a stochastic objective (minibatches, or a model whose
+#: ELBO is estimated by sampling, ``STOCHASTIC_OBJECTIVE``).
+SMOOTHING_WINDOW = 10
+
 
 def _frames(data) -> int:
     return max(1, int(sum(m.sum() for m in data.mask.values())))
@@ -178,11 +182,24 @@ def _fit_loop(
             losses = [float(v) for v in state["losses"]]
             start = int(state["step"])
             ckpt.set_rng_state(state["rng"], gen, device)
-    stopper = PlateauStopper(patience, tol)
+    stochastic = model.STOCHASTIC_OBJECTIVE or (batch_size is not None and batch_size < N)
+    stopper = PlateauStopper(patience, tol, window=SMOOTHING_WINDOW if stochastic else 1)
     total_frames = _frames(data)
     converged = False
-    for value in losses:  # replay: a run that had stopped early stays stopped
-        converged = stopper(value) or converged
+    stage = None
+
+    def staged(step):
+        """Set the model's stage for ``step``; True when early stopping may end the fit now."""
+        nonlocal stage
+        now, num_stages = model.svi_stage(step, num_steps)
+        if now != stage:
+            stopper.reset()  # a new objective: judge its plateau afresh
+            stage = now
+        return now == num_stages - 1
+
+    for i, value in enumerate(losses):  # replay: a run that had stopped early stays stopped
+        final = staged(i)
+        converged = (stopper(value) and final) or converged
     root = comm is None or comm.is_root
     if comm is not None:
         comm.broadcast_state(model)  # rank 0's start (data-driven or resumed) everywhere
@@ -192,6 +209,7 @@ def _fit_loop(
     step = saved = start
     try:
         for step in range(start, start if converged else num_steps):
+            final_stage = staged(step)
             epoch_loss = 0.0
             if batch_size is None or batch_size >= N:
                 batches = [data]
@@ -226,19 +244,19 @@ def _fit_loop(
             losses.append(epoch_loss / total_frames + loss_offset)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if root and checkpoint is not None and (
-                (step + 1) % checkpoint_every == 0 or step + 1 == num_steps
+            if (
+                root
+                and checkpoint is not None
+                and ((step + 1) % checkpoint_every == 0 or step + 1 == num_steps)
             ):
                 _save(checkpoint, head, model, optim, losses, gen, device)
                 saved = len(losses)
-            if stopper(losses[-1]):
+            if stopper(losses[-1]) and final_stage:
                 converged = True
                 break
     finally:
         bar.close()
-    if root and checkpoint is not None and (
-        saved != len(losses) or not os.path.exists(checkpoint)
-    ):
+    if root and checkpoint is not None and (saved != len(losses) or not os.path.exists(checkpoint)):
         _save(checkpoint, head, model, optim, losses, gen, device)
     return FitResult(
         np.asarray(losses), "svi", len(losses), converged, time.perf_counter() - t0, start

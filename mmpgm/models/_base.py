@@ -68,6 +68,8 @@ class MultimodalModel(SavableModel, PyroModule):
     docstring of :mod:`mmpgm.models._base`)."""
 
     PROGRAMS: tuple[str, ...] = ()
+    #: Whether the training loss is a Monte Carlo estimate (then the SVI plateau test smooths it).
+    STOCHASTIC_OBJECTIVE = False
     # set by mmpgm.fit, mmpgm.load_model and set_params / from_params: init="auto" initializes
     # from data until then, and never overwrites parameters a user set or loaded
     _mmpgm_fitted = False
@@ -106,6 +108,19 @@ class MultimodalModel(SavableModel, PyroModule):
         """The ELBO that trains ``program``: ``Trace_ELBO()`` unless the model says otherwise."""
         self.check_program(program)
         return Trace_ELBO()
+
+    # ------------------------------------------------------------------ SVI defaults
+    def default_svi_options(self) -> dict:
+        """Per-model defaults of :func:`mmpgm.fit` (``method="svi"``) for options the caller
+        left at ``None``: ``{"lr": ...}``; empty unless a model says otherwise."""
+        return {}
+
+    def svi_stage(self, step: int, num_steps: int) -> tuple[int, int]:
+        """Called by the SVI loop before step ``step`` of ``num_steps``: set any per-stage
+        training state (e.g. the MVRNN's KL annealing) and return ``(stage, num_stages)``. The
+        loop restarts its plateau test at each new stage and stops early only in the last.
+        Default: one stage."""
+        return (0, 1)
 
     # ------------------------------------------------------------------ data
     def _param(self) -> torch.Tensor:
