@@ -237,7 +237,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     sc, uc = (2, 4) if q else (3, 8)
     t0 = time.perf_counter()
     root_a = make_corpus(data_dir, "A", sa, ua, args.seed, babble=1 if q else 3)
-    root_b = make_corpus(data_dir, args.test_corpus, sb, ub, args.seed)
+    test_seed = args.seed if args.test_seed is None else args.test_seed
+    root_b = make_corpus(data_dir, args.test_corpus, sb, ub, test_seed)
     root_c = None
     if args.val_corpus:
         root_c = make_corpus(data_dir, args.val_corpus, sc, uc, args.seed)
@@ -253,7 +254,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     train = concat(list(parts.values()))
     tests, vals = {}, {}
     for cond, corr in TEST_CONDITIONS.items():
-        npz = prep(root_b, data_dir, cond, corr, args.seed)
+        npz = prep(root_b, data_dir, cond, corr, test_seed)
         tests[cond] = (feat(MultimodalData.load(npz)), corr)
         if root_c is not None:
             vals[cond] = feat(MultimodalData.load(prep(root_c, data_dir, cond, corr, args.seed)))
@@ -262,6 +263,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
         "train_corpus": "A",
         "test_corpus": args.test_corpus,
         "val_corpus": args.val_corpus,
+        "test_seed": test_seed,
         "normalize": args.normalize,
         "norm_decay": args.norm_decay if args.normalize == "running" else None,
         "train_clips": train.num_sequences,
@@ -373,7 +375,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                      extra=dict(extra, selected_on_validation=name == selected))
             rows.append((cond, name, met, None))
         peer_rows = []
-        run_peers(root_b, test, corr, args.seed,
+        run_peers(root_b, test, corr, test_seed,
                   lambda impl, met, _e=emit_row, _r=peer_rows, **k: (_e(impl, met, **k),
                                                                     _r.append((impl, met, k))))
         for impl, met, k in peer_rows:

@@ -855,6 +855,13 @@ def main(argv=None):
     )
     ap.add_argument("--norm-decay", type=float, default=0.98, help="running normalization decay")
     ap.add_argument(
+        "--test-seed",
+        type=int,
+        default=None,
+        help="with --test-corpus: seed of the test corpus and its corruptions (default --seed); "
+        "another value scores the same trained models on a fresh realization of the corpus",
+    )
+    ap.add_argument(
         "--transfer-mixtures",
         default="conditional/features,conditional/reliability,conditional/features+reliability,"
         "markov/features,markov/reliability,markov/features+reliability",
