@@ -96,8 +96,12 @@ def fit(
         Default 1000 (svi), 200 (em) or 20 (em of a GatedMixture, whose iterations each run
         several Adam M-steps).
     lr : float, optional
-        Adam learning rate: default 0.05 (svi); for the gated mixture's EM, the learning rate
-        of its M-steps (default that of :func:`~mmpgm.inference.em_mixture.fit_em_mixture`).
+        Adam learning rate: default ``model.default_svi_options()["lr"]`` where the model
+        gives one (the MVRNN with its default KL annealing: 1e-2), else 0.05 (svi); for the
+        gated mixture's EM, the learning rate of its M-steps (default that of
+        :func:`~mmpgm.inference.em_mixture.fit_em_mixture`). Models with stages (the MVRNN's KL
+        annealing, :meth:`~mmpgm.models.MultimodalModel.svi_stage`) stop early only in their
+        last stage; a sampled or minibatch objective is judged on a 10-step moving average.
     clip_norm : float, optional
         Gradient-norm clipping (svi; None = off).
     batch_size : int, optional
