@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .distributed import read_checkpoint as dist_read
 from .progress import progress_bar
 from .result import FitResult
+from .resume import resume
 from .stopping import PlateauStopper
 
 
@@ -97,20 +97,7 @@ def fit_em(
         head = ckpt.header(model, ckpt.data_fingerprint(data), {"method": "em"})
         gen = torch.Generator().manual_seed(seed)  # EM draws nothing; kept for the format
         device = model._param().device
-        read = dist_read if comm is None else comm.read_checkpoint
-        state = read(checkpoint, head)
-        if state is not None:
-            try:
-                model.load_state_dict(state["model"])
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise ValueError(
-                    f"checkpoint: {checkpoint} does not fit this {type(model).__name__} "
-                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                    "delete it or pass another path"
-                ) from None
-            losses = [float(v) for v in state["losses"]]
-            start = int(state["step"])
-            ckpt.set_rng_state(state["rng"], gen, device)
+        losses, start = resume(checkpoint, head, model, gen, device, comm)
     converged = False
     for value in losses:  # replay: a run that had stopped early stays stopped
         converged = stopper(value) or converged

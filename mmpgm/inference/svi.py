@@ -12,9 +12,9 @@ import torch
 
 from . import checkpoint as ckpt
 from . import units
-from .distributed import read_checkpoint as dist_read
 from .progress import progress_bar
 from .result import FitResult
+from .resume import resume
 from .stopping import PlateauStopper
 
 #: Losses averaged by the plateau test of a stochastic objective (minibatches, or a model whose
@@ -167,21 +167,7 @@ def _fit_loop(
                 **({"units": "standardized"} if standardized else {}),
             },
         )
-        read = dist_read if comm is None else comm.read_checkpoint
-        state = read(checkpoint, head)
-        if state is not None:
-            try:
-                model.load_state_dict(state["model"])
-                optim.load_state_dict(state["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise ValueError(
-                    f"checkpoint: {checkpoint} does not fit this {type(model).__name__} "
-                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                    "delete it or pass another path"
-                ) from None
-            losses = [float(v) for v in state["losses"]]
-            start = int(state["step"])
-            ckpt.set_rng_state(state["rng"], gen, device)
+        losses, start = resume(checkpoint, head, model, gen, device, comm, optim)
     stochastic = model.STOCHASTIC_OBJECTIVE or (batch_size is not None and batch_size < N)
     stopper = PlateauStopper(patience, tol, window=SMOOTHING_WINDOW if stochastic else 1)
     total_frames = _frames(data)
