@@ -284,7 +284,8 @@ def fit(
     result = best[0]
     if num_restarts > 1:
         result = result._replace(restart_losses=tuple(finals))
-    _warn_about(result, num_steps, patience, method)
+    if comm is None or comm.is_root:  # one warning per fit, not one per rank
+        _warn_about(result, num_steps, patience, method)
     return result
 
 
