@@ -97,13 +97,19 @@ def run_case(name, *, checkpoint_dir=None, distributed=False):
 def main(out_dir):
     import torch.distributed as dist
 
+    from mmpgm.inference import checkpoint as ckpt
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
+    saves = []  # checkpoint writes of this rank (rank 0 alone writes)
+    save = ckpt.save_checkpoint
+    ckpt.save_checkpoint = lambda path, state: (saves.append(str(path)), save(path, state))[1]
     ckpt_dir = os.path.join(out_dir, "ckpt")  # written by rank 0 only
     os.makedirs(ckpt_dir, exist_ok=True)
     out = {name: run_case(name, checkpoint_dir=ckpt_dir, distributed=True) for name in CASES}
     out["_files"] = sorted(os.listdir(ckpt_dir))
+    out["_saves"] = saves
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

@@ -142,10 +142,12 @@ def test_two_processes_equal_one_process(two_ranks, name, tmp_path):
 
 
 def test_checkpoint_of_two_processes_resumes_in_one(two_ranks):
-    """The checkpoint rank 0 wrote is a plain single-process checkpoint: resumed in one process
-    for more steps it gives the uninterrupted one-process fit."""
-    _, ckpt_dir = two_ranks
+    """Rank 0 alone wrote the checkpoints; what it wrote is a plain single-process
+    checkpoint: resumed in one process for more steps it gives the uninterrupted one-process
+    fit."""
+    (r0, r1), ckpt_dir = two_ranks
     assert sorted(os.listdir(ckpt_dir)) == ["hmm_em_resume.pt", "hmm_svi_resume.pt"]
+    assert len(r0["_saves"]) >= 4 and r1["_saves"] == []  # rank 0 alone writes
     build, opts = cases.CASES["hmm_em_resume"]
     model, data = build()
     more = {**opts, "num_steps": opts["num_steps"] + 2}
