@@ -8,6 +8,7 @@ samples); the conversions of results to ArviZ live in :mod:`mmpgm.results.arviz`
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from .models.hmm import HMMParams
 from .results.arviz import parameter_chains_to_arviz
 
 __all__ = [
+    "StateAccuracy",
     "align_params",
     "permute_params",
     "restarts_to_inference_data",
@@ -139,23 +141,81 @@ def information_criteria(model, data) -> dict:
     }
 
 
-def state_accuracy(true_states, estimated_states, num_states: int, lengths=None):
-    """Fraction of frames whose estimated label equals the truth after the best relabelling.
-
-    Returns ``(accuracy, permutation)`` where ``permutation[estimated] = true`` label.
+class StateAccuracy(NamedTuple):
+    """accuracy : fraction of scored frames whose relabelled estimate equals the truth;
+    permutation : ``(K,)`` int, ``permutation[estimated] = true`` label (the best relabelling).
     """
-    t = torch.as_tensor(true_states).reshape(-1)
-    e = torch.as_tensor(estimated_states).reshape(-1)
+
+    accuracy: float
+    permutation: np.ndarray
+
+
+def _flat_states(name: str, states, lengths) -> torch.Tensor:
+    """``(N, T)`` (padding -1 or cut by ``lengths``), a ``(T,)`` path, or a list of 1-d paths
+    (ragged) -> one flat int64 tensor, -1 where not scored."""
+    if isinstance(states, (list, tuple)) and states and not np.isscalar(states[0]):
+        parts = [torch.as_tensor(np.asarray(s)).reshape(-1) for s in states]
+        if lengths is not None:
+            parts = [p[: int(n)] for p, n in zip(parts, lengths, strict=True)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    x = torch.as_tensor(np.asarray(states) if not isinstance(states, torch.Tensor) else states)
+    if x.is_floating_point():
+        if bool(torch.isnan(x).any()) or bool((x != x.round()).any()):
+            raise ValueError(f"{name}: expected integer state labels, got non-integer values")
+    x = x.long()
     if lengths is not None:
-        T = torch.as_tensor(true_states).shape[-1]
-        inside = (torch.arange(T)[None, :] < torch.as_tensor(lengths)[:, None]).reshape(-1)
-        t, e = t[inside], e[inside]
+        if x.dim() != 2:
+            raise ValueError(f"{name}: with lengths, expected (N, T) labels, got {tuple(x.shape)}")
+        T = x.shape[-1]
+        inside = torch.arange(T)[None, :] < torch.as_tensor(lengths).reshape(-1, 1)
+        x = torch.where(inside, x, torch.full_like(x, -1))
+    return x.reshape(-1)
+
+
+def state_accuracy(true_states, estimated_states, num_states: int | None = None, lengths=None):
+    """Fraction of frames whose estimated label equals the truth after the best relabelling
+    (Hungarian assignment on the confusion matrix).
+
+    Parameters
+    ----------
+    true_states, estimated_states : array-like
+        ``(N, T)`` labels (for example ``latents["shared"]`` and ``post.map["shared"]``), a
+        ``(T,)`` path, or lists of 1-d paths of different lengths (ragged). Frames whose true
+        label is negative (``-1``: unknown or padding) are not scored.
+    num_states : int, optional
+        ``K``; default one more than the largest label in either input.
+    lengths : array-like, optional
+        ``(N,)``: frames ``t >= lengths[n]`` are padding and not scored.
+
+    Returns
+    -------
+    StateAccuracy
+        ``(accuracy, permutation)``; unpacks as a pair (``acc, perm = state_accuracy(...)``).
+    """
+    t = _flat_states("true_states", true_states, lengths)
+    e = _flat_states("estimated_states", estimated_states, lengths)
+    if t.shape != e.shape:
+        raise ValueError(
+            f"estimated_states: expected as many frames as true_states ({t.numel()}), got "
+            f"{e.numel()}"
+        )
+    scored = t >= 0
+    if bool((e[scored] < 0).any()):
+        raise ValueError("estimated_states: expected a state >= 0 on every scored frame")
+    t, e = t[scored], e[scored]
+    top = int(max(t.max(), e.max())) + 1 if t.numel() else 1
+    if num_states is None:
+        num_states = top
+    elif not isinstance(num_states, int) or isinstance(num_states, bool) or num_states < top:
+        raise ValueError(
+            f"num_states: expected an int >= {top} (the largest label + 1), got {num_states!r}"
+        )
     conf = torch.zeros(num_states, num_states)
     conf.index_put_((e.cpu(), t.cpu()), torch.ones(len(t)), accumulate=True)
     rows, cols = linear_sum_assignment(-conf.numpy())
     perm = np.empty(num_states, dtype=int)
     perm[rows] = cols
-    return float(conf.numpy()[rows, cols].sum() / max(1, len(t))), perm
+    return StateAccuracy(float(conf.numpy()[rows, cols].sum() / max(1, len(t))), perm)
 
 
 def gate_report(posterior, data, unreliable: torch.Tensor) -> dict:

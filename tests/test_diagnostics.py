@@ -1,5 +1,7 @@
 """Label alignment, ArviZ conversion, information criteria, CLI demo, CUDA placement."""
 
+import math
+
 import arviz as az
 import numpy as np
 import pytest
@@ -85,3 +87,21 @@ def test_cuda_model_and_data_follow_the_parameters():
     torch.testing.assert_close(ll.cpu(), cpu_ll)
     post = mmpgm.infer(gpu, data, num_samples=3, seed=0)
     assert post.samples["shared"].device.type == "cuda"
+
+
+def test_state_accuracy_takes_ragged_paths_padding_and_infers_num_states():
+    from mmpgm.diagnostics import state_accuracy
+
+    true = [np.array([0, 0, 1, 1, 2]), np.array([2, 2, 0])]
+    est = [np.array([1, 1, 0, 0, 2]), np.array([2, 2, 0])]  # a relabelling, one frame wrong
+    est[1][2] = 2
+    acc, perm = state_accuracy(true, est)
+    assert math.isclose(acc, 7 / 8) and list(perm) == [1, 0, 2]
+    padded_true = torch.tensor([[0, 0, 1, 1, 2], [2, 2, 0, -1, -1]])
+    padded_est = torch.tensor([[1, 1, 0, 0, 2], [2, 2, 2, 0, 0]])
+    assert state_accuracy(padded_true, padded_est).accuracy == acc  # -1 = not scored
+    assert state_accuracy(padded_true, padded_est, lengths=[5, 3]).accuracy == acc
+    with pytest.raises(ValueError, match="num_states: expected an int >= 3"):
+        state_accuracy(padded_true, padded_est, num_states=2)
+    with pytest.raises(ValueError, match="estimated_states: expected as many frames"):
+        state_accuracy(true, [np.array([0])])
