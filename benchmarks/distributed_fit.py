@@ -17,8 +17,9 @@ private states per modality: 36 joint states), float64, ``N = 1024`` sequences o
 frames sampled from the model (large enough that an epoch's cost is proportional to the number
 of sequences: at N = 128 the per-frame overhead of the recursions, the same whatever N, made
 half the data cost 0.88x the CPU time of all of it). ``DDP2``: closed-form EM (``method="em"``:
-each rank E-steps its 512 sequences, the statistics are all-reduced, every rank runs the M-step); ``DDP2_svi``:
-full-batch SVI of the collapsed program (gradients all-reduced). Every run: the data-driven
+each rank E-steps its 512 sequences, the statistics are all-reduced, every rank runs the
+M-step); ``DDP2_svi``: full-batch SVI of the collapsed program (gradients all-reduced).
+Every run: the data-driven
 start and one warm-up epoch (not timed), then ``--repeats`` fits of ``--epochs`` epochs each
 (``init="none"``), each timed on rank 0 between barriers; the median over the repeats of
 seconds per epoch is reported. Both runs do the same fits, so the final parameters compare.
