@@ -19,10 +19,10 @@ of sequences: at N = 128 the per-frame overhead of the recursions, the same what
 half the data cost 0.88x the CPU time of all of it). ``DDP2``: closed-form EM (``method="em"``:
 each rank E-steps its 512 sequences, the statistics are all-reduced, every rank runs the
 M-step); ``DDP2_svi``: full-batch SVI of the collapsed program (gradients all-reduced).
-Every run: the data-driven
-start and one warm-up epoch (not timed), then ``--repeats`` fits of ``--epochs`` epochs each
-(``init="none"``), each timed on rank 0 between barriers; the median over the repeats of
-seconds per epoch is reported. Both runs do the same fits, so the final parameters compare.
+Every run: the data-driven start and one warm-up epoch (not timed), then ``--repeats`` fits
+of ``--epochs`` epochs each (``init="none"``), each timed on rank 0 between barriers; the
+median over the repeats of seconds per epoch is reported. Both runs do the same fits, so the
+final parameters compare.
 
 The processes are started the way ``torchrun`` starts them (environment ``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); ``--quick``: N = 8, T = 20, one repeat of
