@@ -38,9 +38,11 @@ Both
     The results equal those of one process up to the order of floating-point summation
     (measured in ``tests/inference/test_distributed.py``).
 
-Known limit: an MVRNN's SVI draws its latent noise from the global torch generator, seeded
-alike on every rank, so two ranks draw the same noise for their different sequences (the
-gradient stays unbiased; the per-step noise of one process is not reproduced).
+A sampled ELBO (``model.STOCHASTIC_OBJECTIVE``, the MVRNN): each step, every rank draws one
+seed from the global torch generator (in the same state on every rank, and saved in the
+checkpoint) and samples its latent noise from ``seed + rank`` in a forked generator, so the
+ranks' noise is independent and a resumed fit repeats it; the fit equals the single-process one
+in distribution only (the single process draws the noise of all sequences in one tensor).
 """
 
 from __future__ import annotations
@@ -226,11 +228,21 @@ class Communicator:
         rank's ``.grad`` is the gradient of the single-process loss of the whole batch (None for
         a parameter no rank reached). Returns that loss; raises ``FloatingPointError`` on every
         rank when it is not finite."""
+        stochastic = getattr(model, "STOCHASTIC_OBJECTIVE", False)
+        # a sampled ELBO: every rank draws its own noise, from a seed that the shared global
+        # generator (in the same state on every rank, and checkpointed) gives, plus the rank
+        base = int(torch.randint(0, 2**62, ())) if stochastic else None
         if local is not None:
-            loss = elbo.differentiable_loss(
-                model.model, model.guide, local, num_sequences=num_sequences, program=program
-            ) * (local.num_sequences / count)
-            loss.backward()
+            device = params[0].device
+            with torch.random.fork_rng(
+                devices=[device] if device.type == "cuda" else [], enabled=stochastic
+            ):
+                if stochastic:
+                    torch.manual_seed(base + self.rank)
+                loss = elbo.differentiable_loss(
+                    model.model, model.guide, local, num_sequences=num_sequences, program=program
+                ) * (local.num_sequences / count)
+                loss.backward()
             value = loss.detach()
         else:
             value = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
