@@ -5,6 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 
+def _runs(path: np.ndarray):
+    """``(state, first, last)`` of every run of equal values of ``path``."""
+    change = np.flatnonzero(np.diff(path)) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(path)]]) - 1
+    return [(int(path[a]), int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def state_bands(ax, path: np.ndarray, colors, alpha: float = 0.25) -> None:
+    """Shade ``ax`` behind the data by the state of every frame: one band per run of equal
+    states from half a frame before its first frame to half a frame after its last, so
+    consecutive bands meet with no gap."""
+    for k, a, b in _runs(np.asarray(path)):
+        ax.axvspan(a - 0.5, b + 0.5, color=colors[k], alpha=alpha, linewidth=0, zorder=0)
+
+
 def plot_streams_with_states(
     data,
     posterior,
@@ -26,7 +42,8 @@ def plot_streams_with_states(
     L = int(data.lengths[index])
     marg = posterior.marginals[chain][index, :L].detach().cpu().numpy()
     K = marg.shape[-1]
-    colors = plt.get_cmap("tab10")(np.arange(K) % 10)
+    # state colours from a pastel map, distinct from the stream lines' default tab10 cycle
+    colors = plt.get_cmap("Set2" if K <= 8 else "tab20")(np.arange(K) % (8 if K <= 8 else 20))
     path = (
         (
             posterior.map[chain][index, :L]
@@ -42,18 +59,7 @@ def plot_streams_with_states(
     for ax, m in zip(axes, mods, strict=False):
         x = data.obs[m][index, :L].detach().cpu().numpy()
         mask = data.mask[m][index, :L].cpu().numpy()
-        for k in range(K):
-            ax.fill_between(
-                t,
-                0,
-                1,
-                where=path == k,
-                color=colors[k],
-                alpha=0.15,
-                step="mid",
-                transform=ax.get_xaxis_transform(),
-                linewidth=0,
-            )
+        state_bands(ax, path, colors)
         xs = np.where(mask[:, None], x, np.nan)
         imputed = imputation is not None and m == imputed_modality
         shown = min(2, x.shape[-1]) if imputed else x.shape[-1]
@@ -76,6 +82,18 @@ def plot_streams_with_states(
                 fontsize=8,
             )
         ax.set_ylabel(m)
+    from matplotlib.patches import Patch
+
+    axes[0].legend(
+        handles=[
+            Patch(color=colors[k], alpha=0.5, label=f"MAP {chain} state {k}") for k in range(K)
+        ],
+        loc="upper right",
+        fontsize=7,
+        ncol=K,
+        title="bands",
+        title_fontsize=7,
+    )
     ax = axes[len(mods)]
     ax.stackplot(
         t,
