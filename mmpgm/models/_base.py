@@ -39,6 +39,10 @@ What :func:`mmpgm.fit` and :func:`mmpgm.infer` rely on, and nothing more:
 ``em_step(data)``
     Closed-form EM step where the model has one (:func:`mmpgm.fit` with ``method="em"``);
     the base raises ``NotImplementedError`` and :attr:`has_em_step` is False.
+``em_statistics(data) -> dict``, ``em_update(stats)`` (HMM, LDS)
+    The E-step's expected sufficient statistics (name -> tensor, sums over sequences) and the
+    M-step from them; ``em_step`` is their composition. Data-parallel EM
+    (:mod:`mmpgm.inference.distributed`) all-reduces the statistics between them.
 ``init_from_data(data, seed=0)``
     Data-driven start that :func:`mmpgm.fit` runs before a model's first fit (base: nothing).
 

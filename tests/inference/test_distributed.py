@@ -158,3 +158,28 @@ def test_checkpoint_of_two_processes_resumes_in_one(two_ranks):
     torch.testing.assert_close(torch.tensor(res.losses), torch.tensor(ref.losses), **TOL)
     for k, v in ref_model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, **TOL, msg=k)
+
+
+@pytest.fixture
+def world_of_one(tmp_path):
+    """A gloo process group of this process alone (rank 0 of 1)."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_world_of_one_equals_one_process_and_mixture_em_refuses(world_of_one):
+    assert check_distributed("auto") is not None and check_distributed(True).world_size == 1
+    a = cases.run_case("lds_em", distributed=True)
+    b = cases.run_case("lds_em")
+    for k, v in b["state"].items():
+        torch.testing.assert_close(a["state"][k], v, **TOL, msg=k)
+    model, data = cases._mixture()
+    with pytest.raises(ValueError, match="distributed"):
+        mmpgm.fit(model, data, method="em", num_steps=1, distributed=True, progress=False)
