@@ -144,7 +144,7 @@ class Communicator:
     def shard(self, model, data):
         """This rank's sequences of checked ``data`` (checked by ``model`` too)."""
         idx = shard_indices(data.num_sequences, self.rank, self.world_size)
-        return model._mark_checked(data[idx.to(data.device)])
+        return model.checked_subset(data, idx)
 
     def svi_batches(self, model, data, batch_size, generator):
         """``(local batch or None, global batch size)`` per step of an SVI epoch: the global
@@ -161,7 +161,7 @@ class Communicator:
         for start in range(0, N, batch_size):
             glob = order[start : start + batch_size]
             idx = glob[self.rank :: self.world_size]
-            local = model._mark_checked(data[idx.to(data.device)]) if idx.numel() else None
+            local = model.checked_subset(data, idx) if idx.numel() else None
             yield local, int(glob.numel())
 
     # ------------------------------------------------------------------ collectives
@@ -212,7 +212,7 @@ class Communicator:
             stats = model.em_statistics(shard)
         else:
             if self._zeros is None:
-                one = model.em_statistics(model._mark_checked(data[:1]))
+                one = model.em_statistics(model.checked_subset(data, slice(0, 1)))
                 self._zeros = {k: torch.zeros_like(v) for k, v in one.items()}
             stats = {k: v.clone() for k, v in self._zeros.items()}
         stats = self.sum_statistics(stats)

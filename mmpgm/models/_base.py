@@ -29,7 +29,7 @@ What :func:`mmpgm.fit` and :func:`mmpgm.infer` rely on, and nothing more:
     else runs :meth:`check_data`. Every internal entry (``model``, ``log_likelihood``,
     ``em_step``, ``posterior`` ...) calls it, so data are validated once at the boundary
     (``fit``, ``infer``) and not on every SVI step. :meth:`checked_batches` yields minibatches
-    of checked data that stay marked.
+    of checked data that stay marked; :meth:`checked_subset` selects sequences of checked data.
 ``_param()``
     The first parameter: the source of the model's device and dtype.
 ``posterior(data, *, causal=False, num_samples=0, seed=None, map_path=True)``
@@ -179,6 +179,15 @@ class MultimodalModel(SavableModel, PyroModule):
         """``data`` unchanged when this model checked it already (same dtype/device), else
         :meth:`check_data`."""
         return data if self._is_checked(data) else self.check_data(data)
+
+    def checked_subset(self, data: MultimodalData, index) -> MultimodalData:
+        """Sequences ``index`` (int, slice, index tensor; as ``data[index]``) of ``data``
+        (checked once here), marked as checked by this model: a shard of data-parallel
+        training (:mod:`mmpgm.inference.distributed`)."""
+        data = self._checked(data)
+        if isinstance(index, torch.Tensor):
+            index = index.to(data.device)
+        return self._mark_checked(data[index])
 
     def checked_batches(
         self, data: MultimodalData, batch_size: int, *, shuffle: bool = False, generator=None
