@@ -96,7 +96,7 @@ def fit_em(
     if checkpoint is not None:
         head = ckpt.header(model, ckpt.data_fingerprint(data), {"method": "em"})
         gen = torch.Generator().manual_seed(seed)  # EM draws nothing; kept for the format
-        device = model._param().device
+        device = next(iter(model.parameters())).device
         losses, start = resume(checkpoint, head, model, gen, device, comm)
     converged = False
     for value in losses:  # replay: a run that had stopped early stays stopped
