@@ -284,3 +284,30 @@ def test_information_gradient_across_backward_chunks(monkeypatch, chunk, params)
                               materialize_grads=True)
     for g, r in zip(got, ref, strict=True):
         torch.testing.assert_close(g, r, **GRADS)
+
+
+_LOOP_SCENARIOS = [Scenario(3, 7, "shared", "aligned"), Scenario(3, 30, "shared", "full")]
+
+
+@pytest.mark.parametrize("sc", _LOOP_SCENARIOS, ids=_scenario_id)
+def test_shared_covariance_mean_loop_matches_oracle(monkeypatch, sc):
+    """Without autograd and above ``MEAN_LOOP_MIN_WORK`` the shared-covariance filter and smoother
+    run their means as a plain loop instead of the scan (forced here at tiny sizes): the moments
+    equal the dense oracle's."""
+    from mmpgm.ops.kalman import sequential, smoother
+
+    monkeypatch.setattr(sequential, "MEAN_LOOP_MIN_WORK", 0)
+    monkeypatch.setattr(smoother, "MEAN_LOOP_MIN_WORK", 0)
+    base, controls, obs, masks, lengths = _data(sc)
+    moments, _ = _oracle(sc)
+    seen = _observed(sc, masks, lengths)
+    kw = dict(controls=controls, lengths=lengths, share="covariance")
+    filt = kalman_filter(base, nan_masked(obs, seen), masks, **kw)
+    smooth = rts_smoother(base, nan_masked(obs, seen), masks, **kw)
+    for n, (rll, rfm, rfP, rsm, rsP, rcross) in enumerate(moments):
+        torch.testing.assert_close(filt.log_likelihood[n], rll, **VALUES)
+        torch.testing.assert_close(filt.means[n], rfm, **VALUES)
+        torch.testing.assert_close(filt.covs[n], rfP, **VALUES)
+        torch.testing.assert_close(smooth.means[n], rsm, **VALUES)
+        torch.testing.assert_close(smooth.covs[n], rsP, **VALUES)
+        torch.testing.assert_close(smooth.cross_covs[n], rcross, **VALUES)

@@ -39,6 +39,7 @@ from .types import LOG_2PI, check_cholesky
 
 __all__ = [
     "MASK_CHUNK_FRAMES",
+    "MEAN_LOOP_MIN_WORK",
     "shares_covariance",
     "shares_matrices",
     "forward_per_sequence",
@@ -51,6 +52,12 @@ __all__ = [
 MASK_CHUNK_FRAMES = 128
 """Frames whose masked emission matrices :func:`forward_per_sequence` materialises at once
 (memory ``O(N * MASK_CHUNK_FRAMES * D * (S + D))``); a constant, not an option."""
+
+MEAN_LOOP_MIN_WORK = 1024
+"""Smallest per-frame work ``N S^2`` for which the shared-covariance filter and smoother run their
+mean recursions as a plain loop when autograd records nothing (below it, the associative scan):
+measured with ``benchmarks/lds_speed.py``, the loop is faster at config B (``N S^2 = 2304``) and
+~8x slower at config L (``N S^2 = 4``, ``T = 20000``, per-frame overhead bound)."""
 
 _INNOVATION = "innovation covariance C P C^T + R"
 
@@ -258,10 +265,10 @@ def forward_shared_covariance(p: Prepared, store: bool, steady_rtol: Optional[fl
 
     # ---- mean recursion m_{t+1} = m_t F_t + g_t: an associative scan over the affine maps
     # (depth O(log T), differentiable, no per-frame Python loop) ----
-    # Without autograd the plain loop is cheaper (one fused GEMM of (N, S) by (S, S) per frame,
-    # no O(T log T) intermediates).
+    # Without autograd and with enough sequences a plain loop is cheaper (one fused GEMM of
+    # (N, S) by (S, S) per frame, no O(T log T) intermediates); see MEAN_LOOP_MIN_WORK.
     m0 = p.m0[..., 0].unsqueeze(0)  # (1, N, S)
-    if T > 1 and not _recorded(F, g, m0):
+    if T > 1 and p.N * S * S >= MEAN_LOOP_MIN_WORK and not _recorded(F, g, m0):
         m, gs, Fs = m0[0], g.unbind(0), F.unbind(0)
         pms = [m]
         for t in range(T - 1):

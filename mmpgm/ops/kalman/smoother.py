@@ -21,7 +21,7 @@ from ..scan import associative_scan
 from .information import information_smoother
 from .method import Method, Share, forward, resolve
 from .prepare import prepare
-from .sequential import expand_batch
+from .sequential import MEAN_LOOP_MIN_WORK, expand_batch
 from .types import (
     FilterResult,
     LinearGaussianParams,
@@ -120,14 +120,18 @@ def smooth_from_filter(A: Tensor, filt: FilterResult) -> SmootherResult:
         # associative scan over their compositions (depth O(log T), no per-frame Python loop),
         # applied to the last filtered moments. Reversed so the scan runs from t = T-2 down to 0.
         ms_last, Ps_last = fm[:, -1], fP[0, -1]
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (G1, Cond, base, fm, fP)):
+        recorded = torch.is_grad_enabled() and any(
+            x.requires_grad for x in (G1, Cond, base, fm, fP)
+        )
+        if recorded or N * S * S < MEAN_LOOP_MIN_WORK:
             elems = (G1.flip(0), Cond[0].flip(0), base.flip(0))
             Gc, Cc, bc = associative_scan(_smooth_combine, elems, dim=0)
             ms = (ms_last.unsqueeze(0) @ Gc.mT + bc).flip(0)  # (T-1, N, S) for t = 0..T-2
             Ps = symmetrize(Gc @ Ps_last @ Gc.mT + Cc).flip(0)  # (T-1, S, S)
         else:
-            # without autograd: the batch-free covariances by the scan, the means by the plain
-            # backward loop (one fused GEMM of (N, S) by (S, S) a frame, no (T, N, S) levels)
+            # without autograd and with enough sequences: the batch-free covariances by the scan,
+            # the means by the plain backward loop (one fused GEMM of (N, S) by (S, S) a frame,
+            # no (T, N, S) levels; see MEAN_LOOP_MIN_WORK)
             elems = (G1.flip(0), Cond[0].flip(0))
             Gc, Cc = associative_scan(_cov_combine, elems, dim=0)
             Ps = symmetrize(Gc @ Ps_last @ Gc.mT + Cc).flip(0)  # (T-1, S, S)
