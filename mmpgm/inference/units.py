@@ -115,7 +115,4 @@ def data_units(data: MultimodalData, modalities, centred: bool = True) -> Units:
 def standardize_data(model, data: MultimodalData, units: Units) -> MultimodalData:
     """``data`` (checked by ``model``) with ``(x - shift) / scale`` for every modality of
     ``units``, marked as checked by ``model`` (masks, lengths, labels shared)."""
-    new = data._replace(lambda v: v, lambda v: v)
-    for m in units.scale:
-        new.obs[m] = (data.obs[m] - units.shift[m]) / units.scale[m]
-    return model._mark_checked(new)
+    return model.checked_affine(data, units.shift, units.scale)

@@ -189,6 +189,17 @@ class MultimodalModel(SavableModel, PyroModule):
             index = index.to(data.device)
         return self._mark_checked(data[index])
 
+    def checked_affine(self, data: MultimodalData, shift: dict, scale: dict) -> MultimodalData:
+        """``data`` (checked once here) with ``obs[m]`` replaced by ``(obs[m] - shift[m]) /
+        scale[m]`` for the modalities of ``scale`` (masks, lengths, labels shared), marked as
+        checked by this model: an affine map of finite data with ``scale > 0`` keeps every
+        check true (the standardized units of SVI, :mod:`mmpgm.inference.units`)."""
+        data = self._checked(data)
+        new = data._replace(lambda v: v, lambda v: v)
+        for m in scale:
+            new.obs[m] = (data.obs[m] - shift[m]) / scale[m]
+        return self._mark_checked(new)
+
     def checked_batches(
         self, data: MultimodalData, batch_size: int, *, shuffle: bool = False, generator=None
     ) -> Iterator[MultimodalData]:
