@@ -556,8 +556,10 @@ class MVRNN(MultimodalModel):
 
     # ------------------------------------------------------------------ I/O
     def config(self) -> dict:
-        """Constructor arguments (with the current ``kl_scale``);
+        """Constructor arguments (with the current ``kl_scale`` when ``kl_annealing`` is off;
+        with it, ``kl_scale`` is a function of the fit's step, not configuration);
         ``MVRNN.from_config(model.config())``."""
         cfg = super().config()
-        cfg["kl_scale"] = self.kl_scale
+        if not self.kl_annealing:
+            cfg["kl_scale"] = self.kl_scale
         return cfg
