@@ -346,6 +346,9 @@ class MVRNN(MultimodalModel):
         h_s, h_m = net.initial_state(N)
         steps = []
         scale = self.kl_scale
+        # the latents' log-densities (the KL terms) weighted by kl_scale; Pyro refuses a scale
+        # of 0, so kl_scale = 0 masks them instead (the draws still feed the decoders)
+        kl_weight = scale if scale > 0 else 1.0
         with plate:
             for t in pyro.markov(range(T)):
                 masks_t = {m: masks[m][t] for m in mods}
@@ -357,7 +360,7 @@ class MVRNN(MultimodalModel):
                 else:
                     p_loc, p_scale, q_loc, q_scale, gh_s = net.shared_step(pre, t, h_s, masks_t)
                 loc, sc = (q_loc, q_scale) if guide else (p_loc, p_scale)
-                with poutine.mask(mask=tm[t]), poutine.scale(scale=scale):
+                with poutine.mask(mask=tm[t] & (scale > 0)), poutine.scale(scale=kl_weight):
                     z_s = pyro.sample(f"z_shared_{t}", dist.Normal(loc, sc).to_event(1))
                 gi_z = None
                 post = {}
@@ -372,7 +375,7 @@ class MVRNN(MultimodalModel):
                 zs = {}
                 for m in mods:
                     loc, sc = post[m] if guide else priv[m][:2]
-                    with poutine.mask(mask=tm[t]), poutine.scale(scale=scale):
+                    with poutine.mask(mask=tm[t] & (scale > 0)), poutine.scale(scale=kl_weight):
                         zs[m] = pyro.sample(f"z_{m}_{t}", dist.Normal(loc, sc).to_event(1))
                 if not guide:
                     for m in mods:
