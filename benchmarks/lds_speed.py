@@ -75,15 +75,32 @@ CONFIGS = {
 }
 
 IMPLS = [
-    "mmpgm", "mmpgm_exact", "mmpgm_sequential", "mmpgm_parallel", "mmpgm_masked", "mmpgm_smooth",
-    "pykalman", "pykalman_smooth", "pyro_gaussian_hmm",
-    "dynamax_filter", "dynamax_filter_grad", "dynamax_smoother",
-    "dynamax_filter_parallel", "dynamax_smoother_parallel",
+    "mmpgm",
+    "mmpgm_exact",
+    "mmpgm_sequential",
+    "mmpgm_parallel",
+    "mmpgm_masked",
+    "mmpgm_smooth",
+    "pykalman",
+    "pykalman_smooth",
+    "pyro_gaussian_hmm",
+    "dynamax_filter",
+    "dynamax_filter_grad",
+    "dynamax_smoother",
+    "dynamax_filter_parallel",
+    "dynamax_smoother_parallel",
 ]
 # implementations run per config when --impls is not given
 DEFAULT_IMPLS = {
-    "B10k": ["mmpgm", "mmpgm_smooth", "mmpgm_masked", "pyro_gaussian_hmm", "dynamax_filter",
-             "dynamax_filter_grad", "dynamax_smoother"],
+    "B10k": [
+        "mmpgm",
+        "mmpgm_smooth",
+        "mmpgm_masked",
+        "pyro_gaussian_hmm",
+        "dynamax_filter",
+        "dynamax_filter_grad",
+        "dynamax_smoother",
+    ],
 }
 # slow peers: fewer timed repeats
 MAX_REPS = {"pykalman": 1, "pykalman_smooth": 1}
@@ -128,8 +145,11 @@ def _make_problem(cfg, device, dtype, seed=0):
         zs.append(z)
     Z = torch.stack(zs, 1)
     obs = [
-        Z @ C.T + d + torch.randn(N, T, C.shape[0], generator=g, dtype=torch.float64) @ torch.linalg.cholesky(R).T
-        for C, d, R in zip(raw["C"], raw["d"], raw["R"])
+        Z @ C.T
+        + d
+        + torch.randn(N, T, C.shape[0], generator=g, dtype=torch.float64)
+        @ torch.linalg.cholesky(R).T
+        for C, d, R in zip(raw["C"], raw["d"], raw["R"], strict=True)
     ]
     masks = [torch.rand(N, T, generator=g) > 0.2 for _ in dims]
 
@@ -278,8 +298,12 @@ def _build_dynamax(impl, cfg, device, dtype_name, raw, obs, masks):
     def make(rr):
         A = rr["A"]
         return dyn_seq.make_lgssm_params(
-            A @ rr["m00"], A @ rr["P00"] @ A.T + rr["Q"], A, rr["Q"],
-            jnp.concatenate(rr["C"], 0), jax.scipy.linalg.block_diag(*rr["R"]),
+            A @ rr["m00"],
+            A @ rr["P00"] @ A.T + rr["Q"],
+            A,
+            rr["Q"],
+            jnp.concatenate(rr["C"], 0),
+            jax.scipy.linalg.block_diag(*rr["R"]),
             emissions_bias=jnp.concatenate(rr["d"]),
         )
 
@@ -317,8 +341,13 @@ BUILDERS = {
     "pykalman_smooth": _build_pykalman,
     **{
         name: _build_dynamax
-        for name in ("dynamax_filter", "dynamax_filter_grad", "dynamax_smoother",
-                     "dynamax_filter_parallel", "dynamax_smoother_parallel")
+        for name in (
+            "dynamax_filter",
+            "dynamax_filter_grad",
+            "dynamax_smoother",
+            "dynamax_filter_parallel",
+            "dynamax_smoother_parallel",
+        )
     },
 }
 assert set(BUILDERS) == set(IMPLS)
@@ -352,8 +381,15 @@ def _run_impl(impl, cfg, device, dtype_name, queue):
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
-        queue.put(dict(ok=True, median_s=statistics.median(times), first_s=first_s, peak_mib=max(peak, 0.0),
-                       ll=ll.tolist()))
+        queue.put(
+            dict(
+                ok=True,
+                median_s=statistics.median(times),
+                first_s=first_s,
+                peak_mib=max(peak, 0.0),
+                ll=ll.tolist(),
+            )
+        )
     except Exception as exc:  # report, don't crash the whole benchmark
         queue.put(dict(ok=False, error=f"{type(exc).__name__}: {exc}"))
 
@@ -384,9 +420,13 @@ def _env(device, dtype_name, threads):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="tiny size, for smoke tests")
-    ap.add_argument("--configs", default="B,B10k,L", help="comma-separated config names (default B,B10k,L)")
+    ap.add_argument(
+        "--configs", default="B,B10k,L", help="comma-separated config names (default B,B10k,L)"
+    )
     ap.add_argument("--impls", default=None, help="comma-separated (default: all; fewer for B10k)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
@@ -407,7 +447,9 @@ def main(argv=None):
         results = {}
         for impl in impls:
             q = ctx.Queue()
-            proc = ctx.Process(target=_worker, args=(impl, cfg, args.device, args.dtype, args.threads, q))
+            proc = ctx.Process(
+                target=_worker, args=(impl, cfg, args.device, args.dtype, args.threads, q)
+            )
             proc.start()
             res = q.get()
             proc.join()
@@ -421,7 +463,11 @@ def main(argv=None):
             speedup={},
             peak_mib={k: round(v["peak_mib"], 2) for k, v in ok.items()},
             agreement={},
-            compile_s={k: round(v["first_s"] - v["median_s"], 3) for k, v in ok.items() if k.startswith("dynamax")},
+            compile_s={
+                k: round(v["first_s"] - v["median_s"], 3)
+                for k, v in ok.items()
+                if k.startswith("dynamax")
+            },
             env=_env(args.device, args.dtype, args.threads),
         )
         import numpy as np
@@ -443,7 +489,9 @@ def main(argv=None):
         medians[name] = out["median_s"]
         if name == "B10k" and "B" in medians:
             out["growth_vs_B"] = {
-                k: round(v / medians["B"][k], 2) for k, v in out["median_s"].items() if k in medians["B"]
+                k: round(v / medians["B"][k], 2)
+                for k, v in out["median_s"].items()
+                if k in medians["B"]
             }
         errors = {k: v["error"] for k, v in results.items() if not v["ok"]}
         if errors:
