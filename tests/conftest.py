@@ -1,6 +1,23 @@
-"""Shared fixtures."""
+"""Shared fixtures, and one clear error when the package is not installed in this Python."""
+
+import importlib.util
+import sys
 
 import pytest
+
+_REQUIRED = ("torch", "pyro", "arviz", "mmpgm")
+
+
+def pytest_configure(config):
+    """Refuse to collect in an interpreter without mmpgm and its dependencies: one line that
+    says what to do, instead of an ImportError per test module."""
+    missing = [name for name in _REQUIRED if importlib.util.find_spec(name) is None]
+    if missing:
+        raise pytest.UsageError(
+            f"this Python ({sys.executable}) lacks {', '.join(missing)}: install the package "
+            'first (pip install torch==2.13.0 -e ".[all]") and run the tests with that '
+            "environment's interpreter (python -m pytest -q)"
+        )
 
 
 @pytest.fixture
