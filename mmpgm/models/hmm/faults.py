@@ -50,7 +50,7 @@ would be switched off by the first fit and could not wake at test time.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
@@ -58,6 +58,7 @@ from pyro.nn import PyroParam
 from torch.distributions import constraints
 
 from ..._pyro import TypedPyroModule
+from .._checks import check_sensor_faults
 
 __all__ = [
     "BACKGROUND_INFLATION",
@@ -105,41 +106,16 @@ def fault_chain_name(modality: str) -> str:
 
 
 def resolve_sensor_faults(value, modalities: Sequence[str]) -> tuple:
-    """The modalities with a fault chain, in model order, from the ``sensor_faults`` keyword:
-    ``False`` / ``None`` (none), ``True`` (all), a list of names, or a dict name -> bool."""
-    if value is None or value is False:
-        chosen = ()
-    elif value is True:
-        chosen = tuple(modalities)
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            if not isinstance(v, bool):
-                raise TypeError(f"sensor_faults[{k!r}]: expected a bool, got {v!r}")
-        chosen = tuple(k for k, v in value.items() if v)
-        names = list(value)
-    elif isinstance(value, (list, tuple)):
-        chosen = names = tuple(value)
-        if len(set(chosen)) != len(chosen):
-            raise ValueError(f"sensor_faults: expected distinct modality names, got {list(value)}")
-    else:
-        raise TypeError(
-            "sensor_faults: expected a bool, a list of modality names or a dict name -> bool, "
-            f"got {type(value).__name__}"
-        )
-    if not isinstance(value, bool) and value is not None:
-        unknown = [k for k in names if k not in modalities]
-        if unknown:
-            raise ValueError(
-                f"sensor_faults: unknown modalities {unknown}; the model has {list(modalities)}"
-            )
-    taken = {fault_chain_name(m) for m in modalities}
-    clash = sorted(taken & set(modalities))
-    if chosen and clash:
+    """:func:`mmpgm.models._checks.check_sensor_faults`, plus the HMM's own rule: the fault
+    chains' names (``"<modality>_fault"``) must not clash with a modality's name."""
+    chosen = check_sensor_faults(value, modalities)
+    clash = sorted({fault_chain_name(m) for m in chosen} & set(modalities))
+    if clash:
         raise ValueError(
             f"sensor_faults: modality names {clash} clash with the fault chains' names "
             "('<modality>_fault'); rename the modalities"
         )
-    return tuple(m for m in modalities if m in chosen)
+    return chosen
 
 
 class FaultChain(TypedPyroModule):

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Mapping, Sequence
 
 import torch
 from pyro.nn import PyroParam
@@ -66,7 +65,6 @@ __all__ = [
     "bound",
     "fault_outputs",
     "robust_mask",
-    "resolve_sensor_faults",
     "log_background",
     "fit_background",
     "fault_inputs",
@@ -76,39 +74,6 @@ __all__ = [
 
 MAX_FAULT_RATE = 0.5
 """Upper bound of :math:`\\rho_m` (faults are the minority)."""
-
-
-def resolve_sensor_faults(value, modalities: Sequence[str]) -> tuple:
-    """The modalities with a fault model, in model order, from the ``sensor_faults`` keyword:
-    ``False`` / ``None`` (none), ``True`` (all), a list/tuple of names, or a dict name -> bool."""
-    if value is None or value is False:
-        return ()
-    if value is True:
-        return tuple(modalities)
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if not isinstance(v, bool):
-                raise TypeError(f"sensor_faults[{k!r}]: expected a bool, got {v!r}")
-        names, chosen = list(value), {k for k, v in value.items() if v}
-    elif isinstance(value, (list, tuple)):
-        names = list(value)
-        for k in names:
-            if not isinstance(k, str):
-                raise TypeError(f"sensor_faults: expected modality names (str), got {k!r}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"sensor_faults: expected distinct modality names, got {names}")
-        chosen = set(names)
-    else:
-        raise TypeError(
-            "sensor_faults: expected a bool, a list of modality names or a dict name -> bool, "
-            f"got {type(value).__name__}"
-        )
-    unknown = [k for k in names if k not in modalities]
-    if unknown:
-        raise ValueError(
-            f"sensor_faults: unknown modalities {unknown}; the model has {list(modalities)}"
-        )
-    return tuple(m for m in modalities if m in chosen)
 
 
 class SensorFault(TypedPyroModule):

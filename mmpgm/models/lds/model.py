@@ -19,7 +19,7 @@ from ...ops.kalman import robust as kalman_robust
 from ...ops.linalg import symmetrize
 from ...results.lds import LDSImputation, LDSPosterior
 from .._base import MultimodalModel
-from .._checks import check_int, check_obs_dims, per_modality
+from .._checks import check_int, check_obs_dims, check_sensor_faults, per_modality
 from .._savable import register
 from . import em, faults, init, priors
 from . import params as params_io
@@ -123,7 +123,7 @@ class MultimodalLDS(MultimodalModel):
         check_float("prior_precision", prior_precision, positive=True)
         check_bool("stable", stable)
         check_float("prior_noise", prior_noise, positive=True)
-        fault_modalities = faults.resolve_sensor_faults(sensor_faults, names)
+        fault_modalities = check_sensor_faults(sensor_faults, names)
         check_float("fault_scale", fault_scale, positive=True)
         check_float("fault_rate_floor", fault_rate_floor, positive=True)
         if not fault_rate_floor < 0.25:
