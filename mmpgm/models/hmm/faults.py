@@ -263,21 +263,22 @@ class FaultBackground(TypedPyroModule):
         return self.loc + self.scale * torch.tan(math.pi * (u - 0.5))
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, inflation: float = BACKGROUND_INFLATION, repeat_rate=None):
-        """Centre and scale from observed frames ``x (F, D)``; ``repeat_rate`` (the fraction of
-        consecutive clean frames that repeat, see :func:`repeat_rate`) switches the held-value
-        part off above ``STUCK_MAX_CLEAN_RATE`` (no-op for a categorical stream)."""
-        if self.num_categories is not None or x.shape[0] == 0:
+    def fit(self, x: torch.Tensor, mask: torch.Tensor, inflation: float = BACKGROUND_INFLATION):
+        """Centre and scale from the observed frames of ``x (N, T, D)`` (``mask (N, T)``); the
+        held-value part is switched off when more than ``STUCK_MAX_CLEAN_RATE`` of their
+        consecutive pairs repeat (:func:`repeat_rate`). No-op for a categorical stream."""
+        if self.num_categories is not None or not bool(mask.any()):
             return
         x = x.to(self.loc)
-        loc = x.median(0).values
-        sd = x.std(0) if x.shape[0] > 1 else torch.ones_like(loc)
-        floor = (16 * torch.finfo(x.dtype).eps * x.square().mean(0)).sqrt()  # relative to units
+        frames = x[mask]
+        loc = frames.median(0).values
+        sd = frames.std(0) if frames.shape[0] > 1 else torch.ones_like(loc)
+        floor = (16 * torch.finfo(x.dtype).eps * frames.square().mean(0)).sqrt()  # unit-relative
         sd = sd.clamp_min(floor).clamp_min(torch.finfo(x.dtype).tiny)
         self.loc = loc
         self.scale = inflation * sd
         self.stuck_scale = STUCK_RELATIVE_SCALE * sd
-        stuck_on = repeat_rate is None or repeat_rate <= STUCK_MAX_CLEAN_RATE
+        stuck_on = repeat_rate(x, mask, sd) <= STUCK_MAX_CLEAN_RATE
         self.stuck_weight = self.stuck_weight.new_tensor(STUCK_WEIGHT if stuck_on else 0.0)
 
     @torch.no_grad()

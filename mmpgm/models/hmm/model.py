@@ -30,7 +30,6 @@ from .faults import (
     FaultChain,
     fault_chain_name,
     previous_frames,
-    repeat_rate,
     resolve_sensor_faults,
 )
 from .params import HMMParams
@@ -197,10 +196,7 @@ class MultimodalHMM(MultimodalModel):
                 if not e.discrete:
                     self.fault_backgrounds[m].fit_to_moments(e.mean(), e.covariance())
             else:
-                x, mask = data.filled(m), data.mask[m]
-                bg = self.fault_backgrounds[m]
-                sd = x[mask].std(0) if int(mask.sum()) > 1 else torch.ones_like(x[0, 0])
-                bg.fit(x[mask], repeat_rate=None if e.discrete else repeat_rate(x, mask, sd))
+                self.fault_backgrounds[m].fit(data.filled(m), data.mask[m])
         return self
 
     def _check_labels(self, data) -> None:
