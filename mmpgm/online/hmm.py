@@ -67,7 +67,9 @@ class HMMFilter:
         self._step = 0
         self._previous = {}  # fault modality -> (last frame, observed): the held-value part
 
-    def _frame_log_emission(self, frame: Mapping) -> torch.Tensor:
+    def _frame_log_emission(self, frame: Mapping):
+        """The frame's product-space log factor ``(N,) + chain_sizes``, and the fault streams'
+        ``(frame, observed)`` that the next frame's held-value part compares against."""
         model = self.model
         p = model._param()
         N = self.num_sequences
@@ -77,8 +79,7 @@ class HMMFilter:
                 f"frame: unknown modalities {sorted(unknown)}; the model has "
                 f"{list(model.modalities)}"
             )
-        state_lps, fault_lps = {}, {}
-        self._next_previous = {}
+        state_lps, fault_lps, seen = {}, {}, {}
         for m in model.modalities:
             if m not in frame or frame[m] is None:
                 continue
@@ -96,13 +97,13 @@ class HMMFilter:
             lp = model.emissions[m].log_prob(x)
             state_lps[m] = torch.where(observed[:, None, None], lp, torch.zeros_like(lp))
             if m in model.fault_modalities:
-                prev, prev_obs = self._previous.get(m, (torch.zeros_like(x), None))
-                if prev_obs is None:
-                    prev_obs = torch.zeros_like(observed)
+                prev, prev_obs = self._previous.get(
+                    m, (torch.zeros_like(x), torch.zeros_like(observed))
+                )
                 bg = model.fault_backgrounds[m].log_prob(x, prev, prev_obs)
                 fault_lps[m] = torch.where(observed, bg, torch.zeros_like(bg))
-                self._next_previous[m] = (x, observed)
-        return model.combine_log_factors(state_lps, fault_lps, (N,))
+                seen[m] = (x, observed)
+        return model.combine_log_factors(state_lps, fault_lps, (N,)), seen
 
     @torch.no_grad()
     def step(self, frame: Mapping) -> FilterState:
@@ -112,8 +113,7 @@ class HMMFilter:
         chains = model._chains()
         init = [c.initial_probs.detach() for c in chains]
         trans = [c.transition_probs.detach() for c in chains]
-        logE = self._frame_log_emission(frame)
-        self._previous = self._next_previous  # a stream absent now is "previous unobserved" next
+        logE, self._previous = self._frame_log_emission(frame)  # absent now: unobserved next
         self._filtered, inc = ops.factorial_filter_step(init, trans, logE, self._filtered)
         self._log_likelihood = inc if self._log_likelihood is None else self._log_likelihood + inc
         self._step += 1
