@@ -1,5 +1,6 @@
 """Checking fits: label alignment across restarts, restarts as ArviZ chains, information
-criteria, state accuracy.
+criteria, state accuracy, held-out model comparison, restart agreement of MAP paths, posterior
+entropy, PSIS-LOO with its Pareto-k diagnostic surfaced.
 
 An analysis layer above the models and training (it reads ``model.params`` and draws Laplace
 samples); the conversions of results to ArviZ live in :mod:`mmpgm.results.arviz`.
@@ -14,9 +15,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .inference.laplace import parameter_draws
+from .inference.laplace import laplace_log_likelihood_draws, parameter_draws
 from .models.hmm import HMMParams
-from .results.arviz import parameter_chains_to_arviz
+from .results.arviz import ParetoKWarning, loo, parameter_chains_to_arviz
 
 __all__ = [
     "StateAccuracy",
@@ -26,6 +27,13 @@ __all__ = [
     "information_criteria",
     "state_accuracy",
     "gate_report",
+    "ModelComparison",
+    "held_out_comparison",
+    "PathAgreement",
+    "map_path_agreement",
+    "posterior_entropy",
+    "loo",
+    "ParetoKWarning",
 ]
 
 
@@ -242,3 +250,191 @@ def gate_report(posterior, data, unreliable: torch.Tensor) -> dict:
             for m in range(posterior.expert_predictions.shape[-1])
         ],
     }
+
+
+# ---------------------------------------------------------------------- model comparison
+class ModelComparison(NamedTuple):
+    r"""Models ranked by their log predictive density of held-out sequences.
+
+    names : tuple of str, best first.
+    elpd : dict name -> float, :math:`\sum_n \log p(x_n \mid \text{training data})` over
+        the held-out sequences (nats).
+    elpd_per_frame : dict name -> float, ``elpd`` over the number of observed frames.
+    difference : dict name -> float, ``elpd[best] - elpd[name]`` (0 for the best).
+    difference_se : dict name -> float, standard error of ``difference`` from the paired
+        per-sequence differences, :math:`\sqrt{N}\,\mathrm{sd}_n(d_n)` (0 for the best).
+    per_sequence : dict name -> ``(N,)`` tensor of per-sequence log predictive densities.
+    num_parameters : dict name -> int (free parameters, where the model says).
+    """
+
+    names: tuple
+    elpd: dict
+    elpd_per_frame: dict
+    difference: dict
+    difference_se: dict
+    per_sequence: dict
+    num_parameters: dict
+
+    def table(self) -> str:
+        """A plain-text table, best model first."""
+        rows = [f"{'model':<16}{'elpd':>14}{'elpd/frame':>12}{'diff':>12}{'diff se':>10}"]
+        for n in self.names:
+            rows.append(
+                f"{n:<16}{self.elpd[n]:>14.2f}{self.elpd_per_frame[n]:>12.4f}"
+                f"{self.difference[n]:>12.2f}{self.difference_se[n]:>10.2f}"
+            )
+        return "\n".join(rows)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def held_out_comparison(models, data, *, num_param_samples: int = 0, seed: int = 0):
+    r"""Rank fitted models by the log predictive density of held-out sequences ``data``.
+
+    Sequences the models were not fitted on need no leave-one-out approximation: their
+    predictive density is computed directly, so there is no Pareto-k problem (PSIS-LOO over
+    training sequences of many frames is often unreliable, see :func:`loo`). Per sequence,
+
+    .. math:: \mathrm{lpd}_n = \log \frac{1}{S} \sum_{s=1}^S p(x_n \mid \theta_s)
+
+    with :math:`\theta_s` Laplace draws around each model's MAP (``num_param_samples = S``), or
+    the plug-in :math:`\log p(x_n \mid \hat\theta)` when ``num_param_samples = 0``.
+    Differences between models are paired over sequences, so their standard error
+    :math:`\sqrt{N}\,\mathrm{sd}_n(\mathrm{lpd}^{best}_n - \mathrm{lpd}^{m}_n)` says whether
+    a gap is more than noise (as in :func:`arviz.compare`'s ``dse``).
+
+    Parameters
+    ----------
+    models : dict
+        name -> fitted model (anything with ``log_likelihood(data) -> (N,)`` on ``data``).
+    data : MultimodalData
+        Held-out sequences (not used to fit any of the models), ``N >= 1``.
+    num_param_samples : int
+        Laplace parameter draws per model (0 = plug-in MAP).
+    seed : int
+        Seed of the parameter draws.
+
+    Returns
+    -------
+    ModelComparison
+    """
+    if not isinstance(models, dict) or not models:
+        raise TypeError(
+            f"models: expected a non-empty dict name -> fitted model, got {type(models).__name__}"
+        )
+    if not isinstance(num_param_samples, int) or num_param_samples < 0:
+        raise ValueError(f"num_param_samples: expected an int >= 0, got {num_param_samples!r}")
+    per_sequence, num_parameters = {}, {}
+    num_frames = None
+    for name, model in models.items():
+        checked = model.check_data(data)
+        if num_frames is None:
+            num_frames = int(sum(int(m.sum()) for m in checked.mask.values()))
+        if num_param_samples:
+            draws = laplace_log_likelihood_draws(model, checked, num_param_samples, seed=seed)
+            lpd = torch.logsumexp(draws, 0) - math.log(num_param_samples)
+        else:
+            with torch.no_grad():
+                lpd = model.log_likelihood(checked).detach()
+        per_sequence[name] = lpd.double().cpu()
+        count = getattr(model, "num_free_parameters", None)
+        num_parameters[name] = int(count()) if callable(count) else None
+    elpd = {n: float(v.sum()) for n, v in per_sequence.items()}
+    names = tuple(sorted(elpd, key=lambda n: -elpd[n]))
+    best = per_sequence[names[0]]
+    difference, difference_se = {}, {}
+    for n in names:
+        d = best - per_sequence[n]
+        difference[n] = float(d.sum())
+        difference_se[n] = float(d.std(unbiased=True) * math.sqrt(len(d))) if len(d) > 1 else 0.0
+    return ModelComparison(
+        names=names,
+        elpd=elpd,
+        elpd_per_frame={n: v / max(num_frames, 1) for n, v in elpd.items()},
+        difference=difference,
+        difference_se=difference_se,
+        per_sequence=per_sequence,
+        num_parameters=num_parameters,
+    )
+
+
+# ---------------------------------------------------------------------- discrete-state diagnostics
+class PathAgreement(NamedTuple):
+    """Agreement of the MAP paths of several fits (restarts) of one model.
+
+    pairwise : ``(R, R)`` array, fraction of frames on which fits ``i`` and ``j`` give the same
+        state after the best relabelling (1 on the diagonal).
+    mean : float, the mean over pairs ``i < j``.
+    minimum : float, the worst pair (1.0 with one fit).
+    """
+
+    pairwise: np.ndarray
+    mean: float
+    minimum: float
+
+
+def map_path_agreement(models, data, *, chain: str = "shared") -> PathAgreement:
+    """Whether restarts found the same segmentation: the agreement of their MAP paths.
+
+    For discrete states, R-hat over restart parameters says little when every restart sits in
+    the same poor basin, and nothing about label switching; the paths themselves are what a
+    user reads. Each pair of fits is compared frame by frame after the best relabelling
+    (Hungarian assignment, :func:`state_accuracy`). Agreement well below 1 means the restarts
+    disagree about *which frames belong together*, not only about parameter values.
+
+    Parameters
+    ----------
+    models : sequence of fitted models with the same chains (e.g. one per restart seed)
+    data : MultimodalData
+    chain : str
+        Which chain's MAP path to compare (``"shared"``, a modality's private chain, or a
+        ``"<m>_fault"`` chain).
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("models: expected at least one fitted model, got none")
+    paths, lengths = [], None
+    for model in models:
+        post = model.posterior(model.check_data(data), map_path=True)
+        if post.map is None or chain not in post.map:
+            available = sorted(post.map) if post.map else []
+            raise ValueError(f"chain: expected one of {available}, got {chain!r}")
+        paths.append(post.map[chain].cpu())
+        lengths = post.lengths.cpu()
+    R = len(paths)
+    pairwise = np.ones((R, R))
+    for i in range(R):
+        for j in range(i + 1, R):
+            agree = state_accuracy(paths[i], paths[j], lengths=lengths).accuracy
+            pairwise[i, j] = pairwise[j, i] = agree
+    upper = pairwise[np.triu_indices(R, 1)]
+    return PathAgreement(
+        pairwise,
+        float(upper.mean()) if upper.size else 1.0,
+        float(upper.min()) if upper.size else 1.0,
+    )
+
+
+def posterior_entropy(posterior) -> dict:
+    r"""Mean posterior entropy per frame of each discrete chain, per sequence, in nats.
+
+    ``posterior``: a result with ``marginals`` (chain -> ``(N, T, K)``) and ``lengths``
+    (:class:`~mmpgm.results.Posterior`). Returns chain -> ``(N,)`` tensor of
+    :math:`\frac{1}{T_n}\sum_t H[p(z_t \mid x)]`; 0 means every frame's state is certain,
+    :math:`\log K` means the model cannot tell the states apart.
+    """
+    marginals = getattr(posterior, "marginals", None)
+    if not isinstance(marginals, dict):
+        raise TypeError(
+            "posterior: expected a result with discrete marginals (an HMM Posterior), got "
+            f"{type(posterior).__name__}"
+        )
+    out = {}
+    for name, p in marginals.items():
+        T = p.shape[1]
+        inside = torch.arange(T, device=p.device)[None] < posterior.lengths.to(p.device)[:, None]
+        h = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1)
+        h = torch.where(inside, h, torch.zeros_like(h))
+        out[name] = h.sum(-1) / posterior.lengths.to(p.device).clamp_min(1)
+    return out

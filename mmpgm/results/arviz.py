@@ -7,6 +7,8 @@ methods call the functions here; nothing else in the package imports ArviZ.
 
 from __future__ import annotations
 
+import warnings
+
 import arviz as az
 import numpy as np
 import torch
@@ -20,6 +22,8 @@ __all__ = [
     "mvrnn_posterior_to_arviz",
     "mvrnn_imputation_to_arviz",
     "parameter_chains_to_arviz",
+    "loo",
+    "ParetoKWarning",
 ]
 
 
@@ -213,3 +217,57 @@ def parameter_chains_to_arviz(chains: list) -> az.InferenceData:
     """
     posterior = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
     return az.from_dict(posterior=posterior)
+
+
+class ParetoKWarning(UserWarning):
+    r"""PSIS-LOO is unreliable for some sequences (Pareto shape :math:`\hat k` above ArviZ's
+    threshold): leaving one of them out moves the posterior too much for importance sampling."""
+
+
+def loo(result, *, warn: bool = True):
+    r"""PSIS-LOO (:func:`arviz.loo`, pointwise) of a result's ``to_arviz()``, with the Pareto-k
+    diagnostic surfaced.
+
+    Parameters
+    ----------
+    result : a result type with ``to_arviz()``, or an :class:`arviz.InferenceData`
+        Needs a ``log_likelihood`` group: per-sequence log-likelihoods under parameter draws
+        (``mmpgm.infer(model, data, num_param_samples=S)``, on the data the model was fitted
+        to).
+    warn : bool
+        Emit a :class:`ParetoKWarning` naming how many sequences have a bad :math:`\hat k`.
+
+    Returns
+    -------
+    arviz.ELPDData
+        ArviZ's result (``elpd_loo``, ``se``, ``p_loo``, ``pareto_k`` ...).
+
+    Raises
+    ------
+    ValueError
+        When there is no ``log_likelihood`` group, naming how to get one.
+    """
+    idata = result if isinstance(result, az.InferenceData) else result.to_arviz()
+    if "log_likelihood" not in idata.groups():
+        raise ValueError(
+            "result: PSIS-LOO needs per-sequence log-likelihoods under parameter draws, and this "
+            "result has none; use mmpgm.infer(model, data, num_param_samples=200) on the "
+            "training data (neural models have no Laplace draws), or compare on held-out "
+            "sequences with mmpgm.diagnostics.held_out_comparison"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
+        out = az.loo(idata, pointwise=True)
+    k = np.asarray(out.pareto_k).reshape(-1)
+    threshold = float(getattr(out, "good_k", 0.7) or 0.7)
+    bad = int((k > threshold).sum())
+    if warn and bad:
+        warnings.warn(
+            f"loo: Pareto k > {threshold:.2f} for {bad} of {k.size} sequences, so the PSIS-LOO "
+            "estimate is unreliable (leaving out one long sequence moves the parameter posterior "
+            "far). Compare on held-out sequences (mmpgm.diagnostics.held_out_comparison) or "
+            "with BIC (mmpgm.diagnostics.information_criteria) instead",
+            ParetoKWarning,
+            stacklevel=2,
+        )
+    return out
