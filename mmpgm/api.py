@@ -342,7 +342,9 @@ def infer(
     num_param_samples : int
         Parameter draws from a Laplace approximation of the parameter posterior (Gaussian in the
         unconstrained space at the MAP, diagonal Hessian); their per-sequence log-likelihoods fill
-        ``Posterior.pointwise_log_likelihood`` so ``to_arviz()`` supports ``arviz.loo``.
+        ``Posterior.pointwise_log_likelihood`` so ``to_arviz()`` supports ``arviz.loo``, and the
+        drawn parameters (natural form, ``"field.key"`` names) fill ``parameter_samples``, which
+        ``to_arviz()`` puts in the ``posterior`` group (HMM and LDS; the neural models have none).
 
     Returns
     -------
@@ -370,8 +372,10 @@ def infer(
                 f"diagonal Laplace over neural-network weights is not a useful posterior), got "
                 f"{num_param_samples}; use 0"
             )
-        from .inference.laplace import laplace_log_likelihood_draws
+        from .inference.laplace import laplace_draws
 
-        draws = laplace_log_likelihood_draws(model, data, num_param_samples, seed=seed)
-        post = post._replace(pointwise_log_likelihood=draws)
+        draws = laplace_draws(model, data, num_param_samples, seed=seed)
+        post = post._replace(
+            pointwise_log_likelihood=draws.log_likelihood, parameter_samples=draws.parameters
+        )
     return post

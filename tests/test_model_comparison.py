@@ -141,3 +141,33 @@ def test_loo_surfaces_bad_pareto_k_and_explains_a_missing_group(fitted):
     assert not [w for w in caught if "Estimated shape parameter" in str(w.message)]
     with pytest.raises(ValueError, match="num_param_samples"):
         loo(mmpgm.infer(models["K=3"], train, map_path=False))
+
+
+@pytest.mark.parametrize("family", ["hmm", "lds"])
+def test_laplace_parameter_draws_fill_the_posterior_group(family, fitted):
+    from mmpgm.inference.laplace import flatten_params, parameter_draws
+
+    truth, train, _, models = fitted
+    data = train[:6]
+    if family == "hmm":
+        model = models["K=3"]
+    else:
+        model = mmpgm.MultimodalLDS(train.obs_dims, shared_dim=2, private_dim=1).double()
+        mmpgm.fit(model, data, method="em", num_steps=3, patience=0, seed=0, progress=False)
+    post = mmpgm.infer(model, data, num_param_samples=5, seed=2, num_samples=3)
+    expected = [flatten_params(model.params) for _ in parameter_draws(model, data, 5, seed=2)]
+    assert set(post.parameter_samples) == set(expected[0])
+    for name, value in post.parameter_samples.items():
+        torch.testing.assert_close(
+            value, torch.stack([e[name] for e in expected]), rtol=0, atol=0
+        )
+    idata = post.to_arviz()
+    assert set(idata.posterior.data_vars) == set(post.parameter_samples)
+    assert idata.posterior.sizes["draw"] == 5  # parameter draws, not the 3 path draws
+    assert idata.log_likelihood["sequence_log_likelihood"].shape == (1, 5, 6)
+    summaries = {"hmm": "shared_occupancy", "lds": "state_time_mean"}[family]
+    assert summaries in idata.latent_states  # path summaries move next to the paths
+    # without parameter draws the posterior group holds the path summaries, as before
+    plain = mmpgm.infer(model, data, num_samples=3, seed=2)
+    assert plain.parameter_samples is None
+    assert summaries in plain.to_arviz().posterior

@@ -8,6 +8,8 @@ the prior's curvature:  ``theta ~ N(theta_MAP, diag(sum_n g_n^2 + 1)^-1)``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -58,3 +60,41 @@ def laplace_log_likelihood_draws(
         with torch.no_grad():
             out.append(model.log_likelihood(data).detach())
     return torch.stack(out)
+
+
+class LaplaceDraws(NamedTuple):
+    """log_likelihood : ``(S, N)`` per-sequence log-likelihoods under ``S`` parameter draws;
+    parameters : dict name -> ``(S, ...)`` the drawn parameters in their natural (constrained)
+    form (:func:`flatten_params` of ``model.params``), empty for a model without ``params``."""
+
+    log_likelihood: torch.Tensor
+    parameters: dict
+
+
+def flatten_params(params, prefix: str = "") -> dict:
+    """A model's ``params`` (a NamedTuple of tensors and dicts of tensors, nested) as one flat
+    dict ``"field.key.subkey" -> tensor``; None entries are left out."""
+    out = {}
+    items = params._asdict().items() if hasattr(params, "_asdict") else params.items()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            out[name] = value.detach()
+        elif isinstance(value, dict) or hasattr(value, "_asdict"):
+            out.update(flatten_params(value, prefix=f"{name}."))
+    return out
+
+
+def laplace_draws(model, data, num_param_samples: int, seed: int | None = None) -> LaplaceDraws:
+    """Per-sequence log-likelihoods and the parameters themselves under ``num_param_samples``
+    Laplace draws (:func:`parameter_draws`)."""
+    lls, drawn = [], []
+    has_params = hasattr(type(model), "params")
+    for _ in parameter_draws(model, data, num_param_samples, seed):
+        with torch.no_grad():
+            lls.append(model.log_likelihood(data).detach())
+            drawn.append(flatten_params(model.params) if has_params else {})
+    parameters = {k: torch.stack([d[k] for d in drawn]) for k in drawn[0]} if drawn else {}
+    return LaplaceDraws(torch.stack(lls), parameters)

@@ -40,15 +40,26 @@ def _log_likelihood_group(post) -> dict:
     return {"sequence_log_likelihood": _np(post.pointwise_log_likelihood)[None]}
 
 
-def _assemble(posterior, latent_states, log_likelihood, constant, dims, coords):
+def _parameters(post) -> dict:
+    """``parameter_samples`` (the Laplace draws) as ``(chain=1, draw, ...)`` arrays, or ``{}``."""
+    drawn = getattr(post, "parameter_samples", None)
+    return {k: _np(v)[None] for k, v in drawn.items()} if drawn else {}
+
+
+def _assemble(posterior, latent_states, log_likelihood, constant, dims, coords, parameters=None):
     """One :class:`arviz.InferenceData` in the package's layout.
 
-    ``posterior``: small per-sequence summaries of the latent draws (what :func:`arviz.summary`
-    should see: a few rows per sequence, not one per frame); ``latent_states``: the full latent
-    paths ``(chain, draw, sequence, time, ...)``; ``log_likelihood`` only when pointwise (Laplace
-    parameter draws, whose total per draw fills ``posterior`` when nothing else does);
+    ``posterior``: the parameter draws when there are any (``parameters``; the latent summaries
+    then join ``latent_states``, whose draws are path draws, not parameter draws), else small
+    per-sequence summaries of the latent draws (what :func:`arviz.summary` should see: a few
+    rows per sequence, not one per frame); ``latent_states``: the full latent paths ``(chain,
+    draw, sequence, time, ...)``; ``log_likelihood`` only when pointwise (Laplace parameter
+    draws, whose total per draw fills ``posterior`` when nothing else does);
     ``constant_data``: marginals and moments.
     """
+    if parameters:
+        latent_states = {**latent_states, **posterior}
+        posterior = parameters
     if not posterior and log_likelihood:  # ArviZ's loo needs a posterior group
         posterior = {"total_log_likelihood": sum(v.sum(-1) for v in log_likelihood.values())}
     idata = az.from_dict(
@@ -93,7 +104,7 @@ def hmm_posterior_to_arviz(post) -> az.InferenceData:
             dims[f"{name}_occupancy"] = ["sequence", f"{name}_value"]
     ll = _log_likelihood_group(post)
     dims["sequence_log_likelihood"] = ["sequence"]
-    return _assemble(posterior, latent, ll, constant, dims, coords)
+    return _assemble(posterior, latent, ll, constant, dims, coords, _parameters(post))
 
 
 def lds_posterior_to_arviz(post) -> az.InferenceData:
@@ -124,6 +135,7 @@ def lds_posterior_to_arviz(post) -> az.InferenceData:
         },
         dims,
         coords,
+        _parameters(post),
     )
 
 

@@ -40,6 +40,9 @@ class Posterior(NamedTuple):
         padding), for the modalities with a fault chain (``sensor_faults``); None without.
         The fault chains' full marginals, MAP path and samples are under ``"<modality>_fault"``
         in ``marginals``, ``map`` and ``samples``.
+    parameter_samples : dict name -> ``(P, ...)``, the ``P`` Laplace parameter draws behind
+        ``pointwise_log_likelihood`` in natural form (``"field.key"`` names of the model's
+        ``params``), or None.
     """
 
     marginals: dict
@@ -50,13 +53,16 @@ class Posterior(NamedTuple):
     causal: bool
     pointwise_log_likelihood: torch.Tensor | None
     fault_probs: dict | None = None
+    parameter_samples: dict | None = None
 
     def to_arviz(self):
         """Convert to :class:`arviz.InferenceData` with named dims.
 
-        Groups: ``posterior`` (``<chain>_occupancy``, the fraction of each sequence's frames
-        in each state per path draw, dims ``(chain, draw, sequence, <chain>_value)``: a few rows
-        per sequence for :func:`arviz.summary`), ``latent_states`` (the path draws, or the MAP
+        Groups: ``posterior`` (the Laplace parameter draws, ``parameter_samples``, when
+        ``mmpgm.infer(..., num_param_samples=)`` drew them; else ``<chain>_occupancy``, the
+        fraction of each sequence's frames in each state per path draw, dims ``(chain, draw,
+        sequence, <chain>_value)``: a few rows per sequence for :func:`arviz.summary`, which
+        otherwise goes to ``latent_states``), ``latent_states`` (the path draws, or the MAP
         path as one draw, ``<chain>_state`` with dims ``(chain, draw, sequence, time)``, padding
         -1), ``log_likelihood`` (``sequence_log_likelihood`` ``(chain, draw, sequence)``, only
         with Laplace parameter draws, ``mmpgm.infer(..., num_param_samples=)``, so

@@ -37,6 +37,9 @@ class LDSPosterior(NamedTuple):
         where the modality is masked, 0 on padding), or None without sensor faults.  With
         sensor faults the moments are those of the mean-field :math:`q(z)` and
         ``log_likelihood`` is the variational bound.
+    parameter_samples : dict name -> ``(P, ...)``, the ``P`` Laplace parameter draws behind
+        ``pointwise_log_likelihood`` in natural form (``"field.key"`` names of the model's
+        ``params``), or None.
     """
 
     means: dict
@@ -52,6 +55,7 @@ class LDSPosterior(NamedTuple):
     block_slices: dict
     pointwise_log_likelihood: torch.Tensor | None = None
     fault_probs: dict | None = None
+    parameter_samples: dict | None = None
 
     def latent_names(self) -> list:
         """Coordinate labels of the state axis: ``shared_0, .., <modality>_0, ..``."""
@@ -63,8 +67,10 @@ class LDSPosterior(NamedTuple):
     def to_arviz(self):
         """Convert to :class:`arviz.InferenceData` with named dims.
 
-        Groups: ``posterior`` (``state_time_mean``, each draw's time average per sequence, dims
-        ``(chain, draw, sequence, latent)``), ``latent_states`` (``state`` with dims ``(chain,
+        Groups: ``posterior`` (the Laplace parameter draws, ``parameter_samples``, when
+        ``mmpgm.infer(..., num_param_samples=)`` drew them; else ``state_time_mean``, each draw's
+        time average per sequence, dims ``(chain, draw, sequence, latent)``, which otherwise
+        goes to ``latent_states``), ``latent_states`` (``state`` with dims ``(chain,
         draw, sequence, time, latent)``: the FFBS draws, else the joint mode as a single draw;
         padding frames NaN), ``log_likelihood`` (``sequence_log_likelihood`` ``(chain, draw,
         sequence)``, only with Laplace parameter draws, so :func:`arviz.loo` works), and
