@@ -25,6 +25,7 @@ def test_demo_av_smoke(tmp_path, capsys):
         "mixture",
     }
     assert result["gate_shrinkage"] >= 0
+    assert result["gate_inputs"] == ["novelty", "disagreement"]  # the reliability gate
     assert all(0.0 <= a <= 1.0 for a in result["accuracy"].values())
     # chance is the majority rate (~0.7 speech frames); the trained image expert must beat it
     assert result["accuracy"]["expert_image"] > 0.75
