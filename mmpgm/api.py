@@ -112,8 +112,10 @@ def fit(
         result.
     patience, tol : int, float, optional
         Early stopping: stop when the loss per frame has not improved by ``tol`` for
-        ``patience`` steps (0 = never stop early). Defaults: svi 100 / 1e-4, em 5 / 1e-6 (the
-        gated mixture's EM runs all ``num_steps`` iterations).
+        ``patience`` steps (0 = never stop early). With svi the first two such plateaus (in the
+        last stage) divide Adam's learning rate by 10 and the test starts again; the fit
+        stops on the third (Adam at a fixed rate hovers around the optimum). Defaults: svi
+        100 / 1e-4, em 5 / 1e-6 (the gated mixture's EM runs all ``num_steps`` iterations).
     num_restarts : int
         Fit from this many data-driven initializations (seeds ``seed .. seed+R-1``) and keep the
         best final loss; every restart's final loss is in ``FitResult.restart_losses``, and a

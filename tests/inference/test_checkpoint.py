@@ -20,6 +20,7 @@ import torch
 import mmpgm
 from mmpgm.data import MultimodalData
 from mmpgm.inference import checkpoint as ckpt
+from mmpgm.inference.svi import LR_DROP_FACTOR, LR_DROPS
 from mmpgm.models import MVRNN, GatedMixture, MultimodalHMM, MultimodalLDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -167,11 +168,18 @@ def test_early_stopped_checkpoint_stays_stopped(tmp_path):
     first = mmpgm.fit(
         model, data, num_steps=50, checkpoint=tmp_path / "c", patience=1, tol=1e9, progress=False
     )
-    assert first.converged and first.num_steps == 2  # step 1 improves on inf, step 2 not
+    # each plateau test: one step improves on inf, the next does not; the first LR_DROPS
+    # plateaus lower the rate and start the test afresh, the last one stops
+    plateaus = LR_DROPS + 1
+    assert first.converged and first.num_steps == 2 * plateaus
+    state = torch.load(tmp_path / "c", weights_only=True)
+    lr = [g["lr"] for g in state["optimizer"]["param_groups"]]
+    assert lr == pytest.approx([0.05 * LR_DROP_FACTOR**LR_DROPS] * len(lr), rel=1e-12)
     again = mmpgm.fit(
         model, data, num_steps=50, checkpoint=tmp_path / "c", patience=1, tol=1e9, progress=False
     )
-    assert again.converged and again.num_steps == 2 and again.start_step == 2
+    assert again.converged and again.num_steps == 2 * plateaus
+    assert again.start_step == 2 * plateaus
 
 
 # ---------------------------------------------------------------------- kills

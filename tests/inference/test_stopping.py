@@ -43,9 +43,13 @@ def test_mvrnn_kl_annealing_stages_and_no_early_stop_before_the_last():
     assert model.default_svi_options() == {"lr": 1e-2}
     data = mmpgm.MultimodalData({"a": torch.randn(3, 5, 2), "b": torch.randn(3, 5, 2)})
     # patience 1 with a huge tol would stop at once without stages; it may only stop in the
-    # last third, once the smoothing window (10 steps, a stochastic objective) is full again
-    result = mmpgm.fit(model, data, num_steps=90, patience=1, tol=1e9, progress=False)
-    assert result.converged and 70 <= result.num_steps < 90, result.num_steps
+    # last third (from step 100 of 150), each plateau test taking the smoothing window (a
+    # stochastic objective) plus one step, once per learning-rate drop and once to stop
+    from mmpgm.inference.svi import LR_DROPS, SMOOTHING_WINDOW
+
+    result = mmpgm.fit(model, data, num_steps=150, patience=1, tol=1e9, progress=False)
+    expected = 100 + (LR_DROPS + 1) * (SMOOTHING_WINDOW + 1)
+    assert result.converged and result.num_steps == expected, result.num_steps
     off = MVRNN({"a": 2, "b": 2}, hidden_dim=4, shared_dim=1, private_dim=1, kl_annealing=None)
     assert off.svi_stage(0, 10) == (0, 1) and off.default_svi_options() == {}
 

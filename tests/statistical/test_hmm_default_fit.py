@@ -71,14 +71,18 @@ def _per_frame(model, data):
     return float(model.log_likelihood(data).detach().sum()) / int(data.time_mask.sum())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["em", "svi"])
 @pytest.mark.parametrize("num_private_states", [1, 2])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_default_em_fit_reaches_the_true_basin(seed, num_private_states):
+def test_default_fit_reaches_the_true_basin(seed, num_private_states, method):
+    # SVI: Adam at its default rate hovers ~0.02 nats/frame from the optimum on these data; the
+    # fit's rate drops on a plateau (mmpgm.inference.svi.LR_DROPS) settle it within 1e-3
     data, states, truth = _corpus(seed)
     reference = MultimodalHMM.from_params(truth)
     mmpgm.fit(reference, data, method="em", init="none", progress=False)
     model = MultimodalHMM({"accel": 3, "gyro": 3}, K, num_private_states)
-    mmpgm.fit(model, data, method="em", seed=seed, progress=False)
+    mmpgm.fit(model, data, method=method, seed=seed, progress=False)
     gap = _per_frame(reference, data) - _per_frame(model, data)
     acc = _accuracy(states, mmpgm.infer(model, data).map["shared"].numpy())
     assert gap < 0.01 and acc >= 0.95, (gap, acc)
