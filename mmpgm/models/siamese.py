@@ -34,6 +34,7 @@ from .._validation import check_bool, check_float, check_int
 from ..data import MultimodalData
 from ..nn.siamese import build_tower, tower_classes
 from ..nn.standardize import Standardizer
+from ..observations.embedding import register_encoder
 from ..ops.contrastive import contrastive_loss, pair_distance, sample_negatives, sample_pairs
 from ._base import MultimodalModel
 from ._savable import register
@@ -203,6 +204,12 @@ class SiameseEncoder(MultimodalModel):
     @classmethod
     def from_config(cls, config: dict):
         return cls(**config)
+
+    @property
+    def rebuildable(self) -> bool:
+        """Whether :meth:`from_config` rebuilds the encoder (a package tower) or the tower must
+        be passed again (a user's tower)."""
+        return self._config["tower"].get("class") != "user"
 
     # ------------------------------------------------------------------ structure
     @property
@@ -544,3 +551,8 @@ class KNNMemory:
         first = first.scatter_reduce(1, inv, rank, reduce="amin")
         score = votes * (k + 1) - first  # most votes, then the nearest
         return classes[score.argmax(-1)]
+
+
+register_encoder("SiameseEncoder", SiameseEncoder.from_config)
+for _name in tower_classes():
+    register_encoder(_name, build_tower)
