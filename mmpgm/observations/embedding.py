@@ -169,6 +169,17 @@ class EmbeddingObservation(ObservationModel):
             "encoder": _encoder_spec(self.encoder),
         }
 
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate=True):
+        """The emission's own, state-indexed Gaussian parameters (``loc``, ``scale`` or
+        ``scale_tril``): what ``MultimodalHMM.params`` holds and ``set_params`` sets, and what
+        the restart alignment of :mod:`mmpgm.diagnostics` permutes. The encoder's parameters
+        are ``emission.encoder.parameters()``; a model holding this emission lists both (its
+        ``parameters()``, ``state_dict()`` and ``.to()`` walk the module tree, so SVI trains
+        the encoder when :attr:`trainable`, and saving carries it)."""
+        for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
+            if not name[len(prefix) :].lstrip(".").startswith("encoder."):
+                yield name, p
+
     # ------------------------------------------------------------------ the feature map
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`G(x)`: raw frames ``(..., D)`` -> ``(..., E)`` in the emission's dtype and

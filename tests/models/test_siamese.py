@@ -264,3 +264,23 @@ def test_knn_memory_embeds_with_the_encoder_and_checks_input():
         mem.predict(x[:, None, :], weights=torch.ones(10, 2))
     with pytest.raises(ValueError, match="k"):
         KNNMemory(k=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_encoder_memory_and_embedding_hmm_follow_the_parameters():
+    from mmpgm import MultimodalHMM
+    from mmpgm.observations import EmbeddingObservation
+
+    data = small_data()
+    enc = SiameseEncoder(MLPTower(4, (8,), 3), num_pairs=32, hard_negatives=True).cuda()
+    mmpgm.fit(enc, data, num_steps=3, seed=0, progress=False, patience=0)
+    x = data.obs["x"].reshape(-1, 4)
+    assert enc.embed(x).device.type == "cuda"
+    loss, _ = enc.pair_loss(data, seed=0)
+    assert loss.device.type == "cuda"
+    mem = KNNMemory(enc).add(x, enc.frame_labels(data).reshape(-1))
+    assert mem.predict(x).device.type == "cuda"
+    hmm = MultimodalHMM({"x": 3}, 2, 1, emission={"x": EmbeddingObservation(enc, 2, 1)}).cuda()
+    mmpgm.fit(hmm, data, method="em", num_steps=2, progress=False, patience=0)
+    assert hmm.log_likelihood(data).device.type == "cuda"
