@@ -254,6 +254,33 @@ class SiameseEncoder(MultimodalModel):
         with torch.no_grad():
             return self(x)
 
+    def embed_data(self, data: MultimodalData, *, name: str | None = None) -> MultimodalData:
+        """``data`` with the encoder's modality replaced by its embeddings ``(N, T, E)`` (NaN at
+        frames that are not observed; the other modalities, masks, lengths and labels kept),
+        under the name ``name`` (default the modality's own name).
+
+        This is how a frozen encoder feeds a model that takes no embedding emission (e.g. a
+        :class:`~mmpgm.MultimodalLDS` with ``obs_dims[name] = embed_dim``): its likelihood is
+        then a feature likelihood of the embeddings, as with
+        :class:`~mmpgm.observations.EmbeddingObservation`.
+        """
+        data = self._checked(data)
+        m = self.modality
+        name = m if name is None else name
+        if not isinstance(name, str) or not name or (name != m and name in data.obs):
+            raise ValueError(
+                f"name: expected a new modality name (or None), got {name!r}; data have "
+                f"{sorted(data.obs)}"
+            )
+        z = self.embed(data.filled(m))
+        z = torch.where(data.mask[m][..., None], z, torch.full_like(z, float("nan")))
+        obs = {k: (z if k == m else v) for k, v in data.obs.items()}
+        obs = {(name if k == m else k): v for k, v in obs.items()}
+        mask = {(name if k == m else k): v for k, v in data.mask.items()}
+        return MultimodalData(
+            obs, lengths=data.lengths, mask=mask, labels=dict(data.labels), meta=dict(data.meta)
+        )
+
     # ------------------------------------------------------------------ data
     def check_data(self, data) -> MultimodalData:
         """As :meth:`MultimodalModel.check_data`, but only the encoder's modality is checked
@@ -458,6 +485,16 @@ class KNNMemory:
 
     def __len__(self) -> int:
         return 0 if self._y is None else int(self._y.numel())
+
+    @property
+    def embeddings(self) -> torch.Tensor | None:
+        """``(M, E)`` the stored embeddings (None while empty)."""
+        return self._z
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """``(M,)`` int64 their labels (None while empty)."""
+        return self._y
 
     def _embed(self, x) -> torch.Tensor:
         x = torch.as_tensor(x)

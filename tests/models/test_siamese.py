@@ -92,7 +92,7 @@ def test_frame_labels_broadcast_and_respect_masks():
     post = mmpgm.infer(enc, data)
     assert post.embeddings.shape == (3, 4, 2)
     assert bool((post.embeddings[0, 1] == 0).all()) and not bool(post.mask[0, 1])
-    torch.testing.assert_close(post.embeddings[1, 0], enc.embed(x[1, 0]), rtol=0, atol=0)
+    torch.testing.assert_close(post.embeddings[1, 0], enc.embed(x[1, 0]), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.usefixtures("float64")
@@ -284,3 +284,21 @@ def test_cuda_encoder_memory_and_embedding_hmm_follow_the_parameters():
     hmm = MultimodalHMM({"x": 3}, 2, 1, emission={"x": EmbeddingObservation(enc, 2, 1)}).cuda()
     mmpgm.fit(hmm, data, method="em", num_steps=2, progress=False, patience=0)
     assert hmm.log_likelihood(data).device.type == "cuda"
+
+
+def test_embed_data_feeds_other_models():
+    data = small_data()
+    obs = {"x": data.obs["x"].clone(), "y": torch.randn(6, 5, 2)}
+    obs["x"][1, 2] = math.nan
+    data = MultimodalData(obs, lengths=[5, 5, 4, 5, 5, 5], labels=data.labels)
+    enc = SiameseEncoder(MLPTower(4, (8,), 3))
+    out = enc.embed_data(data, name="z")
+    assert set(out.obs) == {"z", "y"} and out.obs["z"].shape == (6, 5, 3)
+    assert torch.equal(out.mask["z"], data.mask["x"]) and torch.equal(out.lengths, data.lengths)
+    # float32: a batched matmul and a single-row one may differ by an ulp
+    torch.testing.assert_close(out.obs["z"][0, 0], enc.embed(obs["x"][0, 0]), rtol=1e-6, atol=1e-6)
+    assert bool(torch.isnan(out.obs["z"][1, 2]).all())
+    lds = mmpgm.MultimodalLDS({"z": 3, "y": 2}, shared_dim=1, private_dim=1)
+    assert lds.log_likelihood(out).shape == (6,)
+    with pytest.raises(ValueError, match="name"):
+        enc.embed_data(data, name="y")
