@@ -12,10 +12,14 @@ Items are frames: ``data.obs[modality][n, t]`` of shape ``(D,)``; labels are
 sequence's frames), ``-1`` = unlabelled. Context windows are the user's business (stack them
 into the frame vector).
 
-Why a few lines of torch and not pytorch-metric-learning: the loss is two lines
-(:mod:`mmpgm.ops.contrastive`), the pair sampler must read mmpgm's per-frame labels with masks
-and padding, and the training loop must be :func:`mmpgm.fit`'s (progress, early stopping,
-checkpoint/resume, seeding); the library would add a dependency for neither.
+Why a few lines of torch and not pytorch-metric-learning (not a dependency of mmpgm): the loss
+of eq. 52 is two lines (:mod:`mmpgm.ops.contrastive`), while that library's ``ContrastiveLoss``
+is by default another loss (unsquared hinges ``relu(d - pos_margin)``, ``relu(neg_margin - d)``
+averaged over the non-zero pairs only, so its value and gradient scale change with the number
+of active pairs); its miners pair the items of one batch, whereas ours must read mmpgm's
+per-frame or per-sequence labels with masks and padding; and the training loop must be
+:func:`mmpgm.fit`'s (progress, early stopping, checkpoint/resume, seeding). It would add a
+dependency and a conversion for nothing the torch lines lack.
 
 Incremental use (section 6.2): a trained encoder embeds new items by a forward pass
 (:meth:`SiameseEncoder.embed`), and :class:`KNNMemory` classifies them by their nearest stored
