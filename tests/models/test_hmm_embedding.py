@@ -311,3 +311,23 @@ def test_params_hold_the_gaussian_and_the_model_holds_the_encoder():
         model.set_params(params)
         torch.testing.assert_close(model.log_likelihood(data), before, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(after, before)
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_equals_a_gaussian_hmm_on_the_embedded_stream(covariance):
+    enc = mmpgm.SiameseEncoder(MLPTower(D, (6,), E), modality="spec")
+    enc.standardizer.fit_to(torch.randn(30, D) * 2 + 1)
+    model = make_model(covariance, encoder=enc)
+    data = make_data(N=3, T=5)
+    plain = MultimodalHMM({"spec": E, "a": 2}, 2, 2, emission={"spec": covariance, "a": "diag"})
+    own = {k: v for k, v in model.state_dict().items() if ".encoder." not in k}
+    plain.load_state_dict(own)
+    embedded = enc.embed_data(data)  # the stream replaced by G(x), NaN where missing
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.log_likelihood(data), plain.log_likelihood(embedded), rtol=1e-12, atol=1e-12
+        )
+    post, ref = mmpgm.infer(model, data), mmpgm.infer(plain, embedded)
+    torch.testing.assert_close(
+        post.marginals["shared"], ref.marginals["shared"], rtol=1e-10, atol=1e-12
+    )
