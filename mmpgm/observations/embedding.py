@@ -18,6 +18,12 @@ moves the encoder: the objective is still this feature likelihood, which the enc
 by shrinking its embeddings (collapse), so train it jointly only with a small learning rate
 from a pre-trained encoder, or alongside its own loss; EM never changes the encoder.
 
+With a frozen encoder the model equals a plain Gaussian emission on the embedded stream
+(``SiameseEncoder.embed_data(data)``, tested to 1e-12): precomputing the embeddings that way
+saves the encoder's forward pass on every SVI step, and feeds models without an embedding
+emission (the :class:`~mmpgm.MultimodalLDS` with ``obs_dims[m] = E``). Keep the emission for
+``trainable=True``, for raw frames arriving online, and to save the encoder with the model.
+
 Observation models may not import networks (:mod:`mmpgm.nn`): the encoder is taken
 duck-typed. Loading a saved model rebuilds the encoder from its config when its class is
 registered here (:func:`register_encoder`; :mod:`mmpgm.models.siamese` registers
