@@ -2,6 +2,7 @@
 :class:`MultimodalModel` protocol (:mod:`mmpgm.models._base`)."""
 
 from ._base import MultimodalModel
+from .denoising import DenoisingExpert, GatedDenoisers
 from .hmm import HMMParams, MarkovChain, MultimodalHMM
 from .lds import LDSParams, MultimodalLDS
 from .mixture import GatedMixture
@@ -16,4 +17,6 @@ __all__ = [
     "LDSParams",
     "GatedMixture",
     "MVRNN",
+    "DenoisingExpert",
+    "GatedDenoisers",
 ]
