@@ -72,11 +72,14 @@ def _data(label_kind, N=3, T=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     clean = torch.randn(N, T, D, dtype=torch.float64, generator=g)
     noisy = clean + torch.randn(N, T, D, dtype=torch.float64, generator=g)
-    noisy[0, 2] = math.nan  # gate absent there
-    clean[0, 3] = math.nan  # a known-or-unknown frame with no clean item: no evidence
-    clean[1, 0] = math.nan
-    clean[2, 1, 0] = math.nan  # one NaN entry: the whole clean frame is missing
-    lengths = torch.tensor([T, T - 2, T - 1])
+    if T >= 5:
+        noisy[0, 2] = math.nan  # gate absent there
+        clean[0, 3] = math.nan  # a known-or-unknown frame with no clean item: no evidence
+        clean[1, 0] = math.nan
+        clean[2, 1, 0] = math.nan  # one NaN entry: the whole clean frame is missing
+    else:  # T = 1: one sequence without its clean item
+        clean[1, 0] = math.nan
+    lengths = torch.tensor([T, max(T - 2, 1), max(T - 1, 1)])
     if label_kind == "none":
         labels = {}
     elif label_kind == "all":
@@ -86,7 +89,8 @@ def _data(label_kind, N=3, T=5, seed=0):
     else:  # mixed per frame
         lab = torch.randint(0, K, (N, T), generator=g)
         lab[torch.rand(N, T, generator=g) < 0.5] = -1
-        lab[0, 3] = 1  # known type, clean missing
+        if T >= 5:
+            lab[0, 3] = 1  # known type, clean missing
         labels = {"noise_type": lab}
     return MultimodalData({"noisy": noisy, "clean": clean}, lengths=lengths, labels=labels)
 
@@ -128,9 +132,10 @@ def _brute_force(model, data):
 
 
 # ---------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("T", [5, 1])
 @pytest.mark.parametrize("labels", ["none", "all", "sequence", "mixed"])
-def test_enumerated_and_collapsed_programs_equal_brute_force(labels):
-    model, data = _gated(), _data(labels)
+def test_enumerated_and_collapsed_programs_equal_brute_force(labels, T):
+    model, data = _gated(), _data(labels, T=T)
     expected = _brute_force(model, data)
     torch.testing.assert_close(model.log_likelihood(data), expected, rtol=0, atol=1e-10)
     enum = TraceEnum_ELBO(max_plate_nesting=2).differentiable_loss(model.model, model.guide, data)
@@ -479,3 +484,37 @@ def test_fit_runs_both_programs_and_pyro_param_store_untouched():
     for program in GatedDenoisers.PROGRAMS:
         mmpgm.fit(model, data, program=program, num_steps=3, patience=0, progress=False)
     assert len(pyro.get_param_store()) == 0
+
+
+@pytest.mark.parametrize("weighting", ["gate", "label"])
+def test_finetune_distance_is_the_documented_objective(weighting):
+    model, data = _gated(), _data("mixed")
+    enc = TinyEncoder(D).double()
+    ev = data.mask["noisy"] & data.mask["clean"]
+    lab = data.labels["noise_type"][ev]
+    with torch.no_grad():
+        total = 0.0
+        for x, y, c in zip(data.obs["noisy"][ev], data.obs["clean"][ev], lab, strict=True):
+            w = torch.softmax(model.gate(model.gate_standardizer(x)), -1)
+            if weighting == "label" and c >= 0:
+                w = torch.nn.functional.one_hot(c, K).double()
+            z = sum(w[k] * enc.tower(e._denoise(x)) for k, e in enumerate(model.experts))
+            total += float((z - enc.tower(y)).square().sum())
+    res = finetune_into_embedding(model, enc, data, train="denoiser", weighting=weighting,
+                                  num_steps=1, lr=1e-12, progress=False)  # fmt: skip
+    assert math.isclose(res.initial_distance, total / int(ev.sum()), rel_tol=1e-12)
+    assert math.isclose(res.losses[0], res.initial_distance, rel_tol=1e-12)  # full batch here
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_and_data_follow_the_parameters():
+    model, data = _gated(), _data("mixed")
+    cpu_ll = model.log_likelihood(data)
+    gpu = model.cuda()
+    ll = gpu.log_likelihood(data)
+    assert ll.device.type == "cuda"
+    torch.testing.assert_close(ll.cpu(), cpu_ll, rtol=1e-9, atol=1e-9)
+    loss = TraceEnum_ELBO(max_plate_nesting=2).differentiable_loss(gpu.model, gpu.guide, data)
+    torch.testing.assert_close(loss.cpu(), -cpu_ll.sum(), rtol=1e-9, atol=1e-9)
+    assert gpu.denoise(data.obs["noisy"][0]).mixed.device.type == "cuda"
