@@ -7,6 +7,7 @@ from .hmm import HMMParams, MarkovChain, MultimodalHMM
 from .lds import LDSParams, MultimodalLDS
 from .mixture import GatedMixture
 from .mvrnn import MVRNN
+from .siamese import KNNMemory, SiameseEmbedding, SiameseEncoder
 
 __all__ = [
     "MultimodalModel",
@@ -17,6 +18,9 @@ __all__ = [
     "LDSParams",
     "GatedMixture",
     "MVRNN",
+    "SiameseEncoder",
+    "SiameseEmbedding",
+    "KNNMemory",
     "DenoisingExpert",
     "GatedDenoisers",
 ]
