@@ -724,7 +724,10 @@ def finetune_into_embedding(
     :math:`w = g(x)` the gate weights (``weighting="gate"``: the gate-weighted centre that
     :func:`gated_centre_classify` uses) or the one-hot known noise type where it is known
     (``weighting="label"``, the noise type's own expert). Modifies ``denoisers`` and/or
-    ``encoder`` in place; parameters not trained are left exactly as they were.
+    ``encoder`` in place; parameters not trained are left exactly as they were. Because the
+    targets are :math:`G_0(y)`, a :class:`mmpgm.KNNMemory` filled with clean items before
+    fine-tuning (it stores their embeddings) stays the right reference for the fine-tuned
+    encoder.
 
     Parameters
     ----------
@@ -863,7 +866,7 @@ def finetune_into_embedding(
     )  # fmt: skip
 
 
-def gated_centre_classify(denoisers, encoder: nn.Module, x, memory) -> torch.Tensor:
+def gated_centre_classify(denoisers, encoder: nn.Module | None, x, memory) -> torch.Tensor:
     r"""Classify noisy items ``x (F, D)`` by the gate-weighted centre of their denoised
     embeddings, :math:`\hat z = \sum_k g_k(x) G(f_k(x))` (paper section 6.4, test time).
 
@@ -871,48 +874,67 @@ def gated_centre_classify(denoisers, encoder: nn.Module, x, memory) -> torch.Ten
     ----------
     denoisers : GatedDenoisers or DenoisingExpert
         (A single expert gives :math:`\hat z = G(f(x))`.)
-    encoder : nn.Module
-        :math:`G` (:func:`embed_items`).
+    encoder : nn.Module or None
+        :math:`G` (:func:`embed_items`); ``None``: the memory's own encoder.
     x : Tensor ``(F, D)``
     memory
-        The reference in embedding space: an object with ``predict(z (F, E)) -> (F,)`` that
-        works on embeddings (e.g. ``mmpgm.KNNMemory(encoder=None, ...)`` filled with
-        ``add(G(clean items), labels)``), or a pair ``(centres (C, E), classes (C,))``: the
-        nearest centre in Euclidean distance wins.
+        The labelled reference, one of
+
+        * a :class:`mmpgm.KNNMemory` with an encoder (filled with clean items): it embeds every
+          denoiser's output and searches around their gate-weighted centre
+          (``memory.predict(per_expert, weights=gate_weights)``); ``encoder`` must be ``None``
+          or the memory's;
+        * any object with ``predict(z (F, E)) -> (F,)`` on embeddings (a ``KNNMemory`` without
+          encoder, filled with embeddings of clean items): it gets :math:`\hat z`;
+        * a pair ``(classes (C,), centres (C, E))`` (what ``KNNMemory.centres()`` returns): the
+          nearest centre in Euclidean distance wins.
 
     Returns
     -------
     Tensor ``(F,)``: the predicted classes.
     """
     if isinstance(denoisers, GatedDenoisers):
-        z = denoisers.embed_centre(x, encoder)
+        w, per, _ = denoisers.denoise(x)
     elif isinstance(denoisers, DenoisingExpert):
-        z = embed_items(encoder, denoisers.denoise(x))
+        per = denoisers.denoise(x)[..., None, :]
+        w = torch.ones(per.shape[:-1], dtype=per.dtype, device=per.device)
     else:
         raise TypeError(
             "denoisers: expected a GatedDenoisers or DenoisingExpert, got "
             f"{type(denoisers).__name__}"
         )
+    own = None if isinstance(memory, tuple) else getattr(memory, "encoder", None)
+    if own is not None:
+        if encoder is not None and encoder is not own:
+            raise ValueError(
+                "encoder: expected None or the memory's own encoder (the memory embeds the "
+                "denoised items itself), got another module"
+            )
+        return memory.predict(per, weights=w)
+    if encoder is None:
+        raise ValueError("encoder: expected an nn.Module (the memory has no encoder), got None")
+    z = embed_items(encoder, per)
+    z = (w.to(z.dtype)[..., None] * z).sum(-2)
     if isinstance(memory, tuple):
         if len(memory) != 2:
             raise ValueError(
-                f"memory: expected (centres (C, E), classes (C,)), got {len(memory)} items"
+                f"memory: expected (classes (C,), centres (C, E)), got {len(memory)} items"
             )
-        centres, classes = (torch.as_tensor(v) for v in memory)
+        classes, centres = (torch.as_tensor(v) for v in memory)
         if (
             centres.dim() != 2
             or centres.shape[-1] != z.shape[-1]
             or classes.shape != centres.shape[:1]
         ):
             raise ValueError(
-                f"memory: expected centres (C, {z.shape[-1]}) and classes (C,), got "
-                f"{tuple(centres.shape)} and {tuple(classes.shape)}"
+                f"memory: expected classes (C,) and centres (C, {z.shape[-1]}), got "
+                f"{tuple(classes.shape)} and {tuple(centres.shape)}"
             )
         d = torch.cdist(z, centres.to(device=z.device, dtype=z.dtype))
         return classes.to(z.device)[d.argmin(-1)]
     if not callable(getattr(memory, "predict", None)):
         raise TypeError(
-            f"memory: expected an object with predict(z) or (centres, classes), got "
-            f"{type(memory).__name__}"
+            "memory: expected a KNNMemory, an object with predict(z) or (classes, centres), "
+            f"got {type(memory).__name__}"
         )
     return memory.predict(z)
