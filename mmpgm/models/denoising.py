@@ -343,7 +343,9 @@ class GatedDenoisers(MultimodalModel):
         Modality names.
     train_experts : bool
         ``False`` freezes the experts (``requires_grad=False``): :func:`mmpgm.fit` then trains
-        only the gate (Fig. 11b on pre-trained denoisers). See :meth:`set_trainable`.
+        only the gate (Fig. 11b on pre-trained denoisers), and :meth:`init_from_data` leaves
+        them alone; ``True`` (default) makes their parameters trainable. See
+        :meth:`set_trainable`.
     input_dim : int, optional
         ``D`` when no expert is a :class:`DenoisingExpert`.
 
@@ -727,7 +729,7 @@ def finetune_into_embedding(
     ``encoder`` in place; parameters not trained are left exactly as they were. Because the
     targets are :math:`G_0(y)`, a :class:`mmpgm.KNNMemory` filled with clean items before
     fine-tuning (it stores their embeddings) stays the right reference for the fine-tuned
-    encoder.
+    encoder. To compare the three options, fine-tune ``copy.deepcopy`` s of the models.
 
     Parameters
     ----------

@@ -256,6 +256,8 @@ def test_denoise_results_and_posterior():
     assert torch.equal(post.map[known], lab[known])
     torch.testing.assert_close(post.log_likelihood, _brute_force(model, data), rtol=0, atol=1e-10)
     assert post.samples.shape == (4, 3, 5)
+    via_infer = mmpgm.infer(model, data)
+    torch.testing.assert_close(via_infer.responsibilities, post.responsibilities)
     assert torch.equal(post.samples[:, known], lab[known].expand(4, -1))
 
 
@@ -555,3 +557,15 @@ def test_pipeline_with_the_siamese_encoder_and_knn_memory():
     acc = float((via_memory == truth).double().mean())
     raw = float((raw_pred == truth).double().mean())
     assert acc > 0.65 and acc > raw, (acc, raw)
+
+
+def test_finetune_a_single_expert():
+    e = _random_expert(5)
+    enc = TinyEncoder(D).double()
+    data = _data("none")
+    net = {n: p.detach().clone() for n, p in e.network.named_parameters()}
+    res = finetune_into_embedding(e, enc, data, num_steps=40, lr=1e-2, progress=False)
+    assert res.final_distance < res.initial_distance and res.train == "denoiser"
+    assert all(not torch.equal(p.detach(), net[n]) for n, p in e.network.named_parameters())
+    with pytest.raises(ValueError, match="train_gate"):
+        finetune_into_embedding(e, enc, data, train_gate=True)
