@@ -40,6 +40,22 @@ training the encoder cannot collapse the embedding: the clean map is held as gro
 
 Classification (:func:`gated_centre_classify`): nearest neighbour / class centre of the
 gate-weighted centre :math:`\sum_k g_k(x) G(f_k(x))` of the denoised embeddings.
+
+Examples
+--------
+The four steps of Fig. 11 on ``data`` (per-sequence ``noise_type`` in ``0..K-1`` and ``class``):
+
+>>> experts = [DenoisingExpert(D) for _ in range(K)]  # doctest: +SKIP
+>>> for k, e in enumerate(experts):  # (a) one denoiser per noise type  # doctest: +SKIP
+...     idx = torch.nonzero(data.labels["noise_type"] == k).flatten()
+...     mmpgm.fit(e, data[idx], num_steps=500, lr=1e-2, seed=0)
+>>> gated = GatedDenoisers(experts, train_experts=False)  # (b) gate only  # doctest: +SKIP
+>>> mmpgm.fit(gated, data, num_steps=300, lr=0.05, seed=0)  # doctest: +SKIP
+>>> encoder = mmpgm.SiameseEncoder(MLPTower(D), modality="clean")  # (c)  # doctest: +SKIP
+>>> mmpgm.fit(encoder, data, num_steps=500, seed=0)  # doctest: +SKIP
+>>> memory = mmpgm.KNNMemory(encoder, centres=True).add(clean_items, classes)  # doctest: +SKIP
+>>> finetune_into_embedding(gated, encoder, data, train="denoiser")  # (d)  # doctest: +SKIP
+>>> predicted = gated_centre_classify(gated, None, noisy_items, memory)  # doctest: +SKIP
 """
 
 from __future__ import annotations
