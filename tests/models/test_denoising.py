@@ -419,11 +419,11 @@ def test_finetuning_lowers_the_embedding_distance_and_classifies():
     assert acc > 0.75 and acc > acc_before, (acc, acc_before)
 
 
-@pytest.mark.parametrize("train", ["denoiser", "encoder", "both"])
-@pytest.mark.parametrize("train_gate", [False, True])
+@pytest.mark.parametrize(
+    "train,train_gate",
+    [("denoiser", False), ("denoiser", True), ("encoder", False), ("both", False), ("both", True)],
+)
 def test_train_options_change_only_the_intended_parameters(train, train_gate):
-    if train == "encoder" and train_gate:
-        pytest.skip("train_gate applies to the denoiser options")
     torch.manual_seed(0)
     experts = [DenoisingExpert(D, hidden_dims=(4,), bottleneck_dim=2, residual=False)
                for _ in range(K)]  # fmt: skip
@@ -569,3 +569,16 @@ def test_finetune_a_single_expert():
     assert all(not torch.equal(p.detach(), net[n]) for n, p in e.network.named_parameters())
     with pytest.raises(ValueError, match="train_gate"):
         finetune_into_embedding(e, enc, data, train_gate=True)
+
+
+def test_finetune_stops_on_a_plateau():
+    model, data = _gated(), _data("mixed")
+    enc = TinyEncoder(D).double()
+    # lr 1e-12: the loss cannot improve by a relative 1e-3, so the first step sets the best and
+    # three more without improvement stop the run
+    res = finetune_into_embedding(model, enc, data, num_steps=50, lr=1e-12, batch_size=None,
+                                  patience=3, tol=1e-3, progress=False)  # fmt: skip
+    assert res.converged and res.num_steps == 4
+    res = finetune_into_embedding(model, enc, data, num_steps=5, lr=1e-12, batch_size=None,
+                                  patience=0, progress=False)  # fmt: skip
+    assert not res.converged and res.num_steps == 5
