@@ -442,7 +442,7 @@ def test_train_options_change_only_the_intended_parameters(train, train_gate):
     finetune_into_embedding(gd, enc, data, train=train, train_gate=train_gate, num_steps=3,
                             lr=0.05, batch_size=None, progress=False)  # fmt: skip
 
-    def changed(module, ref, prefix=""):
+    def changed(module, ref):
         return {n for n, p in module.named_parameters() if not torch.equal(p.detach(), ref[n])}
 
     moved = changed(gd, snap)
