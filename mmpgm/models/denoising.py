@@ -423,12 +423,20 @@ class GatedDenoisers(MultimodalModel):
             else DenoisingExpert(D, network=e, noisy=noisy, clean=clean, standardize=False)
             for e in experts
         ]  # fmt: skip
-        p = next(iter(wrapped[0].parameters()))
+        # the wrappers' own sigma: set from data by init_from_data even when frozen
+        self._wrapped = tuple(not isinstance(e, DenoisingExpert) for e in experts)
+        # the dtype/device of the first expert with network weights (a parameterless module,
+        # e.g. nn.Identity, follows it)
+        with_weights = [e for e in wrapped if next(iter(e.network.parameters()), None) is not None]
+        p = next(iter((with_weights or wrapped)[0].parameters()))
+        for e, w in zip(wrapped, self._wrapped, strict=True):
+            if w and next(iter(e.network.parameters()), None) is None:
+                e.to(device=p.device, dtype=p.dtype)
         for i, e in enumerate(wrapped):
             q = next(iter(e.parameters()))
             if q.dtype != p.dtype or q.device != p.device:
                 raise ValueError(
-                    f"experts[{i}]: expected the dtype/device of experts[0] ({p.dtype}, "
+                    f"experts[{i}]: expected the dtype/device of the other experts ({p.dtype}, "
                     f"{p.device}), got ({q.dtype}, {q.device})"
                 )
         self.input_dim = D
@@ -530,16 +538,19 @@ class GatedDenoisers(MultimodalModel):
         """Data-driven start (called by :func:`mmpgm.fit` on the first fit): the gate's input
         standardization (unless set) and, for every expert not fitted yet, its standardization
         and sigma from the frames of its noise type (all frames when none is labelled with
-        it). Fitted or frozen experts and all network weights are left alone."""
+        it). Fitted or frozen :class:`DenoisingExpert` s and all network weights are left
+        alone; the sigma of a wrapped plain module (which only this model owns) is set even
+        when the experts are frozen."""
         data = self._checked(data)
         xn, mn = data.obs[self.noisy], data.mask[self.noisy]
         if not bool(self.gate_standardizer.initialized) and bool(mn.any()):
             self.gate_standardizer.fit_to(xn[mn])
         ev = mn & data.mask[self.clean]
         lab = self.noise_types(data)
-        for k, e in enumerate(self.experts):
-            if e._mmpgm_fitted or not any(q.requires_grad for q in e.parameters()):
-                continue  # fitted or frozen: left exactly as it is
+        for k, (e, wrapped) in enumerate(zip(self.experts, self._wrapped, strict=True)):
+            frozen = not any(q.requires_grad for q in e.parameters())
+            if e._mmpgm_fitted or (frozen and not wrapped):
+                continue  # a fitted or frozen DenoisingExpert is left exactly as it is
             sel = ev & (lab == k)
             if not bool(sel.any()):
                 sel = ev

@@ -582,3 +582,20 @@ def test_finetune_stops_on_a_plateau():
     res = finetune_into_embedding(model, enc, data, num_steps=5, lr=1e-12, batch_size=None,
                                   patience=0, progress=False)  # fmt: skip
     assert not res.converged and res.num_steps == 5
+
+
+def test_parameterless_expert_follows_the_others_and_gets_its_sigma_from_data():
+    expert = _random_expert(6)
+    gd = GatedDenoisers([expert, nn.Identity()], input_dim=D, train_experts=False)
+    assert gd.experts[1].log_sigma.dtype == torch.float64
+    data = _data("none")
+    before = {n: p.detach().clone() for n, p in expert.named_parameters()}
+    gd.init_from_data(gd.check_data(data))
+    # the frozen DenoisingExpert is untouched; the identity's own sigma is the rms of
+    # clean - noisy over the frames with both observed (no label: all of them)
+    assert all(torch.equal(p.detach(), before[n]) for n, p in expert.named_parameters())
+    ev = data.mask["noisy"] & data.mask["clean"]
+    rms = (data.obs["clean"][ev] - data.obs["noisy"][ev]).square().mean(0).sqrt()
+    torch.testing.assert_close(gd.experts[1].sigma().detach(), rms)
+    x = data.obs["noisy"][1]
+    torch.testing.assert_close(gd.denoise(x).per_expert[:, 1], x)
