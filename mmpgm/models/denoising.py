@@ -644,7 +644,9 @@ class GatedDenoisers(MultimodalModel):
     def posterior(self, data, *, causal=False, num_samples=0, seed=None, map_path=True):
         """Gate weights, responsibilities, denoised outputs (see
         :class:`~mmpgm.results.denoising.DenoisingPosterior`). The gate is per frame, so the
-        filtered (``causal=True``) and smoothed posteriors are the same."""
+        filtered (``causal=True``) and smoothed posteriors are the same. Where the noisy frame
+        is unobserved the denoised outputs are NaN and the weights are the gate's at a zero
+        (filled) input, unused by the likelihood."""
         check_int("num_samples", num_samples, minimum=0)
         data = self._checked(data)
         with torch.no_grad():
@@ -659,11 +661,13 @@ class GatedDenoisers(MultimodalModel):
                 N, T, K = resp.shape
                 draws = torch.multinomial(resp.reshape(-1, K), num_samples, True, generator=gen)
                 samples = draws.T.reshape(num_samples, N, T)
+            seen = gate_mask[..., None]
+            per = torch.where(seen[..., None], per, torch.nan)
             return DenoisingPosterior(
                 gate_weights=w,
                 responsibilities=resp,
                 per_expert=per,
-                mixed=(w[..., None] * per).sum(-2),
+                mixed=torch.where(seen, (w[..., None] * per).sum(-2), torch.nan),
                 map=resp.argmax(-1) if map_path else None,
                 samples=samples,
                 log_likelihood=labelled_mixture_log_likelihood(log_w, lc, lab, gate_mask, ev),

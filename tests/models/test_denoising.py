@@ -256,6 +256,8 @@ def test_denoise_results_and_posterior():
     assert torch.equal(post.map[known], lab[known])
     torch.testing.assert_close(post.log_likelihood, _brute_force(model, data), rtol=0, atol=1e-10)
     assert post.samples.shape == (4, 3, 5)
+    assert bool(torch.isnan(post.mixed[0, 2]).all())  # the noisy frame (0, 2) is missing
+    assert not bool(torch.isnan(post.mixed[data.mask["noisy"]]).any())
     via_infer = mmpgm.infer(model, data)
     torch.testing.assert_close(via_infer.responsibilities, post.responsibilities)
     assert torch.equal(post.samples[:, known], lab[known].expand(4, -1))
