@@ -293,6 +293,9 @@ def test_bad_input_raises_by_name():
         spec.sample_at(torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="embedding"):
         MultimodalHMM({"spec": E}, 2, 1, emission={"spec": "embedding"})
+    # a background density of raw frames cannot be weighed against a feature likelihood
+    with pytest.raises(ValueError, match="sensor_faults.*embedding"):
+        MultimodalHMM({"spec": E}, 2, 1, emission={"spec": spec}, sensor_faults=True)
 
 
 def test_params_hold_the_gaussian_and_the_model_holds_the_encoder():

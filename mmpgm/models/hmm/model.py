@@ -119,6 +119,14 @@ class MultimodalHMM(MultimodalModel):
                     f"(obs_dims[{m!r}]), got {e.obs_dim}"
                 )
         self.fault_modalities = resolve_sensor_faults(sensor_faults, names)
+        for m in self.fault_modalities:
+            if getattr(self.emissions[m], "kind_name", None) == "embedding":
+                raise ValueError(
+                    f"sensor_faults: modality {m!r} has an embedding emission, a likelihood of "
+                    "its features G(x), which a background density of the raw frames x cannot "
+                    "be weighed against; leave it out of sensor_faults (or fit the HMM on "
+                    "encoder.embed_data(data) with a Gaussian emission and faults on that)"
+                )
         self.fault_chains = PyroModule[nn.ModuleDict](
             {m: FaultChain() for m in self.fault_modalities}
         )
