@@ -18,9 +18,11 @@ from ..._validation import check_float, check_int
 from ...data import MultimodalData
 from ...observations import ObservationModel, make_observation
 from ...ops import hmm as ops
+from ...ops.hmm.chunked import factorial_filter_chunk
 from ...results.hmm import Imputation, Posterior
 from .._base import MultimodalModel
 from .._checks import check_obs_dims, per_modality
+from .._chunks import check_chunk_size, time_slice
 from .._savable import register
 from . import init
 from . import params as params_io
@@ -309,14 +311,36 @@ class MultimodalHMM(MultimodalModel):
             self.log_emissions(data, exclude),
         )
 
-    def log_likelihood(self, data: MultimodalData) -> torch.Tensor:
+    def log_likelihood(
+        self, data: MultimodalData, *, chunk_size: int | None = None
+    ) -> torch.Tensor:
         """Exact, differentiable :math:`\\log p(x^{(n)}_{\\text{observed}})` per sequence, ``(N,)``.
 
         With ``labels['shared']`` this is the joint log-probability of the observations and the
         given shared states.
+
+        ``chunk_size``: filter ``chunk_size`` frames at a time, carrying the normalized forward
+        message across chunks (:func:`mmpgm.ops.hmm.chunked.factorial_filter_chunk`): the same
+        log-likelihood in memory :math:`O(N \\cdot \\text{chunk} \\cdot \\prod_c K_c)` instead of
+        :math:`O(N T \\prod_c K_c)`, without gradient (for evaluating long sequences). Each
+        chunk's emission factors are computed from its frames and the one before (the
+        sensor-fault background looks at the previous frame).
         """
         data = self._checked(data)
-        return ops.factorial_log_likelihood(*self._ops_args(data))
+        if check_chunk_size(chunk_size) is None:
+            return ops.factorial_log_likelihood(*self._ops_args(data))
+        chains = self._chains()
+        init = [c.initial_probs.detach() for c in chains]
+        trans = [c.transition_probs.detach() for c in chains]
+        total, filtered = 0.0, None
+        with torch.no_grad():
+            for start in range(0, data.num_timesteps, chunk_size):
+                stop = min(start + chunk_size, data.num_timesteps)
+                lo = max(start - 1, 0)
+                logE = self.log_emissions(time_slice(self, data, lo, stop))[:, start - lo :]
+                filtered, ll = factorial_filter_chunk(init, trans, logE, filtered)
+                total = total + ll
+        return total
 
     def log_prior(self) -> torch.Tensor:
         lp = sum(c.log_prior() for c in self._chains())
