@@ -22,7 +22,7 @@ from mmpgm.data import MultimodalData
 from mmpgm.models import MultimodalHMM, MultimodalLDS
 from mmpgm.ops import hmm as hops
 from mmpgm.ops import kalman as kops
-from mmpgm.ops.hmm.chunked import factorial_filter_chunk
+from mmpgm.ops.hmm.chunked import factorial_filter_chunk, factorial_smooth_chunked
 from mmpgm.ops.kalman.chunked import kalman_filter_chunk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -198,3 +198,42 @@ def test_chunk_size_errors():
     lds = MultimodalLDS({"a": 2, "b": 1}, shared_dim=1, sensor_faults=["a"]).double()
     with pytest.raises(ValueError, match="chunk_size.*sensor_faults"):
         lds.log_likelihood(data, chunk_size=2)
+
+
+# ---------------------------------------------------------------------- smoothing in chunks
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("T", [1, 8])
+def test_hmm_smoothing_in_chunks_equals_forward_backward(chunk, T):
+    init, trans = _hmm_params()
+    g = torch.Generator().manual_seed(3)
+    logE = torch.randn(3, T, 2, 3, generator=g, dtype=DT) * 4 - 30
+    logE[0, T // 2 :] = 0.0
+    ref = hops.factorial_smooth(init, trans, logE)
+    marg = torch.full_like(ref.marginals, float("nan"))
+    calls = []
+
+    def on_chunk(start, stop, m):
+        calls.append(start)
+        marg[:, start:stop] = m
+
+    got = factorial_smooth_chunked(init, trans, lambda a, b: logE[:, a:b], T, chunk, on_chunk)
+    assert calls == sorted(range(0, T, chunk), reverse=True)  # last chunk first, each once
+    torch.testing.assert_close(marg, ref.marginals, **TOL)
+    torch.testing.assert_close(got.log_likelihood, ref.log_likelihood, **TOL)
+    for a, b in zip(got.initial_counts + got.transition_counts,
+                    ref.initial_counts + ref.transition_counts, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("name", ["hmm", "hmm_faults"])
+@pytest.mark.parametrize("T", [1, 9])
+def test_hmm_em_statistics_in_chunks(name, T):
+    model = _models()[name]
+    data, _ = model.sample(5, T, seed=1)
+    data = _ragged(data, 2)
+    ref = model.em_statistics(data)
+    for chunk in (1, 2, 4, T, T + 3):
+        got = model.em_statistics(data, chunk_size=chunk)
+        assert set(got) == set(ref)
+        for k, v in ref.items():
+            torch.testing.assert_close(got[k], v, **TOL, msg=f"{k}, chunk_size={chunk}")
