@@ -12,7 +12,7 @@ import torch
 
 import mmpgm
 from mmpgm.data import MultimodalData
-from mmpgm.models import MultimodalHMM, MultimodalLDS
+from mmpgm.models import MVRNN, MultimodalHMM, MultimodalLDS
 
 DIMS = {"a": 2, "b": 1}
 SPLITS = (0, 2, 5, 6, 9)  # 4 shards of 2, 3, 1, 3 sequences
@@ -44,6 +44,13 @@ def _lds(**kw):
     return model, _ragged(data, 2)
 
 
+def _mvrnn():
+    torch.manual_seed(0)
+    model = MVRNN(DIMS, hidden_dim=4, shared_dim=2, private_dim=1, tbptt=3).double()
+    data, _ = model.sample(9, 10, seed=0)
+    return model, _ragged(data, 3)
+
+
 # init="none": the data-driven start of a streamed fit sees only the first group of shards
 EM = dict(method="em", num_steps=5, patience=0, progress=False, init="none")
 SVI = dict(num_steps=4, lr=0.05, patience=0, progress=False, init="none")
@@ -59,6 +66,9 @@ CASES = {
     # one group of all 4 shards: the data-driven start sees the whole corpus, as in memory
     "hmm_em_init": (_hmm, {**EM, "init": "data"}, 4),
     "lds_svi_init": (_lds, {**SVI, "init": "data"}, 4),
+    # a model fitted in its own units (no streamed moments), truncated backpropagation; one
+    # group of all shards, so its noise draws are those of the in-memory fit
+    "mvrnn_svi_full": (_mvrnn, {**SVI, "init": "data"}, 4),
 }
 
 #: the cases of the 2-process run
