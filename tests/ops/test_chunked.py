@@ -23,7 +23,7 @@ from mmpgm.models import MultimodalHMM, MultimodalLDS
 from mmpgm.ops import hmm as hops
 from mmpgm.ops import kalman as kops
 from mmpgm.ops.hmm.chunked import factorial_filter_chunk, factorial_smooth_chunked
-from mmpgm.ops.kalman.chunked import kalman_filter_chunk
+from mmpgm.ops.kalman.chunked import kalman_filter_chunk, rts_smoother_chunked
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _kalman_oracle as oracle  # noqa: E402
@@ -237,3 +237,57 @@ def test_hmm_em_statistics_in_chunks(name, T):
         assert set(got) == set(ref)
         for k, v in ref.items():
             torch.testing.assert_close(got[k], v, **TOL, msg=f"{k}, chunk_size={chunk}")
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("T", [1, 8])
+def test_kalman_smoothing_in_chunks_equals_the_rts_smoother_and_the_oracle(chunk, T):
+    params, obs, masks, lengths, _ = _kalman_case(T=T)
+    ref = kops.rts_smoother(params, obs, masks, lengths=lengths)
+    means = torch.full_like(ref.means, float("nan"))
+    covs = torch.full_like(ref.covs, float("nan"))
+    cross = torch.full_like(ref.cross_covs, float("nan"))
+    calls = []
+
+    def inputs(a, b):
+        return [o[:, a:b] for o in obs], [m[:, a:b] for m in masks], (lengths - a).clamp(0, b - a)
+
+    def on_chunk(a, b, m, c, x, next_mean, next_cov):
+        calls.append(a)
+        means[:, a:b], covs[:, a:b], cross[:, a : a + x.shape[1]] = m, c, x
+        assert (next_mean is None) == (b == T)
+        if next_mean is not None:
+            torch.testing.assert_close(next_mean, ref.means[:, b], **TOL)
+
+    ll = rts_smoother_chunked(params, inputs, T, chunk, on_chunk)
+    assert calls == sorted(range(0, T, chunk), reverse=True)
+    inside = torch.arange(T) < lengths[:, None]
+    torch.testing.assert_close(ll, ref.log_likelihood, **TOL)
+    torch.testing.assert_close(means[inside], ref.means[inside], **TOL)
+    torch.testing.assert_close(covs[inside], ref.covs[inside], **TOL)
+    pairs = inside[:, 1:]
+    torch.testing.assert_close(cross[pairs], ref.cross_covs[pairs], **TOL)
+    # the dense joint Gaussian of the first (full-length) sequence
+    _, _, _, sm, sP, sx = oracle.dense_reference(
+        params, obs, [m & inside for m in masks], n=0
+    )
+    torch.testing.assert_close(means[0], sm, **TOL)
+    torch.testing.assert_close(covs[0], sP, **TOL)
+    torch.testing.assert_close(cross[0], sx, **TOL)
+
+
+@pytest.mark.parametrize("T", [1, 9])
+def test_lds_em_statistics_in_chunks(T):
+    model = _models()["lds"]
+    data, _ = model.sample(5, T, seed=1)
+    data = _ragged(data, 2)
+    data.labels.clear()
+    ref = model.em_statistics(data)
+    for chunk in (1, 2, 4, T, T + 3):
+        got = model.em_statistics(data, chunk_size=chunk)
+        assert set(got) == set(ref)
+        for k, v in ref.items():
+            torch.testing.assert_close(got[k], v, **TOL, msg=f"{k}, chunk_size={chunk}")
+    lds = MultimodalLDS({"a": 2, "b": 1}, shared_dim=1, sensor_faults=["a"]).double()
+    with pytest.raises(ValueError, match="chunk_size.*sensor_faults"):
+        lds.em_statistics(data, chunk_size=2)

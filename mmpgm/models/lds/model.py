@@ -26,6 +26,7 @@ from .._savable import register
 from . import em, faults, init, priors
 from . import params as params_io
 from .blocks import BlockDynamics, LinearEmission
+from .em_chunked import em_statistics_chunked
 from .params import LDSParams
 
 __all__ = ["MultimodalLDS", "LDSParams"]
@@ -401,10 +402,21 @@ class MultimodalLDS(MultimodalModel):
         before the update (:func:`mmpgm.models.lds.em.em_step`)."""
         return em.em_step(self, data)
 
-    def em_statistics(self, data: MultimodalData) -> dict:
+    def em_statistics(self, data: MultimodalData, *, chunk_size: int | None = None) -> dict:
         """The E-step's summed sufficient statistics (:func:`mmpgm.models.lds.em.em_statistics`);
-        ``em_step`` is ``em_update(em_statistics(data))``."""
-        return em.em_statistics(self, data)
+        ``em_step`` is ``em_update(em_statistics(data))``.
+
+        ``chunk_size``: the smoother run ``chunk_size`` frames at a time
+        (:func:`mmpgm.models.lds.em_chunked.em_statistics_chunked`), the same statistics with
+        the moments of one chunk in memory; not with ``sensor_faults``."""
+        if check_chunk_size(chunk_size) is None:
+            return em.em_statistics(self, data)
+        if self.fault_modalities:
+            raise ValueError(
+                "chunk_size: not available with sensor_faults (the variational E-step is a "
+                f"fixed point over whole sequences), got {chunk_size}; use chunk_size=None"
+            )
+        return em_statistics_chunked(self, self._checked(data), chunk_size)
 
     def em_update(self, stats: dict) -> None:
         """The closed-form M-step from summed statistics (:func:`mmpgm.models.lds.em.em_update`)."""

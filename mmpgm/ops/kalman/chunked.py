@@ -17,11 +17,18 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
 from .types import LinearGaussianParams, MaskType, ObsType
 
-__all__ = ["KalmanCarry", "ChunkKalmanResult", "kalman_filter_chunk", "predict_carry"]
+__all__ = [
+    "KalmanCarry",
+    "ChunkKalmanResult",
+    "kalman_filter_chunk",
+    "predict_carry",
+    "rts_smoother_chunked",
+]
 
 
 class KalmanCarry(NamedTuple):
@@ -97,3 +104,110 @@ def kalman_filter_chunk(
     return ChunkKalmanResult(
         KalmanCarry(res.means[:, -1], res.covs[:, -1]), res.log_likelihood
     )
+
+
+def _rts_step(params, filt_mean, filt_cov, pred_mean, pred_cov, next_mean, next_cov):
+    r"""One Rauch-Tung-Striebel step: smoothed moments of frame ``t`` and
+    :math:`\mathrm{Cov}(z_{t+1}, z_t \mid x)` from frame ``t``'s filtered moments, frame
+    ``t+1``'s prediction and its smoothed moments (the sum-of-PSD form of
+    :mod:`mmpgm.ops.kalman`)."""
+    A = params.transition_matrix
+    L = torch.linalg.cholesky(pred_cov)
+    Gt = torch.cholesky_solve(A @ filt_cov, L)  # G^T = P^p_{t+1}^{-1} A P_t
+    G = Gt.transpose(-1, -2)
+    mean = filt_mean + (G @ (next_mean - pred_mean).unsqueeze(-1)).squeeze(-1)
+    cov = (filt_cov - G @ pred_cov @ Gt) + G @ next_cov @ Gt
+    return mean, 0.5 * (cov + cov.transpose(-1, -2)), next_cov @ Gt
+
+
+def rts_smoother_chunked(
+    params: LinearGaussianParams,
+    chunk_inputs,
+    num_timesteps: int,
+    chunk_size: int,
+    on_chunk,
+    *,
+    method: str = "sequential",
+) -> Tensor:
+    r"""Kalman filter and RTS smoother in chunks of frames: smoothed moments one chunk at a time.
+
+    A forward pass over the chunks (:func:`kalman_filter_chunk`) keeps only each chunk's last
+    filtered moments; a backward pass over the chunks in reverse re-filters a chunk from the
+    stored moments before it and runs the RTS recursion from the carried smoothed moments of the
+    next chunk's first frame. Memory :math:`O(N \cdot \text{chunk} \cdot S^2)` instead of
+    :math:`O(N T S^2)`. No controls.
+
+    Parameters
+    ----------
+    params : LinearGaussianParams
+        As in :func:`~mmpgm.ops.kalman.kalman_filter` (``control_matrix`` unused).
+    chunk_inputs : callable ``(start, stop) -> (obs, mask, lengths)``
+        The chunk's observations ``obs[m]`` ``(N, stop - start, D_m)``, masks and the frames of
+        each sequence inside the chunk (as :func:`kalman_filter_chunk` takes them); called twice
+        per chunk.
+    num_timesteps, chunk_size : int
+    on_chunk : callable ``(start, stop, means, covs, cross_covs, next_mean, next_cov)``
+        Receives the smoothed ``means`` ``(N, n, S)`` and ``covs`` ``(N, n, S, S)`` of frames
+        ``start .. stop-1`` (``n = stop - start``), ``cross_covs`` :math:`\mathrm{Cov}(z_{t+1},
+        z_t \mid x)` for the pairs starting in the chunk (``(N, n, S, S)``, one fewer in the
+        last chunk) and the smoothed moments of frame ``stop`` (None in the last chunk); the
+        last chunk first.
+
+    Returns
+    -------
+    Tensor
+        ``(N,)`` the log-likelihood :math:`\log p(x^{obs}_{1:T})`.
+    """
+    from . import kalman_filter
+
+    starts = list(range(0, num_timesteps, chunk_size))
+    carries, total, carry = [], 0.0, None
+    for start in starts:
+        obs, mask, lengths = chunk_inputs(start, min(start + chunk_size, num_timesteps))
+        res = kalman_filter_chunk(params, obs, mask, lengths, carry, method=method)
+        carry = res.carry
+        carries.append(carry)
+        total = total + res.log_likelihood
+    nxt = None
+    for k in reversed(range(len(starts))):
+        start = starts[k]
+        stop = min(start + chunk_size, num_timesteps)
+        obs, mask, lengths = chunk_inputs(start, stop)
+        chunk_params = params
+        if k:
+            m0, P0 = predict_carry(params, carries[k - 1])
+            chunk_params = params._replace(initial_mean=m0, initial_cov=P0)
+        f = kalman_filter(chunk_params, obs, mask, None, lengths, method=method)
+        n = f.means.shape[1]
+        means, covs = [None] * n, [None] * n
+        cross = []
+        if nxt is None:
+            means[-1], covs[-1] = f.means[:, -1], f.covs[:, -1]
+        else:
+            pm, pP = predict_carry(params, KalmanCarry(f.means[:, -1], f.covs[:, -1]))
+            means[-1], covs[-1], c = _rts_step(
+                params, f.means[:, -1], f.covs[:, -1], pm, pP, nxt[0], nxt[1]
+            )
+            cross.append(c)
+        for t in range(n - 2, -1, -1):
+            means[t], covs[t], c = _rts_step(
+                params,
+                f.means[:, t],
+                f.covs[:, t],
+                f.predicted_means[:, t + 1],
+                f.predicted_covs[:, t + 1],
+                means[t + 1],
+                covs[t + 1],
+            )
+            cross.append(c)
+        means, covs = torch.stack(means, 1), torch.stack(covs, 1)
+        S = means.shape[-1]
+        cross = (
+            torch.stack(cross[::-1], 1)
+            if cross
+            else means.new_zeros(means.shape[0], 0, S, S)
+        )
+        on_chunk(start, stop, means, covs, cross,
+                 None if nxt is None else nxt[0], None if nxt is None else nxt[1])
+        nxt = (means[:, 0], covs[:, 0])
+    return total
