@@ -55,6 +55,7 @@ def fit(
     checkpoint_every: int = 50,
     progress: bool | None = None,
     distributed: bool | str = False,
+    chunk_size: int | None = None,
 ) -> FitResult:
     """Fit ``model`` to ``data`` (MAP point estimate of the parameters).
 
@@ -165,6 +166,12 @@ def fit(
         writes the checkpoint and shows progress; the result equals the single-process fit up
         to floating-point summation order. ``True`` without an initialized process group raises
         ``ValueError``; ``"auto"`` uses one when it is initialized, else trains in one process.
+    chunk_size : int, optional
+        ``method="em"`` of the HMM and the LDS (not with the LDS's ``sensor_faults``): run
+        each E-step ``chunk_size`` frames at a time (``model.em_statistics(data,
+        chunk_size=)``: forward-backward / Kalman smoothing in chunks with the messages carried
+        across them), the same fit with memory :math:`O(\text{chunk})` instead of
+        :math:`O(T)` per sequence, for long sequences.
 
     Returns
     -------
@@ -218,6 +225,11 @@ def fit(
                 "distributed: the gated mixture's EM (method='em') runs in one process; use "
                 "method='svi' for data-parallel training of a GatedMixture"
             )
+        if chunk_size is not None and em_kind == "mixture":
+            raise ValueError(
+                "chunk_size: applies to the closed-form EM of the HMM and the LDS, not to the "
+                f"gated mixture's EM; got {chunk_size!r}"
+            )
         if batch_size is not None and em_kind != "mixture":
             raise ValueError(
                 f"batch_size: applies to method='svi' (and the gated mixture's EM), not to the "
@@ -225,6 +237,12 @@ def fit(
             )
     else:
         program = model.check_program(program)
+        if chunk_size is not None:
+            raise ValueError(
+                f"chunk_size: applies to method='em' (HMM, LDS), got {chunk_size!r} with "
+                "method='svi'"
+            )
+    check_int("chunk_size", chunk_size, allow_none=True)
     if num_steps is None:
         num_steps = 1000 if method == "svi" else (20 if em_kind == "mixture" else 200)
     check_int("num_steps", num_steps)
@@ -275,6 +293,7 @@ def fit(
                 progress=progress,
                 init_seed=seed + r if do_init else None,
                 comm=comm,
+                chunk_size=chunk_size,
             )
         elif streamed:
             result = fit_svi_stream(
@@ -307,6 +326,7 @@ def fit(
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
                 comm=comm,
+                chunk_size=chunk_size,
             )
         else:
             result = fit_svi(

@@ -78,10 +78,21 @@ def _count_frames(model, view, comm) -> int:
 
 # ---------------------------------------------------------------------- EM
 def fit_em_stream(
-    model, sharded, *, num_steps, patience, tol, progress, init_seed=None, comm=None
+    model,
+    sharded,
+    *,
+    num_steps,
+    patience,
+    tol,
+    progress,
+    init_seed=None,
+    comm=None,
+    chunk_size=None,
 ) -> FitResult:
     """EM of the HMM or LDS over a streamed corpus (see the module docstring); ``losses`` are
-    the negative log joint per observed frame before each update, as :func:`fit_em`'s."""
+    the negative log joint per observed frame before each update, as :func:`fit_em`'s;
+    ``chunk_size``: each group's E-step in chunks of frames."""
+    kw = {} if chunk_size is None else {"chunk_size": chunk_size}
     view = _view(sharded, comm)
     first = _first_checked(model, sharded)
     model.check_training_data(first)
@@ -101,7 +112,7 @@ def fit_em_stream(
         for _ in range(num_steps):
             stats = None
             for chunk in view.chunks():
-                s = model.em_statistics(model.check_data(chunk))
+                s = model.em_statistics(model.check_data(chunk), **kw)
                 stats = s if stats is None else {k: stats[k] + s[k] for k in stats}
             if comm is not None:
                 if stats is None:  # a rank without sequences: zeros of the right shapes

@@ -60,6 +60,9 @@ CASES = {
     "hmm_em": (_hmm, EM, 1),
     "hmm_em_faults": (lambda: _hmm(sensor_faults=["a"]), EM, 2),
     "lds_em": (_lds, EM, 1),
+    # E-steps in chunks of 3 frames (boundaries past some lengths)
+    "hmm_em_chunked": (_hmm, {**EM, "chunk_size": 3}, 2),
+    "lds_em_chunked": (_lds, {**EM, "chunk_size": 4}, 1),
     "hmm_svi_full": (_hmm, SVI, 1),
     "lds_svi_full": (_lds, SVI, 3),
     "hmm_svi_minibatch": (_hmm, {**SVI, "batch_size": 4}, 2),
@@ -72,7 +75,7 @@ CASES = {
 }
 
 #: the cases of the 2-process run
-DISTRIBUTED = ("hmm_em", "lds_em", "hmm_svi_full", "hmm_svi_minibatch")
+DISTRIBUTED = ("hmm_em", "lds_em_chunked", "hmm_svi_full", "hmm_svi_minibatch")
 
 
 def write_shards(data: MultimodalData, folder) -> list[Path]:

@@ -61,6 +61,19 @@ def test_streamed_fit_equals_the_in_memory_fit(shard_dir, name):
     )
 
 
+@pytest.mark.parametrize("name", ["hmm_em_chunked", "lds_em_chunked"])
+def test_em_in_chunks_of_frames_equals_em(shard_dir, name):
+    """``fit(method="em", chunk_size=K)`` (E-steps in chunks of frames) is the same fit."""
+    sharded = mmpgm.ShardedData(str(shard_dir / name / "*.npz"))
+    build, opts, _ = cases.CASES[name]
+    a, _ = build()
+    b = copy.deepcopy(a)
+    ra = mmpgm.fit(a, sharded.load_all(), **opts)
+    rb = mmpgm.fit(b, sharded.load_all(), **{**opts, "chunk_size": None})
+    _assert_same_fit({"losses": ra.losses.tolist(), "state": a.state_dict()},
+                     {"losses": rb.losses.tolist(), "state": b.state_dict()})
+
+
 def test_full_batch_svi_equals_batch_size_of_the_corpus(shard_dir):
     """``batch_size >= N`` streams the same full-batch steps as ``batch_size=None``."""
     build, opts, _ = cases.CASES["hmm_svi_full"]
@@ -121,6 +134,10 @@ def test_streamed_fit_errors(shard_dir, tmp_path):
     other = mmpgm.MultimodalHMM({"a": 3}, num_shared_states=2)
     with pytest.raises(ValueError, match="a"):
         mmpgm.fit(other, sharded, num_steps=1, progress=False)
+    with pytest.raises(ValueError, match="chunk_size.*svi"):
+        mmpgm.fit(model, sharded, chunk_size=3, progress=False)
+    with pytest.raises(ValueError, match="chunk_size"):
+        mmpgm.fit(model, sharded, method="em", chunk_size=0, progress=False)
     with pytest.raises(TypeError, match="ShardedData"):
         mmpgm.fit(model, [1, 2], progress=False)
 
@@ -133,10 +150,10 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_stream_their_own_sequences(shard_dir, tmp_path):
-    """A 2-process gloo run of the cases ``DISTRIBUTED`` (EM of both families, full-batch
-    and minibatch SVI): both ranks hold the same parameters, bitwise, and
-    those of the one-process streamed fit (minibatch SVI included: every rank draws the same
-    global minibatches and back-propagates its strided part)."""
+    """A 2-process gloo run of the cases ``DISTRIBUTED`` (EM of both families, one with its
+    E-steps in chunks of frames, full-batch and minibatch SVI): both ranks hold the same
+    parameters, bitwise, and those of the one-process streamed fit (minibatch SVI included:
+    every rank draws the same global minibatches and back-propagates its strided part)."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     env.update(WORLD_SIZE="2", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
