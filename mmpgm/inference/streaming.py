@@ -56,9 +56,13 @@ def _view(sharded, comm):
     return sharded if comm is None else sharded.shard_for_rank(comm.rank, comm.world_size)
 
 
-def _reduce(comm, values: list[float] | torch.Tensor) -> torch.Tensor:
+def _reduce(comm, values: list[float] | torch.Tensor, model=None) -> torch.Tensor:
+    """``values`` (float64, on the CPU) summed over the ranks; NCCL reduces on the model's
+    GPU."""
     t = torch.as_tensor(values, dtype=torch.float64)
     if comm is not None:
+        if comm.backend == "nccl" and model is not None:
+            return comm.all_reduce_sum(t.to(model._param().device)).cpu()
         comm.all_reduce_sum(t)
     return t
 
@@ -73,7 +77,7 @@ def _count_frames(model, view, comm) -> int:
     for chunk in view.chunks():
         data = model.check_data(chunk)
         total += int(sum(m.sum() for m in data.mask.values()))
-    return max(1, int(_reduce(comm, [float(total)])[0]))
+    return max(1, int(_reduce(comm, [float(total)], model)[0]))
 
 
 # ---------------------------------------------------------------------- EM
@@ -154,7 +158,7 @@ def stream_units(model, view, modalities, centred: bool, comm=None) -> units.Uni
             xo = data.obs[m][data.mask[m] & inside].double().cpu()
             dtype = data.obs[m].dtype
             a += torch.cat([xo.new_tensor([xo.shape[0]]), xo.sum(0), xo.square().sum(0)])
-    flat = _reduce(comm, torch.cat(acc)) if acc else torch.zeros(0, dtype=torch.float64)
+    flat = _reduce(comm, torch.cat(acc), model) if acc else torch.zeros(0, dtype=torch.float64)
     if dtype is None:
         dtype = model._param().dtype
     stats, i = [], 0
@@ -170,7 +174,7 @@ def stream_units(model, view, modalities, centred: bool, comm=None) -> units.Uni
         for k, m in enumerate(mods):
             xo = data.obs[m][data.mask[m] & inside].double().cpu()
             dev[k] += (xo - means[k]).square().sum(0)
-    dev = _reduce(comm, torch.cat(dev)) if dev else dev
+    dev = _reduce(comm, torch.cat(dev), model) if dev else dev
     shift, scale, logj, i = {}, {}, 0.0, 0
     device = model._param().device
     for k, (m, d) in enumerate(zip(mods, dims, strict=True)):

@@ -103,6 +103,7 @@ def test_every_sequence_reaches_the_em_statistics_once(shard_dir, monkeypatch):
     assert torch.equal(torch.cat(seen), sharded.lengths)
 
 
+@pytest.mark.slow
 def test_minibatch_svi_reaches_the_in_memory_minibatch_fit(shard_dir):
     """Minibatches drawn across shards (another order than the in-memory permutation of the
     corpus) reach the same loss. Measured over seeds 0-3 (60 epochs, batches of 3): the mean
