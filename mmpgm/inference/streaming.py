@@ -52,6 +52,11 @@ from .svi import SMOOTHING_WINDOW, _prior_jacobian_at
 __all__ = ["fit_em_stream", "fit_svi_stream", "stream_units"]
 
 
+def _first_param(model) -> torch.Tensor:
+    """The model's first parameter: its device and dtype."""
+    return next(iter(model.parameters()))
+
+
 def _view(sharded, comm):
     return sharded if comm is None else sharded.shard_for_rank(comm.rank, comm.world_size)
 
@@ -62,7 +67,7 @@ def _reduce(comm, values: list[float] | torch.Tensor, model=None) -> torch.Tenso
     t = torch.as_tensor(values, dtype=torch.float64)
     if comm is not None:
         if comm.backend == "nccl" and model is not None:
-            return comm.all_reduce_sum(t.to(model._param().device)).cpu()
+            return comm.all_reduce_sum(t.to(_first_param(model).device)).cpu()
         comm.all_reduce_sum(t)
     return t
 
@@ -160,7 +165,7 @@ def stream_units(model, view, modalities, centred: bool, comm=None) -> units.Uni
             a += torch.cat([xo.new_tensor([xo.shape[0]]), xo.sum(0), xo.square().sum(0)])
     flat = _reduce(comm, torch.cat(acc), model) if acc else torch.zeros(0, dtype=torch.float64)
     if dtype is None:
-        dtype = model._param().dtype
+        dtype = _first_param(model).dtype
     stats, i = [], 0
     for d in dims:
         stats.append(flat[i : i + 2 * d + 1])
@@ -176,7 +181,7 @@ def stream_units(model, view, modalities, centred: bool, comm=None) -> units.Uni
             dev[k] += (xo - means[k]).square().sum(0)
     dev = _reduce(comm, torch.cat(dev), model) if dev else dev
     shift, scale, logj, i = {}, {}, 0.0, 0
-    device = model._param().device
+    device = _first_param(model).device
     for k, (m, d) in enumerate(zip(mods, dims, strict=True)):
         n = float(stats[k][0])
         if n == 0:
