@@ -24,6 +24,15 @@ of ``--epochs`` epochs each (``init="none"``), each timed on rank 0 between barr
 median over the repeats of seconds per epoch is reported. Both runs do the same fits, so the
 final parameters compare.
 
+``DDP2_stream`` (memory of the streamed corpus): the same model fitted by EM from a
+:class:`~mmpgm.ShardedData` corpus of ``.npz`` shards of 256 sequences (T = 100), written
+once per size before the runs: 4 shards (N = 1024, "1x") and 16 shards (N = 4096, "4x").
+Two processes stream their own sequences (``distributed=True``); the contrast is one process
+holding the same corpus in memory (``ShardedData.load_all()``). ``peak_mib`` is the peak
+resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the largest over the ranks)
+of each run; ``peak_ratio`` is 4x over 1x (flat = 1). Both fits start from the same parameters
+(``init="none"``), so ``agreement`` compares their losses too.
+
 The processes are started the way ``torchrun`` starts them (environment ``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); ``--quick``: N = 8, T = 20, one repeat of
 two epochs (CI smoke). On a shared machine the speedup depends on the other load (``env``
@@ -115,20 +124,132 @@ def worker(args) -> None:
         dist.destroy_process_group()
 
 
+def stream_worker(args) -> None:
+    """One rank of ``DDP2_stream``: EM from the shards in ``args.shards`` (streamed, or all in
+    memory with ``--in-memory``); rank 0 prints a JSON line with the largest peak RSS."""
+    import resource
+
+    import torch
+    import torch.distributed as dist
+
+    import mmpgm
+
+    torch.set_num_threads(1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    sharded = mmpgm.ShardedData(os.path.join(args.shards, "*.npz"), cache_shards=1)
+    data = sharded.load_all() if args.in_memory else sharded
+    model = _stream_model()
+    t0 = time.perf_counter()
+    res = mmpgm.fit(model, data, method="em", num_steps=args.epochs, patience=0, init="none",
+                    progress=False, distributed=world > 1)
+    seconds = (time.perf_counter() - t0) / args.epochs
+    peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                        dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        out = {"per_epoch_s": seconds, "losses": [float(v) for v in res.losses],
+               "peak_mib": float(peak), "num_sequences": sharded.num_sequences}
+        print(json.dumps(out), flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _stream_model():
+    import torch
+
+    from mmpgm.models import MultimodalHMM
+
+    torch.manual_seed(0)
+    return MultimodalHMM({"a": 3, "b": 3}, num_shared_states=4, num_private_states=3).double()
+
+
+def write_shards(folder, num_shards: int, shard_sequences: int, T: int) -> None:
+    """``num_shards`` shards sampled from the model one at a time (shard ``s`` from seed ``s``,
+    so the 4x corpus starts with the 1x one)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = _stream_model()
+    for s in range(num_shards):
+        data, _ = model.sample(shard_sequences, T, seed=s)
+        data.save(folder / f"shard-{s:03d}.npz")
+
+
+def run_stream(args) -> dict:
+    """The ``DDP2_stream`` record: peak RSS streamed (2 processes) and in memory (1), 1x and
+    4x."""
+    import tempfile
+
+    n, base = (8, 2) if args.quick else (256, 4)
+    T = 20 if args.quick else args.T
+    peaks, times, agree, sizes = {}, {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in (1, 4):
+            folder = Path(tmp) / f"{scale}x"
+            write_shards(folder, base * scale, n, T)
+            extra = ["--shards", str(folder)]
+            stream = launch(args, 2, extra)
+            memory = launch(args, 1, extra + ["--in-memory"])
+            key = f"{scale}x"
+            peaks[f"stream_{key}"] = stream["peak_mib"]
+            peaks[f"in_memory_{key}"] = memory["peak_mib"]
+            times[f"stream_{key}"] = stream["per_epoch_s"]
+            times[f"in_memory_{key}"] = memory["per_epoch_s"]
+            sizes[key] = stream["num_sequences"]
+            agree[key] = max(
+                abs(a - b) / max(abs(b), 1e-300)
+                for a, b in zip(stream["losses"], memory["losses"], strict=True)
+            )
+    ratio = {
+        "stream": peaks["stream_4x"] / peaks["stream_1x"],
+        "in_memory": peaks["in_memory_4x"] / peaks["in_memory_1x"],
+    }
+    return {
+        "benchmark": "distributed_fit",
+        "config": {
+            "name": "DDP2_stream",
+            "model": "MultimodalHMM",
+            "method": "em",
+            "dims": {"a": 3, "b": 3},
+            "K_s": 4,
+            "K_m": 3,
+            "shard_sequences": n,
+            "num_shards": {"1x": base, "4x": 4 * base},
+            "N": sizes,
+            "T": T,
+            "dtype": "float64",
+            "processes": {"stream": 2, "in_memory": 1},
+            "cache_shards": 1,
+            "threads_per_process": 1,
+            "backend": "gloo",
+            "epochs": args.epochs,
+        },
+        "peak_mib": peaks,
+        "peak_ratio": ratio,
+        "flat_within_10pct": abs(ratio["stream"] - 1) <= 0.10,
+        "per_epoch_s": times,
+        "agreement": {"stream_vs_in_memory": agree},
+        "env": env_info({"torch_threads_per_process": 1}),
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def launch(args, world: int) -> dict:
+def launch(args, world: int, extra=()) -> dict:
     """``world`` worker processes (torchrun's environment); rank 0's JSON."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     env.update(WORLD_SIZE=str(world), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--worker", "--method", args.method]
     cmd += ["--N", str(args.N), "--T", str(args.T)]
-    cmd += ["--epochs", str(args.epochs), "--repeats", str(args.repeats)]
+    cmd += ["--epochs", str(args.epochs), "--repeats", str(args.repeats), *extra]
     procs = [
         subprocess.Popen(
             cmd,
@@ -164,15 +285,22 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--stream", action="store_true",
+                    help="only DDP2_stream: peak memory of the streamed corpus, 1x and 4x")
+    ap.add_argument("--shards", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args)
+        stream_worker(args) if args.shards else worker(args)
         return
     import torch  # noqa: F401  (its version in env)
 
     if args.quick:
         args.N, args.T, args.epochs, args.repeats = 8, 20, 2, 1
-    for method in ("em", "svi") if args.method is None else (args.method,):
+    methods = ("em", "svi") if args.method is None else (args.method,)
+    if args.stream:
+        methods = ()
+    for method in methods:
         args.method = method
         one = launch(args, 1)
         two = launch(args, 2)
@@ -211,6 +339,17 @@ def main(argv=None) -> None:
             f"{rec['config']['name']}: 1 process {t1:.4f} s/epoch, 2 processes {t2:.4f} s/epoch, "
             f"speedup {t1 / t2:.2f}x (CPU s/epoch {c1:.4f} vs {c2:.4f}: {c1 / c2:.2f}x), "
             f"loss agreement {agree:.1e}, params {pdiff:.1e}",
+            file=sys.stderr,
+        )
+    if args.stream or args.method is None:
+        args.method = "em"
+        rec = run_stream(args)
+        emit(rec)
+        p, r = rec["peak_mib"], rec["peak_ratio"]
+        print(
+            f"DDP2_stream: peak RSS streamed (2 processes) {p['stream_1x']:.0f} -> "
+            f"{p['stream_4x']:.0f} MiB ({r['stream']:.3f}x), in memory (1 process) "
+            f"{p['in_memory_1x']:.0f} -> {p['in_memory_4x']:.0f} MiB ({r['in_memory']:.3f}x)",
             file=sys.stderr,
         )
 

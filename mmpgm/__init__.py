@@ -18,6 +18,7 @@ _EXPORTS = {
     "load_model": "mmpgm.io",
     "save_model": "mmpgm.io",
     "MultimodalData": "mmpgm.data",
+    "ShardedData": "mmpgm.data_shards",
     "MultimodalHMM": "mmpgm.models.hmm",
     "HMMParams": "mmpgm.models.hmm",
     "MultimodalLDS": "mmpgm.models.lds",

@@ -14,9 +14,11 @@ import pyro
 
 from ._validation import check_bool, check_choice, check_float, check_int
 from .data import MultimodalData
+from .data_shards import ShardedData
 from .inference.distributed import check_distributed
 from .inference.em import check_em, fit_em
 from .inference.result import RESTART_SPREAD_WARN, ConvergenceWarning, FitResult
+from .inference.streaming import fit_em_stream, fit_svi_stream
 from .inference.svi import fit_svi
 from .models import MultimodalModel
 
@@ -53,6 +55,7 @@ def fit(
     checkpoint_every: int = 50,
     progress: bool | None = None,
     distributed: bool | str = False,
+    chunk_size: int | None = None,
 ) -> FitResult:
     """Fit ``model`` to ``data`` (MAP point estimate of the parameters).
 
@@ -61,8 +64,14 @@ def fit(
     model : MultimodalModel
         :class:`mmpgm.MultimodalHMM`, :class:`mmpgm.MultimodalLDS`, :class:`mmpgm.MVRNN` or
         :class:`mmpgm.GatedMixture` (anything else raises ``TypeError``).
-    data : MultimodalData
+    data : MultimodalData or ShardedData
         Validated once here (``model.check_data``) and moved to the model's device and dtype.
+        A :class:`~mmpgm.data_shards.ShardedData` corpus (``.npz`` shards, larger than memory)
+        is streamed a few shards at a time and each part checked as it is read: EM (HMM, LDS)
+        is exactly the in-memory EM; SVI is full-batch (gradients accumulated over the shards)
+        without ``batch_size``, else minibatches drawn across shards; the data-driven start
+        sees the first ``cache_shards`` shards; no ``checkpoint``
+        (:mod:`mmpgm.inference.streaming`).
     method : {"svi", "em"}
         ``"svi"``: Adam on ``model.default_elbo(program)`` of the Pyro program ``program``.
         For :class:`~mmpgm.MultimodalHMM` (Gaussian emissions) and
@@ -159,6 +168,12 @@ def fit(
         writes the checkpoint and shows progress; the result equals the single-process fit up
         to floating-point summation order. ``True`` without an initialized process group raises
         ``ValueError``; ``"auto"`` uses one when it is initialized, else trains in one process.
+    chunk_size : int, optional
+        ``method="em"`` of the HMM and the LDS (not with the LDS's ``sensor_faults``): run
+        each E-step ``chunk_size`` frames at a time (``model.em_statistics(data,
+        chunk_size=)``: forward-backward / Kalman smoothing in chunks with the messages carried
+        across them), the same fit with memory :math:`O(\text{chunk})` instead of
+        :math:`O(T)` per sequence, for long sequences.
 
     Returns
     -------
@@ -183,8 +198,11 @@ def fit(
     >>> result = mmpgm.fit(model, data, program="enumerated", num_steps=5, progress=False)
     """
     _check_model(model)
-    if not isinstance(data, MultimodalData):
-        raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
+    streamed = isinstance(data, ShardedData)
+    if not isinstance(data, MultimodalData) and not streamed:
+        raise TypeError(
+            f"data: expected a MultimodalData or ShardedData, got {type(data).__name__}"
+        )
     check_choice("method", method, _METHODS)
     check_choice("init", init, ("auto", "data", "none"))
     check_float("lr", lr, positive=True, allow_none=True)
@@ -209,6 +227,11 @@ def fit(
                 "distributed: the gated mixture's EM (method='em') runs in one process; use "
                 "method='svi' for data-parallel training of a GatedMixture"
             )
+        if chunk_size is not None and em_kind == "mixture":
+            raise ValueError(
+                "chunk_size: applies to the closed-form EM of the HMM and the LDS, not to the "
+                f"gated mixture's EM; got {chunk_size!r}"
+            )
         if batch_size is not None and em_kind != "mixture":
             raise ValueError(
                 f"batch_size: applies to method='svi' (and the gated mixture's EM), not to the "
@@ -216,6 +239,12 @@ def fit(
             )
     else:
         program = model.check_program(program)
+        if chunk_size is not None:
+            raise ValueError(
+                f"chunk_size: applies to method='em' (HMM, LDS), got {chunk_size!r} with "
+                "method='svi'"
+            )
+    check_int("chunk_size", chunk_size, allow_none=True)
     if num_steps is None:
         num_steps = 1000 if method == "svi" else (20 if em_kind == "mixture" else 200)
     check_int("num_steps", num_steps)
@@ -229,8 +258,21 @@ def fit(
         patience = None  # early stopping off
     if tol is None:
         tol = 1e-4 if method == "svi" else 1e-6
-    data = model.check_data(data)  # the one validation; everything below gets checked data
-    model.check_training_data(data)
+    if streamed:
+        if checkpoint is not None:
+            raise ValueError(
+                "checkpoint: not supported when fitting a streamed ShardedData corpus; got "
+                f"{checkpoint!r} (use checkpoint=None, or load_all() a corpus that fits in memory)"
+            )
+        if em_kind == "mixture":
+            raise ValueError(
+                "data: the gated mixture's EM (method='em') needs the data in memory, got a "
+                "ShardedData; use method='svi' or ShardedData.load_all()"
+            )
+        data.check_modalities(model.data_dims)
+    else:
+        data = model.check_data(data)  # the one validation; everything below gets checked data
+        model.check_training_data(data)
 
     do_init = init == "data" or (init == "auto" and not model._mmpgm_fitted)
     if checkpoint is not None and num_restarts > 1:
@@ -241,9 +283,38 @@ def fit(
         pyro.set_rng_seed(seed + r)
         if r > 0:
             model.load_state_dict(start_state)
-        if do_init and method == "em":  # (svi initializes in its standardized units)
+        if do_init and method == "em" and not streamed:  # (svi: in its standardized units)
             model.init_from_data(data, seed=seed + r)
-        if method == "em":
+        if streamed and method == "em":
+            result = fit_em_stream(
+                model,
+                data,
+                num_steps=num_steps,
+                patience=patience,
+                tol=tol,
+                progress=progress,
+                init_seed=seed + r if do_init else None,
+                comm=comm,
+                chunk_size=chunk_size,
+            )
+        elif streamed:
+            result = fit_svi_stream(
+                model,
+                data,
+                num_steps=num_steps,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed + r,
+                clip_norm=clip_norm,
+                patience=patience,
+                tol=tol,
+                progress=progress,
+                program=program,
+                elbo=elbo,
+                init_seed=seed + r if do_init else None,
+                comm=comm,
+            )
+        elif method == "em":
             result = fit_em(
                 model,
                 data,
@@ -257,6 +328,7 @@ def fit(
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
                 comm=comm,
+                chunk_size=chunk_size,
             )
         else:
             result = fit_svi(

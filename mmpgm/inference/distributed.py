@@ -204,12 +204,17 @@ class Communicator:
             i += v.numel()
         return out
 
-    def em_step(self, model, data, shard) -> torch.Tensor:
+    def em_step(self, model, data, shard, chunk_size=None) -> torch.Tensor:
         """One data-parallel EM step: statistics of ``shard`` (zeros of the right shapes on a
         rank without sequences, from one sequence of the full ``data``), summed over the ranks,
-        the M-step on every rank; returns the log joint before the update."""
+        the M-step on every rank; returns the log joint before the update. ``chunk_size``: the
+        E-step in chunks of frames (``model.em_statistics(shard, chunk_size=)``)."""
         if shard.num_sequences:
-            stats = model.em_statistics(shard)
+            stats = (
+                model.em_statistics(shard)
+                if chunk_size is None
+                else model.em_statistics(shard, chunk_size=chunk_size)
+            )
         else:
             if self._zeros is None:
                 one = model.em_statistics(model.checked_subset(data, slice(0, 1)))

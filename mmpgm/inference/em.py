@@ -56,6 +56,7 @@ def fit_em(
     checkpoint=None,
     checkpoint_every: int = 50,
     comm=None,
+    chunk_size: int | None = None,
 ) -> FitResult:
     """Fit ``model`` by EM (see :func:`check_em` for which).
 
@@ -78,6 +79,9 @@ def fit_em(
     is then the full data set on every rank, the rank's shard is E-stepped, the statistics are
     all-reduced and every rank runs the same M-step; rank 0 alone checkpoints and shows
     progress (:mod:`mmpgm.inference.distributed`).
+
+    ``chunk_size`` (closed form only): each E-step runs ``model.em_statistics(data,
+    chunk_size=chunk_size)`` (the sequences' frames in chunks), then ``model.em_update``.
     """
     if check_em(model) == "mixture":
         if checkpoint is not None:
@@ -111,10 +115,15 @@ def fit_em(
     saved = start
     try:
         for step in range(start, start if converged else num_steps):
-            if comm is None:
+            if comm is not None:
+                log_joint = float(comm.em_step(model, data, shard, chunk_size=chunk_size))
+            elif chunk_size is None:
                 log_joint = float(model.em_step(data))
             else:
-                log_joint = float(comm.em_step(model, data, shard))
+                stats = model.em_statistics(data, chunk_size=chunk_size)
+                with torch.no_grad():
+                    log_joint = float(stats["log_likelihood"] + model.log_prior())
+                model.em_update(stats)
             losses.append(-log_joint / frames)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")

@@ -86,6 +86,16 @@ class MVRNN(MultimodalModel):
         ``poutine.scale``, for any Pyro ELBO (``TraceMeanField_ELBO`` gives the same analytic-KL
         objective). Either program can also be chosen per call with
         ``model.model(data, program=...)`` or ``mmpgm.fit(..., program=...)``.
+    tbptt : int, optional
+        Truncated backpropagation through time in the ``"vectorized"`` training program: the
+        sequences are run ``tbptt`` frames at a time, the GRU states carried from one chunk to
+        the next but detached, so a gradient reaches back at most ``tbptt`` frames (a chunk's
+        terms are differentiated with respect to its own frames and the parameters only). The
+        ELBO's value is unchanged (the same noise, the same recursion); ``tbptt >= T`` is plain
+        training. The autograd graph of one step still spans the whole sequence (one loss per
+        step), so this bounds the gradient's reach, not the step's memory. Default None (off);
+        results (``posterior``, ``log_likelihood``) never truncate. The ``"sites"`` program
+        refuses it (``ValueError``).
 
     Examples
     --------
@@ -110,6 +120,7 @@ class MVRNN(MultimodalModel):
         kl_scale: float = 1.0,
         kl_annealing=(0.0, 0.3, 1.0),
         vectorized: bool = True,
+        tbptt: int | None = None,
     ):
         super().__init__()
         names = check_obs_dims(obs_dims)
@@ -146,6 +157,7 @@ class MVRNN(MultimodalModel):
                 )
         self.kl_annealing = tuple(float(w) for w in kl_annealing)
         self.vectorized = bool(vectorized)
+        self.tbptt = tbptt
         self._site_cache = None
         self._config = dict(
             obs_dims=dict(obs_dims),
@@ -157,6 +169,7 @@ class MVRNN(MultimodalModel):
             kl_scale=float(kl_scale),
             kl_annealing=list(self.kl_annealing),
             vectorized=self.vectorized,
+            tbptt=self.tbptt,
         )
 
     STOCHASTIC_OBJECTIVE = True  # reparameterized draws of the latents
@@ -189,6 +202,17 @@ class MVRNN(MultimodalModel):
         ):
             raise ValueError(f"kl_scale: expected a finite float >= 0, got {value!r}")
         self._kl_scale = float(value)
+
+    @property
+    def tbptt(self) -> int | None:
+        """Frames per chunk of truncated backpropagation in training (None = off)."""
+        return self._tbptt
+
+    @tbptt.setter
+    def tbptt(self, value) -> None:
+        if value is not None:
+            check_int("tbptt", value)
+        self._tbptt = value
 
     @property
     def obs_dims(self) -> dict:
@@ -285,6 +309,72 @@ class MVRNN(MultimodalModel):
         total = sum(res.reconstruction.values()) - w * sum(res.kl.values())
         return total.sum(0)
 
+    def truncated_sequence_elbo(
+        self, data: MultimodalData, chunk_size: int, kl_scale: float | None = None, noise=None
+    ) -> torch.Tensor:
+        """``(N,)`` the ELBO of :meth:`sequence_elbo` computed ``chunk_size`` frames at a time
+        with the GRU states detached between chunks (truncated backpropagation, ``tbptt``).
+
+        The value equals :meth:`sequence_elbo`'s for the same draws (``noise`` as in
+        :meth:`elbo_terms`: None draws the whole sequence's noise at once, exactly as the
+        unchunked pass does; ``"zero"`` is the mean path); the gradient of a chunk's terms
+        stops at the chunk's first frame.
+        """
+        check_int("chunk_size", chunk_size)
+        data = self._checked(data)
+        xs, masks, tm = self._inputs(data)
+        T, N = tm.shape
+        if noise is None:
+            noise = self.net.draw_noise(T, N)
+        elif noise == "zero":
+            noise = None
+        else:
+            raise ValueError(f"noise: expected None or 'zero', got {noise!r}")
+        w = self.kl_scale if kl_scale is None else kl_scale
+        x0 = xs[self.modalities[0]]
+        state = self.net.initial_state(N, dtype=x0.dtype, device=x0.device)
+        total = 0.0
+        for start in range(0, T, chunk_size):
+            sl = slice(start, start + chunk_size)
+            cx = {m: v[sl] for m, v in xs.items()}
+            cm = {m: v[sl] for m, v in masks.items()}
+            cn = None if noise is None else {b: v[sl] for b, v in noise.items()}
+            st, h_prev, (h_s, h_m) = self._scan_from(cx, cm, tm[sl], cn, state)
+            res = self.net._finish(st, h_prev, cx, cm, tm[sl], False)
+            total = total + (sum(res.reconstruction.values()) - w * sum(res.kl.values())).sum(0)
+            state = (h_s.detach(), {m: h.detach() for m, h in h_m.items()})
+        return total
+
+    def _scan_from(self, xs, masks, time_mask, noise, state):
+        """The recurrence of :meth:`mmpgm.nn.vrnn.MVRNNNet._loop` from the GRU states ``state``
+        ``(h_s, {m: h_m})``; returns its stored terms, the private states before each frame and
+        the states after the last frame."""
+        net, mods = self.net, self.modalities
+        pre = net.prepare(xs, masks)
+        h_s, h_m = state
+        keys = ("z", "ql", "qs", "pl", "ps")
+        store = {k: {b: [] for b in ("shared",) + mods} for k in keys}
+        h_prev = {m: [] for m in mods}
+        for t in range(time_mask.shape[0]):
+            masks_t = {m: masks[m][t] for m in mods}
+            p_loc, p_scale, q_loc, q_scale, gh_s = net.shared_step(pre, t, h_s, masks_t)
+            z_s = q_loc if noise is None else q_loc + q_scale * noise["shared"][t]
+            for k, v in zip(keys, (z_s, q_loc, q_scale, p_loc, p_scale), strict=True):
+                store[k]["shared"].append(v)
+            gi_z, enc_z = net.shared_z_projection(pre, z_s)
+            new_h = {}
+            for m in mods:
+                pl, ps, ql, qs, gh_m = net.private_step(pre, t, m, h_m[m], enc_z[m], masks_t[m])
+                z_m = ql if noise is None else ql + qs * noise[m][t]
+                for k, v in zip(keys, (z_m, ql, qs, pl, ps), strict=True):
+                    store[k][m].append(v)
+                h_prev[m].append(h_m[m])
+                new_h[m] = net.private_update(pre, t, m, z_m, gh_m, h_m[m])
+            h_s = net.shared_update(pre, t, gi_z, gh_s, h_s)
+            h_m = new_h
+        st = {k: {b: torch.stack(v) for b, v in d.items()} for k, d in store.items()}
+        return st, {m: torch.stack(v) for m, v in h_prev.items()}, (h_s, h_m)
+
     # ------------------------------------------------------------------ Pyro programs
     def model(
         self, data: MultimodalData, *, program: str | None = None, num_sequences: int | None = None
@@ -303,8 +393,18 @@ class MVRNN(MultimodalModel):
         )
         if vectorized:
             with plate:
-                pyro.factor("elbo", self.sequence_elbo(data))
+                elbo = (
+                    self.sequence_elbo(data)
+                    if self.tbptt is None
+                    else self.truncated_sequence_elbo(data, self.tbptt)
+                )
+                pyro.factor("elbo", elbo)
             return
+        if self.tbptt is not None:
+            raise ValueError(
+                f"tbptt: truncated backpropagation applies to the 'vectorized' program only, got "
+                f"tbptt={self.tbptt} with program='sites'; set model.tbptt = None"
+            )
         self._site_program(data, plate, guide=False)
 
     def guide(

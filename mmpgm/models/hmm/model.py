@@ -18,9 +18,11 @@ from ..._validation import check_float, check_int
 from ...data import MultimodalData
 from ...observations import ObservationModel, make_observation
 from ...ops import hmm as ops
+from ...ops.hmm.chunked import factorial_filter_chunk, factorial_smooth_chunked
 from ...results.hmm import Imputation, Posterior
 from .._base import MultimodalModel
 from .._checks import check_obs_dims, per_modality
+from .._chunks import check_chunk_size, time_slice
 from .._savable import register
 from . import init
 from . import params as params_io
@@ -317,14 +319,35 @@ class MultimodalHMM(MultimodalModel):
             self.log_emissions(data, exclude),
         )
 
-    def log_likelihood(self, data: MultimodalData) -> torch.Tensor:
+    def log_likelihood(
+        self, data: MultimodalData, *, chunk_size: int | None = None
+    ) -> torch.Tensor:
         """Exact, differentiable :math:`\\log p(x^{(n)}_{\\text{observed}})` per sequence, ``(N,)``.
 
         With ``labels['shared']`` this is the joint log-probability of the observations and the
         given shared states.
+
+        ``chunk_size``: filter ``chunk_size`` frames at a time, carrying the normalized forward
+        message across chunks (:func:`mmpgm.ops.hmm.chunked.factorial_filter_chunk`): the same
+        log-likelihood in memory :math:`O(N \\cdot \\text{chunk} \\cdot \\prod_c K_c)` instead of
+        :math:`O(N T \\prod_c K_c)`, without gradient (for evaluating long sequences). Each
+        chunk's emission factors are computed from its frames and the one before (the
+        sensor-fault background looks at the previous frame).
         """
         data = self._checked(data)
-        return ops.factorial_log_likelihood(*self._ops_args(data))
+        if check_chunk_size(chunk_size) is None:
+            return ops.factorial_log_likelihood(*self._ops_args(data))
+        chains = self._chains()
+        init = [c.initial_probs.detach() for c in chains]
+        trans = [c.transition_probs.detach() for c in chains]
+        total, filtered = 0.0, None
+        with torch.no_grad():
+            for start in range(0, data.num_timesteps, chunk_size):
+                stop = min(start + chunk_size, data.num_timesteps)
+                logE = self._chunk_log_emissions(data, start, stop)
+                filtered, ll = factorial_filter_chunk(init, trans, logE, filtered)
+                total = total + ll
+        return total
 
     def log_prior(self) -> torch.Tensor:
         lp = sum(c.log_prior() for c in self._chains())
@@ -350,7 +373,7 @@ class MultimodalHMM(MultimodalModel):
         return log_joint
 
     @torch.no_grad()
-    def em_statistics(self, data: MultimodalData) -> dict:
+    def em_statistics(self, data: MultimodalData, *, chunk_size: int | None = None) -> dict:
         """The E-step: name -> tensor of expected sufficient statistics of checked ``data`` at
         the current parameters, all sums over sequences (so those of disjoint shards add:
         data-parallel EM all-reduces them, :mod:`mmpgm.inference.distributed`).
@@ -362,8 +385,16 @@ class MultimodalHMM(MultimodalModel):
         :meth:`~mmpgm.observations.base.ObservationModel.sufficient_statistics` of the observed
         frames weighted by the posterior of (shared, private) state (jointly with ``m``'s fault
         chain being ok).
+
+        ``chunk_size``: forward-backward ``chunk_size`` frames at a time
+        (:func:`mmpgm.ops.hmm.chunked.factorial_smooth_chunked`: boundary messages stored by a
+        forward pass, the backward pass chunk by chunk with the carried backward message), the
+        emission statistics added chunk by chunk: the same statistics in memory
+        :math:`O(N \\cdot \\text{chunk} \\cdot \\prod_c K_c)`.
         """
         data = self._checked(data)
+        if check_chunk_size(chunk_size) is not None:
+            return self._em_statistics_chunked(data, chunk_size)
         init, trans, logE = self._ops_args(data)
         sm = ops.factorial_smooth(
             [a.detach() for a in init], [a.detach() for a in trans], logE.detach()
@@ -379,6 +410,43 @@ class MultimodalHMM(MultimodalModel):
             for k, v in suff.items():
                 stats[f"emission.{m}.{k}"] = v
         return stats
+
+    def _chunk_log_emissions(self, data, start: int, stop: int) -> torch.Tensor:
+        """``log_emissions`` of frames ``start .. stop-1``, computed from those frames and the one
+        before (the sensor-fault background looks at the previous frame)."""
+        lo = max(start - 1, 0)
+        return self.log_emissions(time_slice(self, data, lo, stop))[:, start - lo :]
+
+    def _em_statistics_chunked(self, data, chunk_size: int) -> dict:
+        chains = self._chains()
+        stats: dict = {}
+
+        def add(key, value):
+            stats[key] = value if key not in stats else stats[key] + value
+
+        def on_chunk(start, stop, marginals):
+            piece = time_slice(self, data, start, stop)
+            for m in self.modalities:
+                w = self._emission_weights(marginals, m, ok_only=True)
+                mask = piece.mask[m]
+                suff = self.emissions[m].sufficient_statistics(piece.obs[m][mask], w[mask])
+                for k, v in suff.items():
+                    add(f"emission.{m}.{k}", v)
+
+        sm = factorial_smooth_chunked(
+            [c.initial_probs.detach() for c in chains],
+            [c.transition_probs.detach() for c in chains],
+            lambda a, b: self._chunk_log_emissions(data, a, b).detach(),
+            data.num_timesteps,
+            chunk_size,
+            on_chunk,
+        )
+        out = {"log_likelihood": sm.log_likelihood.sum()}
+        for c, (ic, tc) in enumerate(zip(sm.initial_counts, sm.transition_counts, strict=True)):
+            out[f"chain{c}.initial"] = ic
+            out[f"chain{c}.transition"] = tc
+        out.update(stats)
+        return out
 
     @torch.no_grad()
     def em_update(self, stats: dict) -> None:

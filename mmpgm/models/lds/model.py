@@ -16,14 +16,17 @@ from ..._validation import check_bool, check_float
 from ...data import MultimodalData
 from ...ops import kalman as kops
 from ...ops.kalman import robust as kalman_robust
+from ...ops.kalman.chunked import kalman_filter_chunk
 from ...ops.linalg import symmetrize
 from ...results.lds import LDSImputation, LDSPosterior
 from .._base import MultimodalModel
 from .._checks import check_int, check_obs_dims, check_sensor_faults, per_modality
+from .._chunks import check_chunk_size, time_slice
 from .._savable import register
 from . import em, faults, init, priors
 from . import params as params_io
 from .blocks import BlockDynamics, LinearEmission
+from .em_chunked import em_statistics_chunked
 from .params import LDSParams
 
 __all__ = ["MultimodalLDS", "LDSParams"]
@@ -244,18 +247,42 @@ class MultimodalLDS(MultimodalModel):
         return data.obs, mask, data.lengths
 
     # ------------------------------------------------------------------ likelihood
-    def log_likelihood(self, data: MultimodalData) -> torch.Tensor:
+    def log_likelihood(
+        self, data: MultimodalData, *, chunk_size: int | None = None
+    ) -> torch.Tensor:
         r"""Exact, differentiable :math:`\log p(x^{(n)}_{\text{observed}})` per sequence,
         ``(N,)``.
+
+        ``chunk_size``: filter ``chunk_size`` frames at a time, the filtered mean and covariance
+        carried across chunks (:func:`mmpgm.ops.kalman.chunked.kalman_filter_chunk`): the same
+        log-likelihood with the moments of one chunk in memory, :math:`O(N \cdot
+        \text{chunk} \cdot S^2)` instead of :math:`O(N T S^2)`, without gradient (for
+        evaluating long sequences); not with ``sensor_faults``.
 
         With ``sensor_faults``: the variational bound :math:`\mathcal L_n \le \log p(x^{(n)})`
         at the mean-field fixed point, differentiable in the parameters
         (:func:`mmpgm.models.lds.faults.bound`)."""
         data = self._checked(data)
+        chunk_size = check_chunk_size(chunk_size)
         if self.fault_modalities:
+            if chunk_size is not None:
+                raise ValueError(
+                    "chunk_size: not available with sensor_faults (the bound is a mean-field "
+                    f"fixed point over the whole sequence), got {chunk_size}; use chunk_size=None"
+                )
             return faults.bound(self, data)
         obs, mask, lengths = self._ops_inputs(data)
-        return kops.kalman_log_likelihood(self.linear_gaussian_params(), obs, mask, lengths=lengths)
+        params = self.linear_gaussian_params()
+        if chunk_size is None:
+            return kops.kalman_log_likelihood(params, obs, mask, lengths=lengths)
+        total, carry = 0.0, None
+        with torch.no_grad():
+            for start in range(0, data.num_timesteps, chunk_size):
+                piece = time_slice(self, data, start, start + chunk_size)
+                obs, mask, lengths = self._ops_inputs(piece)
+                carry, ll = kalman_filter_chunk(params, obs, mask, lengths, carry)
+                total = total + ll
+        return total
 
     def log_prior(self) -> torch.Tensor:
         """Log density of the weak conjugate parameter prior
@@ -375,10 +402,21 @@ class MultimodalLDS(MultimodalModel):
         before the update (:func:`mmpgm.models.lds.em.em_step`)."""
         return em.em_step(self, data)
 
-    def em_statistics(self, data: MultimodalData) -> dict:
+    def em_statistics(self, data: MultimodalData, *, chunk_size: int | None = None) -> dict:
         """The E-step's summed sufficient statistics (:func:`mmpgm.models.lds.em.em_statistics`);
-        ``em_step`` is ``em_update(em_statistics(data))``."""
-        return em.em_statistics(self, data)
+        ``em_step`` is ``em_update(em_statistics(data))``.
+
+        ``chunk_size``: the smoother run ``chunk_size`` frames at a time
+        (:func:`mmpgm.models.lds.em_chunked.em_statistics_chunked`), the same statistics with
+        the moments of one chunk in memory; not with ``sensor_faults``."""
+        if check_chunk_size(chunk_size) is None:
+            return em.em_statistics(self, data)
+        if self.fault_modalities:
+            raise ValueError(
+                "chunk_size: not available with sensor_faults (the variational E-step is a "
+                f"fixed point over whole sequences), got {chunk_size}; use chunk_size=None"
+            )
+        return em_statistics_chunked(self, self._checked(data), chunk_size)
 
     def em_update(self, stats: dict) -> None:
         """The closed-form M-step from summed statistics (:func:`mmpgm.models.lds.em.em_update`)."""
