@@ -46,7 +46,7 @@ import torch
 from . import units
 from .progress import progress_bar
 from .result import FitResult
-from .stopping import PlateauStopper
+from .stopping import PlateauStopper, RateDropStopper
 from .svi import SMOOTHING_WINDOW, _prior_jacobian_at
 
 __all__ = ["fit_em_stream", "fit_svi_stream", "stream_units"]
@@ -279,7 +279,7 @@ def _loop(model, sharded, view, u, offset, frames, num_steps, lr, batch_size, se
     optim = torch.optim.Adam(params, lr=lr)
     full = batch_size is None or batch_size >= N
     stochastic = model.STOCHASTIC_OBJECTIVE or not full
-    stopper = PlateauStopper(patience, tol, window=SMOOTHING_WINDOW if stochastic else 1)
+    stopper = RateDropStopper(patience, tol, window=SMOOTHING_WINDOW if stochastic else 1)
     losses: list[float] = []
     converged = False
     stage = None
@@ -340,7 +340,7 @@ def _loop(model, sharded, view, u, offset, frames, num_steps, lr, batch_size, se
             losses.append(epoch_loss / frames + offset)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if stopper(losses[-1]) and now == num_stages - 1:
+            if stopper(losses[-1], now == num_stages - 1, optim):
                 converged = True
                 break
     finally:

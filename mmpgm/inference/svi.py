@@ -15,17 +15,11 @@ from . import units
 from .progress import progress_bar
 from .result import FitResult
 from .resume import resume
-from .stopping import PlateauStopper
+from .stopping import LR_DROP_FACTOR, LR_DROPS, RateDropStopper  # noqa: F401 (re-exported)
 
 #: Losses averaged by the plateau test of a stochastic objective (minibatches, or a model whose
 #: ELBO is estimated by sampling, ``STOCHASTIC_OBJECTIVE``).
 SMOOTHING_WINDOW = 10
-
-
-#: On a plateau of the last stage the learning rate is multiplied by LR_DROP_FACTOR, up to
-#: LR_DROPS times, before the fit counts as converged.
-LR_DROPS = 2
-LR_DROP_FACTOR = 0.1
 
 
 def _frames(data) -> int:
@@ -175,26 +169,10 @@ def _fit_loop(
         )
         losses, start = resume(checkpoint, head, model, gen, device, comm, optim)
     stochastic = model.STOCHASTIC_OBJECTIVE or (batch_size is not None and batch_size < N)
-    stopper = PlateauStopper(patience, tol, window=SMOOTHING_WINDOW if stochastic else 1)
+    stopper = RateDropStopper(patience, tol, window=SMOOTHING_WINDOW if stochastic else 1)
     total_frames = _frames(data)
     converged = False
     stage = None
-    drops_left = LR_DROPS
-
-    def settled(value, final):
-        """Feed the plateau test; on a plateau of the last stage lower the learning rate
-        (``LR_DROP_FACTOR``, at most ``LR_DROPS`` times, the plateau test starting afresh) and
-        return True only on a plateau at the lowest rate: Adam at a fixed rate hovers around
-        the optimum at a distance set by the rate (0.02 nats/frame on an HMM with 30-fold
-        unequal noise levels), and each drop settles it closer."""
-        nonlocal drops_left
-        if not (stopper(value) and final):
-            return False
-        if drops_left == 0:
-            return True
-        drops_left -= 1
-        stopper.reset()
-        return None  # a drop: the caller lowers the rate (a replay finds it in the optimizer)
 
     def staged(step):
         """Set the model's stage for ``step``; True when early stopping may end the fit now."""
@@ -209,7 +187,7 @@ def _fit_loop(
     # optimizer state that resume loaded
     for i, value in enumerate(losses):
         final = staged(i)
-        converged = bool(settled(value, final)) or converged
+        converged = stopper(value, final) or converged
     root = comm is None or comm.is_root
     if comm is not None:
         comm.broadcast_state(model)  # rank 0's start (data-driven or resumed) everywhere
@@ -261,11 +239,7 @@ def _fit_loop(
             ):
                 _save(checkpoint, head, model, optim, losses, gen, device)
                 saved = len(losses)
-            done = settled(losses[-1], final_stage)
-            if done is None:
-                for group in optim.param_groups:
-                    group["lr"] *= LR_DROP_FACTOR
-            elif done:
+            if stopper(losses[-1], final_stage, optim):
                 converged = True
                 break
     finally:
