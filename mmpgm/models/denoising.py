@@ -228,6 +228,16 @@ class DenoisingExpert(MultimodalModel):
             )
         return s.clone()
 
+    @property
+    def has_network_weights(self) -> bool:
+        """Whether the network has parameters (``nn.Identity`` has none)."""
+        return next(iter(self.network.parameters()), None) is not None
+
+    def _param(self) -> torch.Tensor:
+        """The first parameter, or the standardizer's buffer when there is none (a fixed
+        sigma and a parameterless network): the model's device and dtype."""
+        return next(iter(self.parameters()), self.standardizer.loc)
+
     def save(self, path) -> None:
         """Save to ``path`` (:func:`mmpgm.load_model`); default network only."""
         if self.custom_network:
@@ -425,15 +435,15 @@ class GatedDenoisers(MultimodalModel):
         ]  # fmt: skip
         # the wrappers' own sigma: set from data by init_from_data even when frozen
         self._wrapped = tuple(not isinstance(e, DenoisingExpert) for e in experts)
-        # the dtype/device of the first expert with network weights (a parameterless module,
-        # e.g. nn.Identity, follows it)
-        with_weights = [e for e in wrapped if next(iter(e.network.parameters()), None) is not None]
-        p = next(iter((with_weights or wrapped)[0].parameters()))
-        for e, w in zip(wrapped, self._wrapped, strict=True):
-            if w and next(iter(e.network.parameters()), None) is None:
+        # the dtype/device of the first expert with network weights (an expert whose network
+        # has none, e.g. nn.Identity, follows it)
+        with_weights = [e for e in wrapped if e.has_network_weights]
+        p = (with_weights or wrapped)[0]._param()
+        for e in wrapped:
+            if not e.has_network_weights:
                 e.to(device=p.device, dtype=p.dtype)
         for i, e in enumerate(wrapped):
-            q = next(iter(e.parameters()))
+            q = e._param()
             if q.dtype != p.dtype or q.device != p.device:
                 raise ValueError(
                     f"experts[{i}]: expected the dtype/device of the other experts ({p.dtype}, "
@@ -470,6 +480,10 @@ class GatedDenoisers(MultimodalModel):
     @property
     def num_experts(self) -> int:
         return len(self.experts)
+
+    def _param(self) -> torch.Tensor:
+        """The gate's first parameter (the experts may have none): device and dtype."""
+        return next(iter(self.gate.parameters()))
 
     def set_trainable(self, *, experts: bool | None = None, gate: bool | None = None) -> None:
         """Freeze (``False``) or unfreeze (``True``) the experts' parameters (networks and
