@@ -729,18 +729,25 @@ def _denoiser_items(denoisers, data, weighting: str):
     return x, y, lab
 
 
-def _denoised_embedding(denoisers, encoder, x, lab, weighting: str) -> torch.Tensor:
+def _denoised_embedding(denoisers, encoder, x, lab, weighting: str, y=None):
     r"""The point compared with the clean embedding, ``(F, E)`` with gradient: the gate-weighted
-    centre :math:`\sum_k g_k G(f_k(x))`, or :math:`G(f_{c^*}(x))` where the type is known
-    (``weighting="label"``)."""
+    centre :math:`\sum_k w_k G(f_k(x))`, ``w`` the gate or, where the type is known and
+    ``weighting="label"``, one-hot on it; and with clean items ``y (F, D)`` the weighted
+    denoising error :math:`\sum_k w_k \lVert f_k(x) - y \rVert^2 / D` ``(F,)`` (else None)."""
     if isinstance(denoisers, DenoisingExpert):
-        return embed_items(encoder, denoisers._denoise(x), grad=True)
-    w = denoisers.gate_log_weights(x).exp()
-    if weighting == "label":
-        onehot = torch.nn.functional.one_hot(lab.clamp(min=0), denoisers.num_experts).to(w.dtype)
-        w = torch.where((lab >= 0)[:, None], onehot, w)
-    z = embed_items(encoder, denoisers.expert_outputs(x), grad=True)
-    return (w.to(z.dtype)[..., None] * z).sum(-2)
+        f = denoisers._denoise(x)[..., None, :]
+        w = torch.ones(f.shape[:-1], dtype=f.dtype, device=f.device)
+    else:
+        w = denoisers.gate_log_weights(x).exp()
+        if weighting == "label":
+            onehot = torch.nn.functional.one_hot(lab.clamp(min=0), denoisers.num_experts)
+            w = torch.where((lab >= 0)[:, None], onehot.to(w.dtype), w)
+        f = denoisers.expert_outputs(x)
+    z = embed_items(encoder, f, grad=True)
+    centre = (w.to(z.dtype)[..., None] * z).sum(-2)
+    if y is None:
+        return centre, None
+    return centre, (w * (f - y[..., None, :]).square().mean(-1)).sum(-1)
 
 
 def finetune_into_embedding(
@@ -751,6 +758,7 @@ def finetune_into_embedding(
     train: str = "denoiser",
     weighting: str = "gate",
     train_gate: bool = False,
+    denoise_weight: float = 0.0,
     num_steps: int = 200,
     lr: float = 1e-3,
     batch_size: int | None = 256,
@@ -765,6 +773,7 @@ def finetune_into_embedding(
 
     .. math::
         \Big\lVert \sum_k w_k(x)\, G(f_k(x)) - G_0(y) \Big\rVert^2
+        \;\big(+\, \lambda \textstyle\sum_k w_k(x) \lVert f_k(x) - y \rVert^2 / D\big)
 
     with Adam, where :math:`G_0(y)` are the clean items embedded once before training (the
     clean map held as ground truth, so training the encoder cannot collapse it) and
@@ -792,6 +801,11 @@ def finetune_into_embedding(
     train_gate : bool
         Also train the gate (with ``train`` "denoiser" or "both"; default ``False``: the gate
         keeps the meaning it learned from the noise types).
+    denoise_weight : float
+        :math:`\lambda \ge 0`: add :math:`\lambda \sum_k w_k \lVert f_k(x) - y \rVert^2 / D`
+        to every item's loss, which keeps the denoisers close to the clean items in input
+        space while they move towards the clean embedding (default 0: the paper's loss alone;
+        an extension, not in the paper).
     num_steps : int
         Maximum Adam steps (one minibatch of items each).
     lr : float
@@ -830,6 +844,7 @@ def finetune_into_embedding(
     check_int("seed", seed, minimum=0)
     check_int("patience", patience, minimum=0)
     tol = check_float("tol", tol, minimum=0.0)
+    denoise_weight = check_float("denoise_weight", denoise_weight, minimum=0.0)
     x, y, lab = _denoiser_items(denoisers, data, weighting)
     F = x.shape[0]
 
@@ -859,7 +874,7 @@ def finetune_into_embedding(
         with torch.no_grad():
             total = 0.0
             for i in range(0, F, 4096):
-                z = _denoised_embedding(
+                z, _ = _denoised_embedding(
                     denoisers, encoder, x[i : i + 4096], lab[i : i + 4096], weighting
                 )
                 total += float((z - target[i : i + 4096]).square().sum())
@@ -881,10 +896,17 @@ def finetune_into_embedding(
         optim = torch.optim.Adam([every[k] for k in every if k in chosen], lr=lr)
         for _ in range(num_steps):
             idx = torch.randperm(F, generator=gen)[:batch_size].to(x.device) if stochastic else None
-            xb, lb, tb = (x, lab, target) if idx is None else (x[idx], lab[idx], target[idx])
+            if idx is None:
+                xb, yb, lb, tb = x, y, lab, target
+            else:
+                xb, yb, lb, tb = x[idx], y[idx], lab[idx], target[idx]
             optim.zero_grad()
-            z = _denoised_embedding(denoisers, encoder, xb, lb, weighting)
+            z, err = _denoised_embedding(
+                denoisers, encoder, xb, lb, weighting, yb if denoise_weight > 0 else None
+            )
             loss = (z - tb).square().sum(-1).mean()
+            if err is not None:
+                loss = loss + denoise_weight * err.mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"finetune_into_embedding: the loss became {float(loss)}; lower lr"

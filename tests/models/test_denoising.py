@@ -490,24 +490,29 @@ def test_fit_runs_both_programs_and_pyro_param_store_untouched():
     assert len(pyro.get_param_store()) == 0
 
 
-@pytest.mark.parametrize("weighting", ["gate", "label"])
-def test_finetune_distance_is_the_documented_objective(weighting):
+@pytest.mark.parametrize("weighting,lam", [("gate", 0.0), ("label", 0.0), ("gate", 0.5)])
+def test_finetune_distance_is_the_documented_objective(weighting, lam):
     model, data = _gated(), _data("mixed")
     enc = TinyEncoder(D).double()
     ev = data.mask["noisy"] & data.mask["clean"]
     lab = data.labels["noise_type"][ev]
     with torch.no_grad():
-        total = 0.0
+        total = err = 0.0
         for x, y, c in zip(data.obs["noisy"][ev], data.obs["clean"][ev], lab, strict=True):
             w = torch.softmax(model.gate(model.gate_standardizer(x)), -1)
             if weighting == "label" and c >= 0:
                 w = torch.nn.functional.one_hot(c, K).double()
             z = sum(w[k] * enc.tower(e._denoise(x)) for k, e in enumerate(model.experts))
             total += float((z - enc.tower(y)).square().sum())
+            err += sum(float(w[k] * (e._denoise(x) - y).square().mean())
+                       for k, e in enumerate(model.experts))  # fmt: skip
     res = finetune_into_embedding(model, enc, data, train="denoiser", weighting=weighting,
-                                  num_steps=1, lr=1e-12, progress=False)  # fmt: skip
-    assert math.isclose(res.initial_distance, total / int(ev.sum()), rel_tol=1e-12)
-    assert math.isclose(res.losses[0], res.initial_distance, rel_tol=1e-12)  # full batch here
+                                  denoise_weight=lam, num_steps=1, lr=1e-12,
+                                  progress=False)  # fmt: skip
+    F = int(ev.sum())
+    assert math.isclose(res.initial_distance, total / F, rel_tol=1e-12)
+    # the first step's objective, on the full batch before its update
+    assert math.isclose(res.losses[0], (total + lam * err) / F, rel_tol=1e-12)
 
 
 @pytest.mark.cuda
