@@ -364,7 +364,8 @@ class GatedDenoisers(MultimodalModel):
         Width of the gate's hidden layer (:class:`~mmpgm.nn.denoisers.DenoiserGate`, on the
         standardized noisy item).
     noise_label : str
-        Label of the noise type, ``(N,)`` or ``(N, T)`` ints in ``[-1, K)``; ``-1`` = unknown.
+        Label of the noise type, ``(N,)`` or ``(N, T)`` ints in ``[-1, K)``; ``-1`` (or NaN in a
+        float label) = unknown.
     noisy, clean : str
         Modality names.
     train_experts : bool
@@ -514,11 +515,15 @@ class GatedDenoisers(MultimodalModel):
         if lab.shape not in ((N,), (N, T)):
             raise ValueError(f"{name}: expected shape ({N},) or ({N}, {T}), got {tuple(lab.shape)}")
         if lab.dtype == torch.bool or (
-            lab.is_floating_point() and not bool((lab == lab.round()).all())
+            lab.is_floating_point() and not bool(((lab == lab.round()) | lab.isnan()).all())
         ):
-            raise ValueError(f"{name}: expected integer noise types, got dtype {lab.dtype}")
+            raise ValueError(
+                f"{name}: expected integer noise types (-1 or NaN unknown), got dtype {lab.dtype}"
+            )
         K = self.num_experts
         inside = lab if lab.dim() == 1 else lab[data.time_mask]
+        if inside.is_floating_point():
+            inside = inside[~inside.isnan()]
         if inside.numel() and (inside.min() < -1 or inside.max() >= K):
             raise ValueError(
                 f"{name}: expected noise types in [-1, {K - 1}] (one per expert, -1 unknown), "
@@ -532,7 +537,10 @@ class GatedDenoisers(MultimodalModel):
         lab = data.labels.get(self.noise_label)
         if lab is None:
             return torch.full((N, T), -1, dtype=torch.long, device=data.device)
-        lab = lab.to(data.device).long()
+        lab = lab.to(data.device)
+        if lab.is_floating_point():
+            lab = torch.where(lab.isnan(), torch.full_like(lab, -1), lab)
+        lab = lab.long()
         if lab.dim() == 1:
             lab = lab[:, None].expand(N, T)
         return torch.where(data.time_mask, lab, torch.full_like(lab, -1))

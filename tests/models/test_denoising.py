@@ -255,6 +255,10 @@ def test_denoise_results_and_posterior():
     known = (lab >= 0) & data.mask["noisy"]
     assert torch.equal(post.map[known], lab[known])
     torch.testing.assert_close(post.log_likelihood, _brute_force(model, data), rtol=0, atol=1e-10)
+    # a float label with NaN for unknown reads as -1
+    as_float = lab.double().masked_fill(lab < 0, math.nan)
+    fdata = MultimodalData(data.obs, lengths=data.lengths, labels={"noise_type": as_float})
+    assert torch.equal(model.noise_types(model.check_data(fdata)), model.noise_types(data))
     assert post.samples.shape == (4, 3, 5)
     assert bool(torch.isnan(post.mixed[0, 2]).all())  # the noisy frame (0, 2) is missing
     assert not bool(torch.isnan(post.mixed[data.mask["noisy"]]).any())
