@@ -14,6 +14,9 @@ import torch
 import mmpgm
 from mmpgm.data import MultimodalData
 from mmpgm.models import MVRNN, GatedMixture, MultimodalHMM, MultimodalLDS, MultimodalModel
+from mmpgm.models.denoising import DenoisingExpert, GatedDenoisers
+from mmpgm.models.siamese import SiameseEncoder
+from mmpgm.nn.siamese import MLPTower
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,12 +77,57 @@ def _mixture():
     return model, data
 
 
-BUILDERS = {"hmm": _hmm, "lds": _lds, "mvrnn": _mvrnn, "mixture": _mixture}
+def _pairs():
+    """Noisy/clean pairs (section 6.4 models), a missing noisy frame, a missing clean frame,
+    ragged lengths, noise types known on some frames."""
+    g = torch.Generator().manual_seed(0)
+    N, T, D = 3, 6, 3
+    clean = torch.randn(N, T, D, dtype=torch.float64, generator=g)
+    noisy = clean + torch.randn(N, T, D, dtype=torch.float64, generator=g)
+    noisy[0, 2] = math.nan
+    clean[1, 1] = math.nan
+    noise = torch.randint(0, 2, (N, T), generator=g)
+    noise[torch.rand(N, T, generator=g) < 0.5] = -1
+    labels = {"noise_type": noise, "class": torch.tensor([0, 1, 0])}
+    return MultimodalData(
+        {"noisy": noisy, "clean": clean}, lengths=torch.tensor([T, T - 2, T - 1]), labels=labels
+    )
+
+
+def _denoiser():
+    torch.manual_seed(0)
+    return DenoisingExpert(3, hidden_dims=(4,), bottleneck_dim=2).double(), _pairs()
+
+
+def _gated_denoisers():
+    torch.manual_seed(0)
+    experts = [DenoisingExpert(3, hidden_dims=(4,), bottleneck_dim=2) for _ in range(2)]
+    return GatedDenoisers(experts, gate_hidden=4).double(), _pairs()
+
+
+def _siamese():
+    torch.manual_seed(0)
+    model = SiameseEncoder(MLPTower(3, (4,), 2), modality="clean", num_pairs=8).double()
+    return model, _pairs()
+
+
+BUILDERS = {
+    "hmm": _hmm,
+    "lds": _lds,
+    "mvrnn": _mvrnn,
+    "mixture": _mixture,
+    "denoiser": _denoiser,
+    "gated_denoisers": _gated_denoisers,
+    "siamese": _siamese,
+}
 PROGRAMS = {
     "hmm": MultimodalHMM.PROGRAMS,
     "lds": MultimodalLDS.PROGRAMS,
     "mvrnn": MVRNN.PROGRAMS,
     "mixture": getattr(GatedMixture, "PROGRAMS", None) or ("enumerated", "collapsed"),
+    "denoiser": DenoisingExpert.PROGRAMS,
+    "gated_denoisers": GatedDenoisers.PROGRAMS,
+    "siamese": SiameseEncoder.PROGRAMS,
 }
 
 
@@ -143,17 +191,21 @@ def test_program_loss_equals_default_program_loss(name, program):
         if name == "mvrnn":  # the same program twice under the same seed: the same draw
             assert got == want
     assert abs(got - want) <= 1e-6 * max(1.0, abs(want)), (got, want)
-    if name != "mvrnn":  # and it is the exact negative log joint
+    # and it is the exact negative log joint (the siamese loss is a sum over drawn pairs, no
+    # likelihood of the data; the MVRNN's is a single-draw bound)
+    if name not in ("mvrnn", "siamese"):
         with torch.no_grad():
             ll = model.log_likelihood(data).sum()
             if name == "mixture":
                 exact = -(ll - model.penalty(data).sum())
-            else:
+            elif hasattr(model, "log_prior"):
                 exact = -(ll + model.log_prior())
+            else:  # no prior on the network weights (the denoisers)
+                exact = -ll
         assert abs(got - float(exact)) <= 1e-6 * max(1.0, abs(float(exact)))
 
 
-@pytest.mark.parametrize("name", ["hmm", "lds", "mvrnn", "mixture"])
+@pytest.mark.parametrize("name", list(BUILDERS))
 def test_bad_program_names_program(name):
     if name == "mixture" and not MIXTURE_READY:
         pytest.xfail("GatedMixture does not subclass MultimodalModel yet")
@@ -216,7 +268,11 @@ def test_every_model_follows_the_protocol():
         assert isinstance(model, MultimodalModel)
         assert model.PROGRAMS and model.check_program(None) == model.default_program
         assert model.default_program in model.PROGRAMS
-        assert model._param() is next(iter(model.parameters()))
+        # the source of the model's device and dtype (a model may name another parameter
+        # than the first, e.g. GatedDenoisers its gate's)
+        first, source = next(iter(model.parameters())), model._param()
+        assert (source.dtype, source.device) == (first.dtype, first.device)
+        assert any(source is p for p in model.parameters())
     assert MVRNN(DIMS, hidden_dim=4, shared_dim=2, vectorized=False).default_program == "sites"
 
 
