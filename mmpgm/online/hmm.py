@@ -168,9 +168,12 @@ class HMMFilter:
         i = model.modalities.index(modality)
         C = len(model.chain_names)
         dims = [1 + c for c in range(1, C) if c != i + 1]
-        w = pred.sum(dims) if dims else pred  # (N, K_s, K_m)
+        w = (pred.sum(dims) if dims else pred).flatten(1)  # (N, K_s K_m)
         e = model.emissions[modality]
-        mu, cov = e.mean().detach(), e.covariance().detach()
-        mean = torch.einsum("nij,ijd->nd", w, mu)
-        second = torch.einsum("nij,ijde->nde", w, cov + mu[..., :, None] * mu[..., None, :])
+        mu, cov = e.mean().detach(), e.covariance().detach()  # (K_s, K_m, D), (.., D, D)
+        D = mu.shape[-1]
+        mean = w @ mu.reshape(-1, D)
+        second = (w @ (cov + mu[..., :, None] * mu[..., None, :]).reshape(-1, D * D)).unflatten(
+            -1, (D, D)
+        )  # E[x x^T], the law of total covariance's first term
         return mean, second - mean[:, :, None] * mean[:, None, :]
