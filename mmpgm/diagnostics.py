@@ -158,26 +158,61 @@ class StateAccuracy(NamedTuple):
     permutation: np.ndarray
 
 
+def _is_ragged(states) -> bool:
+    """A list (or tuple) of per-sequence paths, as :class:`mmpgm.MultimodalData` takes them."""
+    return isinstance(states, (list, tuple)) and len(states) > 0 and not np.isscalar(states[0])
+
+
+def _labels(name: str, states, path_dim: int) -> torch.Tensor:
+    """Integer labels as int64, NaN -> -1 (missing, as in :class:`mmpgm.MultimodalData`); a
+    trailing axis of size 1 after ``path_dim`` axes (``(N, T, 1)``, ``(T_i, 1)``) dropped."""
+    x = states if isinstance(states, torch.Tensor) else torch.as_tensor(np.asarray(states))
+    if x.is_floating_point():
+        x = torch.where(torch.isnan(x), torch.full_like(x, -1), x)
+        if bool((x != x.round()).any()):
+            raise ValueError(f"{name}: expected integer state labels, got non-integer values")
+    elif x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name}: expected integer state labels, got {x.dtype}")
+    x = x.long()
+    if x.dim() == path_dim + 1 and x.shape[-1] == 1:  # one stream's labels, stored as (.., 1)
+        x = x[..., 0]
+    return x
+
+
 def _flat_states(name: str, states, lengths) -> torch.Tensor:
-    """``(N, T)`` (padding -1 or cut by ``lengths``), a ``(T,)`` path, or a list of 1-d paths
-    (ragged) -> one flat int64 tensor, -1 where not scored."""
-    if isinstance(states, (list, tuple)) and states and not np.isscalar(states[0]):
-        parts = [torch.as_tensor(np.asarray(s)).reshape(-1) for s in states]
+    """``(N, T)`` (padding -1, or cut by ``lengths``), a ``(T,)`` path, or a list of 1-d paths
+    (ragged) -> one flat int64 tensor, -1 where not scored. With ``lengths`` only the frames
+    ``t < lengths[n]`` are kept, sequence by sequence (so padded and ragged inputs line up)."""
+    if _is_ragged(states):
+        parts = []
+        for i, s in enumerate(states):
+            p = _labels(f"{name}[{i}]", s, 1)
+            if p.dim() != 1:
+                raise ValueError(f"{name}[{i}]: expected a (T_i,) path, got shape {tuple(p.shape)}")
+            parts.append(p)
         if lengths is not None:
+            if len(lengths) != len(parts):
+                raise ValueError(
+                    f"{name}: expected {len(lengths)} paths (one per length), got {len(parts)}"
+                )
             parts = [p[: int(n)] for p, n in zip(parts, lengths, strict=True)]
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-    x = torch.as_tensor(np.asarray(states) if not isinstance(states, torch.Tensor) else states)
-    if x.is_floating_point():
-        if bool(torch.isnan(x).any()) or bool((x != x.round()).any()):
-            raise ValueError(f"{name}: expected integer state labels, got non-integer values")
-    x = x.long()
-    if lengths is not None:
-        if x.dim() != 2:
-            raise ValueError(f"{name}: with lengths, expected (N, T) labels, got {tuple(x.shape)}")
-        T = x.shape[-1]
-        inside = torch.arange(T)[None, :] < torch.as_tensor(lengths).reshape(-1, 1)
-        x = torch.where(inside, x, torch.full_like(x, -1))
-    return x.reshape(-1)
+    x = _labels(name, states, 2)
+    if lengths is None:
+        return x.reshape(-1)
+    ln = torch.as_tensor(np.asarray(lengths)).reshape(-1).long()
+    if x.dim() != 2 or x.shape[0] != ln.numel():
+        raise ValueError(
+            f"{name}: with lengths (given, or those of the other input's ragged paths) expected "
+            f"({ln.numel()}, T) labels, got {tuple(x.shape)}"
+        )
+    if ln.numel() and int(ln.max()) > x.shape[1]:
+        raise ValueError(
+            f"{name}: expected at least {int(ln.max())} frames per sequence (the longest "
+            f"length), got {x.shape[1]}"
+        )
+    inside = torch.arange(x.shape[1])[None, :] < ln[:, None]
+    return x[inside.to(x.device)]
 
 
 def state_accuracy(true_states, estimated_states, num_states: int | None = None, lengths=None):
@@ -187,9 +222,12 @@ def state_accuracy(true_states, estimated_states, num_states: int | None = None,
     Parameters
     ----------
     true_states, estimated_states : array-like
-        ``(N, T)`` labels (for example ``latents["shared"]`` and ``post.map["shared"]``), a
-        ``(T,)`` path, or lists of 1-d paths of different lengths (ragged). Frames whose true
-        label is negative (``-1``: unknown or padding) are not scored.
+        What :class:`mmpgm.MultimodalData` takes for a stream of labels: a tensor or numpy
+        array ``(N, T)`` (or ``(N, T, 1)``; for example ``latents["shared"]`` and
+        ``post.map["shared"]``), a ``(T,)`` path, or a list of 1-d paths (arrays or lists, or
+        ``(T_i, 1)`` arrays) of different lengths (ragged). Frames whose true label is
+        negative (``-1``: unknown or padding) or NaN (missing) are not scored. A ragged list
+        and a padded array may be mixed: the padded one is cut to the ragged lengths.
     num_states : int, optional
         ``K``; default one more than the largest label in either input.
     lengths : array-like, optional
@@ -200,6 +238,9 @@ def state_accuracy(true_states, estimated_states, num_states: int | None = None,
     StateAccuracy
         ``(accuracy, permutation)``; unpacks as a pair (``acc, perm = state_accuracy(...)``).
     """
+    if lengths is None and _is_ragged(true_states) != _is_ragged(estimated_states):
+        ragged = true_states if _is_ragged(true_states) else estimated_states
+        lengths = [len(p) for p in ragged]
     t = _flat_states("true_states", true_states, lengths)
     e = _flat_states("estimated_states", estimated_states, lengths)
     if t.shape != e.shape:
@@ -218,8 +259,8 @@ def state_accuracy(true_states, estimated_states, num_states: int | None = None,
         raise ValueError(
             f"num_states: expected an int >= {top} (the largest label + 1), got {num_states!r}"
         )
-    conf = torch.zeros(num_states, num_states)
-    conf.index_put_((e.cpu(), t.cpu()), torch.ones(len(t)), accumulate=True)
+    conf = torch.zeros(num_states, num_states, dtype=torch.float64)  # exact counts
+    conf.index_put_((e.cpu(), t.cpu()), torch.ones(len(t), dtype=torch.float64), accumulate=True)
     rows, cols = linear_sum_assignment(-conf.numpy())
     perm = np.empty(num_states, dtype=int)
     perm[rows] = cols

@@ -101,13 +101,13 @@ def test_fit_infer_impute_every_family(family, files, capsys):
     check_padding(arrays, LENGTHS)
     expected = {
         "hmm": {"marginals/shared", "map/shared", "samples/accel"},
-        "lds": {"means/shared", "covs/gyro", "state_mean", "cross_covs", "samples"},
-        "mvrnn": {"mean/shared", "scale/accel", "elbo", "kl/shared", "mask/gyro"},
+        "lds": {"mean/shared", "covariance/gyro", "state_mean", "cross_covariance", "samples"},
+        "mvrnn": {"mean/shared", "covariance/accel", "elbo", "kl/shared", "mask/gyro"},
         "mixture": {"predictive", "gate_weights", "responsibilities", "map", "samples"},
     }[family]
     assert expected <= set(arrays), sorted(arrays)
     if family == "lds":  # (N, T-1, S, S): between frames t and t+1, NaN from t = length - 1
-        cc = arrays["cross_covs"]
+        cc = arrays["cross_covariance"]
         assert np.isnan(cc[3, 3:]).all() and not np.isnan(cc[3, :3]).any()
 
     imp_path = root / f"{family}_imp.npz"
@@ -122,7 +122,7 @@ def test_fit_infer_impute_every_family(family, files, capsys):
     with np.load(imp_path) as z:
         imp = {k: z[k] for k in z}
     assert imp["mean"].shape == (4, 10, 1)
-    assert ("variance" if family == "mvrnn" else "covariance") in imp
+    assert "covariance" in imp and imp["covariance"].shape == (4, 10, 1, 1)
     np.testing.assert_array_equal(imp["lengths"], LENGTHS)
     check_padding(imp, LENGTHS)
 

@@ -105,3 +105,55 @@ def test_state_accuracy_takes_ragged_paths_padding_and_infers_num_states():
         state_accuracy(padded_true, padded_est, num_states=2)
     with pytest.raises(ValueError, match="estimated_states: expected as many frames"):
         state_accuracy(true, [np.array([0])])
+
+
+def test_state_accuracy_takes_what_multimodal_data_takes():
+    """Tensor, numpy, ragged lists (of arrays, of lists, of ``(T_i, 1)`` arrays), NaN or -1 as
+    unscored, and a ragged truth against a padded estimate (``post.map`` of ragged data)."""
+    from mmpgm.diagnostics import state_accuracy
+
+    rng = np.random.default_rng(0)
+    lengths = [7, 3, 5]
+    true = [rng.integers(0, 3, n) for n in lengths]
+    est = [(t + 1) % 3 for t in true]  # a relabelling ...
+    est[0][2] = (est[0][2] + 1) % 3  # ... with two frames wrong
+    est[2][4] = (est[2][4] + 1) % 3
+    expected = 1 - 2 / sum(lengths)
+    padded_true = np.full((3, 7), -1)
+    padded_est = rng.integers(0, 3, (3, 7))  # padding frames hold anything (a MAP path)
+    for n, L in enumerate(lengths):
+        padded_true[n, :L], padded_est[n, :L] = true[n], est[n]
+    as_nan = padded_true.astype(float)
+    as_nan[padded_true < 0] = np.nan  # a ragged integer stream as MultimodalData pads it
+    cases = {
+        "ragged arrays": (true, est),
+        "ragged lists": ([t.tolist() for t in true], [e.tolist() for e in est]),
+        "ragged (T_i, 1)": ([t[:, None] for t in true], est),
+        "numpy -1": (padded_true, padded_est),
+        "tensor -1": (torch.as_tensor(padded_true), torch.as_tensor(padded_est)),
+        "NaN (N, T, 1)": (as_nan[..., None], torch.as_tensor(padded_est)),
+        "ragged truth, padded estimate": (true, torch.as_tensor(padded_est)),
+        "padded truth, ragged estimate": (torch.as_tensor(padded_true), est),
+        "ragged lists, padded estimate": ([t.tolist() for t in true], padded_est),
+    }
+    for name, (t, e) in cases.items():
+        acc, perm = state_accuracy(t, e)
+        assert math.isclose(acc, expected, rel_tol=0, abs_tol=1e-12), name
+        assert list(perm) == [2, 0, 1], name
+    # with lengths, padding frames of a padded truth need no -1
+    filled = np.where(padded_true < 0, 0, padded_true)
+    assert math.isclose(state_accuracy(filled, padded_est, lengths=lengths).accuracy, expected)
+    assert state_accuracy(filled, padded_est).accuracy < expected  # scored without lengths
+    # (N, 1): one frame per sequence stays (N, 1), not a (N,) squeeze of something else
+    one = state_accuracy(np.array([[0], [1], [1]]), np.array([[1], [0], [0]]))
+    assert one.accuracy == 1.0 and list(one.permutation) == [1, 0]
+    with pytest.raises(ValueError, match=r"true_states: expected integer state labels"):
+        state_accuracy(np.array([[0.5, 1.0]]), np.array([[0, 1]]))
+    with pytest.raises(ValueError, match=r"estimated_states: expected at least 7 frames"):
+        state_accuracy(true, torch.as_tensor(padded_est)[:, :5])
+    with pytest.raises(ValueError, match=r"estimated_states: with lengths .* expected \(3, T\)"):
+        state_accuracy(true, torch.as_tensor(padded_est)[:2])
+    with pytest.raises(ValueError, match=r"true_states\[1\]: expected a \(T_i,\) path"):
+        state_accuracy([np.zeros(3), np.zeros((3, 2))], est)
+    with pytest.raises(ValueError, match=r"estimated_states: expected a state >= 0"):
+        state_accuracy(true, np.where(padded_true < 0, 0, padded_est) * np.nan)

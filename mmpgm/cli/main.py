@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser(
         "impute", help="predict one stream of DATA from the others (hmm, lds, mvrnn)",
         description="Posterior predictive of --modality from the other streams of DATA under\n"
-        "a fitted MODEL (model.impute): mean and covariance (hmm, lds) or variance (mvrnn),\n"
+        "a fitted MODEL (model.impute): mean and covariance (every family; diagonal for mvrnn),\n"
         "plus lengths; padding frames NaN. The stream may be absent from DATA. --out\n"
         "OUT.csv writes one row per frame.\n\n" + _DATA_HELP,
         parents=[common, _data_options()], **kw,

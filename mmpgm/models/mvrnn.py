@@ -549,10 +549,12 @@ class MVRNN(MultimodalModel):
             elbo = sum(recon.values()) - sum(kl.values())
             samples = {b: per_seq(z) for b, z in res.latents.items()} if num_samples else None
             mean = {b: v.transpose(0, 1) for b, v in mean_res.q_loc.items()}
-            scale = {b: v.transpose(0, 1) for b, v in mean_res.q_scale.items()}
+            covariance = {
+                b: torch.diag_embed(v.transpose(0, 1) ** 2) for b, v in mean_res.q_scale.items()
+            }
         return MVRNNPosterior(
             mean=mean,
-            scale=scale,
+            covariance=covariance,
             samples=samples,
             elbo=elbo,
             reconstruction=recon,
@@ -611,7 +613,7 @@ class MVRNN(MultimodalModel):
             means, var = lik.mean(raw), lik.variance(raw)
             mean = means.mean(0)
             variance = var.mean(0) + means.var(0, unbiased=False)
-        return MVRNNImputation(mean=mean, variance=variance, samples=means)
+        return MVRNNImputation(mean=mean, covariance=torch.diag_embed(variance), samples=means)
 
     @torch.no_grad()
     def sample(self, num_sequences: int, num_timesteps: int, seed: int | None = None):

@@ -22,17 +22,33 @@ __all__ = ["FilterState", "HMMFilter"]
 class FilterState(NamedTuple):
     r"""State of a streaming filter after frame ``t``.
 
+    The names are shared with :class:`mmpgm.online.LDSFilterState` where they mean the same
+    (``step``, ``predicted``, ``predicted_covariance``, ``log_likelihood``, ``log_increment``)
+    and with :class:`mmpgm.results.Posterior` (``marginals``).
+
     step : number of frames consumed.
     marginals : dict chain -> ``(N, K)`` filtered :math:`p(z_t \mid x_{1:t})` (fault chains, with
         ``sensor_faults``, as ``"<modality>_fault"``; column 1 = faulty).
-    predicted : dict chain -> ``(N, K)`` one-step prediction :math:`p(z_{t+1} \mid x_{1:t})`.
+    predicted_marginals : dict chain -> ``(N, K)`` one-step prediction
+        :math:`p(z_{t+1} \mid x_{1:t})`.
+    predicted : dict modality -> ``(N, D)`` predicted observation mean
+        :math:`E[x^m_{t+1} \mid x_{1:t}] = \sum_{s, p} p(s_{t+1}, p^m_{t+1} \mid x_{1:t})
+        \mu_{s p}` (class probabilities for a categorical modality; the working-sensor part
+        with ``sensor_faults``), as :meth:`HMMFilter.predict_observation`.
+    predicted_covariance : dict modality -> ``(N, D, D)`` the matching
+        :math:`\mathrm{Cov}[x^m_{t+1} \mid x_{1:t}]` (law of total covariance over the states).
     log_likelihood : ``(N,)`` :math:`\log p(x_{1:t})`.
     log_increment : ``(N,)`` :math:`\log p(x_t \mid x_{1:t-1})`.
+
+    ``predicted`` changed meaning: it held the chains' one-step prediction, now
+    ``predicted_marginals``, and is the predicted observation, as in the LDS filter.
     """
 
     step: int
     marginals: dict
+    predicted_marginals: dict
     predicted: dict
+    predicted_covariance: dict
     log_likelihood: torch.Tensor
     log_increment: torch.Tensor
 
@@ -50,7 +66,7 @@ class HMMFilter:
     --------
     >>> f = HMMFilter(model)
     >>> state = f.step({"audio": x_audio_t})          # video missing at this frame
-    >>> state.marginals["shared"], f.predict_observation("video")
+    >>> state.marginals["shared"], state.predicted["video"], state.predicted_covariance["video"]
     """
 
     def __init__(self, model, num_sequences: int = 1):
@@ -120,10 +136,13 @@ class HMMFilter:
         predicted = ops.factorial_predict(self._filtered, trans)
         C = len(chains)
         names = model.chain_names
+        moments = {m: self._observation_moments(predicted, m) for m in model.modalities}
         return FilterState(
             step=self._step,
             marginals=dict(zip(names, ops.chain_marginals(self._filtered, C), strict=False)),
-            predicted=dict(zip(names, ops.chain_marginals(predicted, C), strict=False)),
+            predicted_marginals=dict(zip(names, ops.chain_marginals(predicted, C), strict=False)),
+            predicted={m: v[0] for m, v in moments.items()},
+            predicted_covariance={m: v[1] for m, v in moments.items()},
             log_likelihood=self._log_likelihood.clone(),
             log_increment=inc,
         )
@@ -140,13 +159,21 @@ class HMMFilter:
                 f"modality: unknown modality {modality!r}; the model has {list(model.modalities)}"
             )
         trans = [c.transition_probs.detach() for c in model._chains()]
-        pred = ops.factorial_predict(self._filtered, trans)
+        return self._observation_moments(ops.factorial_predict(self._filtered, trans), modality)
+
+    def _observation_moments(self, pred: torch.Tensor, modality: str):
+        """Mean ``(N, D)`` and covariance ``(N, D, D)`` of ``modality`` under the product-space
+        state distribution ``pred`` ``(N,) + chain_sizes``."""
+        model = self.model
         i = model.modalities.index(modality)
         C = len(model.chain_names)
         dims = [1 + c for c in range(1, C) if c != i + 1]
-        w = pred.sum(dims) if dims else pred  # (N, K_s, K_m)
+        w = (pred.sum(dims) if dims else pred).flatten(1)  # (N, K_s K_m)
         e = model.emissions[modality]
-        mu, cov = e.mean().detach(), e.covariance().detach()
-        mean = torch.einsum("nij,ijd->nd", w, mu)
-        second = torch.einsum("nij,ijde->nde", w, cov + mu[..., :, None] * mu[..., None, :])
+        mu, cov = e.mean().detach(), e.covariance().detach()  # (K_s, K_m, D), (.., D, D)
+        D = mu.shape[-1]
+        mean = w @ mu.reshape(-1, D)
+        second = (w @ (cov + mu[..., :, None] * mu[..., None, :]).reshape(-1, D * D)).unflatten(
+            -1, (D, D)
+        )  # E[x x^T], the law of total covariance's first term
         return mean, second - mean[:, :, None] * mean[:, None, :]

@@ -23,6 +23,7 @@ from ..models.lds import MultimodalLDS
 from ..models.lds import faults as lds_faults
 from ..ops.kalman import robust as kalman_robust
 from ..ops.kalman import steps as kalman_steps
+from ..results._deprecated import deprecated_fields
 
 __all__ = ["LDSFilter", "LDSFilterState"]
 
@@ -31,32 +32,60 @@ def _sym(x):
     return 0.5 * (x + x.mT)
 
 
+def _predicted_pairs(state):
+    """modality -> ``(mean, covariance)``, the old ``predicted_obs`` form."""
+    return {m: (v, state.predicted_covariance[m]) for m, v in state.predicted.items()}
+
+
+@deprecated_fields(
+    means="mean",
+    covs="covariance",
+    cov="state_covariance",
+    predicted_mean="predicted_state_mean",
+    predicted_cov="predicted_state_covariance",
+    predicted_obs=("predicted", _predicted_pairs),
+)
 class LDSFilterState(NamedTuple):
     r"""State of the streaming LDS filter after frame ``t``.
 
+    The names are those of :class:`mmpgm.results.LDSPosterior` (per-block ``mean`` and
+    ``covariance``, the whole ``state_mean`` and ``state_covariance``) and of the HMM's
+    :class:`mmpgm.online.FilterState` (``step``, ``predicted``, ``predicted_covariance``,
+    ``log_likelihood``, ``log_increment``).
+
     step : number of frames consumed.
-    mean : ``(N, S)`` filtered :math:`E[z_t \mid x_{1:t}]`.
-    cov : ``(N, S, S)`` filtered :math:`\mathrm{Cov}[z_t \mid x_{1:t}]`.
-    means, covs : dict block -> the filtered moments of that block (``"shared"``, modalities).
-    predicted_mean, predicted_cov : ``(N, S)``, ``(N, S, S)`` one-step prediction
-        :math:`p(z_{t+1} \mid x_{1:t})`.
-    predicted_obs : dict modality -> ``(mean (N, D), cov (N, D, D))`` of
-        :math:`p(x^m_{t+1} \mid x_{1:t})`.
+    mean : dict block -> ``(N, k_b)`` filtered :math:`E[z^b_t \mid x_{1:t}]` (``"shared"``,
+        modalities).
+    covariance : dict block -> ``(N, k_b, k_b)`` the matching filtered covariances.
+    state_mean : ``(N, S)`` filtered :math:`E[z_t \mid x_{1:t}]` (all blocks).
+    state_covariance : ``(N, S, S)`` filtered :math:`\mathrm{Cov}[z_t \mid x_{1:t}]`.
+    predicted_state_mean, predicted_state_covariance : ``(N, S)``, ``(N, S, S)`` one-step
+        prediction :math:`p(z_{t+1} \mid x_{1:t})`.
+    predicted : dict modality -> ``(N, D)`` predicted observation mean
+        :math:`E[x^m_{t+1} \mid x_{1:t}] = C^m m_{t+1|t} + d^m`.
+    predicted_covariance : dict modality -> ``(N, D, D)``
+        :math:`\mathrm{Cov}[x^m_{t+1} \mid x_{1:t}] = C^m P_{t+1|t} C^{m\top} + R_m`.
     log_likelihood : ``(N,)`` :math:`\log p(x_{1:t})`.
     log_increment : ``(N,)`` :math:`\log p(x_t \mid x_{1:t-1})` (with sensor faults: the
         frame's variational bound on it, and ``log_likelihood`` their sum).
     fault_probs : dict modality -> ``(N,)`` filtered :math:`q(f^m_t = 1)` of the modalities
         with ``sensor_faults`` (the prior rate where the modality is missing), or None.
+
+    The old names ``means``, ``covs``, ``cov``, ``predicted_mean``, ``predicted_cov`` and
+    ``predicted_obs`` (modality -> ``(mean, covariance)``) still read, with a FutureWarning,
+    for one release. ``mean`` changed meaning: it was the whole state's mean (now
+    ``state_mean``) and is the per-block dict, as in :class:`~mmpgm.results.LDSPosterior`.
     """
 
     step: int
-    mean: torch.Tensor
-    cov: torch.Tensor
-    means: dict
-    covs: dict
-    predicted_mean: torch.Tensor
-    predicted_cov: torch.Tensor
-    predicted_obs: dict
+    mean: dict
+    covariance: dict
+    state_mean: torch.Tensor
+    state_covariance: torch.Tensor
+    predicted_state_mean: torch.Tensor
+    predicted_state_covariance: torch.Tensor
+    predicted: dict
+    predicted_covariance: dict
     log_likelihood: torch.Tensor
     log_increment: torch.Tensor
     fault_probs: dict | None = None
@@ -76,7 +105,7 @@ class LDSFilter:
     --------
     >>> f = LDSFilter(model, num_sequences=1)
     >>> state = f.step({"imu": imu_t})          # position sensor missing at this frame
-    >>> state.mean, state.predicted_obs["position"]
+    >>> state.state_mean, state.predicted["position"], state.predicted_covariance["position"]
     """
 
     def __init__(self, model, num_sequences: int = 1):
@@ -169,15 +198,17 @@ class LDSFilter:
         means, covs = {}, {}
         for b, (s0, s1) in model.block_slices.items():
             means[b], covs[b] = fm[:, s0:s1], fP[:, s0:s1, s0:s1]
+        predicted = {mm: self._predict_obs(mm) for mm in model.modalities}
         return LDSFilterState(
             step=self._step,
-            mean=fm,
-            cov=fP,
-            means=means,
-            covs=covs,
-            predicted_mean=self._pred_m,
-            predicted_cov=self._pred_P,
-            predicted_obs={mm: self._predict_obs(mm) for mm in model.modalities},
+            mean=means,
+            covariance=covs,
+            state_mean=fm,
+            state_covariance=fP,
+            predicted_state_mean=self._pred_m,
+            predicted_state_covariance=self._pred_P,
+            predicted={mm: v[0] for mm, v in predicted.items()},
+            predicted_covariance={mm: v[1] for mm, v in predicted.items()},
             log_likelihood=self._log_likelihood.clone(),
             log_increment=inc,
             fault_probs=fault_probs,

@@ -122,7 +122,7 @@ def lds_posterior_to_arviz(post) -> az.InferenceData:
         paths = post.samples
     else:
         paths = (post.map if post.map is not None else post.state_mean)[None]
-    sd = post.state_cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    sd = post.state_covariance.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
     nan = float("nan")
     states = mask_padding(paths, post.lengths, time_dim=-2, fill=nan)  # (S, N, T, latent)
     return _assemble(
@@ -182,6 +182,7 @@ def mvrnn_posterior_to_arviz(post) -> az.InferenceData:
     N, T = post.elbo.shape
     coords = {"sequence": np.arange(N), "time": np.arange(T)}
     dims, posterior, latent, constant = {}, {}, {}, {}
+    variance = post.variance
     for b, mu in post.mean.items():
         dim = f"z_{b}_dim"
         coords[dim] = np.arange(mu.shape[-1])
@@ -191,7 +192,8 @@ def mvrnn_posterior_to_arviz(post) -> az.InferenceData:
         dims[f"z_{b}"] = ["sequence", "time", dim]
         posterior[f"z_{b}_time_mean"] = np.nanmean(masked, axis=-2)[None]
         dims[f"z_{b}_time_mean"] = ["sequence", dim]
-        for key, val in ((f"z_{b}_mean", mu), (f"z_{b}_scale", post.scale[b])):
+        sd = variance[b].clamp_min(0).sqrt()
+        for key, val in ((f"z_{b}_mean", mu), (f"z_{b}_sd", sd)):
             constant[key] = _np(val)
             dims[key] = ["sequence", "time", dim]
         constant[f"kl_{b}"] = _np(post.kl[b])

@@ -6,22 +6,29 @@ from typing import NamedTuple
 
 import torch
 
+from ._deprecated import deprecated_fields
+
 __all__ = ["LDSPosterior", "LDSImputation"]
 
 
+@deprecated_fields(
+    means="mean", covs="covariance", state_cov="state_covariance", cross_covs="cross_covariance"
+)
 class LDSPosterior(NamedTuple):
     r"""Gaussian posterior over the continuous states of a multimodal LDS.
 
     The state is :math:`z_t = [z^s_t, z^1_t, \dots, z^M_t]`; ``block_slices`` says where each block
     (``"shared"``, then each modality with a private block) lives in the last axis.
 
-    means : dict block -> ``(N, T, k_b)``; smoothed :math:`E[z^b_t \mid x_{1:T}]`, or filtered
+    mean : dict block -> ``(N, T, k_b)``; smoothed :math:`E[z^b_t \mid x_{1:T}]`, or filtered
         :math:`E[z^b_t \mid x_{1:t}]` when ``causal``.
-    covs : dict block -> ``(N, T, k_b, k_b)``, the matching covariances.
+    covariance : dict block -> ``(N, T, k_b, k_b)``, the matching covariances
+        :math:`\mathrm{Cov}[z^b_t \mid \cdot]`.
     state_mean : ``(N, T, S)`` the whole state's mean (all blocks).
-    state_cov : ``(N, T, S, S)`` the whole state's covariance (blocks are correlated a posteriori).
-    cross_covs : ``(N, T-1, S, S)`` :math:`\mathrm{Cov}[z_{t+1}, z_t \mid x_{1:T}]` (smoothed only;
-        None when ``causal``).
+    state_covariance : ``(N, T, S, S)`` the whole state's covariance (blocks are correlated a
+        posteriori).
+    cross_covariance : ``(N, T-1, S, S)`` :math:`\mathrm{Cov}[z_{t+1}, z_t \mid x_{1:T}]`
+        (smoothed only; None when ``causal``).
     map : ``(N, T, S)`` joint mode :math:`\arg\max_z p(z \mid x)` (the smoothed mean, for a
         linear-Gaussian model), or None.
     samples : ``(K, N, T, S)`` exact joint draws :math:`z_{1:T} \sim p(z \mid x)` by
@@ -40,13 +47,16 @@ class LDSPosterior(NamedTuple):
     parameter_samples : dict name -> ``(P, ...)``, the ``P`` Laplace parameter draws behind
         ``pointwise_log_likelihood`` in natural form (``"field.key"`` names of the model's
         ``params``), or None.
+
+    The old names ``means``, ``covs``, ``state_cov`` and ``cross_covs`` still read (with a
+    FutureWarning) for one release.
     """
 
-    means: dict
-    covs: dict
+    mean: dict
+    covariance: dict
     state_mean: torch.Tensor
-    state_cov: torch.Tensor
-    cross_covs: torch.Tensor | None
+    state_covariance: torch.Tensor
+    cross_covariance: torch.Tensor | None
     map: torch.Tensor | None
     samples: torch.Tensor | None
     log_likelihood: torch.Tensor
@@ -82,16 +92,19 @@ class LDSPosterior(NamedTuple):
         return lds_posterior_to_arviz(self)
 
 
+@deprecated_fields(state_cov="state_covariance")
 class LDSImputation(NamedTuple):
     r"""Posterior predictive of one modality given the others (see ``MultimodalLDS.impute``).
 
     mean : ``(N, T, D)`` :math:`E[x^m_t \mid x^{-m}] = C^m E[z_t \mid x^{-m}] + d^m`.
     covariance : ``(N, T, D, D)`` :math:`C^m \mathrm{Cov}[z_t \mid x^{-m}] C^{m\top} + R_m`.
     state_mean : ``(N, T, S)`` :math:`E[z_t \mid x^{-m}]`.
-    state_cov : ``(N, T, S, S)`` :math:`\mathrm{Cov}[z_t \mid x^{-m}]`.
+    state_covariance : ``(N, T, S, S)`` :math:`\mathrm{Cov}[z_t \mid x^{-m}]`.
+
+    The old name ``state_cov`` still reads (with a FutureWarning) for one release.
     """
 
     mean: torch.Tensor
     covariance: torch.Tensor
     state_mean: torch.Tensor
-    state_cov: torch.Tensor
+    state_covariance: torch.Tensor

@@ -217,10 +217,10 @@ def test_posterior_smoothed_filtered_samples_and_arviz():
     data = masked_data(model, T=8)
     post = mmpgm.infer(model, data, num_samples=5, seed=0)
     N, T, S = 3, 8, model.state_dim
-    assert post.state_mean.shape == (N, T, S) and post.state_cov.shape == (N, T, S, S)
-    assert post.means["shared"].shape == (N, T, 2) and post.means["b"].shape == (N, T, 2)
-    assert post.covs["a"].shape == (N, T, 1, 1)
-    assert post.samples.shape == (5, N, T, S) and post.cross_covs.shape == (N, T - 1, S, S)
+    assert post.state_mean.shape == (N, T, S) and post.state_covariance.shape == (N, T, S, S)
+    assert post.mean["shared"].shape == (N, T, 2) and post.mean["b"].shape == (N, T, 2)
+    assert post.covariance["a"].shape == (N, T, 1, 1)
+    assert post.samples.shape == (5, N, T, S) and post.cross_covariance.shape == (N, T - 1, S, S)
     torch.testing.assert_close(post.map, post.state_mean)
     torch.testing.assert_close(post.log_likelihood, model.log_likelihood(data).detach())
     again = mmpgm.infer(model, data, num_samples=5, seed=0)
@@ -231,8 +231,8 @@ def test_posterior_smoothed_filtered_samples_and_arviz():
         model.linear_gaussian_params(), obs, mask, lengths=lengths, method="sequential"
     )
     torch.testing.assert_close(causal.state_mean, filt.means.detach())
-    torch.testing.assert_close(causal.covs["shared"], filt.covs[..., :2, :2].detach())
-    assert causal.causal and causal.cross_covs is None
+    torch.testing.assert_close(causal.covariance["shared"], filt.covs[..., :2, :2].detach())
+    assert causal.causal and causal.cross_covariance is None
     idata = post.to_arviz()
     states = idata.latent_states["state"]
     assert states.dims == ("chain", "draw", "sequence", "time", "latent")

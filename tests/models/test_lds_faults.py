@@ -124,7 +124,7 @@ def test_default_is_unchanged():
         post = mmpgm.infer(model, data)
         assert post.fault_probs is None
         close(post.state_mean, exact_sm.means)
-        close(post.state_cov, exact_sm.covs)
+        close(post.state_covariance, exact_sm.covs)
         assert mmpgm.infer(model, data, causal=True).fault_probs is None
         log_joint = model.em_step(data)
         close(log_joint, exact_ll.sum() + log_prior)
@@ -266,7 +266,7 @@ def test_online_filter_matches_the_causal_posterior():
             frame[m] = x
         state = filt.step(frame)
         inside = d.time_mask[:, t]
-        close(state.mean[inside], post.state_mean[inside, t])
+        close(state.state_mean[inside], post.state_mean[inside, t])
         for m in model.modalities:
             close(state.fault_probs[m][inside], post.fault_probs[m][inside, t])
     assert float(post.fault_probs["a"][0, 1]) > 0.99
@@ -311,7 +311,7 @@ def test_gross_outliers_in_one_sensor_recovery():
     oracle = mmpgm.infer(gen, MultimodalData({"a": xo, "b": data.obs["b"]}))
 
     def rmse(p):
-        return float((p.means["shared"] - z).square().mean().sqrt())
+        return float((p.mean["shared"] - z).square().mean().sqrt())
 
     assert rmse(post) <= 1.10 * rmse(oracle)
     assert rmse(plain) >= 2 * rmse(oracle)

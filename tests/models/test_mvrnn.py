@@ -260,9 +260,9 @@ def _everything(model, data):
     post = model.posterior(data, num_samples=2, seed=7)
     out["elbo"] = post.elbo
     for b in model.blocks:
-        out[f"mean_{b}"], out[f"scale_{b}"], out[f"samples_{b}"] = (
+        out[f"mean_{b}"], out[f"covariance_{b}"], out[f"samples_{b}"] = (
             post.mean[b],
-            post.scale[b],
+            post.covariance[b],
             post.samples[b],
         )
         out[f"kl_{b}"] = post.kl[b]
@@ -314,9 +314,10 @@ def test_a_missing_modality_has_no_reconstruction_or_private_kl_and_imputation_i
     )
     i1 = model.impute(data, "a", num_samples=4, seed=1)
     i2 = model.impute(other, "a", num_samples=4, seed=1)
-    assert torch.equal(i1.mean, i2.mean) and torch.equal(i1.variance, i2.variance)
+    assert torch.equal(i1.mean, i2.mean) and torch.equal(i1.covariance, i2.covariance)
     assert isinstance(i1, MVRNNImputation) and i1.samples.shape == (4, 4, 6, 3)
-    assert bool((i1.variance > 0).all())
+    assert bool((i1.variance > 0).all())  # the diagonal of the (diagonal) covariance
+    assert torch.equal(i1.covariance, torch.diag_embed(i1.variance))
     assert i1.to_arviz().posterior_predictive["x"].dims == (
         "chain",
         "draw",

@@ -34,10 +34,15 @@ def test_streaming_equals_batch_filter_with_missing_modalities():
     # the one-step prediction is the transition applied to the filtered marginal
     A = model.shared_chain.transition_probs.detach()
     torch.testing.assert_close(
-        state.predicted["shared"], state.marginals["shared"] @ A, rtol=1e-10, atol=1e-12
+        state.predicted_marginals["shared"], state.marginals["shared"] @ A, rtol=1e-10, atol=1e-12
     )
     mean, cov = f.predict_observation("video")
     assert mean.shape == (3, 6) and cov.shape == (3, 6, 6)
+    # the state carries the same one-step observation prediction for every modality
+    for m in model.modalities:
+        pm, pc = f.predict_observation(m)
+        torch.testing.assert_close(state.predicted[m], pm, rtol=0, atol=0)
+        torch.testing.assert_close(state.predicted_covariance[m], pc, rtol=0, atol=0)
     with pytest.raises(ValueError, match="unknown modalities"):
         f.step({"lidar": torch.zeros(3, 2)})
     with pytest.raises(ValueError, match=r"frame\['audio'\]: expected shape \(3, 4\)"):

@@ -46,14 +46,17 @@ def test_streaming_equals_batch_filter_with_missing_modalities():
         frame = {m: data.obs[m][:, t] for m in model.modalities if not (m == "pos" and t in (5, 6))}
         state = f.step(frame)
         assert state.step == t + 1
-        torch.testing.assert_close(state.mean, batch.state_mean[:, t], **tol)
-        torch.testing.assert_close(state.cov, batch.state_cov[:, t], **tol)
+        torch.testing.assert_close(state.state_mean, batch.state_mean[:, t], **tol)
+        torch.testing.assert_close(state.state_covariance, batch.state_covariance[:, t], **tol)
         for b in model.block_names:
-            torch.testing.assert_close(state.means[b], batch.means[b][:, t], **tol)
+            torch.testing.assert_close(state.mean[b], batch.mean[b][:, t], **tol)
+            torch.testing.assert_close(state.covariance[b], batch.covariance[b][:, t], **tol)
         A = model.linear_gaussian_params().transition_matrix.detach()
-        torch.testing.assert_close(state.predicted_mean, state.mean @ A.mT, **tol)
-        pm, pc = state.predicted_obs["imu"]
+        torch.testing.assert_close(state.predicted_state_mean, state.state_mean @ A.mT, **tol)
+        pm, pc = state.predicted["imu"], state.predicted_covariance["imu"]
         assert pm.shape == (3, 2) and pc.shape == (3, 2, 2)
+        C, d = model.emission_matrix("imu").detach(), model.emissions["imu"].offset.detach()
+        torch.testing.assert_close(pm, state.predicted_state_mean @ C.mT + d, **tol)
     torch.testing.assert_close(state.log_likelihood, batch.log_likelihood, rtol=1e-10, atol=1e-10)
     # the one-step observation prediction equals the batch filter's prediction for the next frame
     ext = mmpgm.MultimodalData(
@@ -85,6 +88,6 @@ def test_streaming_filter_errors_and_reset():
     f.reset()
     s2 = f.step({"pos": torch.ones(2, 3)})
     assert s2.step == 1
-    torch.testing.assert_close(s1.mean, s2.mean)
+    torch.testing.assert_close(s1.state_mean, s2.state_mean)
     single = LDSFilter(model)  # N = 1 accepts a bare (D,) frame
-    assert single.step({"imu": torch.zeros(2)}).mean.shape == (1, model.state_dim)
+    assert single.step({"imu": torch.zeros(2)}).state_mean.shape == (1, model.state_dim)

@@ -479,11 +479,11 @@ class MultimodalLDS(MultimodalModel):
                 )
         means, covs = self._split_blocks(mean, cov)
         return LDSPosterior(
-            means=means,
-            covs=covs,
+            mean=means,
+            covariance=covs,
             state_mean=mean,
-            state_cov=cov,
-            cross_covs=cross,
+            state_covariance=cov,
+            cross_covariance=cross,
             map=sm.means if map_path else None,
             samples=samples,
             log_likelihood=ll,
@@ -521,11 +521,11 @@ class MultimodalLDS(MultimodalModel):
                 )
         means, covs = self._split_blocks(mean, cov)
         return LDSPosterior(
-            means=means,
-            covs=covs,
+            mean=means,
+            covariance=covs,
             state_mean=mean,
-            state_cov=cov,
-            cross_covs=cross,
+            state_covariance=cov,
+            cross_covariance=cross,
             map=sm.moments.means if map_path else None,
             samples=samples,
             log_likelihood=ll,
@@ -560,7 +560,7 @@ class MultimodalLDS(MultimodalModel):
             mean = sm.means @ C.mT + lg.emission_offsets[modality]
             covariance = symmetrize(C @ sm.covs @ C.mT + lg.emission_covs[modality])
         return LDSImputation(
-            mean=mean, covariance=covariance, state_mean=sm.means, state_cov=sm.covs
+            mean=mean, covariance=covariance, state_mean=sm.means, state_covariance=sm.covs
         )
 
     # ------------------------------------------------------------------ sampling
