@@ -27,13 +27,13 @@ pytestmark = pytest.mark.usefixtures("float64")
 FIELDS = {
     Posterior: (
         "marginals", "map", "samples", "log_likelihood", "lengths", "causal",
-        "pointwise_log_likelihood", "fault_probs",
+        "pointwise_log_likelihood", "fault_probs", "parameter_samples",
     ),
     Imputation: ("mean", "covariance", "state_weights"),
     LDSPosterior: (
         "mean", "covariance", "state_mean", "state_covariance", "cross_covariance", "map",
         "samples", "log_likelihood", "lengths", "causal", "block_slices",
-        "pointwise_log_likelihood", "fault_probs",
+        "pointwise_log_likelihood", "fault_probs", "parameter_samples",
     ),
     LDSImputation: ("mean", "covariance", "state_mean", "state_covariance"),
     MixturePosterior: (
