@@ -251,3 +251,23 @@ def test_hmm_filter_predicted_observation_equals_the_dense_oracle(T):
     for m, (mean, cov) in oracle.items():
         torch.testing.assert_close(state.predicted[m], mean, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(state.predicted_covariance[m], cov, rtol=1e-10, atol=1e-12)
+
+
+def test_readme_result_table_lists_every_field():
+    """README "Result types": each type's row names all of its fields (docs match the code)."""
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    if not readme.exists():  # an installed package without the repository around it
+        pytest.skip("README.md not found next to the tests")
+    rows = {}
+    for line in readme.read_text().splitlines():
+        m = re.match(r"\| `(\w+)` \(", line)
+        if m:
+            rows[m.group(1)] = set(re.findall(r"`\.?(\w+)`", line))
+    for cls in FIELDS:
+        assert cls.__name__ in rows, cls.__name__
+        missing = set(cls._fields) - rows[cls.__name__]
+        assert not missing, (cls.__name__, sorted(missing))
+        assert not (RETIRED - {"variance"}) & rows[cls.__name__], cls.__name__
