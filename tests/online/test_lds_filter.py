@@ -57,6 +57,9 @@ def test_streaming_equals_batch_filter_with_missing_modalities():
         assert pm.shape == (3, 2) and pc.shape == (3, 2, 2)
         C, d = model.emission_matrix("imu").detach(), model.emissions["imu"].offset.detach()
         torch.testing.assert_close(pm, state.predicted_state_mean @ C.mT + d, **tol)
+        R = model.linear_gaussian_params().emission_covs["imu"].detach()
+        P = state.predicted_state_covariance
+        torch.testing.assert_close(pc, C @ P @ C.mT + R, **tol)
     torch.testing.assert_close(state.log_likelihood, batch.log_likelihood, rtol=1e-10, atol=1e-10)
     # the one-step observation prediction equals the batch filter's prediction for the next frame
     ext = mmpgm.MultimodalData(

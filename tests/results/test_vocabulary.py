@@ -1,6 +1,7 @@
 """One result vocabulary across model families: the fields of every result type, and the old
 names that still read (with a FutureWarning) for one release."""
 
+import math
 import warnings
 
 import pytest
@@ -192,3 +193,81 @@ def test_hmm_filter_state_shares_the_lds_names():
         assert state.predicted[m].shape == (2, d)
         assert state.predicted_covariance[m].shape == (2, d, d)
     torch.testing.assert_close(state.log_likelihood, model.log_likelihood(data), rtol=1e-10, atol=0)
+
+
+def _dense_predicted_observation(model, obs):
+    """Brute-force oracle: the product-space forward filter over every joint state
+    ``(s, p_1, .., p_M)`` with explicit Kronecker transitions and diagonal-Gaussian densities
+    written out here, then the one-step prediction and its observation moments per modality."""
+    chains = [model.shared_chain] + [model.private_chains[m] for m in model.modalities]
+    sizes = [c.initial_probs.numel() for c in chains]
+    init, trans = torch.ones(1), torch.ones(1, 1)
+    for c in chains:
+        init = torch.kron(init, c.initial_probs.detach())
+        trans = torch.kron(trans, c.transition_probs.detach())
+    N, T = next(iter(obs.values())).shape[:2]
+    alpha = None
+    for t in range(T):
+        like = torch.ones((N,) + tuple(sizes))
+        for i, m in enumerate(model.modalities):
+            e = model.emissions[m]
+            x = obs[m][:, t]  # (N, D); a NaN row is missing
+            dens = torch.distributions.Normal(e.loc.detach(), e.scale.detach())
+            missing = torch.isnan(x).any(-1)[:, None, None]
+            x = torch.nan_to_num(x)[:, None, None, :]
+            lp = dens.log_prob(x).sum(-1).exp()  # (N, K_s, K_m)
+            lp = torch.where(missing, torch.ones_like(lp), lp)
+            shape = [N, sizes[0]] + [1] * len(model.modalities)
+            shape[2 + i] = sizes[1 + i]
+            like = like * lp.reshape(shape)
+        prior = init.expand(N, -1) if alpha is None else alpha @ trans
+        alpha = prior * like.reshape(N, -1)
+        alpha = alpha / alpha.sum(-1, keepdim=True)
+    pred = (alpha @ trans).reshape((N,) + tuple(sizes))
+    out = {}
+    for i, m in enumerate(model.modalities):
+        keep = (1, 2 + i)
+        w = pred.sum([d for d in range(1, pred.dim()) if d not in keep])  # (N, K_s, K_m)
+        e = model.emissions[m]
+        mu, var = e.loc.detach(), e.scale.detach() ** 2  # (K_s, K_m, D)
+        mean = torch.einsum("nsp,spd->nd", w, mu)
+        second = torch.einsum(
+            "nsp,spde->nde", w, torch.diag_embed(var) + mu[..., :, None] * mu[..., None, :]
+        )
+        out[m] = (mean, second - mean[:, :, None] * mean[:, None, :])
+    return out
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_hmm_filter_predicted_observation_equals_the_dense_oracle(T):
+    model = demo_hmm(seed=0)
+    data, _ = model.sample(2, T, seed=2)
+    obs = {m: v.clone() for m, v in data.obs.items()}
+    obs["video"][0, 0] = math.nan  # one stream misses video at the first frame
+    f = HMMFilter(model, num_sequences=2)
+    for t in range(T):
+        state = f.step({m: obs[m][:, t] for m in model.modalities})
+    oracle = _dense_predicted_observation(model, obs)
+    for m, (mean, cov) in oracle.items():
+        torch.testing.assert_close(state.predicted[m], mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(state.predicted_covariance[m], cov, rtol=1e-10, atol=1e-12)
+
+
+def test_readme_result_table_lists_every_field():
+    """README "Result types": each type's row names all of its fields (docs match the code)."""
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    if not readme.exists():  # an installed package without the repository around it
+        pytest.skip("README.md not found next to the tests")
+    rows = {}
+    for line in readme.read_text().splitlines():
+        m = re.match(r"\| `(\w+)` \(", line)
+        if m:
+            rows[m.group(1)] = set(re.findall(r"`\.?(\w+)`", line))
+    for cls in FIELDS:
+        assert cls.__name__ in rows, cls.__name__
+        missing = set(cls._fields) - rows[cls.__name__]
+        assert not missing, (cls.__name__, sorted(missing))
+        assert not (RETIRED - {"variance"}) & rows[cls.__name__], cls.__name__
