@@ -7,6 +7,7 @@ containers, so a crafted file cannot run code; its header is checked before anyt
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import torch
 
@@ -18,8 +19,15 @@ __all__ = ["load_model", "save_model"]
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def load_model(path, map_location="cpu"):
+def load_model(path, map_location="cpu", **overrides):
     """Load a model written by ``model.save(path)`` / :func:`mmpgm.save_model`.
+
+    ``overrides`` replace entries of the saved constructor config before the model is built
+    (a dict entry is updated key by key from a dict override), for arguments that a config
+    cannot hold: a user's own network, passed again untrained, whose saved weights are then
+    loaded into it, e.g. ``load_model(path, tower=MyTower())`` for a
+    :class:`~mmpgm.SiameseEncoder`, or ``load_model(path, emission={"spec":
+    EmbeddingObservation(MyEncoder(), K_s, K_m)})`` for an HMM with an embedding modality.
 
     Raises
     ------
@@ -59,8 +67,17 @@ def load_model(path, map_location="cpu"):
         raise ValueError(f"{path}: unknown model class {name!r}; known: {sorted(classes)}")
     if state["dtype"] not in _DTYPES:
         raise ValueError(f"{path}: dtype: expected one of {_DTYPES}, got {state['dtype']!r}")
+    config = dict(state["config"])
+    for key, value in overrides.items():
+        if key not in config:
+            raise ValueError(
+                f"{key}: not a constructor argument saved for {name} (saved: {sorted(config)})"
+            )
+        if isinstance(config[key], Mapping) and isinstance(value, Mapping):
+            value = {**config[key], **value}
+        config[key] = value
     try:
-        model = classes[name].from_config(state["config"])
+        model = classes[name].from_config(config)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: config does not build a {name}: {err}") from None
     model = model.to(dtype=getattr(torch, state["dtype"]))

@@ -6,6 +6,7 @@ from .hmm import HMMParams, MarkovChain, MultimodalHMM
 from .lds import LDSParams, MultimodalLDS
 from .mixture import GatedMixture
 from .mvrnn import MVRNN
+from .siamese import KNNMemory, SiameseEmbedding, SiameseEncoder
 
 __all__ = [
     "MultimodalModel",
@@ -16,4 +17,7 @@ __all__ = [
     "LDSParams",
     "GatedMixture",
     "MVRNN",
+    "SiameseEncoder",
+    "SiameseEmbedding",
+    "KNNMemory",
 ]

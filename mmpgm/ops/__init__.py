@@ -3,7 +3,8 @@
 Rooms: ``hmm/`` (factorial forward-backward, Viterbi, FFBS, streaming step), ``kalman/``
 (Kalman filter, RTS smoother, FFBS; sequential and parallel-scan), ``mixture.py`` (gated-mixture
 likelihood and the Markov gate's forward algorithm), ``gaussian.py`` (diagonal-Gaussian algebra),
-``scan.py`` (associative scan), ``kmeans.py``, ``linalg.py``.
+``scan.py`` (associative scan), ``kmeans.py``, ``linalg.py``, ``contrastive.py`` (siamese loss and
+label-driven pair sampling).
 
 The contract every routine here keeps:
 
@@ -27,3 +28,7 @@ The contract every routine here keeps:
   documented constants measured by ``benchmarks/``. No module-level switches.
 * **Device and dtype** follow the inputs.
 """
+
+from .contrastive import contrastive_loss, pair_distance, sample_negatives, sample_pairs
+
+__all__ = ["contrastive_loss", "pair_distance", "sample_negatives", "sample_pairs"]
