@@ -2,6 +2,7 @@
 :class:`MultimodalModel` protocol (:mod:`mmpgm.models._base`)."""
 
 from ._base import MultimodalModel
+from .denoising import DenoisingExpert, GatedDenoisers
 from .hmm import HMMParams, MarkovChain, MultimodalHMM
 from .lds import LDSParams, MultimodalLDS
 from .mixture import GatedMixture
@@ -20,4 +21,6 @@ __all__ = [
     "SiameseEncoder",
     "SiameseEmbedding",
     "KNNMemory",
+    "DenoisingExpert",
+    "GatedDenoisers",
 ]
