@@ -494,6 +494,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes for the CI smoke test")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated config names")
     p.add_argument("--cache", default=None, help="cache of synthesized words (default: a temp dir)")
+    p.add_argument("--sizes", default="", help="overrides of the size table, e.g. "
+                   "'train_reps=8,finetune_steps=600' (keys: see SIZES)")
     p.add_argument("--k", type=int, default=5, help="neighbours of every kNN")
     p.add_argument("--hidden", type=int, default=256, help="hidden width of the towers")
     p.add_argument("--embed-dim", type=int, default=32, help="word embedding size")
@@ -513,6 +515,13 @@ def parse_args(argv=None):
     if bad:
         p.error(f"--configs: expected names from {CONFIGS}, got {bad}")
     args.configs = configs
+    sizes = dict(SIZES["quick" if args.quick else "full"])
+    for part in (q for q in args.sizes.split(",") if q):
+        key, _, value = part.partition("=")
+        if key not in sizes or not value.isdigit() or int(value) < 1:
+            p.error(f"--sizes: expected KEY=POSITIVE_INT with KEY in {sorted(sizes)}, got {part!r}")
+        sizes[key] = int(value)
+    args.size_table = sizes
     return args
 
 
@@ -523,7 +532,7 @@ def main(argv=None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    sizes = SIZES["quick" if args.quick else "full"]
+    sizes = args.size_table
     tmp = None
     if args.cache is None:
         tmp = tempfile.TemporaryDirectory(prefix="mmpgm_noisy_events_")
