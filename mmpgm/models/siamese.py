@@ -12,10 +12,14 @@ Items are frames: ``data.obs[modality][n, t]`` of shape ``(D,)``; labels are
 sequence's frames), ``-1`` = unlabelled. Context windows are the user's business (stack them
 into the frame vector).
 
-Why a few lines of torch and not pytorch-metric-learning: the loss is two lines
-(:mod:`mmpgm.ops.contrastive`), the pair sampler must read mmpgm's per-frame labels with masks
-and padding, and the training loop must be :func:`mmpgm.fit`'s (progress, early stopping,
-checkpoint/resume, seeding); the library would add a dependency for neither.
+Why a few lines of torch and not pytorch-metric-learning (not a dependency of mmpgm): the loss
+of eq. 52 is two lines (:mod:`mmpgm.ops.contrastive`), while that library's ``ContrastiveLoss``
+is by default another loss (unsquared hinges ``relu(d - pos_margin)``, ``relu(neg_margin - d)``
+averaged over the non-zero pairs only, so its value and gradient scale change with the number
+of active pairs); its miners pair the items of one batch, whereas ours must read mmpgm's
+per-frame or per-sequence labels with masks and padding; and the training loop must be
+:func:`mmpgm.fit`'s (progress, early stopping, checkpoint/resume, seeding). It would add a
+dependency and a conversion for nothing the torch lines lack.
 
 Incremental use (section 6.2): a trained encoder embeds new items by a forward pass
 (:meth:`SiameseEncoder.embed`), and :class:`KNNMemory` classifies them by their nearest stored
@@ -254,6 +258,33 @@ class SiameseEncoder(MultimodalModel):
         with torch.no_grad():
             return self(x)
 
+    def embed_data(self, data: MultimodalData, *, name: str | None = None) -> MultimodalData:
+        """``data`` with the encoder's modality replaced by its embeddings ``(N, T, E)`` (NaN at
+        frames that are not observed; the other modalities, masks, lengths and labels kept),
+        under the name ``name`` (default the modality's own name).
+
+        This is how a frozen encoder feeds a model that takes no embedding emission (e.g. a
+        :class:`~mmpgm.MultimodalLDS` with ``obs_dims[name] = embed_dim``): its likelihood is
+        then a feature likelihood of the embeddings, as with
+        :class:`~mmpgm.observations.EmbeddingObservation`.
+        """
+        data = self._checked(data)
+        m = self.modality
+        name = m if name is None else name
+        if not isinstance(name, str) or not name or (name != m and name in data.obs):
+            raise ValueError(
+                f"name: expected a new modality name (or None), got {name!r}; data have "
+                f"{sorted(data.obs)}"
+            )
+        z = self.embed(data.filled(m))
+        z = torch.where(data.mask[m][..., None], z, torch.full_like(z, float("nan")))
+        obs = {k: (z if k == m else v) for k, v in data.obs.items()}
+        obs = {(name if k == m else k): v for k, v in obs.items()}
+        mask = {(name if k == m else k): v for k, v in data.mask.items()}
+        return MultimodalData(
+            obs, lengths=data.lengths, mask=mask, labels=dict(data.labels), meta=dict(data.meta)
+        )
+
     # ------------------------------------------------------------------ data
     def check_data(self, data) -> MultimodalData:
         """As :meth:`MultimodalModel.check_data`, but only the encoder's modality is checked
@@ -458,6 +489,16 @@ class KNNMemory:
 
     def __len__(self) -> int:
         return 0 if self._y is None else int(self._y.numel())
+
+    @property
+    def embeddings(self) -> torch.Tensor | None:
+        """``(M, E)`` the stored embeddings (None while empty)."""
+        return self._z
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """``(M,)`` int64 their labels (None while empty)."""
+        return self._y
 
     def _embed(self, x) -> torch.Tensor:
         x = torch.as_tensor(x)

@@ -18,6 +18,12 @@ moves the encoder: the objective is still this feature likelihood, which the enc
 by shrinking its embeddings (collapse), so train it jointly only with a small learning rate
 from a pre-trained encoder, or alongside its own loss; EM never changes the encoder.
 
+With a frozen encoder the model equals a plain Gaussian emission on the embedded stream
+(``SiameseEncoder.embed_data(data)``, tested to 1e-12): precomputing the embeddings that way
+saves the encoder's forward pass on every SVI step, and feeds models without an embedding
+emission (the :class:`~mmpgm.MultimodalLDS` with ``obs_dims[m] = E``). Keep the emission for
+``trainable=True``, for raw frames arriving online, and to save the encoder with the model.
+
 Observation models may not import networks (:mod:`mmpgm.nn`): the encoder is taken
 duck-typed. Loading a saved model rebuilds the encoder from its config when its class is
 registered here (:func:`register_encoder`; :mod:`mmpgm.models.siamese` registers
@@ -168,6 +174,17 @@ class EmbeddingObservation(ObservationModel):
             "embed_dim": self.embed_dim,
             "encoder": _encoder_spec(self.encoder),
         }
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate=True):
+        """The emission's own, state-indexed Gaussian parameters (``loc``, ``scale`` or
+        ``scale_tril``): what ``MultimodalHMM.params`` holds and ``set_params`` sets, and what
+        the restart alignment of :mod:`mmpgm.diagnostics` permutes. The encoder's parameters
+        are ``emission.encoder.parameters()``; a model holding this emission lists both (its
+        ``parameters()``, ``state_dict()`` and ``.to()`` walk the module tree, so SVI trains
+        the encoder when :attr:`trainable`, and saving carries it)."""
+        for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
+            if not name[len(prefix) :].lstrip(".").startswith("encoder."):
+                yield name, p
 
     # ------------------------------------------------------------------ the feature map
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -293,3 +293,41 @@ def test_bad_input_raises_by_name():
         spec.sample_at(torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="embedding"):
         MultimodalHMM({"spec": E}, 2, 1, emission={"spec": "embedding"})
+
+
+def test_params_hold_the_gaussian_and_the_model_holds_the_encoder():
+    model = make_model("full")
+    data = make_data(N=2, T=4)
+    params = model.params
+    assert set(params.emissions["spec"]) == {"loc", "scale_tril"}  # state-indexed only
+    names = [n for n, _ in model.named_parameters()]
+    assert any(n.startswith("emissions.spec.encoder.") for n in names)  # SVI sees the encoder
+    with torch.no_grad():
+        before = model.log_likelihood(data)
+        params.emissions["spec"]["loc"] += 1.0
+        model.set_params(params)
+        after = model.log_likelihood(data)
+        params.emissions["spec"]["loc"] -= 1.0
+        model.set_params(params)
+        torch.testing.assert_close(model.log_likelihood(data), before, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(after, before)
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_equals_a_gaussian_hmm_on_the_embedded_stream(covariance):
+    enc = mmpgm.SiameseEncoder(MLPTower(D, (6,), E), modality="spec")
+    enc.standardizer.fit_to(torch.randn(30, D) * 2 + 1)
+    model = make_model(covariance, encoder=enc)
+    data = make_data(N=3, T=5)
+    plain = MultimodalHMM({"spec": E, "a": 2}, 2, 2, emission={"spec": covariance, "a": "diag"})
+    own = {k: v for k, v in model.state_dict().items() if ".encoder." not in k}
+    plain.load_state_dict(own)
+    embedded = enc.embed_data(data)  # the stream replaced by G(x), NaN where missing
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.log_likelihood(data), plain.log_likelihood(embedded), rtol=1e-12, atol=1e-12
+        )
+    post, ref = mmpgm.infer(model, data), mmpgm.infer(plain, embedded)
+    torch.testing.assert_close(
+        post.marginals["shared"], ref.marginals["shared"], rtol=1e-10, atol=1e-12
+    )
