@@ -228,6 +228,16 @@ class DenoisingExpert(MultimodalModel):
             )
         return s.clone()
 
+    @property
+    def has_network_weights(self) -> bool:
+        """Whether the network has parameters (``nn.Identity`` has none)."""
+        return next(iter(self.network.parameters()), None) is not None
+
+    def _param(self) -> torch.Tensor:
+        """The first parameter, or the standardizer's buffer when there is none (a fixed
+        sigma and a parameterless network): the model's device and dtype."""
+        return next(iter(self.parameters()), self.standardizer.loc)
+
     def save(self, path) -> None:
         """Save to ``path`` (:func:`mmpgm.load_model`); default network only."""
         if self.custom_network:
@@ -354,7 +364,8 @@ class GatedDenoisers(MultimodalModel):
         Width of the gate's hidden layer (:class:`~mmpgm.nn.denoisers.DenoiserGate`, on the
         standardized noisy item).
     noise_label : str
-        Label of the noise type, ``(N,)`` or ``(N, T)`` ints in ``[-1, K)``; ``-1`` = unknown.
+        Label of the noise type, ``(N,)`` or ``(N, T)`` ints in ``[-1, K)``; ``-1`` (or NaN in a
+        float label) = unknown.
     noisy, clean : str
         Modality names.
     train_experts : bool
@@ -423,12 +434,20 @@ class GatedDenoisers(MultimodalModel):
             else DenoisingExpert(D, network=e, noisy=noisy, clean=clean, standardize=False)
             for e in experts
         ]  # fmt: skip
-        p = next(iter(wrapped[0].parameters()))
+        # the wrappers' own sigma: set from data by init_from_data even when frozen
+        self._wrapped = tuple(not isinstance(e, DenoisingExpert) for e in experts)
+        # the dtype/device of the first expert with network weights (an expert whose network
+        # has none, e.g. nn.Identity, follows it)
+        with_weights = [e for e in wrapped if e.has_network_weights]
+        p = (with_weights or wrapped)[0]._param()
+        for e in wrapped:
+            if not e.has_network_weights:
+                e.to(device=p.device, dtype=p.dtype)
         for i, e in enumerate(wrapped):
-            q = next(iter(e.parameters()))
+            q = e._param()
             if q.dtype != p.dtype or q.device != p.device:
                 raise ValueError(
-                    f"experts[{i}]: expected the dtype/device of experts[0] ({p.dtype}, "
+                    f"experts[{i}]: expected the dtype/device of the other experts ({p.dtype}, "
                     f"{p.device}), got ({q.dtype}, {q.device})"
                 )
         self.input_dim = D
@@ -463,6 +482,10 @@ class GatedDenoisers(MultimodalModel):
     def num_experts(self) -> int:
         return len(self.experts)
 
+    def _param(self) -> torch.Tensor:
+        """The gate's first parameter (the experts may have none): device and dtype."""
+        return next(iter(self.gate.parameters()))
+
     def set_trainable(self, *, experts: bool | None = None, gate: bool | None = None) -> None:
         """Freeze (``False``) or unfreeze (``True``) the experts' parameters (networks and
         sigmas) and the gate's; ``None`` leaves a part as it is. :func:`mmpgm.fit` trains the
@@ -492,11 +515,15 @@ class GatedDenoisers(MultimodalModel):
         if lab.shape not in ((N,), (N, T)):
             raise ValueError(f"{name}: expected shape ({N},) or ({N}, {T}), got {tuple(lab.shape)}")
         if lab.dtype == torch.bool or (
-            lab.is_floating_point() and not bool((lab == lab.round()).all())
+            lab.is_floating_point() and not bool(((lab == lab.round()) | lab.isnan()).all())
         ):
-            raise ValueError(f"{name}: expected integer noise types, got dtype {lab.dtype}")
+            raise ValueError(
+                f"{name}: expected integer noise types (-1 or NaN unknown), got dtype {lab.dtype}"
+            )
         K = self.num_experts
         inside = lab if lab.dim() == 1 else lab[data.time_mask]
+        if inside.is_floating_point():
+            inside = inside[~inside.isnan()]
         if inside.numel() and (inside.min() < -1 or inside.max() >= K):
             raise ValueError(
                 f"{name}: expected noise types in [-1, {K - 1}] (one per expert, -1 unknown), "
@@ -510,7 +537,10 @@ class GatedDenoisers(MultimodalModel):
         lab = data.labels.get(self.noise_label)
         if lab is None:
             return torch.full((N, T), -1, dtype=torch.long, device=data.device)
-        lab = lab.to(data.device).long()
+        lab = lab.to(data.device)
+        if lab.is_floating_point():
+            lab = torch.where(lab.isnan(), torch.full_like(lab, -1), lab)
+        lab = lab.long()
         if lab.dim() == 1:
             lab = lab[:, None].expand(N, T)
         return torch.where(data.time_mask, lab, torch.full_like(lab, -1))
@@ -530,16 +560,19 @@ class GatedDenoisers(MultimodalModel):
         """Data-driven start (called by :func:`mmpgm.fit` on the first fit): the gate's input
         standardization (unless set) and, for every expert not fitted yet, its standardization
         and sigma from the frames of its noise type (all frames when none is labelled with
-        it). Fitted or frozen experts and all network weights are left alone."""
+        it). Fitted or frozen :class:`DenoisingExpert` s and all network weights are left
+        alone; the sigma of a wrapped plain module (which only this model owns) is set even
+        when the experts are frozen."""
         data = self._checked(data)
         xn, mn = data.obs[self.noisy], data.mask[self.noisy]
         if not bool(self.gate_standardizer.initialized) and bool(mn.any()):
             self.gate_standardizer.fit_to(xn[mn])
         ev = mn & data.mask[self.clean]
         lab = self.noise_types(data)
-        for k, e in enumerate(self.experts):
-            if e._mmpgm_fitted or not any(q.requires_grad for q in e.parameters()):
-                continue  # fitted or frozen: left exactly as it is
+        for k, (e, wrapped) in enumerate(zip(self.experts, self._wrapped, strict=True)):
+            frozen = not any(q.requires_grad for q in e.parameters())
+            if e._mmpgm_fitted or (frozen and not wrapped):
+                continue  # a fitted or frozen DenoisingExpert is left exactly as it is
             sel = ev & (lab == k)
             if not bool(sel.any()):
                 sel = ev
@@ -633,7 +666,9 @@ class GatedDenoisers(MultimodalModel):
     def posterior(self, data, *, causal=False, num_samples=0, seed=None, map_path=True):
         """Gate weights, responsibilities, denoised outputs (see
         :class:`~mmpgm.results.denoising.DenoisingPosterior`). The gate is per frame, so the
-        filtered (``causal=True``) and smoothed posteriors are the same."""
+        filtered (``causal=True``) and smoothed posteriors are the same. Where the noisy frame
+        is unobserved the denoised outputs are NaN and the weights are the gate's at a zero
+        (filled) input, unused by the likelihood."""
         check_int("num_samples", num_samples, minimum=0)
         data = self._checked(data)
         with torch.no_grad():
@@ -648,11 +683,13 @@ class GatedDenoisers(MultimodalModel):
                 N, T, K = resp.shape
                 draws = torch.multinomial(resp.reshape(-1, K), num_samples, True, generator=gen)
                 samples = draws.T.reshape(num_samples, N, T)
+            seen = gate_mask[..., None]
+            per = torch.where(seen[..., None], per, torch.nan)
             return DenoisingPosterior(
                 gate_weights=w,
                 responsibilities=resp,
                 per_expert=per,
-                mixed=(w[..., None] * per).sum(-2),
+                mixed=torch.where(seen, (w[..., None] * per).sum(-2), torch.nan),
                 map=resp.argmax(-1) if map_path else None,
                 samples=samples,
                 log_likelihood=labelled_mixture_log_likelihood(log_w, lc, lab, gate_mask, ev),
@@ -700,18 +737,25 @@ def _denoiser_items(denoisers, data, weighting: str):
     return x, y, lab
 
 
-def _denoised_embedding(denoisers, encoder, x, lab, weighting: str) -> torch.Tensor:
+def _denoised_embedding(denoisers, encoder, x, lab, weighting: str, y=None):
     r"""The point compared with the clean embedding, ``(F, E)`` with gradient: the gate-weighted
-    centre :math:`\sum_k g_k G(f_k(x))`, or :math:`G(f_{c^*}(x))` where the type is known
-    (``weighting="label"``)."""
+    centre :math:`\sum_k w_k G(f_k(x))`, ``w`` the gate or, where the type is known and
+    ``weighting="label"``, one-hot on it; and with clean items ``y (F, D)`` the weighted
+    denoising error :math:`\sum_k w_k \lVert f_k(x) - y \rVert^2 / D` ``(F,)`` (else None)."""
     if isinstance(denoisers, DenoisingExpert):
-        return embed_items(encoder, denoisers._denoise(x), grad=True)
-    w = denoisers.gate_log_weights(x).exp()
-    if weighting == "label":
-        onehot = torch.nn.functional.one_hot(lab.clamp(min=0), denoisers.num_experts).to(w.dtype)
-        w = torch.where((lab >= 0)[:, None], onehot, w)
-    z = embed_items(encoder, denoisers.expert_outputs(x), grad=True)
-    return (w.to(z.dtype)[..., None] * z).sum(-2)
+        f = denoisers._denoise(x)[..., None, :]
+        w = torch.ones(f.shape[:-1], dtype=f.dtype, device=f.device)
+    else:
+        w = denoisers.gate_log_weights(x).exp()
+        if weighting == "label":
+            onehot = torch.nn.functional.one_hot(lab.clamp(min=0), denoisers.num_experts)
+            w = torch.where((lab >= 0)[:, None], onehot.to(w.dtype), w)
+        f = denoisers.expert_outputs(x)
+    z = embed_items(encoder, f, grad=True)
+    centre = (w.to(z.dtype)[..., None] * z).sum(-2)
+    if y is None:
+        return centre, None
+    return centre, (w * (f - y[..., None, :]).square().mean(-1)).sum(-1)
 
 
 def finetune_into_embedding(
@@ -722,6 +766,7 @@ def finetune_into_embedding(
     train: str = "denoiser",
     weighting: str = "gate",
     train_gate: bool = False,
+    denoise_weight: float = 0.0,
     num_steps: int = 200,
     lr: float = 1e-3,
     batch_size: int | None = 256,
@@ -736,6 +781,7 @@ def finetune_into_embedding(
 
     .. math::
         \Big\lVert \sum_k w_k(x)\, G(f_k(x)) - G_0(y) \Big\rVert^2
+        \;\big(+\, \lambda \textstyle\sum_k w_k(x) \lVert f_k(x) - y \rVert^2 / D\big)
 
     with Adam, where :math:`G_0(y)` are the clean items embedded once before training (the
     clean map held as ground truth, so training the encoder cannot collapse it) and
@@ -763,6 +809,11 @@ def finetune_into_embedding(
     train_gate : bool
         Also train the gate (with ``train`` "denoiser" or "both"; default ``False``: the gate
         keeps the meaning it learned from the noise types).
+    denoise_weight : float
+        :math:`\lambda \ge 0`: add :math:`\lambda \sum_k w_k \lVert f_k(x) - y \rVert^2 / D`
+        to every item's loss, which keeps the denoisers close to the clean items in input
+        space while they move towards the clean embedding (default 0: the paper's loss alone;
+        an extension, not in the paper).
     num_steps : int
         Maximum Adam steps (one minibatch of items each).
     lr : float
@@ -801,6 +852,7 @@ def finetune_into_embedding(
     check_int("seed", seed, minimum=0)
     check_int("patience", patience, minimum=0)
     tol = check_float("tol", tol, minimum=0.0)
+    denoise_weight = check_float("denoise_weight", denoise_weight, minimum=0.0)
     x, y, lab = _denoiser_items(denoisers, data, weighting)
     F = x.shape[0]
 
@@ -830,7 +882,7 @@ def finetune_into_embedding(
         with torch.no_grad():
             total = 0.0
             for i in range(0, F, 4096):
-                z = _denoised_embedding(
+                z, _ = _denoised_embedding(
                     denoisers, encoder, x[i : i + 4096], lab[i : i + 4096], weighting
                 )
                 total += float((z - target[i : i + 4096]).square().sum())
@@ -852,10 +904,17 @@ def finetune_into_embedding(
         optim = torch.optim.Adam([every[k] for k in every if k in chosen], lr=lr)
         for _ in range(num_steps):
             idx = torch.randperm(F, generator=gen)[:batch_size].to(x.device) if stochastic else None
-            xb, lb, tb = (x, lab, target) if idx is None else (x[idx], lab[idx], target[idx])
+            if idx is None:
+                xb, yb, lb, tb = x, y, lab, target
+            else:
+                xb, yb, lb, tb = x[idx], y[idx], lab[idx], target[idx]
             optim.zero_grad()
-            z = _denoised_embedding(denoisers, encoder, xb, lb, weighting)
+            z, err = _denoised_embedding(
+                denoisers, encoder, xb, lb, weighting, yb if denoise_weight > 0 else None
+            )
             loss = (z - tb).square().sum(-1).mean()
+            if err is not None:
+                loss = loss + denoise_weight * err.mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"finetune_into_embedding: the loss became {float(loss)}; lower lr"

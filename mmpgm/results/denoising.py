@@ -66,14 +66,16 @@ class FinetuneResult(NamedTuple):
     Attributes
     ----------
     losses : ndarray ``(num_steps_run,)``
-        Mean squared embedding distance :math:`\lVert \hat G - G_0(y) \rVert^2` per item at each
-        step (of the step's minibatch).
+        The objective at each step (of the step's minibatch, before its update): the mean
+        squared embedding distance :math:`\lVert \hat G - G_0(y) \rVert^2` per item, plus the
+        ``denoise_weight`` term when it is on.
     num_steps : int
         Steps run.
     converged : bool
         Stopped early on a plateau.
     initial_distance, final_distance : float
-        Mean squared distance over all items before and after fine-tuning.
+        Mean squared embedding distance over all items before and after fine-tuning (the
+        embedding term only).
     train : str
         Which parts were trained (``"denoiser"``, ``"encoder"`` or ``"both"``).
     wall_time : float
