@@ -285,70 +285,27 @@ def fit(
             model.load_state_dict(start_state)
         if do_init and method == "em" and not streamed:  # (svi: in its standardized units)
             model.init_from_data(data, seed=seed + r)
+        # the options every training function takes, then what each adds
+        common = dict(num_steps=num_steps, patience=patience, tol=tol, progress=progress, comm=comm)
+        init_seed = seed + r if do_init else None
+        svi = dict(
+            lr=lr, batch_size=batch_size, seed=seed + r, clip_norm=clip_norm, program=program,
+            elbo=elbo, init_seed=init_seed,
+        )  # fmt: skip
+        saved = dict(checkpoint=checkpoint, checkpoint_every=checkpoint_every)
         if streamed and method == "em":
             result = fit_em_stream(
-                model,
-                data,
-                num_steps=num_steps,
-                patience=patience,
-                tol=tol,
-                progress=progress,
-                init_seed=seed + r if do_init else None,
-                comm=comm,
-                chunk_size=chunk_size,
+                model, data, **common, init_seed=init_seed, chunk_size=chunk_size
             )
         elif streamed:
-            result = fit_svi_stream(
-                model,
-                data,
-                num_steps=num_steps,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed + r,
-                clip_norm=clip_norm,
-                patience=patience,
-                tol=tol,
-                progress=progress,
-                program=program,
-                elbo=elbo,
-                init_seed=seed + r if do_init else None,
-                comm=comm,
-            )
+            result = fit_svi_stream(model, data, **common, **svi)
         elif method == "em":
             result = fit_em(
-                model,
-                data,
-                num_steps=num_steps,
-                patience=patience,
-                tol=tol,
-                progress=progress,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed + r,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                comm=comm,
+                model, data, **common, lr=lr, batch_size=batch_size, seed=seed + r, **saved,
                 chunk_size=chunk_size,
-            )
+            )  # fmt: skip
         else:
-            result = fit_svi(
-                model,
-                data,
-                num_steps=num_steps,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed + r,
-                clip_norm=clip_norm,
-                patience=patience,
-                tol=tol,
-                progress=progress,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                program=program,
-                elbo=elbo,
-                init_seed=seed + r if do_init else None,
-                comm=comm,
-            )
+            result = fit_svi(model, data, **common, **svi, **saved)
         finals.append(result.final_loss)
         if best is None or result.final_loss < best[0].final_loss:
             best = (result, copy.deepcopy(model.state_dict()) if num_restarts > 1 else None)
