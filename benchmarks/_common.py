@@ -277,3 +277,46 @@ def run_worker(argv: list, *, timeout_s: float, env: Mapping | None = None) -> d
         return json.loads(lines[-1])
     except json.JSONDecodeError as err:
         return {"error": f"bad worker output: {err}"}
+
+
+# --------------------------------------------------------------------------- devices
+def check_device(device: str) -> str:
+    """``--device``: ``"cpu"`` or ``"cuda"`` / ``"cuda:i"``, available here; else ValueError
+    naming the argument (a benchmark asked for a GPU it does not have must not time the CPU)."""
+    import torch
+
+    if device == "cpu":
+        return device
+    if not isinstance(device, str) or not device.startswith("cuda"):
+        raise ValueError(f"--device: expected 'cpu' or 'cuda[:i]', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} requested but torch sees no CUDA device")
+    torch.device(device)  # validates the index form
+    return device
+
+
+def synchronized(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """``fn`` followed by ``torch.cuda.synchronize`` on a CUDA device (kernels are asynchronous:
+    without it a timer measures the launch, not the work); ``fn`` itself on the CPU."""
+    if not device.startswith("cuda"):
+        return fn
+    import torch
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
+def cuda_peak_mib(fn: Callable[[], object], device: str) -> float:
+    """Peak CUDA memory allocated by one call of ``fn`` above what was allocated before, MiB."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20

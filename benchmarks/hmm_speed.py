@@ -65,10 +65,30 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm` and `_common` imp
     _here = Path(__file__).resolve().parent
     sys.path.insert(0, str(_here))
     sys.path.insert(1, str(_here.parent))
-    from _common import PeakRSS, emit, env_info, rel_diff, run_worker, time_interleaved
+    from _common import (
+        PeakRSS,
+        check_device,
+        cuda_peak_mib,
+        emit,
+        env_info,
+        rel_diff,
+        run_worker,
+        synchronized,
+        time_interleaved,
+    )  # fmt: skip
     from _hmm_impls import Skip, build_impl, product_size, zero_grads
 else:  # pragma: no cover - imported as benchmarks.hmm_speed
-    from ._common import PeakRSS, emit, env_info, rel_diff, run_worker, time_interleaved
+    from ._common import (
+        PeakRSS,
+        check_device,
+        cuda_peak_mib,
+        emit,
+        env_info,
+        rel_diff,
+        run_worker,
+        synchronized,
+        time_interleaved,
+    )  # fmt: skip
     from ._hmm_impls import Skip, build_impl, product_size, zero_grads
 
 import torch
@@ -161,6 +181,9 @@ def measure_memory(impl, cfg, opts, median_s):
 # --------------------------------------------------------------------------- one configuration
 def bench_config(cname, cfg, impls, opts, log):
     model, data = make_problem(cfg, opts.seed)
+    device = getattr(opts, "device", "cpu")
+    if device != "cpu":  # the mmpgm paths on the GPU; the peers are CPU libraries
+        model, data = model.to(device), data.to(device=device)
     P = product_size(cfg)
     record = {
         "benchmark": BENCHMARK,
@@ -177,6 +200,7 @@ def bench_config(cname, cfg, impls, opts, log):
             "dtype": "float64",
             "quick": bool(opts.quick),
             "workload": "log-likelihood + gradient w.r.t. all parameters",
+            "device": getattr(opts, "device", "cpu"),
         },
         "median_s": {},
         "speedup": {},
@@ -186,8 +210,12 @@ def bench_config(cname, cfg, impls, opts, log):
     runs, extras, skipped = {}, {}, {}
     for impl in impls:
         t0 = time.perf_counter()
+        if device != "cpu" and not impl.startswith("mmpgm"):
+            skipped[impl] = f"a CPU peer; --device {device} times the mmpgm paths only"
+            continue
         try:
             runs[impl], extras[impl] = build_impl(impl, model, data, cfg, opts)
+            runs[impl] = synchronized(runs[impl], device)
         except Skip as e:
             skipped[impl] = str(e)
             log(f"  [{cname}] skip {impl}: {e}")
@@ -228,7 +256,10 @@ def bench_config(cname, cfg, impls, opts, log):
     # peak memory
     peak_method = "inprocess_vmhwm" if opts.quick or opts.no_subprocess else "subprocess_vmhwm"
     for impl in record["median_s"]:
-        if opts.quick or opts.no_subprocess:
+        if device != "cpu":
+            peak_method = "cuda_max_memory_allocated"
+            record["peak_mib"][impl] = cuda_peak_mib(runs[impl], device)
+        elif opts.quick or opts.no_subprocess:
             try:
                 with PeakRSS() as pk:
                     runs[impl]()
@@ -408,6 +439,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--configs", default="A1,A2,A3", help="comma-separated config names (A1,A2,A3)")
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default) or cuda[:i]: the mmpgm paths run there (the peers are CPU libraries "
+        "and are skipped); peak memory is then torch.cuda.max_memory_allocated",
+    )
+    p.add_argument(
         "--peers",
         default=",".join(PEERS),
         help=f"comma-separated peers (default all: {','.join(PEERS)}); 'none': mmpgm only",
@@ -492,6 +529,11 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    try:
+        opts.device = check_device(opts.device)
+    except ValueError as e:
+        log(str(e))
+        return 2
     torch.set_default_dtype(torch.float64)
     if opts.crossover:
         crossover(opts, log)

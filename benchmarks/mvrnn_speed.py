@@ -57,7 +57,9 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import PeakRSS, emit, env_info, rel_diff, time_interleaved  # noqa: E402
+from _common import (  # noqa: E402
+    PeakRSS, check_device, emit, env_info, rel_diff, synchronized, time_interleaved,
+)  # fmt: skip
 
 CONFIGS = {
     "D": dict(name="D", N=16, T=75, dims=(64, 64), hidden=64, latent=16),
@@ -128,7 +130,7 @@ def plain_loss(net, xs, masks, noise, time_mask=None):
     return -total
 
 
-def build(cfg, seed=0):
+def build(cfg, seed=0, device="cpu"):
     import torch
 
     import mmpgm  # noqa: F401  (module-local Pyro params)
@@ -142,15 +144,16 @@ def build(cfg, seed=0):
     data = MultimodalData(obs)
     model = MVRNN(dims, hidden_dim=cfg["hidden"], shared_dim=cfg["latent"], private_dim=cfg["latent"])
     model.init_from_data(data)
+    model = model.to(device)
     return model, model.check_data(data)
 
 
-def run_config(cfg, impls, repeats, budget_s, agree_draws, jit_budget_s=120.0):
+def run_config(cfg, impls, repeats, budget_s, agree_draws, jit_budget_s=120.0, device="cpu"):
     import pyro
     import torch
     from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
-    model, data = build(cfg)
+    model, data = build(cfg, device=device)
     params = list(model.parameters())
     optim = torch.optim.Adam(params, lr=1e-3)
     xs, masks, tm = model._inputs(data)
@@ -163,7 +166,7 @@ def run_config(cfg, impls, repeats, budget_s, agree_draws, jit_budget_s=120.0):
             loss.backward()
             optim.step()
             return loss
-        return f
+        return synchronized(f, device)
 
     elbos = {"mmpgm": model.default_elbo(), "pyro_trace_elbo": Trace_ELBO(),
              "pyro_meanfield_elbo": TraceMeanField_ELBO(),
@@ -299,6 +302,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--budget-s", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = library default)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: model, data and "
+                    "every implementation (all are torch) run there")
     ap.add_argument("--agree-draws", type=int, default=None)
     ap.add_argument("--jit-budget-s", type=float, default=None,
                     help="give up compiling a JIT variant after this long (default 120, quick 20)")
@@ -323,7 +328,12 @@ def main(argv=None):
     budget = args.budget_s or (3.0 if args.quick else 20.0)
     draws = args.agree_draws if args.agree_draws is not None else (4 if args.quick else 8)
     jit_budget = args.jit_budget_s or (20.0 if args.quick else 120.0)
-    rec = run_config(cfg, impls, repeats, budget, draws, jit_budget)
+    try:
+        device = check_device(args.device)
+    except ValueError as e:
+        ap.error(str(e))
+    rec = run_config(cfg, impls, repeats, budget, draws, jit_budget, device=device)
+    rec.setdefault("config", {})["device"] = device
     if skipped:
         rec["skipped"] = skipped
     emit(rec)
