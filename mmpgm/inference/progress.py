@@ -1,14 +1,5 @@
-"""Progress bars that switch themselves off when nobody is watching."""
+"""Progress bars of the training loops (:func:`mmpgm._progress.progress_bar`)."""
 
-from __future__ import annotations
+from .._progress import progress_bar
 
-import sys
-
-from tqdm.auto import tqdm
-
-
-def progress_bar(total: int, desc: str, enabled: bool | None):
-    """A tqdm bar; ``enabled=None`` shows it only when stderr is a terminal."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+__all__ = ["progress_bar"]

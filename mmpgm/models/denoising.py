@@ -61,7 +61,6 @@ The four steps of Fig. 11 on ``data`` (per-sequence ``noise_type`` in ``0..K-1``
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 
@@ -73,8 +72,8 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from pyro.ops.indexing import Vindex
 from torch import nn
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from .._validation import check_bool, check_choice, check_float, check_int
 from ..data import MultimodalData
 from ..nn.denoisers import DenoiserGate, DenoisingAutoencoder
@@ -893,10 +892,7 @@ def finetune_into_embedding(
     window = 10 if stochastic else 1
     losses: list[float] = []
     best, since, converged = math.inf, 0, False
-    enabled = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = tqdm(
-        total=num_steps, desc="finetune", disable=not enabled, leave=False, dynamic_ncols=True
-    )
+    bar = progress_bar(num_steps, "finetune", None if progress is None else bool(progress))
     t0 = time.perf_counter()
     try:
         for k, q in every.items():
