@@ -284,8 +284,16 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, family):
         assert proc.stdout.readline().strip() == b"ready"
         t0 = time.perf_counter()
         while not path.exists() and time.perf_counter() - t0 < 30:
-            time.sleep(0.005)  # kill once it writes checkpoints (after init, at random steps)
-        time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(0.002)  # kill once it writes checkpoints (after init, at random steps)
+        # a random step a little ahead of where the child is, so the kill lands mid-fit on a
+        # fast machine too (a random delay in seconds let a quick fit finish first); steps write
+        # a checkpoint each, atomically, so reading one while the child runs is safe
+        start = ckpt.load_checkpoint(path)["step"] if path.exists() else 0
+        target = min(start + rng.randint(1, 3), ns["KW"]["num_steps"] - 1)
+        while time.perf_counter() - t0 < 30 and proc.poll() is None:
+            if ckpt.load_checkpoint(path)["step"] >= target:
+                break
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
