@@ -41,6 +41,12 @@ materializing the product-space transition); its gradient with respect to ``log_
 the smoothed posterior, which :func:`factorial_smooth` returns directly.
 """
 
+from .chunked import (
+    ChunkFilterResult,
+    ChunkSmoothResult,
+    factorial_filter_chunk,
+    factorial_smooth_chunked,
+)
 from .forward_backward import (
     chain_marginals,
     factorial_forward,
@@ -78,4 +84,8 @@ __all__ = [
     "factorial_filter_step",
     "factorial_predict",
     "use_dense",
+    "factorial_filter_chunk",
+    "factorial_smooth_chunked",
+    "ChunkFilterResult",
+    "ChunkSmoothResult",
 ]

@@ -77,6 +77,13 @@ from typing import Optional
 
 from torch import Tensor
 
+from .chunked import (
+    ChunkKalmanResult,
+    KalmanCarry,
+    kalman_filter_chunk,
+    predict_carry,
+    rts_smoother_chunked,
+)
 from .method import (
     AUTO_PARALLEL_MAX_STEP_WORK,
     AUTO_PARALLEL_MIN_T,
@@ -114,6 +121,11 @@ __all__ = [
     "AUTO_PARALLEL_MIN_T",
     "AUTO_PARALLEL_MAX_STEP_WORK",
     "STEADY_STATE_RTOL",
+    "KalmanCarry",
+    "ChunkKalmanResult",
+    "kalman_filter_chunk",
+    "predict_carry",
+    "rts_smoother_chunked",
 ]
 
 
