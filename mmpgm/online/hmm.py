@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._validation import check_int
+from .._validation import check_bool, check_int
 from ..models.hmm import MultimodalHMM
 from ..ops import hmm as ops
 
@@ -31,7 +31,8 @@ class FilterState(NamedTuple):
         ``sensor_faults``, as ``"<modality>_fault"``; column 1 = faulty).
     predicted_marginals : dict chain -> ``(N, K)`` one-step prediction
         :math:`p(z_{t+1} \mid x_{1:t})`.
-    predicted : dict modality -> ``(N, D)`` predicted observation mean
+    predicted : dict modality -> ``(N, D)`` predicted observation mean (None when the filter was
+        made with ``predict_observations=False``)
         :math:`E[x^m_{t+1} \mid x_{1:t}] = \sum_{s, p} p(s_{t+1}, p^m_{t+1} \mid x_{1:t})
         \mu_{s p}` (class probabilities for a categorical modality; the working-sensor part
         with ``sensor_faults``), as :meth:`HMMFilter.predict_observation`.
@@ -61,6 +62,11 @@ class HMMFilter:
     model : MultimodalHMM
     num_sequences : int
         Number of streams filtered in parallel (``N``).
+    predict_observations : bool
+        Fill ``FilterState.predicted`` / ``predicted_covariance`` at every step (default). The
+        moments cost about as much as the filter step itself on small models; a real-time user
+        who reads only the marginals passes False (they are then None;
+        :meth:`predict_observation` still gives them on demand).
 
     Examples
     --------
@@ -69,12 +75,14 @@ class HMMFilter:
     >>> state.marginals["shared"], state.predicted["video"], state.predicted_covariance["video"]
     """
 
-    def __init__(self, model, num_sequences: int = 1):
+    def __init__(self, model, num_sequences: int = 1, *, predict_observations: bool = True):
         if not isinstance(model, MultimodalHMM):
             raise TypeError(f"model: expected a MultimodalHMM, got {type(model).__name__}")
         check_int("num_sequences", num_sequences)
+        check_bool("predict_observations", predict_observations)
         self.model = model
         self.num_sequences = num_sequences
+        self.predict_observations = predict_observations
         self.reset()
 
     def reset(self) -> None:
@@ -136,13 +144,19 @@ class HMMFilter:
         predicted = ops.factorial_predict(self._filtered, trans)
         C = len(chains)
         names = model.chain_names
-        moments = {m: self._observation_moments(predicted, m) for m in model.modalities}
+        moments = (
+            {m: self._observation_moments(predicted, m) for m in model.modalities}
+            if self.predict_observations
+            else None
+        )
         return FilterState(
             step=self._step,
             marginals=dict(zip(names, ops.chain_marginals(self._filtered, C), strict=False)),
             predicted_marginals=dict(zip(names, ops.chain_marginals(predicted, C), strict=False)),
-            predicted={m: v[0] for m, v in moments.items()},
-            predicted_covariance={m: v[1] for m, v in moments.items()},
+            predicted=None if moments is None else {m: v[0] for m, v in moments.items()},
+            predicted_covariance=(
+                None if moments is None else {m: v[1] for m, v in moments.items()}
+            ),
             log_likelihood=self._log_likelihood.clone(),
             log_increment=inc,
         )

@@ -47,3 +47,27 @@ def test_streaming_equals_batch_filter_with_missing_modalities():
         f.step({"lidar": torch.zeros(3, 2)})
     with pytest.raises(ValueError, match=r"frame\['audio'\]: expected shape \(3, 4\)"):
         f.step({"audio": torch.zeros(2, 4)})
+
+
+def test_predict_observations_off_skips_the_moments_and_nothing_else():
+    from mmpgm.online import HMMFilter
+
+    model = demo_hmm(seed=0)
+    data, _ = model.sample(2, 6, seed=1)
+    full, lean = HMMFilter(model, 2), HMMFilter(model, 2, predict_observations=False)
+    for t in range(data.num_timesteps):
+        frame = {m: data.obs[m][:, t] for m in data.modalities}
+        a, b = full.step(frame), lean.step(frame)
+        assert b.predicted is None and b.predicted_covariance is None
+        for name in a.marginals:
+            torch.testing.assert_close(b.marginals[name], a.marginals[name], rtol=0, atol=0)
+            torch.testing.assert_close(
+                b.predicted_marginals[name], a.predicted_marginals[name], rtol=0, atol=0
+            )
+        torch.testing.assert_close(b.log_likelihood, a.log_likelihood, rtol=0, atol=0)
+        # on demand they are still there, equal to the full filter's
+        mean, cov = lean.predict_observation("audio")
+        torch.testing.assert_close(mean, a.predicted["audio"], rtol=0, atol=0)
+        torch.testing.assert_close(cov, a.predicted_covariance["audio"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="predict_observations"):
+        HMMFilter(model, 1, predict_observations="no")
