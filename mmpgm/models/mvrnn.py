@@ -349,31 +349,7 @@ class MVRNN(MultimodalModel):
         """The recurrence of :meth:`mmpgm.nn.vrnn.MVRNNNet._loop` from the GRU states ``state``
         ``(h_s, {m: h_m})``; returns its stored terms, the private states before each frame and
         the states after the last frame."""
-        net, mods = self.net, self.modalities
-        pre = net.prepare(xs, masks)
-        h_s, h_m = state
-        keys = ("z", "ql", "qs", "pl", "ps")
-        store = {k: {b: [] for b in ("shared",) + mods} for k in keys}
-        h_prev = {m: [] for m in mods}
-        for t in range(time_mask.shape[0]):
-            masks_t = {m: masks[m][t] for m in mods}
-            p_loc, p_scale, q_loc, q_scale, gh_s = net.shared_step(pre, t, h_s, masks_t)
-            z_s = q_loc if noise is None else q_loc + q_scale * noise["shared"][t]
-            for k, v in zip(keys, (z_s, q_loc, q_scale, p_loc, p_scale), strict=True):
-                store[k]["shared"].append(v)
-            gi_z, enc_z = net.shared_z_projection(pre, z_s)
-            new_h = {}
-            for m in mods:
-                pl, ps, ql, qs, gh_m = net.private_step(pre, t, m, h_m[m], enc_z[m], masks_t[m])
-                z_m = ql if noise is None else ql + qs * noise[m][t]
-                for k, v in zip(keys, (z_m, ql, qs, pl, ps), strict=True):
-                    store[k][m].append(v)
-                h_prev[m].append(h_m[m])
-                new_h[m] = net.private_update(pre, t, m, z_m, gh_m, h_m[m])
-            h_s = net.shared_update(pre, t, gi_z, gh_s, h_s)
-            h_m = new_h
-        st = {k: {b: torch.stack(v) for b, v in d.items()} for k, d in store.items()}
-        return st, {m: torch.stack(v) for m, v in h_prev.items()}, (h_s, h_m)
+        return self.net._loop(xs, masks, time_mask, noise, None, state=state, return_state=True)
 
     # ------------------------------------------------------------------ Pyro programs
     def model(

@@ -310,12 +310,18 @@ class MVRNNNet(nn.Module):
             st, h_prev = self._loop(xs, masks, time_mask, noise, latents)
         return self._finish(st, h_prev, xs, masks, time_mask, log_ratio)
 
-    def _loop(self, xs, masks, time_mask, noise, latents):
-        """The recurrence, one modality at a time (any private sizes)."""
+    def _loop(self, xs, masks, time_mask, noise, latents, state=None, return_state=False):
+        """The recurrence, one modality at a time (any private sizes).
+
+        ``state``: the GRU states ``(h_s, {m: h_m})`` to start from (default
+        :meth:`initial_state`); with ``return_state`` the states after the last frame are
+        returned too (truncated backpropagation carries them across chunks)."""
         mods = self.modalities
         T, N = time_mask.shape
         pre = self.prepare(xs, masks)
-        h_s, h_m = self.initial_state(N, dtype=xs[mods[0]].dtype, device=xs[mods[0]].device)
+        if state is None:
+            state = self.initial_state(N, dtype=xs[mods[0]].dtype, device=xs[mods[0]].device)
+        h_s, h_m = state
         keys = ("z", "ql", "qs", "pl", "ps")
         store = {k: {b: [] for b in ("shared",) + mods} for k in keys}
         h_prev = {m: [] for m in mods}
@@ -347,7 +353,8 @@ class MVRNNNet(nn.Module):
             h_s = self.shared_update(pre, t, gi_z, gh_s, h_s)
             h_m = new_h
         st = {k: {b: torch.stack(v) for b, v in d.items()} for k, d in store.items()}
-        return st, {m: torch.stack(v) for m, v in h_prev.items()}
+        h_prev = {m: torch.stack(v) for m, v in h_prev.items()}
+        return (st, h_prev, (h_s, h_m)) if return_state else (st, h_prev)
 
     @property
     def can_batch(self) -> bool:
