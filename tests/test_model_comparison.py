@@ -134,9 +134,10 @@ def test_loo_surfaces_bad_pareto_k_and_explains_a_missing_group(fitted):
     k = np.asarray(out.pareto_k)
     bad = [w for w in caught if issubclass(w.category, ParetoKWarning)]
     threshold = float(out.good_k)
-    assert bool((k > threshold).any()) == bool(bad)  # warns exactly when some k is bad
-    if bad:
-        assert f"for {int((k > threshold).sum())} of {k.size} sequences" in str(bad[0].message)
+    # 40-frame training sequences under 30 draws: many k are bad (the tutorial's 100-frame
+    # sequences had 27-52 of 100), so the warning must fire and count them exactly
+    assert len(bad) == 1
+    assert f"for {int((k > threshold).sum())} of {k.size} sequences" in str(bad[0].message)
     # ArviZ's own generic warning is replaced by the one above
     assert not [w for w in caught if "Estimated shape parameter" in str(w.message)]
     with pytest.raises(ValueError, match="num_param_samples"):

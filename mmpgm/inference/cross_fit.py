@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .._progress import progress_bar
 from ..data import MultimodalData
 from .mixture import (
     _check_gate_options,
@@ -40,7 +41,6 @@ from .mixture import (
     _train_gate,
     fit_gate_to_scores,
 )
-from .progress import progress_bar
 
 __all__ = [
     "CrossFitResult",

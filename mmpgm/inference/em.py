@@ -9,8 +9,8 @@ import time
 import numpy as np
 import torch
 
+from .._progress import progress_bar
 from . import checkpoint as ckpt
-from .progress import progress_bar
 from .result import FitResult
 from .resume import resume
 from .stopping import PlateauStopper

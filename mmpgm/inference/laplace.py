@@ -54,12 +54,9 @@ def parameter_draws(model, data, num_param_samples: int, seed: int | None = None
 def laplace_log_likelihood_draws(
     model, data, num_param_samples: int, seed: int | None = None
 ) -> torch.Tensor:
-    """``(num_param_samples, N)`` per-sequence log-likelihoods under Laplace parameter draws."""
-    out = []
-    for _ in parameter_draws(model, data, num_param_samples, seed):
-        with torch.no_grad():
-            out.append(model.log_likelihood(data).detach())
-    return torch.stack(out)
+    """``(num_param_samples, N)`` per-sequence log-likelihoods under Laplace parameter draws
+    (the ``log_likelihood`` of :func:`laplace_draws`)."""
+    return laplace_draws(model, data, num_param_samples, seed).log_likelihood
 
 
 class LaplaceDraws(NamedTuple):

@@ -43,8 +43,8 @@ import time
 import numpy as np
 import torch
 
+from .._progress import progress_bar
 from . import units
-from .progress import progress_bar
 from .result import FitResult
 from .stopping import PlateauStopper, RateDropStopper
 from .svi import SMOOTHING_WINDOW, _prior_jacobian_at

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import torch
 
+from .._progress import progress_bar
 from . import checkpoint as ckpt
 from . import units
-from .progress import progress_bar
 from .result import FitResult
 from .resume import resume
-from .stopping import LR_DROP_FACTOR, LR_DROPS, RateDropStopper  # noqa: F401 (re-exported)
+from .stopping import RateDropStopper
 
 #: Losses averaged by the plateau test of a stochastic objective (minibatches, or a model whose
 #: ELBO is estimated by sampling, ``STOCHASTIC_OBJECTIVE``).

@@ -481,10 +481,6 @@ class GatedDenoisers(MultimodalModel):
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def _param(self) -> torch.Tensor:
-        """The gate's first parameter (the experts may have none): device and dtype."""
-        return next(iter(self.gate.parameters()))
-
     def set_trainable(self, *, experts: bool | None = None, gate: bool | None = None) -> None:
         """Freeze (``False``) or unfreeze (``True``) the experts' parameters (networks and
         sigmas) and the gate's; ``None`` leaves a part as it is. :func:`mmpgm.fit` trains the

@@ -20,7 +20,7 @@ import torch
 import mmpgm
 from mmpgm.data import MultimodalData
 from mmpgm.inference import checkpoint as ckpt
-from mmpgm.inference.svi import LR_DROP_FACTOR, LR_DROPS
+from mmpgm.inference.stopping import LR_DROP_FACTOR, LR_DROPS
 from mmpgm.models import MVRNN, GatedMixture, MultimodalHMM, MultimodalLDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -45,7 +45,8 @@ def test_mvrnn_kl_annealing_stages_and_no_early_stop_before_the_last():
     # patience 1 with a huge tol would stop at once without stages; it may only stop in the
     # last third (from step 100 of 150), each plateau test taking the smoothing window (a
     # stochastic objective) plus one step, once per learning-rate drop and once to stop
-    from mmpgm.inference.svi import LR_DROPS, SMOOTHING_WINDOW
+    from mmpgm.inference.stopping import LR_DROPS
+    from mmpgm.inference.svi import SMOOTHING_WINDOW
 
     result = mmpgm.fit(model, data, num_steps=150, patience=1, tol=1e9, progress=False)
     expected = 100 + (LR_DROPS + 1) * (SMOOTHING_WINDOW + 1)

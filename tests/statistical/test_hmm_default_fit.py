@@ -77,7 +77,7 @@ def _per_frame(model, data):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_default_fit_reaches_the_true_basin(seed, num_private_states, method):
     # SVI: Adam at its default rate hovers ~0.02 nats/frame from the optimum on these data; the
-    # fit's rate drops on a plateau (mmpgm.inference.svi.LR_DROPS) settle it within 1e-3
+    # fit's rate drops on a plateau (mmpgm.inference.stopping.LR_DROPS) settle it within 1e-3
     data, states, truth = _corpus(seed)
     reference = MultimodalHMM.from_params(truth)
     mmpgm.fit(reference, data, method="em", init="none", progress=False)
