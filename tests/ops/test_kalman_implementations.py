@@ -58,6 +58,7 @@ class Impl(NamedTuple):
     method: str
     share: str
     steady_state: bool
+    split: bool = False  # the batch's sequences split over CPU threads, one per sequence
 
 
 _RUN = [
@@ -67,6 +68,7 @@ _RUN = [
     Impl("sequential", "none", False),
     Impl("parallel", "none", False),
     Impl("information", "none", False),
+    Impl("information", "none", False, split=True),
 ]
 _NOT_AN_IMPLEMENTATION = {
     Impl("sequential", "matrices", True): "steady state exists only in the shared-cov recursion",
@@ -85,7 +87,22 @@ _NOT_AN_IMPLEMENTATION = {
 
 
 def _impl_id(impl: Impl) -> str:
-    return f"{impl.method}-share_{impl.share}-steady_{'on' if impl.steady_state else 'off'}"
+    split = "-split_threads" if impl.split else ""
+    return f"{impl.method}-share_{impl.share}-steady_{'on' if impl.steady_state else 'off'}{split}"
+
+
+@pytest.fixture
+def split_threads(monkeypatch):
+    """Every batch split over threads, one sequence each (``sequence_chunks`` forced)."""
+    from mmpgm.ops import _threads
+
+    monkeypatch.setattr(_threads, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(_threads, "SPLIT_MIN_SEQUENCES", 1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(4)
+    assert _threads.sequence_chunks(3, 0, torch.device("cpu")) == [(0, 1), (1, 2), (2, 3)]
+    yield
+    torch.set_num_threads(old)
 
 
 class Scenario(NamedTuple):
@@ -185,7 +202,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("impl, sc", CASES)
-def test_implementation_matches_dense_oracle(impl, sc):
+def test_implementation_matches_dense_oracle(impl, sc, request):
+    if impl.split:
+        request.getfixturevalue("split_threads")
     base, controls, obs, masks, lengths = _data(sc)
     kw = dict(
         controls=controls,

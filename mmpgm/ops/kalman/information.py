@@ -83,6 +83,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .._threads import cpu_single_thread, run_chunks, sequence_chunks
 from ..linalg import symmetrize
 from .prepare import Prepared
 from .types import LOG_2PI, SmootherResult, check_cholesky
@@ -494,48 +495,125 @@ def _prepared(m0, P0, A, Q, C, R, y, Bu, like: Prepared) -> Prepared:
     return like._replace(m0=m0, P0=P0, A=A, Q=Q, C=C, R=R, y=y, Bu=Bu)
 
 
+_SEQUENCE_FIELDS = ("m0", "P0", "A", "Q", "C", "R", "y", "rm", "Bu", "num_obs")
+
+
+def _sequences(p: Prepared, a: int, b: int) -> Prepared:
+    """The inputs of sequences ``a .. b - 1`` (views; tensors shared by the batch stay whole).
+
+    ``frame_full`` / ``frame_empty`` keep the whole batch's flags: the information filter does
+    not read them."""
+    if (a, b) == (0, p.N):
+        return p
+
+    def cut(x):
+        return x if x is None or x.shape[0] != p.N else x[a:b]
+
+    return p._replace(N=b - a, **{f: cut(getattr(p, f)) for f in _SEQUENCE_FIELDS})
+
+
+def _chunks(p: Prepared) -> list:
+    """How the batch is split over CPU threads (:func:`~mmpgm.ops._threads.sequence_chunks`):
+    every sequence's recursion is independent of the others'."""
+    return sequence_chunks(p.N, p.N * p.T * p.S * p.S, p.y.device)
+
+
+def _run(p: Prepared, fn, chunks: Optional[list] = None) -> list:
+    """``fn(a, b)`` over the chunks of sequences (default :func:`_chunks`), concurrently; one
+    chunk runs single-threaded when its per-frame work is small (see ``ops/_threads.py``)."""
+    chunks = _chunks(p) if chunks is None else chunks
+    with cpu_single_thread(p.y.device, p.N * (p.S + p.C.shape[-2]) ** 2):
+        return run_chunks(fn, chunks)
+
+
+def _filter_chunk(p: Prepared) -> tuple:
+    mdl = _model(p)
+    rec = _recursion(mdl, p.S)
+    check_cholesky(mdl.infos + rec.infos, "information matrix")
+    ll, mT = _log_likelihood(mdl, rec)
+    return p, mdl, rec, mT, ll
+
+
+def _gather(parts: list, like: tuple) -> tuple:
+    """Per-chunk gradients of the tensors ``like`` (``m0 .. Bu`` of the whole batch) joined:
+    a tensor shared by the batch (leading size 1) gets the sum of the chunks', a per-sequence
+    one their concatenation."""
+    out = []
+    for k, x in enumerate(like):
+        gs = [part[k] for part in parts]
+        if gs[0] is None:
+            out.append(None)
+        elif x.shape[0] == 1:
+            out.append(torch.stack(gs, 0).sum(0))
+        else:
+            out.append(torch.cat(gs, 0))
+    return tuple(out)
+
+
 class _FisherLogLik(torch.autograd.Function):
-    """Log-likelihood by the information filter; backward by Fisher's identity."""
+    """Log-likelihood by the information filter; backward by Fisher's identity. Both passes run
+    the batch's chunks of sequences (:func:`_chunks`) concurrently."""
 
     @staticmethod
     def forward(ctx, meta, m0, P0, A, Q, C, R, y, Bu):
         p = _prepared(m0, P0, A, Q, C, R, y, Bu, meta)
-        mdl = _model(p)
-        rec = _recursion(mdl, p.S)
-        check_cholesky(mdl.infos + rec.infos, "information matrix")
-        ll, mT = _log_likelihood(mdl, rec)
-        ctx.meta = p
-        ctx.state = (mdl, rec, mT)
-        return ll
+        chunks = _chunks(p)
+        states = _run(p, lambda a, b: _filter_chunk(_sequences(p, a, b)), chunks)
+        ctx.chunks, ctx.states = chunks, states
+        ctx.like = (m0, P0, A, Q, C, R, y, Bu)
+        return torch.cat([s[-1] for s in states]) if len(states) > 1 else states[0][-1]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        p = ctx.meta
-        mdl, rec, mT = ctx.state
-        grads = _fisher_backward(p, mdl, rec, mT, g)
-        return (None, *grads)
+        index = {chunk: i for i, chunk in enumerate(ctx.chunks)}
+
+        def grads(a, b):
+            q, mdl, rec, mT, _ = ctx.states[index[(a, b)]]
+            return _fisher_backward(q, mdl, rec, mT, g[a:b])
+
+        parts = _run(ctx.states[0][0], grads, ctx.chunks)
+        return (None, *_gather(parts, ctx.like))
+
+
+def _recorded(p: Prepared) -> bool:
+    tensors = (p.m0, p.P0, p.A, p.Q, p.C, p.R, p.y, p.Bu)
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _cat_chunks(parts: list) -> tuple:
+    """Per-chunk tuples of per-sequence tensors (or ``None``) joined along the batch."""
+    if len(parts) == 1:
+        return tuple(parts[0])
+    return tuple(
+        None if xs[0] is None else torch.cat(xs, 0) for xs in zip(*parts, strict=True)
+    )
 
 
 def information_log_likelihood(p: Prepared) -> Tensor:
     """``(N,)`` log-likelihoods by the information filter; the gradient (first order) by Fisher's
-    identity from the information smoother."""
-    tensors = (p.m0, p.P0, p.A, p.Q, p.C, p.R, p.y, p.Bu)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _FisherLogLik.apply(p, *tensors)
+    identity from the information smoother. On the CPU the batch's sequences are split over
+    threads (:func:`~mmpgm.ops._threads.sequence_chunks`)."""
+    if _recorded(p):
+        return _FisherLogLik.apply(p, p.m0, p.P0, p.A, p.Q, p.C, p.R, p.y, p.Bu)
     with torch.no_grad():
-        mdl = _model(p)
-        rec = _recursion(mdl, p.S)
-        check_cholesky(mdl.infos + rec.infos, "information matrix")
-        return _log_likelihood(mdl, rec)[0]
+        parts = _run(p, lambda a, b: (_filter_chunk(_sequences(p, a, b))[-1],))
+        return _cat_chunks(parts)[0]
 
 
 def information_forward(p: Prepared, store: bool):
     """``(pred_means (N, T, S), pred_covs (N, T, S, S), filt_means, filt_covs, log_lik (N,))``
     by the information filter (recorded on autograd: differentiable; all but the last ``None``
-    with ``store=False``)."""
+    with ``store=False``). Split over CPU threads by sequences when autograd records nothing."""
     if not store:
         return None, None, None, None, information_log_likelihood(p)
+    if _recorded(p):
+        return _information_moments(p)
+    parts = _run(p, lambda a, b: _information_moments(_sequences(p, a, b)))
+    return _cat_chunks(parts)
+
+
+def _information_moments(p: Prepared) -> tuple:
     N, T, S = p.N, p.T, p.S
     mdl = _model(p)
     rec = _recursion(mdl, S, keep=True)
@@ -570,7 +648,15 @@ def information_forward(p: Prepared, store: bool):
 
 
 def information_smoother(p: Prepared) -> SmootherResult:
-    """RTS smoother from the information filter's by-products (recorded on autograd)."""
+    """RTS smoother from the information filter's by-products (recorded on autograd; split over
+    CPU threads by sequences when autograd records nothing)."""
+    if _recorded(p):
+        return _information_smoothed(p)
+    parts = _run(p, lambda a, b: _information_smoothed(_sequences(p, a, b)))
+    return SmootherResult(*_cat_chunks(parts))
+
+
+def _information_smoothed(p: Prepared) -> SmootherResult:
     mdl = _model(p)
     rec = _recursion(mdl, p.S)
     check_cholesky(mdl.infos + rec.infos, "information matrix")

@@ -32,7 +32,6 @@ from typing import Literal, NamedTuple, Optional
 
 import torch
 
-from .._threads import cpu_single_thread
 from .information import information_forward
 from .parallel import parallel_forward
 from .prepare import Prepared
@@ -199,7 +198,6 @@ def forward(p: Prepared, plan: Plan, store: bool = True):
     filt_covs, log_lik (N,))``, ``b`` in ``{1, N}`` (1 only for ``share="covariance"``)."""
     if plan.method == "parallel":
         return parallel_forward(p)
-    if plan.method == "information":
-        with cpu_single_thread(p.y.device, p.N * (p.S + p.C.shape[-2]) ** 2):
-            return information_forward(p, store)
+    if plan.method == "information":  # threads: see information._run
+        return information_forward(p, store)
     return sequential_forward(p, store, plan.share, plan.steady_rtol)

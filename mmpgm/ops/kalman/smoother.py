@@ -233,9 +233,8 @@ def rts_smoother(
     """
     p = prepare(params, obs, mask, controls, lengths)
     plan = resolve(p, method, share, steady_state, steady_state_rtol)
-    if plan.method == "information":
-        with cpu_single_thread(p.y.device, p.N * (p.S + p.C.shape[-2]) ** 2):
-            return information_smoother(p)
+    if plan.method == "information":  # threads: see information._run
+        return information_smoother(p)
     pm, pP, fm, fP, ll = forward(p, plan, store=True)
     return smooth_from_filter(p.A, FilterResult(fm, fP, pm, pP, ll))
 
