@@ -109,7 +109,7 @@ class Scenario(NamedTuple):
     N: int
     T: int
     params: str  # "shared" | "per_sequence"
-    masks: str  # "full" | "aligned" | "random" | "ragged"
+    masks: str  # "none" (mask=None) | "full" | "aligned" | "random" | "ragged"
 
 
 SCENARIOS = [
@@ -117,8 +117,12 @@ SCENARIOS = [
     for N in (1, 3)
     for T in (1, 2, 7)
     for params in ("shared", "per_sequence")
-    for masks in ("full", "aligned", "random", "ragged")
-] + [Scenario(3, 30, "shared", "full"), Scenario(3, 30, "shared", "aligned")]
+    for masks in ("none", "full", "aligned", "random", "ragged")
+] + [
+    Scenario(3, 30, "shared", "none"),
+    Scenario(3, 30, "shared", "full"),
+    Scenario(3, 30, "shared", "aligned"),
+]
 
 S, DIMS, U = 3, (2, 1), 1
 
@@ -189,7 +193,7 @@ def _applies(impl: Impl, sc: Scenario) -> bool:
         return False
     if impl.share == "matrices":
         return True
-    return sc.masks in ("full", "aligned")  # the same pattern in every sequence
+    return sc.masks in ("none", "full", "aligned")  # the same pattern in every sequence
 
 
 # every implementation over every scenario, and each non-implementation once (skipped, why)
@@ -220,6 +224,8 @@ def test_implementation_matches_dense_oracle(impl, sc, request):
     moments, ref_grads = _oracle(sc)
     seen = _observed(sc, masks, lengths)
     obs_nan = nan_masked(obs, seen)
+    if sc.masks == "none":  # everything observed, said by mask=None (prepare's fast path)
+        masks = None
 
     filt = kalman_filter(base, obs_nan, masks, **kw)
     smooth = rts_smoother(base, obs_nan, masks, **kw)

@@ -223,21 +223,38 @@ def prepare(
     R = symmetrize(R)
 
     # masks and masked observations
-    rows, ys = [], []
-    zero = torch.zeros((), dtype=dtype, device=device)
-    for mk, x, dm, Dm in zip(
-        _row_masks(mask_list, keys, lengths, N, T, device), obs_list, ds, dims, strict=True
-    ):
-        mk3 = mk.unsqueeze(-1)
-        x = torch.where(mk3, x.to(dtype=dtype, device=device), zero)
-        if dm is not None:
-            x = x - dm.unsqueeze(1)
-        ys.append(x * mk3.to(dtype))
-        rows.append(mk3.expand(N, T, Dm))
-    y = torch.cat(ys, dim=-1).unsqueeze(-1) if M > 1 else ys[0].unsqueeze(-1)
-    rowmask = torch.cat(rows, dim=-1) if M > 1 else rows[0]
-    frame_full = rowmask.all(dim=-1).all(dim=0).tolist()
-    frame_empty = (~rowmask.any(dim=-1).any(dim=0)).tolist()
+    if lengths is None and all(mk is None for mk in mask_list):
+        # everything observed: no masking passes over the (N, T, D) stack
+        y = torch.cat(obs_list, -1) if M > 1 else obs_list[0]
+        y = y.to(dtype=dtype, device=device)
+        if any(d is not None for d in ds):
+            offsets = [
+                y.new_zeros(1, Dm) if d is None else d for d, Dm in zip(ds, dims, strict=True)
+            ]
+            b_d = max(o.shape[0] for o in offsets)
+            y = y - torch.cat([o.expand(b_d, -1) for o in offsets], -1).unsqueeze(1)
+        y = y.unsqueeze(-1)
+        rm = torch.ones((), dtype=dtype, device=device).expand(N, T, D, 1)
+        frame_full, frame_empty = [True] * T, [False] * T
+        num_obs = torch.full((N,), float(T * D), dtype=dtype, device=device)
+    else:
+        rows, ys = [], []
+        zero = torch.zeros((), dtype=dtype, device=device)
+        for mk, x, dm, Dm in zip(
+            _row_masks(mask_list, keys, lengths, N, T, device), obs_list, ds, dims, strict=True
+        ):
+            mk3 = mk.unsqueeze(-1)
+            x = torch.where(mk3, x.to(dtype=dtype, device=device), zero)
+            if dm is not None:
+                x = x - dm.unsqueeze(1)
+            ys.append(x * mk3.to(dtype))
+            rows.append(mk3.expand(N, T, Dm))
+        y = torch.cat(ys, dim=-1).unsqueeze(-1) if M > 1 else ys[0].unsqueeze(-1)
+        rowmask = torch.cat(rows, dim=-1) if M > 1 else rows[0]
+        frame_full = rowmask.all(dim=-1).all(dim=0).tolist()
+        frame_empty = (~rowmask.any(dim=-1).any(dim=0)).tolist()
+        rm = rowmask.to(dtype).unsqueeze(-1)
+        num_obs = rowmask.sum(dim=(1, 2)).to(dtype)
 
     Bu = None
     if controls is not None:
@@ -262,10 +279,10 @@ def prepare(
         C=C,
         R=R,
         y=y,
-        rm=rowmask.to(dtype).unsqueeze(-1),
+        rm=rm,
         Bu=Bu,
         frame_full=frame_full,
         frame_empty=frame_empty,
-        num_obs=rowmask.sum(dim=(1, 2)).to(dtype),
+        num_obs=num_obs,
         dims=tuple(dims),
     )

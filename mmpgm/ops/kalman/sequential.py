@@ -47,6 +47,7 @@ __all__ = [
     "forward_shared_covariance",
     "sequential_forward",
     "expand_batch",
+    "frame_products",
 ]
 
 MASK_CHUNK_FRAMES = 128
@@ -253,42 +254,62 @@ def forward_shared_covariance(p: Prepared, store: bool, steady_rtol: Optional[fl
             out = torch.cat([out, xs[-1].expand(n_rep, *xs[-1].shape)])
         return out
 
-    Ls, Ws, Cs = stack(L_l), stack(W_l), stack(C_l)  # (T, D, D), (T, D, S), (T, D, S)
+    # Per-frame quantities of the t_stop frames that have their own; every later frame reuses
+    # the last one's (steady state), so the products with them below are one GEMM over all
+    # frames with the last frame's matrix, and per-frame products for the frames before it.
+    Ls, Ws, Cs = torch.stack(L_l), torch.stack(W_l), torch.stack(C_l)  # (k, D, D), (k, D, S)
     At = A.mT
-    Kt = torch.linalg.solve_triangular(Ls.mT, Ws, upper=True)  # (T, D, S) = K_t^T
+    Kt = torch.linalg.solve_triangular(Ls.mT, Ws, upper=True)  # (k, D, S) = K_t^T
     KtAt = Kt @ At
-    y = p.y[..., 0].transpose(0, 1)  # (T, N, D)
-    g = torch.bmm(y, KtAt)  # (T, N, S)
+    F = At - Cs.mT @ KtAt  # (k, S, S)
+    y = p.y[..., 0]  # (N, T, D)
+    g = frame_products(y, KtAt)  # (N, T, S)
     if p.Bu is not None:
-        g = g[:-1] + p.Bu[:, 1:, :, 0].transpose(0, 1)
-    F = At - Cs.mT @ KtAt  # (T, S, S)
+        g = g[:, :-1] + p.Bu[:, 1:, :, 0]
 
-    # ---- mean recursion m_{t+1} = m_t F_t + g_t: an associative scan over the affine maps
-    # (depth O(log T), differentiable, no per-frame Python loop) ----
-    # Without autograd and with enough sequences a plain loop is cheaper (one fused GEMM of
-    # (N, S) by (S, S) per frame, no O(T log T) intermediates); see MEAN_LOOP_MIN_WORK.
-    m0 = p.m0[..., 0].unsqueeze(0)  # (1, N, S)
+    # ---- mean recursion m_{t+1} = m_t F_t + g_t (rows are sequences) ----
+    # Without autograd and with enough sequences a plain loop (one fused GEMM of (N, S) by
+    # (S, S) per frame, written in place); otherwise an associative scan over the affine maps
+    # (depth O(log T), differentiable, no per-frame Python loop); see MEAN_LOOP_MIN_WORK.
+    # Every (N, T, .) stack is sequence-major: a mix of layouts costs a strided pass.
+    m0 = p.m0[..., 0]  # (N, S)
+    k = F.shape[0]
     if T > 1 and p.N * S * S >= MEAN_LOOP_MIN_WORK and not _recorded(F, g, m0):
-        m, gs, Fs = m0[0], g.unbind(0), F.unbind(0)
-        pms = [m]
+        pm = y.new_empty(p.N, T, S)
+        pm[:, 0] = m0
+        Fs = F.unbind(0)
         for t in range(T - 1):
-            m = torch.addmm(gs[t], m, Fs[t])
-            pms.append(m)
-        pm = torch.stack(pms, 0)
+            torch.addmm(g[:, t], pm[:, t], Fs[min(t, k - 1)], out=pm[:, t + 1])
     elif T > 1:
-        Fc, gc = associative_scan(affine_combine, (F[: T - 1], g[: T - 1]), dim=0)
-        pm = torch.cat([m0, m0 @ Fc + gc], dim=0)  # (T, N, S)
+        Fa = F if k >= T - 1 else torch.cat([F, F[-1].expand(T - 1 - k, S, S)])
+        gt = g[:, : T - 1].transpose(0, 1)  # time-major for the scan
+        Fc, gc = associative_scan(affine_combine, (Fa[: T - 1], gt), dim=0)
+        pm = torch.cat([m0.unsqueeze(0), m0 @ Fc + gc]).transpose(0, 1).contiguous()
     else:
-        pm = m0
-    resid = y - torch.bmm(pm, Cs.mT)  # (T, N, D)
-    e = torch.linalg.solve_triangular(Ls, resid.mT, upper=False)  # (T, D, N)
-    logdet = Ls.diagonal(dim1=-2, dim2=-1).log().sum()
-    ll = -0.5 * e.square().sum(dim=(0, 1)) - logdet - 0.5 * LOG_2PI * p.num_obs
+        pm = m0.unsqueeze(1)
+    # innovations e_t = L_t^{-1} (y_t - C_t m_t), as rows: y_t L_t^{-T} - m_t C_t^T L_t^{-T}
+    LiT = torch.linalg.solve_triangular(Ls, eye_D.expand(k, D, D), upper=False).mT
+    e = frame_products(y, LiT) - frame_products(pm, Cs.mT @ LiT)  # (N, T, D)
+    logdiag = Ls.diagonal(dim1=-2, dim2=-1).log()  # (k, D)
+    logdet = logdiag.sum() + n_rep * logdiag[-1].sum()
+    ll = -0.5 * e.square().sum(dim=(1, 2)) - logdet - 0.5 * LOG_2PI * p.num_obs
     if not store:
         return None, None, None, None, ll
-    fm = torch.baddbmm(pm, e.mT, Ws)  # (T, N, S)
+    fm = pm + frame_products(e, Ws)  # m_t + e_t W_t
     Pp, Pf = stack(Pp_l), stack(Pf_l)
-    return pm.transpose(0, 1), Pp.unsqueeze(0), fm.transpose(0, 1), Pf.unsqueeze(0), ll
+    return pm, Pp.unsqueeze(0), fm, Pf.unsqueeze(0), ll
+
+
+def frame_products(x: Tensor, mats: Tensor) -> Tensor:
+    """``x[:, t] @ mats[min(t, k - 1)]`` for every frame ``t`` of the row stacks ``x``
+    ``(N, T, a)``, ``mats`` ``(k, a, b)`` with ``k <= T`` (frames from ``k - 1`` on share the last
+    matrix): one GEMM over all frames with ``mats[-1]`` and a batched product over the ``k - 1``
+    frames before. Returns ``(N, T, b)``."""
+    out = x @ mats[-1]
+    h = mats.shape[0] - 1
+    if h:
+        out[:, :h] = torch.bmm(x[:, :h].transpose(0, 1), mats[:h]).transpose(0, 1)
+    return out
 
 
 def _recorded(*tensors) -> bool:
