@@ -336,3 +336,33 @@ def test_shared_covariance_mean_loop_matches_oracle(monkeypatch, sc):
         torch.testing.assert_close(smooth.means[n], rsm, **VALUES)
         torch.testing.assert_close(smooth.covs[n], rsP, **VALUES)
         torch.testing.assert_close(smooth.cross_covs[n], rcross, **VALUES)
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["scan", "loop"])
+def test_steady_state_smoother_matches_exact_recursion(monkeypatch, loop):
+    """Over a long fully observed stretch the shared-covariance smoother stops its backward
+    covariance recursion once converged and reuses the value (``steady_state=True``): its
+    moments equal those of the exact recursion (``steady_state=False``, itself checked against
+    the dense oracle above) to the tolerance of the steady state, and the reuse did happen
+    (far fewer backward steps than frames).  An observed-then-missing start gives the
+    gains before the steady state their own values."""
+    from mmpgm.ops.kalman import smoother
+
+    if loop:
+        monkeypatch.setattr(smoother, "MEAN_LOOP_MIN_WORK", 0)
+    N, T = 3, 400
+    base = make_params(S=S, dims=DIMS, U=U)
+    g = torch.Generator().manual_seed(11)
+    controls = torch.randn(N, T, U, generator=g, dtype=DT)
+    obs = sample_obs(base, N, T, seed=11, controls=controls)
+    masks = [torch.ones(N, T, dtype=torch.bool) for _ in DIMS]
+    masks[1][:, :5] = False  # aligned: the covariance recursion is still shared
+    kw = dict(controls=controls, share="covariance")
+    steps = []  # backward covariance steps taken one by one (each symmetrized once)
+    sym = smoother.symmetrize
+    monkeypatch.setattr(smoother, "symmetrize", lambda x: steps.append(1) or sym(x))
+    steady = rts_smoother(base, obs, masks, steady_state=True, **kw)
+    assert 5 < len(steps) < T // 4  # converged, reused, then the first frames' own gains
+    exact = rts_smoother(base, obs, masks, steady_state=False, **kw)
+    for a, b in zip(steady, exact, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -277,9 +277,9 @@ def forward_shared_covariance(p: Prepared, store: bool, steady_rtol: Optional[fl
     if T > 1 and p.N * S * S >= MEAN_LOOP_MIN_WORK and not _recorded(F, g, m0):
         pm = y.new_empty(p.N, T, S)
         pm[:, 0] = m0
-        Fs = F.unbind(0)
+        Fs, gs, pms = F.unbind(0), g.unbind(1), pm.unbind(1)
         for t in range(T - 1):
-            torch.addmm(g[:, t], pm[:, t], Fs[min(t, k - 1)], out=pm[:, t + 1])
+            torch.addmm(gs[t], pms[t], Fs[min(t, k - 1)], out=pms[t + 1])
     elif T > 1:
         Fa = F if k >= T - 1 else torch.cat([F, F[-1].expand(T - 1 - k, S, S)])
         gt = g[:, : T - 1].transpose(0, 1)  # time-major for the scan
@@ -289,26 +289,39 @@ def forward_shared_covariance(p: Prepared, store: bool, steady_rtol: Optional[fl
         pm = m0.unsqueeze(1)
     # innovations e_t = L_t^{-1} (y_t - C_t m_t), as rows: y_t L_t^{-T} - m_t C_t^T L_t^{-T}
     LiT = torch.linalg.solve_triangular(Ls, eye_D.expand(k, D, D), upper=False).mT
-    e = frame_products(y, LiT) - frame_products(pm, Cs.mT @ LiT)  # (N, T, D)
+    e = frame_products(pm, Cs.mT @ LiT, frame_products(y, LiT), alpha=-1.0)  # (N, T, D)
     logdiag = Ls.diagonal(dim1=-2, dim2=-1).log()  # (k, D)
     logdet = logdiag.sum() + n_rep * logdiag[-1].sum()
-    ll = -0.5 * e.square().sum(dim=(1, 2)) - logdet - 0.5 * LOG_2PI * p.num_obs
+    sq = torch.linalg.vector_norm(e.reshape(p.N, -1), dim=1).square()
+    ll = -0.5 * sq - logdet - 0.5 * LOG_2PI * p.num_obs
     if not store:
         return None, None, None, None, ll
-    fm = pm + frame_products(e, Ws)  # m_t + e_t W_t
+    fm = frame_products(e, Ws, pm)  # m_t + e_t W_t
     Pp, Pf = stack(Pp_l), stack(Pf_l)
     return pm, Pp.unsqueeze(0), fm, Pf.unsqueeze(0), ll
 
 
-def frame_products(x: Tensor, mats: Tensor) -> Tensor:
-    """``x[:, t] @ mats[min(t, k - 1)]`` for every frame ``t`` of the row stacks ``x``
-    ``(N, T, a)``, ``mats`` ``(k, a, b)`` with ``k <= T`` (frames from ``k - 1`` on share the last
-    matrix): one GEMM over all frames with ``mats[-1]`` and a batched product over the ``k - 1``
-    frames before. Returns ``(N, T, b)``."""
-    out = x @ mats[-1]
+def frame_products(
+    x: Tensor, mats: Tensor, base: Optional[Tensor] = None, alpha: float = 1.0
+) -> Tensor:
+    """``base[:, t] + alpha * x[:, t] @ mats[min(t, k - 1)]`` for every frame ``t`` of the row
+    stacks ``x`` ``(N, T, a)``, ``mats`` ``(k, a, b)`` with ``k <= T`` (frames from ``k - 1`` on
+    share the last matrix), ``base`` ``(N, T, b)`` or ``None`` (zero): one fused GEMM over all
+    frames with ``mats[-1]`` and a batched product over the ``k - 1`` frames before. Returns
+    ``(N, T, b)``."""
+    N, T, a = x.shape
+    b = mats.shape[-1]
+    x2 = x.reshape(N * T, a)
+    if base is None:
+        out = (x2 @ mats[-1]).view(N, T, b)
+        if alpha != 1.0:
+            out = alpha * out
+    else:
+        out = torch.addmm(base.reshape(N * T, b), x2, mats[-1], alpha=alpha).view(N, T, b)
     h = mats.shape[0] - 1
     if h:
-        out[:, :h] = torch.bmm(x[:, :h].transpose(0, 1), mats[:h]).transpose(0, 1)
+        head = torch.bmm(x[:, :h].transpose(0, 1), mats[:h]).transpose(0, 1)
+        out[:, :h] = head * alpha if base is None else base[:, :h] + alpha * head
     return out
 
 

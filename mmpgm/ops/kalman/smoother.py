@@ -17,11 +17,11 @@ from torch import Tensor
 from ..._validation import check_int
 from .._threads import cpu_single_thread
 from ..linalg import symmetrize
-from ..scan import associative_scan
+from ..scan import affine_combine, associative_scan
 from .information import information_smoother
 from .method import Method, Share, forward, resolve
 from .prepare import prepare
-from .sequential import MEAN_LOOP_MIN_WORK, expand_batch
+from .sequential import MEAN_LOOP_MIN_WORK, expand_batch, frame_products
 from .types import (
     FilterResult,
     LinearGaussianParams,
@@ -100,53 +100,101 @@ def _psd_cholesky(M: Tensor) -> Tensor:
     raise numerical_error("backward conditional covariance (even with jitter)")
 
 
-def smooth_from_filter(A: Tensor, filt: FilterResult) -> SmootherResult:
+def _smooth_shared(A: Tensor, filt: FilterResult, steady_rtol: Optional[float]) -> SmootherResult:
+    r"""RTS pass when the filter's covariances are shared by the batch (``(1, T, S, S)``).
+
+    The covariances follow a batch-free recursion; the means the affine backward recursion
+    :math:`m^s_t = (m_t - G_t m^p_{t+1}) + G_t m^s_{t+1}` (rows are sequences).  Frames from
+    ``k`` on, where the filter's covariances are bitwise those of the last frame (its steady
+    state), share one gain, so the products with the gains are one GEMM over every frame
+    (:func:`~mmpgm.ops.kalman.sequential.frame_products`).  With ``steady_rtol`` the backward
+    covariance recursion over those frames stops once it changes by at most ``steady_rtol``
+    relative to its largest entry and reuses its value (as the filter's steady state does);
+    without, it runs over every frame (an associative scan)."""
+    fm, pm, ll = filt.means, filt.predicted_means, filt.log_likelihood
+    fP, pP = filt.covs[0], filt.predicted_covs[0]  # (T, S, S)
+    N, T, S = fm.shape
+    k = T  # first frame of the run of frames whose covariances are the last frame's
+    if steady_rtol is not None:
+        same = ((fP == fP[-1]) & (pP == pP[-1])).flatten(1).all(1)
+        k = T - int(same.flip(0).cumprod(0).sum())
+    n_g = min(k, T - 2) + 1  # distinct gains: G_t for t < n_g - 1 own, then the steady one
+    G, Cond = backward_gains(A.unsqueeze(0), fP[None, : n_g + 1], pP[None, : n_g + 1])
+    G, Cond = G[0], Cond[0]  # (n_g, S, S)
+    GT = G.mT
+
+    def full(x):  # (T - 1, S, S): per transition
+        return x if n_g == T - 1 else torch.cat([x, x[-1].expand(T - 1 - n_g, S, S)])
+
+    # base_t = m_t - m^p_{t+1} G_t^T (N, T - 1, S)
+    base = frame_products(pm[:, 1:], GT, fm[:, :-1], alpha=-1.0)
+    ms_last = fm[:, -1]
+    recorded = torch.is_grad_enabled() and any(x.requires_grad for x in (G, base, fm))
+    if recorded or N * S * S < MEAN_LOOP_MIN_WORK:
+        # m -> m G_t^T + base_t for t = T - 2 .. 0 as one associative scan (reversed time)
+        elems = (full(GT).flip(0), base.transpose(0, 1).flip(0))
+        Fc, bc = associative_scan(affine_combine, elems, dim=0)
+        ms = (ms_last @ Fc + bc).flip(0).transpose(0, 1)  # (N, T - 1, S)
+        means = torch.cat([ms, ms_last.unsqueeze(1)], dim=1)
+    else:
+        with cpu_single_thread(fm.device, N * S * S):
+            means = fm.new_empty(N, T, S)
+            means[:, -1] = ms_last
+            GTs, bs, mss = GT.unbind(0), base.unbind(1), means.unbind(1)
+            for t in range(T - 2, -1, -1):
+                torch.addmm(bs[t], mss[t + 1], GTs[min(t, n_g - 1)], out=mss[t])
+
+    # covariances P^s_t = G_t P^s_{t+1} G_t^T + Cond_t, batch-free
+    P = fP[-1]
+    if steady_rtol is not None and n_g < T - 1:
+        Gs, Cs = G[-1], Cond[-1]
+        tail = [P]  # frames T - 1, T - 2, ...
+        t, done = T - 2, False
+        while t >= n_g - 1 and not done:  # the frames of the steady gain, until converged
+            P_new = symmetrize(Gs @ P @ Gs.mT + Cs)
+            Pd = P_new.detach()
+            done = float((Pd - P.detach()).abs().max()) <= steady_rtol * float(Pd.abs().max())
+            P = P_new
+            tail.append(P)
+            t -= 1
+        fill = max(0, t - n_g + 2) if done else 0  # frames n_g - 1 .. t take the converged P
+        t -= fill
+        head = []  # frames t, t - 1, ..., 0: their own gains
+        for j in range(t, -1, -1):
+            P = symmetrize(G[j] @ P @ G[j].mT + Cond[j])
+            head.append(P)
+        parts = [torch.stack(head[::-1])] if head else []
+        if fill:
+            parts.append(tail[-1].expand(fill, S, S))
+        covs = torch.cat(parts + [torch.stack(tail[::-1])])
+    else:
+        elems = (full(G).flip(0), full(Cond).flip(0))
+        Gc, Cc = associative_scan(_cov_combine, elems, dim=0)
+        Ps = symmetrize(Gc @ P @ Gc.mT + Cc).flip(0)  # (T - 1, S, S)
+        covs = torch.cat([Ps, P.unsqueeze(0)], dim=0)
+    cross = covs[1:] @ GT[-1]  # Cov[z_{t+1}, z_t] = P^s_{t+1} G_t^T
+    if n_g > 1:
+        cross[: n_g - 1] = covs[1:n_g] @ GT[: n_g - 1]
+    return SmootherResult(
+        means, expand_batch(covs.unsqueeze(0), N), expand_batch(cross.unsqueeze(0), N), ll
+    )
+
+
+def smooth_from_filter(
+    A: Tensor, filt: FilterResult, steady_rtol: Optional[float] = None
+) -> SmootherResult:
     """RTS pass over a filter's moments.  Covariances may have batch size 1 (shared by the
-    ``N`` sequences, ``share="covariance"``): then the covariance recursion runs once and both
-    recursions as one associative scan."""
+    ``N`` sequences, ``share="covariance"``): then the covariance recursion runs once, batch-free
+    (:func:`_smooth_shared`); ``steady_rtol`` (not ``None``: the filter ran with its steady
+    state) lets it reuse a converged backward covariance there."""
     fm, fP, pm, pP = filt.means, filt.covs, filt.predicted_means, filt.predicted_covs
     ll = filt.log_likelihood
     N, T, S = fm.shape
     if T == 1:
         return SmootherResult(fm, expand_batch(fP, N), fm.new_zeros(N, 0, S, S), ll)
+    if fP.shape[0] == 1 and A.shape[0] == 1:
+        return _smooth_shared(A[0], filt, steady_rtol)
     G, Cond = backward_gains(A, fP, pP)
-    if fP.shape[0] == 1 and G.shape[0] == 1:
-        # means: m^s_t = (m_t - G_t m^p_{t+1}) + m^s_{t+1} G_t^T, rows are sequences
-        G1 = G[0]
-        # (T-1, N, S): one small GEMM per frame (a batched product over frames)
-        base = fm[:, :-1].transpose(0, 1) - torch.bmm(pm[:, 1:].transpose(0, 1), G1.mT)
-        # Both backward recursions are affine maps of the later smoothed value,
-        # m -> m G_t^T + base_t and P -> G_t P G_t^T + Cond_t, so all of them follow from an
-        # associative scan over their compositions (depth O(log T), no per-frame Python loop),
-        # applied to the last filtered moments. Reversed so the scan runs from t = T-2 down to 0.
-        ms_last, Ps_last = fm[:, -1], fP[0, -1]
-        recorded = torch.is_grad_enabled() and any(
-            x.requires_grad for x in (G1, Cond, base, fm, fP)
-        )
-        if recorded or N * S * S < MEAN_LOOP_MIN_WORK:
-            elems = (G1.flip(0), Cond[0].flip(0), base.flip(0))
-            Gc, Cc, bc = associative_scan(_smooth_combine, elems, dim=0)
-            ms = (ms_last.unsqueeze(0) @ Gc.mT + bc).flip(0)  # (T-1, N, S) for t = 0..T-2
-            Ps = symmetrize(Gc @ Ps_last @ Gc.mT + Cc).flip(0)  # (T-1, S, S)
-        else:
-            # without autograd and with enough sequences: the batch-free covariances by the scan,
-            # the means by the plain backward loop (one fused GEMM of (N, S) by (S, S) a frame,
-            # no (T, N, S) levels; see MEAN_LOOP_MIN_WORK)
-            elems = (G1.flip(0), Cond[0].flip(0))
-            Gc, Cc = associative_scan(_cov_combine, elems, dim=0)
-            Ps = symmetrize(Gc @ Ps_last @ Gc.mT + Cc).flip(0)  # (T-1, S, S)
-            with cpu_single_thread(fm.device, N * S * S):
-                m, Gs, bs = ms_last, G1.unbind(0), base.unbind(0)
-                ms_l = []
-                for t in range(T - 2, -1, -1):
-                    m = torch.addmm(bs[t], m, Gs[t].mT)
-                    ms_l.append(m)
-                ms = torch.stack(ms_l[::-1], 0)
-        means = torch.cat([ms.transpose(0, 1), ms_last.unsqueeze(1)], dim=1)
-        covs = torch.cat([Ps, Ps_last.unsqueeze(0)], dim=0)
-        cross = covs[1:] @ G1.mT
-        covs, cross = expand_batch(covs.unsqueeze(0), N), expand_batch(cross.unsqueeze(0), N)
-        return SmootherResult(means, covs, cross, ll)
     fP, pP = expand_batch(fP, N), expand_batch(pP, N)
     G, Cond = expand_batch(G, N), expand_batch(Cond, N)
     ms = fm[:, -1].unsqueeze(-1)
@@ -236,7 +284,7 @@ def rts_smoother(
     if plan.method == "information":  # threads: see information._run
         return information_smoother(p)
     pm, pP, fm, fP, ll = forward(p, plan, store=True)
-    return smooth_from_filter(p.A, FilterResult(fm, fP, pm, pP, ll))
+    return smooth_from_filter(p.A, FilterResult(fm, fP, pm, pP, ll), plan.steady_rtol)
 
 
 def ffbs_sample(
