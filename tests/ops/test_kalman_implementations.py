@@ -58,7 +58,8 @@ class Impl(NamedTuple):
     method: str
     share: str
     steady_state: bool
-    split: bool = False  # the batch's sequences split over CPU threads, one per sequence
+    split: bool = False  # the batch's sequences split over CPU threads, one per sequence (where
+    # autograd records nothing: the moments and draws; the gradient runs unsplit)
 
 
 _RUN = [
@@ -69,6 +70,8 @@ _RUN = [
     Impl("parallel", "none", False),
     Impl("information", "none", False),
     Impl("information", "none", False, split=True),
+    Impl("sequential", "covariance", True, split=True),
+    Impl("sequential", "none", False, split=True),
 ]
 _NOT_AN_IMPLEMENTATION = {
     Impl("sequential", "matrices", True): "steady state exists only in the shared-cov recursion",

@@ -101,9 +101,7 @@ def kalman_filter_chunk(
         m0, P0 = predict_carry(params, carry, u0)
         params = params._replace(initial_mean=m0, initial_cov=P0)
     res = kalman_filter(params, obs, mask, controls, lengths, method=method)
-    return ChunkKalmanResult(
-        KalmanCarry(res.means[:, -1], res.covs[:, -1]), res.log_likelihood
-    )
+    return ChunkKalmanResult(KalmanCarry(res.means[:, -1], res.covs[:, -1]), res.log_likelihood)
 
 
 def _rts_step(params, filt_mean, filt_cov, pred_mean, pred_cov, next_mean, next_cov):
@@ -202,12 +200,15 @@ def rts_smoother_chunked(
             cross.append(c)
         means, covs = torch.stack(means, 1), torch.stack(covs, 1)
         S = means.shape[-1]
-        cross = (
-            torch.stack(cross[::-1], 1)
-            if cross
-            else means.new_zeros(means.shape[0], 0, S, S)
+        cross = torch.stack(cross[::-1], 1) if cross else means.new_zeros(means.shape[0], 0, S, S)
+        on_chunk(
+            start,
+            stop,
+            means,
+            covs,
+            cross,
+            None if nxt is None else nxt[0],
+            None if nxt is None else nxt[1],
         )
-        on_chunk(start, stop, means, covs, cross,
-                 None if nxt is None else nxt[0], None if nxt is None else nxt[1])
         nxt = (means[:, 0], covs[:, 0])
     return total

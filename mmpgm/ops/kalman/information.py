@@ -85,7 +85,7 @@ from torch import Tensor
 
 from .._threads import cpu_single_thread, run_chunks, sequence_chunks
 from ..linalg import symmetrize
-from .prepare import Prepared
+from .prepare import Prepared, join_sequences, sequence_slice
 from .types import LOG_2PI, SmootherResult, check_cholesky
 
 __all__ = [
@@ -495,23 +495,6 @@ def _prepared(m0, P0, A, Q, C, R, y, Bu, like: Prepared) -> Prepared:
     return like._replace(m0=m0, P0=P0, A=A, Q=Q, C=C, R=R, y=y, Bu=Bu)
 
 
-_SEQUENCE_FIELDS = ("m0", "P0", "A", "Q", "C", "R", "y", "rm", "Bu", "num_obs")
-
-
-def _sequences(p: Prepared, a: int, b: int) -> Prepared:
-    """The inputs of sequences ``a .. b - 1`` (views; tensors shared by the batch stay whole).
-
-    ``frame_full`` / ``frame_empty`` keep the whole batch's flags: the information filter does
-    not read them."""
-    if (a, b) == (0, p.N):
-        return p
-
-    def cut(x):
-        return x if x is None or x.shape[0] != p.N else x[a:b]
-
-    return p._replace(N=b - a, **{f: cut(getattr(p, f)) for f in _SEQUENCE_FIELDS})
-
-
 def _chunks(p: Prepared) -> list:
     """How the batch is split over CPU threads (:func:`~mmpgm.ops._threads.sequence_chunks`):
     every sequence's recursion is independent of the others'."""
@@ -558,7 +541,7 @@ class _FisherLogLik(torch.autograd.Function):
     def forward(ctx, meta, m0, P0, A, Q, C, R, y, Bu):
         p = _prepared(m0, P0, A, Q, C, R, y, Bu, meta)
         chunks = _chunks(p)
-        states = _run(p, lambda a, b: _filter_chunk(_sequences(p, a, b)), chunks)
+        states = _run(p, lambda a, b: _filter_chunk(sequence_slice(p, a, b)), chunks)
         ctx.chunks, ctx.states = chunks, states
         ctx.like = (m0, P0, A, Q, C, R, y, Bu)
         return torch.cat([s[-1] for s in states]) if len(states) > 1 else states[0][-1]
@@ -581,15 +564,6 @@ def _recorded(p: Prepared) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _cat_chunks(parts: list) -> tuple:
-    """Per-chunk tuples of per-sequence tensors (or ``None``) joined along the batch."""
-    if len(parts) == 1:
-        return tuple(parts[0])
-    return tuple(
-        None if xs[0] is None else torch.cat(xs, 0) for xs in zip(*parts, strict=True)
-    )
-
-
 def information_log_likelihood(p: Prepared) -> Tensor:
     """``(N,)`` log-likelihoods by the information filter; the gradient (first order) by Fisher's
     identity from the information smoother. On the CPU the batch's sequences are split over
@@ -597,8 +571,8 @@ def information_log_likelihood(p: Prepared) -> Tensor:
     if _recorded(p):
         return _FisherLogLik.apply(p, p.m0, p.P0, p.A, p.Q, p.C, p.R, p.y, p.Bu)
     with torch.no_grad():
-        parts = _run(p, lambda a, b: (_filter_chunk(_sequences(p, a, b))[-1],))
-        return _cat_chunks(parts)[0]
+        parts = _run(p, lambda a, b: (_filter_chunk(sequence_slice(p, a, b))[-1],))
+        return join_sequences(parts, p.N)[0]
 
 
 def information_forward(p: Prepared, store: bool):
@@ -609,8 +583,8 @@ def information_forward(p: Prepared, store: bool):
         return None, None, None, None, information_log_likelihood(p)
     if _recorded(p):
         return _information_moments(p)
-    parts = _run(p, lambda a, b: _information_moments(_sequences(p, a, b)))
-    return _cat_chunks(parts)
+    parts = _run(p, lambda a, b: _information_moments(sequence_slice(p, a, b)))
+    return join_sequences(parts, p.N)
 
 
 def _information_moments(p: Prepared) -> tuple:
@@ -652,8 +626,8 @@ def information_smoother(p: Prepared) -> SmootherResult:
     CPU threads by sequences when autograd records nothing)."""
     if _recorded(p):
         return _information_smoothed(p)
-    parts = _run(p, lambda a, b: _information_smoothed(_sequences(p, a, b)))
-    return SmootherResult(*_cat_chunks(parts))
+    parts = _run(p, lambda a, b: _information_smoothed(sequence_slice(p, a, b)))
+    return SmootherResult(*join_sequences(parts, p.N))
 
 
 def _information_smoothed(p: Prepared) -> SmootherResult:

@@ -34,7 +34,7 @@ import torch
 
 from .information import information_forward
 from .parallel import parallel_forward
-from .prepare import Prepared
+from .prepare import Prepared, join_sequences, split_sequences
 from .sequential import sequential_forward, shares_covariance, shares_matrices
 
 __all__ = [
@@ -195,9 +195,13 @@ def resolve(
 
 def forward(p: Prepared, plan: Plan, store: bool = True):
     """Run ``plan``: ``(pred_means (N, T, S), pred_covs (b, T, S, S), filt_means,
-    filt_covs, log_lik (N,))``, ``b`` in ``{1, N}`` (1 only for ``share="covariance"``)."""
+    filt_covs, log_lik (N,))``, ``b`` in ``{1, N}`` (1 only for ``share="covariance"``).
+
+    The sequential recursions run split by sequences over CPU threads when autograd records
+    nothing (:func:`split_sequences`); the information filter splits itself."""
     if plan.method == "parallel":
         return parallel_forward(p)
     if plan.method == "information":  # threads: see information._run
         return information_forward(p, store)
-    return sequential_forward(p, store, plan.share, plan.steady_rtol)
+    parts = split_sequences(p, lambda q: sequential_forward(q, store, plan.share, plan.steady_rtol))
+    return join_sequences(parts, p.N, plan.share == "covariance")

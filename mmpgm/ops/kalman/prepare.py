@@ -14,10 +14,11 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .._threads import run_chunks, sequence_chunks
 from ..linalg import symmetrize
 from .types import LinearGaussianParams, MaskType, ObsType
 
-__all__ = ["Prepared", "prepare"]
+__all__ = ["Prepared", "prepare", "sequence_slice", "split_sequences", "join_sequences"]
 
 
 class Prepared(NamedTuple):
@@ -286,3 +287,53 @@ def prepare(
         num_obs=num_obs,
         dims=tuple(dims),
     )
+
+
+_SEQUENCE_FIELDS = ("m0", "P0", "A", "Q", "C", "R", "y", "rm", "Bu", "num_obs")
+
+
+def sequence_slice(p: Prepared, a: int, b: int) -> Prepared:
+    """The inputs of sequences ``a .. b - 1`` (views; tensors shared by the batch stay whole).
+
+    ``frame_full`` / ``frame_empty`` keep the whole batch's flags, which stay true of the part
+    (a frame full or empty in every sequence is so in each); a frame that is full in the part
+    only is then run as partially observed, with the same result."""
+    if (a, b) == (0, p.N):
+        return p
+
+    def cut(x):
+        return x if x is None or x.shape[0] != p.N else x[a:b]
+
+    return p._replace(N=b - a, **{f: cut(getattr(p, f)) for f in _SEQUENCE_FIELDS})
+
+
+def split_sequences(p: Prepared, fn) -> list:
+    """``[fn(part) for part in parts of the batch]``: one part (the whole batch) unless autograd
+    records nothing and the CPU has threads to spare (:func:`~mmpgm.ops._threads.sequence_chunks`),
+    then one part of the sequences a thread, run concurrently."""
+    tensors = (p.m0, p.P0, p.A, p.Q, p.C, p.R, p.y, p.Bu)
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    chunks = [(0, p.N)] if recorded else sequence_chunks(p.N, p.N * p.T * p.S**2, p.y.device)
+    return run_chunks(lambda a, b: fn(sequence_slice(p, a, b)), chunks)
+
+
+def join_sequences(
+    parts: list, N: int, shared_covariance: bool = False, expand: bool = False
+) -> tuple:
+    """Per-part result tuples (means ``(n, T, S)``, covariances ``(b, T, S, S)``, log-likelihoods
+    ``(n,)``, ``None``) joined along the batch of ``N`` sequences. With ``shared_covariance``
+    (``share="covariance"``) the covariances do not depend on the observations and are the same
+    in every part: the first part's at batch size 1, or seen by all ``N`` (``expand``: an
+    expanded view); everything else concatenates."""
+    if len(parts) == 1:
+        return tuple(parts[0])
+    out = []
+    for xs in zip(*parts, strict=True):
+        x = xs[0]
+        if x is None:
+            out.append(None)
+        elif shared_covariance and x.dim() == 4:
+            out.append(x[:1].expand(N, *x.shape[1:]) if expand else x[:1])
+        else:
+            out.append(torch.cat(xs, 0))
+    return tuple(out)

@@ -20,8 +20,8 @@ from ..linalg import symmetrize
 from ..scan import affine_combine, associative_scan
 from .information import information_smoother
 from .method import Method, Share, forward, resolve
-from .prepare import prepare
-from .sequential import MEAN_LOOP_MIN_WORK, expand_batch, frame_products
+from .prepare import join_sequences, prepare, split_sequences
+from .sequential import MEAN_LOOP_MIN_WORK, expand_batch, frame_products, sequential_forward
 from .types import (
     FilterResult,
     LinearGaussianParams,
@@ -283,8 +283,17 @@ def rts_smoother(
     plan = resolve(p, method, share, steady_state, steady_state_rtol)
     if plan.method == "information":  # threads: see information._run
         return information_smoother(p)
-    pm, pP, fm, fP, ll = forward(p, plan, store=True)
-    return smooth_from_filter(p.A, FilterResult(fm, fP, pm, pP, ll), plan.steady_rtol)
+    if plan.method == "parallel":
+        pm, pP, fm, fP, ll = forward(p, plan, store=True)
+        return smooth_from_filter(p.A, FilterResult(fm, fP, pm, pP, ll), plan.steady_rtol)
+
+    def smooth(q):  # one part of the batch (threads: see method.split_sequences)
+        pm, pP, fm, fP, ll = sequential_forward(q, True, plan.share, plan.steady_rtol)
+        return smooth_from_filter(q.A, FilterResult(fm, fP, pm, pP, ll), plan.steady_rtol)
+
+    parts = split_sequences(p, smooth)
+    shared = plan.share == "covariance"
+    return SmootherResult(*join_sequences(parts, p.N, shared, expand=True))
 
 
 def ffbs_sample(
