@@ -17,6 +17,11 @@ What is here:
   so that freed large blocks go back to the OS and RSS tracks live memory) and returns the JSON
   object of its last output line.
 * :func:`env_info`, :func:`emit`, :func:`rel_diff`.
+* ``--device``: :func:`add_device_argument` (the option, default ``cpu``), :func:`check_device`
+  (a CUDA device asked for and absent is an error naming ``--device``, never a silent CPU
+  run), :func:`synchronized` (timings wait for the kernels), :func:`cuda_peak_mib` and
+  :class:`CudaPeak` (peak CUDA memory), :func:`device_map` and :func:`device_env` (where each
+  system ran, in the JSON: CPU-only peers are marked ``"cpu"``).
 """
 
 from __future__ import annotations
@@ -34,13 +39,20 @@ import time
 from collections.abc import Callable, Mapping
 
 __all__ = [
+    "CudaPeak",
     "PeakRSS",
+    "add_device_argument",
+    "check_device",
+    "cuda_peak_mib",
+    "device_env",
+    "device_map",
     "emit",
     "env_info",
     "freeze_heap",
     "median",
     "rel_diff",
     "run_worker",
+    "synchronized",
     "time_interleaved",
 ]
 
@@ -320,3 +332,60 @@ def cuda_peak_mib(fn: Callable[[], object], device: str) -> float:
     fn()
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+class CudaPeak:
+    """Peak CUDA memory (MiB) allocated by the code in the ``with`` block above what was
+    allocated at entry (``torch.cuda.max_memory_allocated``); ``extra_mib`` stays ``None`` on
+    the CPU (where :class:`PeakRSS` measures)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.extra_mib = None
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            self._before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.extra_mib = (peak - self._before) / 2**20
+        return False
+
+
+def add_device_argument(parser, what: str = "the mmpgm models and their data") -> None:
+    """The ``--device`` option of every benchmark (default ``cpu``; checked by
+    :func:`check_device`)."""
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help=f"cpu (default) or cuda[:i]: {what} run there (models moved with .to(device), data "
+        "tensors follow); CPU-only peers run on the CPU and are marked so in the JSON "
+        "('devices'); a CUDA device torch does not see is an error",
+    )
+
+
+def device_map(systems, device: str, cpu_only=()) -> dict:
+    """``{system: device it ran on}`` for the JSON: ``device`` for the mmpgm systems, ``"cpu"``
+    for the CPU-only peers in ``cpu_only``."""
+    cpu_only = set(cpu_only)
+    return {name: ("cpu" if name in cpu_only else device) for name in systems}
+
+
+def device_env(device: str) -> dict:
+    """``{"device": ..., "gpu": name}`` for :func:`env_info` (``gpu`` only on CUDA)."""
+    out = {"device": device}
+    if device.startswith("cuda"):
+        import torch
+
+        out["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return out
