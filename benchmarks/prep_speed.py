@@ -79,7 +79,8 @@ def main(argv=None) -> int:
             emit({
                 "benchmark": "prep_speed",
                 "config": {"name": "E_corrupt" if corrupt else "E", "clips": clips, "speakers": args.speakers,
-                           "corruption": corruption, "generate_s": round(gen_s, 3), "device": "cpu"},
+                           "corruption": corruption, "generate_s": round(gen_s, 3),
+                           "device": "cpu"},
                 "median_s": {"mmpgm": min(seconds.values()), **{f"mmpgm_{k}": v for k, v in seconds.items()}},
                 "speedup": {},
                 "peak_mib": {},
