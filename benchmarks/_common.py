@@ -21,7 +21,8 @@ What is here:
   (a CUDA device asked for and absent is an error naming ``--device``, never a silent CPU
   run), :func:`synchronized` (timings wait for the kernels), :func:`cuda_peak_mib` and
   :class:`CudaPeak` (peak CUDA memory), :func:`device_map` and :func:`device_env` (where each
-  system ran, in the JSON: CPU-only peers are marked ``"cpu"``).
+  system ran, in the JSON: CPU-only peers are marked ``"cpu"``), :func:`to_cpu` (results back
+  to the CPU before they are scored).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "run_worker",
     "synchronized",
     "time_interleaved",
+    "to_cpu",
 ]
 
 MiB = 1024.0 * 1024.0
@@ -352,13 +354,17 @@ class CudaPeak:
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
 
-    def __exit__(self, *exc):
-        if self.device.startswith("cuda"):
-            import torch
+    def so_far_mib(self) -> float | None:
+        """The peak since entry, read inside the block (``None`` on the CPU or before entry)."""
+        if not self.device.startswith("cuda") or not hasattr(self, "_before"):
+            return None
+        import torch
 
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-            self.extra_mib = (peak - self._before) / 2**20
+        torch.cuda.synchronize(self.device)
+        return (torch.cuda.max_memory_allocated(self.device) - self._before) / 2**20
+
+    def __exit__(self, *exc):
+        self.extra_mib = self.so_far_mib()
         return False
 
 
@@ -389,3 +395,19 @@ def device_env(device: str) -> dict:
 
         out["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return out
+
+
+def to_cpu(x):
+    """``x`` with every tensor moved to the CPU: tensors, dicts, lists, tuples and result
+    NamedTuples (a posterior computed on a GPU, before it is scored against CPU labels)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.cpu()
+    if isinstance(x, Mapping):
+        return type(x)((k, to_cpu(v)) for k, v in x.items())
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(to_cpu(v) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_cpu(v) for v in x)
+    return x
