@@ -354,6 +354,10 @@ class CudaPeak:
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
 
+    def start(self) -> "CudaPeak":
+        """Begin measuring without a ``with`` block (read it with :meth:`so_far_mib`)."""
+        return self.__enter__()
+
     def so_far_mib(self) -> float | None:
         """The peak since entry, read inside the block (``None`` on the CPU or before entry)."""
         if not self.device.startswith("cuda") or not hasattr(self, "_before"):
