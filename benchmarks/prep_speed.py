@@ -63,7 +63,8 @@ def main(argv=None) -> int:
         # which would add interpreter start-up to every measurement
         subprocess.run([sys.executable, "-m", "data_prep.synth_grid", root, "--speakers", str(args.speakers),
                         "--utterances", str(args.utterances), "--seed", "0", "--quiet"], check=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       stdout=sys.stderr)  # its summary line: stdout holds only the JSON lines
         gen_s = time.perf_counter() - t0
         clips = args.speakers * args.utterances
         for corrupt in (False, True):
