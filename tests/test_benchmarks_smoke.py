@@ -401,3 +401,45 @@ def test_device_cpu_quick_runs_on_the_cpu(script, extra, needs, tmp_path):
         device = r["config"].get("device", r.get("env", {}).get("device"))
         assert device == "cpu", (script, r["config"])
         assert all(d == "cpu" for d in r.get("devices", {}).values()), r["devices"]
+
+
+@pytest.mark.benchmark
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "script, extra, needs",
+    [r for r in _fast_cpu_runs() if r[0] != "prep_speed"]
+    + [("av_speech_activity", ["--timing-steps", "0", "--data-dir", "{tmp}/data", "--out",
+                               "{tmp}/fig.png", "--table", "{tmp}/table.md"], ("av",))],
+    ids=[s for s, _, _ in _fast_cpu_runs() if s != "prep_speed"] + ["av_speech_activity"],
+)  # fmt: skip
+def test_device_cuda_quick_runs_on_the_gpu(script, extra, needs, tmp_path):
+    """Where CUDA exists: ``--device cuda --quick`` runs, every record says so, the CPU-only
+    peers are marked ``"cpu"`` and nothing else is (distributed_fit: two GPUs, NCCL)."""
+    import shutil
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if script == "distributed_fit" and torch.cuda.device_count() < 2:
+        pytest.skip("the 2-process NCCL run needs two GPUs")
+    if "espeak" in needs and shutil.which("espeak-ng") is None:
+        pytest.skip("needs the espeak-ng synthesizer")
+    if "av" in needs:
+        from mmpgm.features import missing_av_requirements
+
+        if missing_av_requirements():
+            pytest.skip("needs " + "; ".join(missing_av_requirements()))
+    argv = ["--quick", "--device", "cuda", *(a.format(tmp=tmp_path) for a in extra)]
+    proc = _run_script(script, argv, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
+    assert records
+    cpu_only = {"hmmlearn_joint", "hmmlearn_late", "pykalman", "raw_knn", "webrtcvad",
+                "silero_vad"}  # fmt: skip
+    for r in records:
+        device = r["config"].get("device", r.get("env", {}).get("device"))
+        assert device == "cuda", (script, r["config"])
+        for name, d in r.get("devices", {}).items():
+            reference = r["config"]["name"].endswith(("/noisy", "/ideal_band_mask"))
+            assert d == ("cpu" if name in cpu_only or reference else "cuda"), (name, d)
