@@ -419,6 +419,8 @@ ERRORS = [
     (["fit", "{npz}", "{tmp}/none.npz", "--out", "{tmp}/m.pt"], "none.npz: no such file"),
     (["fit", "{npz}", "{tmp}/notes.txt", "--out", "{tmp}/m.pt"], "not a MultimodalData .npz"),
     (["infer", "{model}", "{tmp}/shard-*.npz", "--out", "{tmp}/o.npz"], "'mmpgm fit' streams"),
+    (["fit", "{npz}", "{npz}", "--model", "mixture", "--method", "em", "--out", "{tmp}/m.pt"],
+     "EM (--method em) needs the data in memory"),
     (["fit", "{tmp}/dup.csv", "--out", "{tmp}/m.pt"], "has two rows at time 0"),
     (["infer", "{csv}", "{npz}", "--out", "{tmp}/o.npz"], "not an mmpgm model file"),
     (["infer", "{model}", "{tmp}/wide.npz", "--out", "{tmp}/o.npz"], "expects obs_dim 1, got 3"),

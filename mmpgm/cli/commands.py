@@ -105,6 +105,11 @@ def _fit(args) -> int:
         )
     else:
         data = _read_data(paths[0], args, _float_labels(config) if family == "mixture" else ())
+    if family == "mixture" and args.method == "em" and not hasattr(data, "obs"):
+        raise ValueError(
+            "DATA: the gated mixture's EM (--method em) needs the data in memory, got .npz "
+            "shards; pass one .npz (the shards concatenated) or use --method svi"
+        )
     obs_dims = dict(data.obs_dims)
     if family == "hmm":
         _categorical_dims(obs_dims, data, config["emission"])
