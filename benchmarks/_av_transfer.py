@@ -45,6 +45,11 @@ from mmpgm.inference.cross_fit import fit_cross_fitted, out_of_fold_scores
 from mmpgm.inference.mixture import pretrain_experts
 from mmpgm.models.mixture import GatedMixture
 
+try:  # benchmarks/ as a package, or on sys.path (run as a script)
+    from ._common import to_cpu
+except ImportError:
+    from _common import to_cpu
+
 MODALITIES = ("audio", "image", "flow")
 PATCH = dict(
     video_patch=True, patch_shapes=("square", "rect", "ellipse"), box_jitter=(0.08, 0.15)
@@ -191,7 +196,7 @@ def accuracy_mouth_covered(pred: torch.Tensor, data: MultimodalData, cover: torc
 # --------------------------------------------------------------------------- models
 def build(gate: str, gate_inputs, args, dims) -> GatedMixture:
     torch.manual_seed(args.seed)
-    return GatedMixture(
+    model = GatedMixture(
         dims,
         gate=gate,
         hidden_dim=args.hidden,
@@ -200,6 +205,7 @@ def build(gate: str, gate_inputs, args, dims) -> GatedMixture:
         expert_weight=1.0,
         gate_inputs=gate_inputs,
     )
+    return model.to(args.device)  # --device: the fits and posteriors move the data there
 
 
 def val_log_likelihood(model, vals: dict) -> float:
@@ -207,7 +213,7 @@ def val_log_likelihood(model, vals: dict) -> float:
     tot, frames = 0.0, 0.0
     with torch.no_grad():
         for v in vals.values():
-            post = model.posterior(v, causal=True, map_path=False)
+            post = to_cpu(model.posterior(v, causal=True, map_path=False))
             tot += float(post.log_likelihood.sum())
             frames += float(((v.labels["speech"] >= 0) & v.time_mask).sum())
     return tot / max(frames, 1.0)
@@ -217,7 +223,8 @@ def val_accuracy(model, vals: dict) -> float:
     correct, frames = 0, 0
     with torch.no_grad():
         for v in vals.values():
-            pred = (model.posterior(v, causal=True, map_path=False).predictive > 0.5).long()
+            post = to_cpu(model.posterior(v, causal=True, map_path=False))
+            pred = (post.predictive > 0.5).long()
             keep = (v.labels["speech"] >= 0) & v.time_mask
             correct += int((pred[keep] == v.labels["speech"][keep]).sum())
             frames += int(keep.sum())
@@ -341,7 +348,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     for cond, (test, corr) in tests.items():
         emit_row = emit_row_factory(dict(base_cfg, condition=cond, test_clips=test.num_sequences,
                                          test_corruption=corr), cond)
-        post = final.posterior(test)
+        post = to_cpu(final.posterior(test))
         patched = bool((test.labels["video_corrupted"] == 1).any())
         cover = mouth_cover(test)
 
@@ -361,7 +368,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                  extra={"model": "experts, gate fixed at 1/3 (not learned)"})
         rows.append((cond, "uniform_gate_reference", met, None))
         for name, (model, extra) in systems.items():
-            p = model.posterior(test, causal=True)
+            p = to_cpu(model.posterior(test, causal=True))
             met = metrics((p.predictive > 0.5).long())
             if patched:
                 met.update(gate_video_weights(p, test))

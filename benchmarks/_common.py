@@ -17,6 +17,12 @@ What is here:
   so that freed large blocks go back to the OS and RSS tracks live memory) and returns the JSON
   object of its last output line.
 * :func:`env_info`, :func:`emit`, :func:`rel_diff`.
+* ``--device``: :func:`add_device_argument` (the option, default ``cpu``), :func:`check_device`
+  (a CUDA device asked for and absent is an error naming ``--device``, never a silent CPU
+  run), :func:`synchronized` (timings wait for the kernels), :func:`cuda_peak_mib` and
+  :class:`CudaPeak` (peak CUDA memory), :func:`device_map` and :func:`device_env` (where each
+  system ran, in the JSON: CPU-only peers are marked ``"cpu"``), :func:`to_cpu` (results back
+  to the CPU before they are scored).
 """
 
 from __future__ import annotations
@@ -34,14 +40,22 @@ import time
 from collections.abc import Callable, Mapping
 
 __all__ = [
+    "CudaPeak",
     "PeakRSS",
+    "add_device_argument",
+    "check_device",
+    "cuda_peak_mib",
+    "device_env",
+    "device_map",
     "emit",
     "env_info",
     "freeze_heap",
     "median",
     "rel_diff",
     "run_worker",
+    "synchronized",
     "time_interleaved",
+    "to_cpu",
 ]
 
 MiB = 1024.0 * 1024.0
@@ -320,3 +334,84 @@ def cuda_peak_mib(fn: Callable[[], object], device: str) -> float:
     fn()
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+class CudaPeak:
+    """Peak CUDA memory (MiB) allocated by the code in the ``with`` block above what was
+    allocated at entry (``torch.cuda.max_memory_allocated``); ``extra_mib`` stays ``None`` on
+    the CPU (where :class:`PeakRSS` measures)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.extra_mib = None
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            self._before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def start(self) -> "CudaPeak":
+        """Begin measuring without a ``with`` block (read it with :meth:`so_far_mib`)."""
+        return self.__enter__()
+
+    def so_far_mib(self) -> float | None:
+        """The peak since entry, read inside the block (``None`` on the CPU or before entry)."""
+        if not self.device.startswith("cuda") or not hasattr(self, "_before"):
+            return None
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        return (torch.cuda.max_memory_allocated(self.device) - self._before) / 2**20
+
+    def __exit__(self, *exc):
+        self.extra_mib = self.so_far_mib()
+        return False
+
+
+def add_device_argument(parser, what: str = "the mmpgm models and their data") -> None:
+    """The ``--device`` option of every benchmark (default ``cpu``; checked by
+    :func:`check_device`)."""
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help=f"cpu (default) or cuda[:i]: {what} run there (models moved with .to(device), data "
+        "tensors follow); CPU-only peers run on the CPU and are marked so in the JSON "
+        "('devices'); a CUDA device torch does not see is an error",
+    )
+
+
+def device_map(systems, device: str, cpu_only=()) -> dict:
+    """``{system: device it ran on}`` for the JSON: ``device`` for the mmpgm systems, ``"cpu"``
+    for the CPU-only peers in ``cpu_only``."""
+    cpu_only = set(cpu_only)
+    return {name: ("cpu" if name in cpu_only else device) for name in systems}
+
+
+def device_env(device: str) -> dict:
+    """``{"device": ..., "gpu": name}`` for :func:`env_info` (``gpu`` only on CUDA)."""
+    out = {"device": device}
+    if device.startswith("cuda"):
+        import torch
+
+        out["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return out
+
+
+def to_cpu(x):
+    """``x`` with every tensor moved to the CPU: tensors, dicts, lists, tuples and result
+    NamedTuples (a posterior computed on a GPU, before it is scored against CPU labels)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.cpu()
+    if isinstance(x, Mapping):
+        return type(x)((k, to_cpu(v)) for k, v in x.items())
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(to_cpu(v) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_cpu(v) for v in x)
+    return x

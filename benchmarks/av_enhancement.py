@@ -66,7 +66,15 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm`, `data_prep` and 
     _here = Path(__file__).resolve().parent
     sys.path.insert(0, str(_here))
     sys.path.insert(1, str(_here.parent))
-    from _common import emit, env_info
+    from _common import (
+        CudaPeak,
+        add_device_argument,
+        check_device,
+        device_env,
+        emit,
+        env_info,
+        to_cpu,
+    )
     from av_speech_activity import (
         CONDITIONS,
         MODALITIES,
@@ -80,7 +88,15 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm`, `data_prep` and 
         write_table,
     )
 else:  # pragma: no cover
-    from ._common import emit, env_info
+    from ._common import (
+        CudaPeak,
+        add_device_argument,
+        check_device,
+        device_env,
+        emit,
+        env_info,
+        to_cpu,
+    )
     from .av_speech_activity import (
         CONDITIONS,
         MODALITIES,
@@ -250,7 +266,7 @@ def equal_weight_mix(post) -> torch.Tensor:
 def build(gate: str, expert: str, args) -> GatedMixture:
     torch.manual_seed(args.seed)
     dims = {"audio": NUM_BANDS, "image": 32, "flow": 11}
-    return GatedMixture(
+    model = GatedMixture(
         dims,
         gate=gate,
         head="ratio_mask",
@@ -262,6 +278,7 @@ def build(gate: str, expert: str, args) -> GatedMixture:
         gate_hidden_dim=args.hidden,
         expert_weight=1.0,
     )
+    return model.to(args.device)  # the fits move the data to the model's device
 
 
 SETS = (("mlp", "conditional", ""), ("recurrent", "recurrent", "_gru"))
@@ -288,7 +305,7 @@ def run_condition(train, test, score, args, emit_row):
         final = copy.deepcopy(base)
         pretrain_experts(final, train, num_steps=args.pretrain_steps, **kw)
         expert_secs = time.perf_counter() - t0
-        post = final.posterior(test)
+        post = to_cpu(final.posterior(test))  # scored against the CPU labels
         kind = "causal GRU" if expert == "recurrent" else f"MLP, context {args.context}"
         for i, m in enumerate(MODALITIES):
             emit_row(
@@ -315,7 +332,7 @@ def run_condition(train, test, score, args, emit_row):
             out_of_fold=(scores, evidence),
             **kw,
         )
-        post = model.posterior(test, causal=True)
+        post = to_cpu(model.posterior(test, causal=True))
         met = score(post.predictive, post)
         met["gate_shrinkage"] = res.gate_shrinkage
         emit_row(
@@ -448,7 +465,12 @@ def main(argv=None):
     )
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--table", default=None, help="also write the markdown table to this file")
+    add_device_argument(ap, "the mixtures (expert pretraining, cross-fitting, posteriors)")
     args = ap.parse_args(argv)
+    try:
+        args.device = check_device(args.device)
+    except ValueError as err:
+        ap.error(str(err))
     q = args.quick
     args.speakers = args.speakers or (3 if q else 5)
     args.utterances = args.utterances or (4 if q else 16)
@@ -466,7 +488,7 @@ def main(argv=None):
         data_dir.mkdir(parents=True, exist_ok=True)
     root, corpora = make_corpora(data_dir, args.speakers, args.utterances, args.seed, args.workers)
     t_data = time.perf_counter() - t_start
-    env = env_info({"mmpgm": mmpgm.__version__})
+    env = env_info({"mmpgm": mmpgm.__version__, **device_env(args.device)})
     rows = []
     best_fig = None
 
@@ -486,17 +508,25 @@ def main(argv=None):
             "test_speaker": test_speaker,
             "frames_per_s": 25,
             "target": "IRM (sqrt |S|^2/(|S|^2+|N|^2)) averaged into 40 bands",
+            "device": args.device,
         }
 
+        peak = CudaPeak(args.device)
+
         def emit_row(
-            name, metrics, *, seconds=None, agreement=None, extra=None, base=base, cond=cond
-        ):
+            name, metrics, *, seconds=None, agreement=None, extra=None, base=base, cond=cond,
+            peak=peak,
+        ):  # fmt: skip
             rec = {
                 "benchmark": BENCH,
                 "config": dict(base, name=f"{cond}/{name}", **(extra or {})),
                 "median_s": {} if seconds is None else {"mmpgm": round(seconds, 3)},
                 "speedup": {},
-                "peak_mib": {},
+                # --device cuda: peak CUDA memory of the condition's fits up to this row
+                "peak_mib": {} if (mib := peak.so_far_mib()) is None else {"mmpgm": mib},
+                # the references (noisy input, ideal mask) are computed, not run, on the CPU
+                "devices": {"mmpgm": "cpu" if name in ("noisy", "ideal_band_mask")
+                            else args.device},  # fmt: skip
                 "agreement": agreement or {},
                 "metrics": {"mmpgm": metrics},
                 "env": env,
@@ -521,7 +551,8 @@ def main(argv=None):
             agreement={"irm_rebuilt": irm_diff},
             extra={"model": "oracle: the target band mask itself (a perfect predictor)"},
         )
-        mixtures = run_condition(train, test, score, args, emit_row)
+        with peak:
+            mixtures = run_condition(train, test, score, args, emit_row)
         if noise == "babble" or best_fig is None:
             name = min(mixtures, key=lambda k: mixtures[k][0]["band_db_mse"])
             met, mask, post = mixtures[name]

@@ -54,7 +54,13 @@ inside / outside the patch and on the frames whose patch covers the mouth.
 
 Usage: ``python benchmarks/av_speech_activity.py [--quick] [--out fig.png] [--data-dir DIR]
 [--jsonl F] [--table F] [--training {crossfit,staged,joint}] [--test-speakers {last,all}]
-[--seed S] [--test-corpus B [--val-corpus C] [--normalize {running,speaker,none}]]``.
+[--seed S] [--test-corpus B [--val-corpus C] [--normalize {running,speaker,none}]]
+[--device cuda[:i]]``.
+
+``--device cuda[:i]``: every mixture is moved there (``.to(device)``: expert pretraining,
+cross-fitting, gates, posteriors; the data follow) and its posterior comes back to the CPU to be
+scored; the audio-only peers (webrtcvad, silero-vad) run on the CPU. ``"devices"`` in each row
+says where it ran, ``peak_mib`` the peak CUDA memory of the fold's fits up to that row.
 """
 
 from __future__ import annotations
@@ -70,9 +76,25 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm`, `data_prep` and 
     _here = Path(__file__).resolve().parent
     sys.path.insert(0, str(_here))
     sys.path.insert(1, str(_here.parent))
-    from _common import emit, env_info
+    from _common import (
+        CudaPeak,
+        add_device_argument,
+        check_device,
+        device_env,
+        emit,
+        env_info,
+        to_cpu,
+    )
 else:  # pragma: no cover
-    from ._common import emit, env_info
+    from ._common import (
+        CudaPeak,
+        add_device_argument,
+        check_device,
+        device_env,
+        emit,
+        env_info,
+        to_cpu,
+    )
 
 import numpy as np
 import torch
@@ -239,7 +261,7 @@ def pool_metrics(per_fold: list) -> dict:
 def build(gate: str, co: bool, args, expert: str = "mlp") -> GatedMixture:
     torch.manual_seed(args.seed)
     dims = {"audio": NUM_BANDS, "image": 32, "flow": 11}
-    return GatedMixture(
+    model = GatedMixture(
         dims,
         gate=gate,
         expert=expert,
@@ -251,6 +273,7 @@ def build(gate: str, co: bool, args, expert: str = "mlp") -> GatedMixture:
         co_learning_weight=args.co_weight,
         expert_weight=1.0,
     )
+    return model.to(args.device)  # the fits and posteriors move the data to its device
 
 
 def mixture_config(gate: str, expert: str, co: bool, args) -> dict:
@@ -379,7 +402,7 @@ def em_vs_svi(pretrained, train, test, args, emit_row):
             with torch.no_grad():
                 nll = -float(model.log_likelihood(train).sum() - model.penalty(train).sum())
             frames = float((train.labels["speech"] >= 0).logical_and(train.time_mask).sum())
-            post = model.posterior(test, causal=True)
+            post = to_cpu(model.posterior(test, causal=True))
             met = frame_metrics((post.predictive > 0.5).long(), test)
             met["train_loss_per_frame"] = round(nll / frames, 4)
             res[how] = (secs, met)
@@ -434,7 +457,7 @@ def crossfit_mixtures(uni, train, test, args, emit_row):
             pretrain_experts(final, train, num_steps=args.pretrain_steps, **kw)
         expert_secs = time.perf_counter() - t0
         tag = ("_gru" if expert == "recurrent" else "") + ("_colearn" if co else "")
-        post = final.posterior(test)
+        post = to_cpu(final.posterior(test))
         if tag == "_gru":  # the GRU experts alone (single-expert baselines for the recurrent rows)
             for i, m in enumerate(MODALITIES):
                 emit_row(
@@ -465,7 +488,7 @@ def crossfit_mixtures(uni, train, test, args, emit_row):
                 out_of_fold=(scores, evidence),
                 **kw,
             )
-            post = model.posterior(test, causal=True)
+            post = to_cpu(model.posterior(test, causal=True))
             met = frame_metrics((post.predictive > 0.5).long(), test)
             met.update(gate_video_weights(post, test))
             met["gate_shrinkage"] = res.gate_shrinkage
@@ -506,7 +529,7 @@ def staged_or_joint_mixtures(uni, train, test, args, emit_row):
     if (
         args.training != "joint"
     ):  # the experts the staged mixtures use, alone, and their equal-weight mix
-        post = pre.posterior(test)
+        post = to_cpu(pre.posterior(test))
         for i, m in enumerate(MODALITIES):
             emit_row(
                 "mmpgm",
@@ -526,7 +549,7 @@ def staged_or_joint_mixtures(uni, train, test, args, emit_row):
             expert = "recurrent" if gate == "recurrent" else "mlp"
             model = build(gate, co, args, expert=expert)
             secs = train_mixture(model, pre if expert == "mlp" and not co else None, train, args)
-            post = model.posterior(test, causal=True)
+            post = to_cpu(model.posterior(test, causal=True))
             met = frame_metrics((post.predictive > 0.5).long(), test)
             met.update(gate_video_weights(post, test))
             name = f"{gate}{'_colearn' if co else ''}"
@@ -721,15 +744,17 @@ def transfer(args, t_start) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="av_transfer_")
         args.data_dir = tmp.name
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
-    env = env_info({"mmpgm": mmpgm.__version__})
+    env = env_info({"mmpgm": mmpgm.__version__, **device_env(args.device)})
 
     def factory(base, cond):
         def emit_row(impl, metrics, *, name=None, seconds=None, skipped=None, agreement=None,
                      extra=None):
             cfg = dict(base, name=f"A->{args.test_corpus}/{cond}/{name or impl}", **(extra or {}))
+            cfg["device"] = args.device
             rec = {
                 "benchmark": BENCH + "_transfer",
                 "config": cfg,
+                "devices": {impl: "cpu" if impl in PEERS else args.device},
                 "median_s": {} if seconds is None else {impl: round(seconds, 3)},
                 "speedup": {},
                 "peak_mib": {},
@@ -869,7 +894,12 @@ def main(argv=None):
     )
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--table", default=None, help="also write the markdown table to this file")
+    add_device_argument(ap, "the mixtures (experts, gates, posteriors)")
     args = ap.parse_args(argv)
+    try:
+        args.device = check_device(args.device)
+    except ValueError as err:
+        ap.error(str(err))
     args.mixtures = tuple(m.strip() for m in args.mixtures.split(",") if m.strip())
     unknown = sorted(set(args.mixtures) - set(MIXTURES))
     if unknown:
@@ -898,7 +928,7 @@ def main(argv=None):
         data_dir = Path(args.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
     root, corpora = make_corpora(data_dir, args.speakers, args.utterances, args.seed)
-    env = env_info({"mmpgm": mmpgm.__version__})
+    env = env_info({"mmpgm": mmpgm.__version__, **device_env(args.device)})
     rows = []
     figure_done = False
 
@@ -924,7 +954,9 @@ def main(argv=None):
                 "frames_per_s": 25,
                 "speaker_norm": bool(args.speaker_norm),
                 "training": args.training,
+                "device": args.device,
             }
+            peak = CudaPeak(args.device)
 
             def emit_row(
                 impl,
@@ -937,14 +969,19 @@ def main(argv=None):
                 extra=None,
                 base=base,
                 cond=cond,
+                peak=peak,
             ):
                 cfg = dict(base, name=f"{cond}/{name or impl}", **(extra or {}))
+                mib = None if impl in PEERS else peak.so_far_mib()
                 rec = {
                     "benchmark": BENCH,
                     "config": cfg,
+                    # the audio-only peers are CPU libraries
+                    "devices": {impl: "cpu" if impl in PEERS else args.device},
                     "median_s": {} if seconds is None else {impl: round(seconds, 3)},
                     "speedup": {},
-                    "peak_mib": {},
+                    # --device cuda: peak CUDA memory of this fold's fits up to this row
+                    "peak_mib": {} if mib is None else {impl: mib},
                     "agreement": {} if agreement is None else {impl: agreement},
                     "metrics": {impl: metrics if metrics is not None else {"skipped": skipped}},
                     "env": env,
@@ -955,6 +992,7 @@ def main(argv=None):
                         emit(rec, fh)
                 rows.append((cond, name or impl, metrics, skipped, base["test_speaker"]))
 
+            peak.start()  # this fold's fits (the next fold's start resets the peak)
             # unimodal experts, each trained alone (the shared pre-training of the MLP experts)
             uni = build("conditional", False, args)
             t0 = time.perf_counter()
@@ -965,7 +1003,7 @@ def main(argv=None):
                 **train_kw(args),
             )
             secs = time.perf_counter() - t0
-            post = uni.posterior(test)
+            post = to_cpu(uni.posterior(test))
             for i, m in enumerate(MODALITIES):
                 emit_row(
                     "mmpgm",

@@ -37,6 +37,13 @@ The processes are started the way ``torchrun`` starts them (environment ``RANK``
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); ``--quick``: N = 8, T = 20, one repeat of
 two epochs (CI smoke). On a shared machine the speedup depends on the other load (``env``
 records the load average).
+
+``--device cuda``: NCCL instead of gloo, one GPU per rank (rank ``r`` on ``cuda:LOCAL_RANK``,
+as torchrun numbers them; the 2-process runs need two visible GPUs, the 1-process run uses
+``cuda:0``, or ``cuda:i`` when given), the model moved with ``.to(device)`` and the data
+(sampled on the CPU, so the same on every device) moved once; ``cuda_peak_mib`` adds each run's
+peak CUDA memory (rank 0) to the resident-set ``peak_mib``. A CUDA device that torch does not
+see, or fewer GPUs than processes, is an error naming ``--device``. Default ``cpu`` (gloo).
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import emit, env_info  # noqa: E402
+from _common import add_device_argument, check_device, device_env, emit, env_info  # noqa: E402
 
 
 def _config(args, method):
@@ -70,10 +77,58 @@ def _config(args, method):
         "dtype": "float64",
         "processes": [1, 2],
         "threads_per_process": 1,
-        "backend": "gloo",
+        "backend": _backend(args.device),
+        "device": args.device,
         "epochs": args.epochs,
         "repeats": args.repeats,
     }
+
+
+def _backend(device: str) -> str:
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def _rank_device(device: str, world: int) -> str:
+    """This rank's device: ``cpu``; on CUDA one GPU per rank, ``cuda:LOCAL_RANK`` (a single
+    process keeps the index it was given)."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    if world == 1:
+        return device if ":" in device else "cuda:0"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def _init(args):
+    """Process group (NCCL on CUDA, gloo on the CPU) and this rank's device: ``(world, rank,
+    device)``."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = _rank_device(args.device, world)
+    if device != "cpu":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group(_backend(device))
+    rank = dist.get_rank() if world > 1 else 0
+    return world, rank, device
+
+
+def _barrier(device: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if device == "cpu":
+        dist.barrier()
+    else:
+        dist.barrier(device_ids=[torch.device(device).index])
+
+
+def _cuda_peak(device: str):
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device != "cpu" else None
 
 
 def worker(args) -> None:
@@ -86,14 +141,11 @@ def worker(args) -> None:
     import mmpgm
     from mmpgm.models import MultimodalHMM
 
-    torch.set_num_threads(1)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if world > 1 else 0
+    world, rank, device = _init(args)
     torch.manual_seed(0)
     model = MultimodalHMM({"a": 3, "b": 3}, num_shared_states=4, num_private_states=3).double()
-    data, _ = model.sample(args.N, args.T, seed=0)
+    data, _ = model.sample(args.N, args.T, seed=0)  # on the CPU: the same data on every device
+    model, data = model.to(device), data.to(device=device)
     opts = dict(method=args.method, patience=0, progress=False, distributed=world > 1)
     if args.method == "svi":
         opts["lr"] = 0.01
@@ -101,10 +153,14 @@ def worker(args) -> None:
     per_epoch, cpu = [], []
     for _ in range(args.repeats):
         if world > 1:
-            dist.barrier()
+            _barrier(device)
         t0, c0 = time.perf_counter(), time.process_time()
         res = mmpgm.fit(model, data, num_steps=args.epochs, init="none", **opts)
-        c1 = torch.tensor((time.process_time() - c0) / args.epochs, dtype=torch.float64)
+        if device != "cpu":
+            torch.cuda.synchronize(device)
+        c1 = torch.tensor(
+            (time.process_time() - c0) / args.epochs, dtype=torch.float64, device=device
+        )
         if world > 1:
             dist.all_reduce(c1, op=dist.ReduceOp.MAX)  # the busiest rank's CPU time
         per_epoch.append((time.perf_counter() - t0) / args.epochs)
@@ -118,6 +174,7 @@ def worker(args) -> None:
             "losses": [float(v) for v in losses],
             "state": state,
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "cuda_peak_mib": _cuda_peak(device),
         }
         print(json.dumps(out), flush=True)
     if world > 1:
@@ -134,25 +191,24 @@ def stream_worker(args) -> None:
 
     import mmpgm
 
-    torch.set_num_threads(1)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if world > 1 else 0
+    world, rank, device = _init(args)
     sharded = mmpgm.ShardedData(os.path.join(args.shards, "*.npz"), cache_shards=1)
-    data = sharded.load_all() if args.in_memory else sharded
-    model = _stream_model()
+    data = sharded.load_all().to(device=device) if args.in_memory else sharded
+    model = _stream_model().to(device)  # a streamed shard follows the model to its device
     t0 = time.perf_counter()
     res = mmpgm.fit(model, data, method="em", num_steps=args.epochs, patience=0, init="none",
                     progress=False, distributed=world > 1)
+    if device != "cpu":
+        torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - t0) / args.epochs
     peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                        dtype=torch.float64)
+                        dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     if rank == 0:
         out = {"per_epoch_s": seconds, "losses": [float(v) for v in res.losses],
-               "peak_mib": float(peak), "num_sequences": sharded.num_sequences}
+               "peak_mib": float(peak), "cuda_peak_mib": _cuda_peak(device),
+               "num_sequences": sharded.num_sequences}
         print(json.dumps(out), flush=True)
     if world > 1:
         dist.destroy_process_group()
@@ -185,7 +241,7 @@ def run_stream(args) -> dict:
 
     n, base = (8, 2) if args.quick else (256, 4)
     T = 20 if args.quick else args.T
-    peaks, times, agree, sizes = {}, {}, {}, {}
+    peaks, times, agree, sizes, cuda_peaks = {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for scale in (1, 4):
             folder = Path(tmp) / f"{scale}x"
@@ -196,6 +252,9 @@ def run_stream(args) -> dict:
             key = f"{scale}x"
             peaks[f"stream_{key}"] = stream["peak_mib"]
             peaks[f"in_memory_{key}"] = memory["peak_mib"]
+            if args.device != "cpu":
+                cuda_peaks[f"stream_{key}"] = stream["cuda_peak_mib"]
+                cuda_peaks[f"in_memory_{key}"] = memory["cuda_peak_mib"]
             times[f"stream_{key}"] = stream["per_epoch_s"]
             times[f"in_memory_{key}"] = memory["per_epoch_s"]
             sizes[key] = stream["num_sequences"]
@@ -224,15 +283,17 @@ def run_stream(args) -> dict:
             "processes": {"stream": 2, "in_memory": 1},
             "cache_shards": 1,
             "threads_per_process": 1,
-            "backend": "gloo",
+            "backend": _backend(args.device),
+            "device": args.device,
             "epochs": args.epochs,
         },
         "peak_mib": peaks,
         "peak_ratio": ratio,
+        "cuda_peak_mib": cuda_peaks,
         "flat_within_10pct": abs(ratio["stream"] - 1) <= 0.10,
         "per_epoch_s": times,
         "agreement": {"stream_vs_in_memory": agree},
-        "env": env_info({"torch_threads_per_process": 1}),
+        "env": env_info({"torch_threads_per_process": 1, **device_env(args.device)}),
     }
 
 
@@ -247,7 +308,7 @@ def launch(args, world: int, extra=()) -> dict:
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     env.update(WORLD_SIZE=str(world), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, __file__, "--worker", "--method", args.method]
+    cmd = [sys.executable, __file__, "--worker", "--method", args.method, "--device", args.device]
     cmd += ["--N", str(args.N), "--T", str(args.T)]
     cmd += ["--epochs", str(args.epochs), "--repeats", str(args.repeats), *extra]
     procs = [
@@ -289,11 +350,22 @@ def main(argv=None) -> None:
                     help="only DDP2_stream: peak memory of the streamed corpus, 1x and 4x")
     ap.add_argument("--shards", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
+    add_device_argument(ap, "every rank's model and data (NCCL, one GPU per rank via LOCAL_RANK)")
     args = ap.parse_args(argv)
+    try:
+        args.device = check_device(args.device)
+    except ValueError as err:
+        ap.error(str(err))
     if args.worker:
         stream_worker(args) if args.shards else worker(args)
         return
-    import torch  # noqa: F401  (its version in env)
+    import torch  # (its version in env)
+
+    if args.device != "cpu" and torch.cuda.device_count() < 2:
+        ap.error(
+            f"--device {args.device}: the 2-process runs need one GPU per rank (NCCL), torch sees "
+            f"{torch.cuda.device_count()}"
+        )
 
     if args.quick:
         args.N, args.T, args.epochs, args.repeats = 8, 20, 2, 1
@@ -326,13 +398,14 @@ def main(argv=None) -> None:
             "median_s": {"mmpgm": t2, "one_process": t1},
             "speedup": {"one_process": t1 / t2},
             "peak_mib": {"mmpgm": two["peak_mib"], "one_process": one["peak_mib"]},
+            "cuda_peak_mib": {"mmpgm": two["cuda_peak_mib"], "one_process": one["cuda_peak_mib"]},
             "agreement": {"single_process": agree},
             "param_max_abs_diff": pdiff,
             # CPU seconds per epoch of the busiest process (load-independent: what the split
             # of the work would give with one free core per process)
             "cpu_s": {"mmpgm": c2, "one_process": c1},
             "cpu_speedup": {"one_process": c1 / c2},
-            "env": env_info({"torch_threads_per_process": 1}),
+            "env": env_info({"torch_threads_per_process": 1, **device_env(args.device)}),
         }
         emit(rec)
         print(

@@ -428,11 +428,22 @@ def main(argv=None):
         "--configs", default="B,B10k,L", help="comma-separated config names (default B,B10k,L)"
     )
     ap.add_argument("--impls", default=None, help="comma-separated (default: all; fewer for B10k)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--device", default="cpu",
+        help="cpu (default) or cuda[:i]: the torch implementations run there (pykalman is CPU "
+        "only: listed under errors); a CUDA device torch does not see is an error",
+    )  # fmt: skip
     ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in workers")
     args = ap.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _common import check_device
+
+    try:  # before any worker: no silent CPU run, no worker failing one by one
+        args.device = check_device(args.device)
+    except ValueError as err:
+        ap.error(str(err))
     names = ["quick"] if args.quick else [c for c in args.configs.split(",") if c]
     ctx = mp.get_context("spawn")
     medians = {}

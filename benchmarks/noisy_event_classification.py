@@ -61,6 +61,10 @@ Usage::
 
     python benchmarks/noisy_event_classification.py --quick        # CI smoke (~30 s)
     python benchmarks/noisy_event_classification.py --cache /tmp/ne --jsonl out.jsonl
+
+``--device cuda[:i]``: the encoders, denoisers, gate and HMMs are moved there (``.to(device)``;
+the library moves their inputs to their device), the raw-feature kNN stays on the CPU;
+``"devices"`` says where each system ran, ``peak_mib`` the peak CUDA memory of a configuration.
 """
 
 from __future__ import annotations
@@ -77,10 +81,26 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm` and `_common` imp
     sys.path.insert(0, str(_here))
     sys.path.insert(1, str(_here.parent))
     import _noisy_events as ne
-    from _common import emit, env_info
+    from _common import (
+        CudaPeak,
+        add_device_argument,
+        check_device,
+        device_env,
+        device_map,
+        emit,
+        env_info,
+    )
 else:  # pragma: no cover - imported as benchmarks.noisy_event_classification
     from . import _noisy_events as ne
-    from ._common import emit, env_info
+    from ._common import (
+        CudaPeak,
+        add_device_argument,
+        check_device,
+        device_env,
+        device_map,
+        emit,
+        env_info,
+    )
 
 import numpy as np
 import torch
@@ -238,7 +258,7 @@ def train_siamese(x, y, args, steps, *, input_dim, hidden, embed_dim, modality="
 
     tower = MLPTower(input_dim, hidden, embed_dim)
     enc = mmpgm.SiameseEncoder(tower, modality=modality, label=label, margin=args.margin,
-                               num_pairs=args.num_pairs)  # fmt: skip
+                               num_pairs=args.num_pairs).to(args.device)  # fmt: skip
     data = MultimodalData({modality: x}, lengths=lengths, labels={label: y})
     _quiet(lambda: mmpgm.fit(enc, data, num_steps=steps, lr=args.lr, seed=args.seed,
                              progress=False))  # fmt: skip
@@ -249,7 +269,7 @@ def train_dae(noisy, clean, args, steps):
     from mmpgm.models.denoising import DenoisingExpert
 
     dae = DenoisingExpert(noisy.shape[-1], hidden_dims=(args.dae_hidden,),
-                          bottleneck_dim=args.dae_bottleneck)  # fmt: skip
+                          bottleneck_dim=args.dae_bottleneck).to(args.device)  # fmt: skip
     data = MultimodalData({"noisy": items(noisy), "clean": items(clean)})
     _quiet(lambda: mmpgm.fit(dae, data, num_steps=steps, lr=args.lr, seed=args.seed,
                              batch_size=args.batch_size, progress=False))  # fmt: skip
@@ -324,7 +344,7 @@ def run_word_knn(args, sizes, corpus, missing) -> dict:
     kinds = ne.TRAIN_NOISES + ("clean",)
     gate_experts = [copy.deepcopy(experts[k]) for k in ne.TRAIN_NOISES] + [torch.nn.Identity()]
     gated = GatedDenoisers(gate_experts, noise_label="noise_type", train_experts=False,
-                           input_dim=D)  # fmt: skip
+                           input_dim=D).to(args.device)  # fmt: skip
     noise_type = torch.as_tensor([kinds.index(str(k)) for k in W.noise])
     gdata = MultimodalData({"noisy": items(W.noisy), "clean": items(W.clean)},
                            labels={"noise_type": noise_type})  # fmt: skip
@@ -340,7 +360,7 @@ def run_word_knn(args, sizes, corpus, missing) -> dict:
         out = {}
         for split in ("test_clean", "test_seen", "test_unseen"):
             Wt = corpus[split]
-            w = g.denoise(_t(Wt.noisy)).gate_weights
+            w = g.denoise(_t(Wt.noisy)).gate_weights.cpu()
             for kind in np.unique(Wt.noise):
                 sel = torch.as_tensor(Wt.noise == kind)
                 out[str(kind)] = dict(zip(kinds, w[sel].mean(0).tolist(), strict=True))
@@ -440,7 +460,7 @@ def run_hmm_frames(args, sizes, corpus, missing) -> dict:
     # supervised MAP fit); init="none" skips the unsupervised data-driven start (a GMM search)
     t = time.perf_counter()
     raw = MultimodalHMM({"audio": ne.NUM_MELS}, num_shared_states=K, num_private_states=1)
-    raw = raw.double()
+    raw = raw.double().to(args.device)
     _quiet(lambda: mmpgm.fit(raw, seq_data(train, "raw"), method="em",
                              num_steps=sizes["em_steps"], init="none", seed=args.seed,
                              progress=False))
@@ -461,7 +481,8 @@ def run_hmm_frames(args, sizes, corpus, missing) -> dict:
                              lengths=torch.as_tensor(train.lengths))  # fmt: skip
         obs = EmbeddingObservation(fenc, K, 1, covariance="diag")
         emb = MultimodalHMM({"audio": fenc.embed_dim}, num_shared_states=K,
-                            num_private_states=1, emission={"audio": obs})  # fmt: skip
+                            num_private_states=1,
+                            emission={"audio": obs}).to(args.device)  # fmt: skip
         _quiet(lambda: mmpgm.fit(emb, seq_data(train, "frames", torch.float32), method="em",
                                  num_steps=sizes["em_steps"], init="none", seed=args.seed,
                              progress=False))
@@ -509,7 +530,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
+    add_device_argument(p, "the encoders, denoisers, gate and HMMs (training and inference)")
     args = p.parse_args(argv)
+    try:
+        args.device = check_device(args.device)
+    except ValueError as err:
+        p.error(str(err))
     configs = tuple(c for c in args.configs.split(",") if c)
     bad = [c for c in configs if c not in CONFIGS]
     if bad:
@@ -560,8 +586,10 @@ def main(argv=None) -> int:
         for name in args.configs:
             log(f"{name}:")
             t = time.perf_counter()
+            peak = CudaPeak(args.device)
             if name == "word_knn":
-                res = run_word_knn(args, sizes, corpus, missing)
+                with peak:
+                    res = run_word_knn(args, sizes, corpus, missing)
                 config = dict(base_config, name=name, k=args.k,
                               item_shape=[ne.NUM_FRAMES, ne.NUM_MELS],
                               train_items=len(corpus["train"].word),
@@ -569,21 +597,27 @@ def main(argv=None) -> int:
                                           ("test_clean", "test_seen", "test_unseen")})  # fmt: skip
                 targets = word_targets(res["metrics"])
             else:
-                res = run_hmm_frames(args, sizes, corpus, missing)
+                with peak:
+                    res = run_hmm_frames(args, sizes, corpus, missing)
                 config = dict(base_config, name=name, **res["config"])
                 targets = res["targets"]
             record = {
                 "benchmark": BENCHMARK,
-                "config": config,
+                "config": dict(config, device=args.device),
+                # raw_knn: a plain kNN on the raw features (no model), on the CPU
+                "devices": device_map(list(res["metrics"]) + list(res["skipped"]), args.device,
+                                      ("raw_knn",)),  # fmt: skip
                 "median_s": res["fit_s"],
                 "speedup": {},
-                "peak_mib": {},
+                # --device cuda: the peak CUDA memory of the whole configuration
+                "peak_mib": {} if peak.extra_mib is None else {"all_systems": peak.extra_mib},
                 "agreement": {},
                 "metrics": res["metrics"],
                 "targets": targets,
                 "skipped": res["skipped"],
                 "wall_s": time.perf_counter() - t,
-                "env": env_info({**git_state(), "total_s": time.perf_counter() - t0}),
+                "env": env_info({**git_state(), "total_s": time.perf_counter() - t0,
+                                 **device_env(args.device)}),  # fmt: skip
             }
             emit(record)
             if out is not None:

@@ -8,6 +8,9 @@ projects the time for the 34,000-clip GRID corpus. One JSON line per configurati
 
     python benchmarks/prep_speed.py            # 4 speakers x 8 clips
     python benchmarks/prep_speed.py --quick    # 2 x 3 clips, CI smoke
+
+No ``--device cuda``: the preparation runs no torch (numpy, librosa and OpenCV, on the CPU in
+worker processes); ``--device`` is accepted for a uniform command line and must be ``cpu``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,25 @@ GRID_CLIPS = 34_000
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0]
+        + " The preparation runs no torch (numpy, librosa, OpenCV on the CPU): no --device cuda."
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--speakers", type=int, default=4)
     parser.add_argument("--utterances", type=int, default=8)
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument(
+        "--device", default="cpu",
+        help="cpu only: the preparation runs no torch (numpy, librosa and OpenCV on the CPU), so "
+        "there is nothing to move to a GPU; accepted for the benchmarks' common command line",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        parser.error(
+            f"--device: prep_speed runs no torch (numpy, librosa, OpenCV on the CPU), so only "
+            f"'cpu' applies; got {args.device!r}"
+        )
     if args.quick:
         args.speakers, args.utterances = 2, 3
     import subprocess
@@ -47,7 +63,8 @@ def main(argv=None) -> int:
         # which would add interpreter start-up to every measurement
         subprocess.run([sys.executable, "-m", "data_prep.synth_grid", root, "--speakers", str(args.speakers),
                         "--utterances", str(args.utterances), "--seed", "0", "--quiet"], check=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       stdout=sys.stderr)  # its summary line: stdout holds only the JSON lines
         gen_s = time.perf_counter() - t0
         clips = args.speakers * args.utterances
         for corrupt in (False, True):
@@ -63,7 +80,8 @@ def main(argv=None) -> int:
             emit({
                 "benchmark": "prep_speed",
                 "config": {"name": "E_corrupt" if corrupt else "E", "clips": clips, "speakers": args.speakers,
-                           "corruption": corruption, "generate_s": round(gen_s, 3)},
+                           "corruption": corruption, "generate_s": round(gen_s, 3),
+                           "device": "cpu"},
                 "median_s": {"mmpgm": min(seconds.values()), **{f"mmpgm_{k}": v for k, v in seconds.items()}},
                 "speedup": {},
                 "peak_mib": {},

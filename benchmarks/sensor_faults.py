@@ -49,6 +49,12 @@ under ``"metrics"``), a human summary on stderr:
 A system that cannot run (not installed, or the fault-aware keyword not in this checkout) is
 listed under ``"skipped"`` with its reason.
 
+``--device cuda[:i]``: the mmpgm models are moved there (``.to(device)``; fits, likelihoods and
+posteriors run there, the data follow), the CPU libraries (hmmlearn, pykalman) stay on the CPU;
+``"devices"`` in each record says where each system ran, ``peak_mib`` holds the peak CUDA
+memory of each mmpgm system's fit and scoring (``torch.cuda.max_memory_allocated``), and the
+timings synchronize the device.
+
 Usage::
 
     python benchmarks/sensor_faults.py --quick                 # CI smoke, ~1 min
@@ -70,9 +76,29 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm` and `_common` imp
     _here = Path(__file__).resolve().parent
     sys.path.insert(0, str(_here))
     sys.path.insert(1, str(_here.parent))
-    from _common import emit, env_info, time_interleaved
+    from _common import (
+        CudaPeak,
+        add_device_argument,
+        check_device,
+        device_env,
+        device_map,
+        emit,
+        env_info,
+        synchronized,
+        time_interleaved,
+    )
 else:  # pragma: no cover - imported as benchmarks.sensor_faults
-    from ._common import emit, env_info, time_interleaved
+    from ._common import (
+        CudaPeak,
+        add_device_argument,
+        check_device,
+        device_env,
+        device_map,
+        emit,
+        env_info,
+        synchronized,
+        time_interleaved,
+    )
 
 import torch
 
@@ -82,6 +108,7 @@ from mmpgm.datasets import corrupt, imu_activity_data
 from mmpgm.datasets.imu import FAULT_KINDS, IMU_MODALITIES
 
 BENCHMARK = "sensor_faults"
+CPU_PEERS = ("hmmlearn_joint", "hmmlearn_late", "pykalman")  # CPU libraries: never moved
 CONFIGS = ("imu_classification", "lds_outliers")
 LDS_DIMS = {"pos": 3, "imu": 3}
 
@@ -190,6 +217,7 @@ class MmpgmClassifier:
         for c in range(num_classes):
             kw = {"sensor_faults": True} if self.faults else {}
             model = MultimodalHMM({m: 3 for m in self.mods}, a.k_shared, a.k_private, **kw)
+            model = model.to(a.device)  # fit moves each class's data to the model's device
             part = select(train, self.mods, torch.nonzero(y == c).flatten())
             mmpgm.fit(
                 model,
@@ -208,7 +236,7 @@ class MmpgmClassifier:
     @torch.no_grad()
     def scores(self, data: MultimodalData) -> torch.Tensor:
         d = select(data, self.mods)
-        return torch.stack([m.log_likelihood(d) for m in self.models], -1)
+        return torch.stack([m.log_likelihood(d).cpu() for m in self.models], -1)
 
     @torch.no_grad()
     def fault_probs(self, data: MultimodalData, pred: torch.Tensor) -> dict:
@@ -308,7 +336,7 @@ def run_imu(corpus: str, args) -> dict:
         "mmpgm_accel_only": lambda: MmpgmClassifier(("accel",), args),
         "mmpgm_gyro_only": lambda: MmpgmClassifier(("gyro",), args),
     }
-    skipped, metrics, fit_s, fitted = {}, {}, {}, {}
+    skipped, metrics, fit_s, fitted, peak_mib = {}, {}, {}, {}, {}
     if not faults_ok:
         skipped["mmpgm_faults"] = "MultimodalHMM has no sensor_faults keyword in this checkout"
     try:
@@ -320,18 +348,21 @@ def run_imu(corpus: str, args) -> dict:
         if name in skipped:
             continue
         t0 = time.perf_counter()
-        try:
-            clf = make().fit(train, C)
-        except Exception as e:  # noqa: BLE001 - one system failing must not kill the run
-            skipped[name] = f"{type(e).__name__}: {e}"[:300]
-            continue
-        fit_s[name] = round(time.perf_counter() - t0, 3)
-        fitted[name] = clf
-        acc, preds = {}, {}
-        for cname, (data, _) in conds.items():
-            pred = clf.scores(data).argmax(-1)
-            preds[cname] = pred
-            acc[cname] = round(float((pred == y).double().mean()), 4)
+        with CudaPeak(args.device if name not in CPU_PEERS else "cpu") as peak:
+            try:
+                clf = make().fit(train, C)
+            except Exception as e:  # noqa: BLE001 - one system failing must not kill the run
+                skipped[name] = f"{type(e).__name__}: {e}"[:300]
+                continue
+            fit_s[name] = round(time.perf_counter() - t0, 3)
+            fitted[name] = clf
+            acc, preds = {}, {}
+            for cname, (data, _) in conds.items():
+                pred = clf.scores(data).argmax(-1)
+                preds[cname] = pred
+                acc[cname] = round(float((pred == y).double().mean()), 4)
+        if peak.extra_mib is not None:
+            peak_mib[name] = peak.extra_mib
         metrics[name] = {"accuracy": acc, "fit_s": fit_s[name]}
         if name == "mmpgm_faults":
             metrics[name].update(_fault_metrics(clf, conds, preds))
@@ -343,19 +374,30 @@ def run_imu(corpus: str, args) -> dict:
 
     median_s, cost = {}, None
     if "mmpgm_plain" in fitted:
-        fns = {n: (lambda c=fitted[n]: c.scores(test)) for n in fitted}
+        # the test set moved once (the CPU peers read it from the CPU)
+        test_dev = test.to(device=args.device)
+        fns = {
+            n: synchronized(
+                lambda c=fitted[n], d=test if n in CPU_PEERS else test_dev: c.scores(d),
+                args.device,
+            )
+            for n in fitted
+        }
         timing = time_interleaved(fns, repeats=args.repeats, budget_s=20.0)
         median_s = {n: t["median_s"] for n, t in timing.items() if "median_s" in t}
         if "mmpgm_faults" in fitted:
             plain, faulty = fitted["mmpgm_plain"].models[0], fitted["mmpgm_faults"].models[0]
-            d = select(test, IMU_MODALITIES)
+            d = select(test_dev, IMU_MODALITIES)
 
             def ll(model):
                 with torch.no_grad():
                     return model.log_likelihood(d)
 
             t = time_interleaved(
-                {"plain": lambda: ll(plain), "faults": lambda: ll(faulty)},
+                {
+                    "plain": synchronized(lambda: ll(plain), args.device),
+                    "faults": synchronized(lambda: ll(faulty), args.device),
+                },
                 repeats=max(args.repeats, 3),
                 budget_s=20.0,
             )
@@ -385,15 +427,18 @@ def run_imu(corpus: str, args) -> dict:
             "conditions": list(conds),
             "seed": args.seed,
             "dtype": "float64",
+            "device": args.device,
         },
+        "devices": device_map(systems, args.device, CPU_PEERS),
         "median_s": median_s,
         "speedup": {n: t / median_s[ref] for n, t in median_s.items() if n != ref},
-        "peak_mib": {},
+        "peak_mib": peak_mib,
+        "peak_method": "cuda_max_memory_allocated" if peak_mib else None,
         "agreement": {},
         "metrics": metrics,
         "targets": targets,
         "skipped": skipped,
-        "env": env_info({"mmpgm": mmpgm.__version__, **git_state()}),
+        "env": env_info({"mmpgm": mmpgm.__version__, **git_state(), **device_env(args.device)}),
     }
 
 
@@ -537,6 +582,7 @@ def run_lds(args) -> dict:
     true = _true_lds(args)
     train, train_lat = true.sample(N, T, seed=args.seed + 2)
     clean, latents = true.sample(N, T, seed=args.seed + 3)
+    true = true.to(args.device)  # sampled on the CPU (the same data on every device)
     z = torch.cat([latents[b] for b in true.block_slices], -1)
     z_train = torch.cat([train_lat[b] for b in true.block_slices], -1)
     data, faulty = corrupt(
@@ -557,7 +603,7 @@ def run_lds(args) -> dict:
 
     def smooth(model, d):
         with torch.no_grad():
-            return mmpgm.infer(model, d, map_path=False).state_mean
+            return mmpgm.infer(model, d, map_path=False).state_mean.cpu()
 
     def scores(mean):
         err = (mean - z)[inside]
@@ -571,7 +617,8 @@ def run_lds(args) -> dict:
     if not faults_ok:
         skipped["mmpgm_faults"] = "MultimodalLDS has no sensor_faults keyword in this checkout"
     else:
-        robust = MultimodalLDS(LDS_DIMS, shared_dim=4, private_dim=1, sensor_faults=True).double()
+        robust = MultimodalLDS(LDS_DIMS, shared_dim=4, private_dim=1, sensor_faults=True)
+        robust = robust.double().to(args.device)
         robust.set_params(true.params)
         lds_faults.fit_background(robust, train)
         models["mmpgm_faults"] = robust
@@ -580,7 +627,7 @@ def run_lds(args) -> dict:
     for name, kw in (("plain", {}), ("faults", {"sensor_faults": True})):
         if name == "faults" and not faults_ok:
             continue
-        m = MultimodalLDS(LDS_DIMS, shared_dim=4, private_dim=1, **kw).double()
+        m = MultimodalLDS(LDS_DIMS, shared_dim=4, private_dim=1, **kw).double().to(args.device)
         t0 = time.perf_counter()
         mmpgm.fit(
             m, train, method="em", num_steps=args.lds_em_steps, seed=args.seed, progress=False
@@ -607,14 +654,17 @@ def run_lds(args) -> dict:
         try:
             with torch.no_grad():
                 post = mmpgm.infer(model, d, map_path=False)
+                state_mean = post.state_mean.cpu()  # (waits for the device)
         except Exception as e:  # noqa: BLE001 - one system failing must not kill the run
             skipped[name] = f"{type(e).__name__}: {e}"[:300]
             continue
         times[name] = time.perf_counter() - t0
-        mean = post.state_mean if W is None else _apply_map(post.state_mean, W)
+        mean = state_mean if W is None else _apply_map(state_mean, W)
         posts[name] = mean
         metrics[name] = scores(mean)
         fp = getattr(post, "fault_probs", None)
+        if fp is not None:
+            fp = {m: v.cpu() for m, v in fp.items()}
         if fp is not None and d is data:
             metrics[name]["fault_auroc"] = round(auroc(fp["pos"][inside], bad[inside]), 4)
             s = torch.cat([fp[m][inside] for m in fp])
@@ -666,7 +716,9 @@ def run_lds(args) -> dict:
             "em_steps": args.lds_em_steps,
             "seed": args.seed,
             "dtype": "float64",
+            "device": args.device,
         },
+        "devices": device_map(list(metrics) + list(skipped), args.device, CPU_PEERS),
         "median_s": {k: round(v, 4) for k, v in times.items()},
         "speedup": {},
         "peak_mib": {},
@@ -674,7 +726,7 @@ def run_lds(args) -> dict:
         "metrics": metrics,
         "targets": targets,
         "skipped": skipped,
-        "env": env_info({"mmpgm": mmpgm.__version__, **git_state()}),
+        "env": env_info({"mmpgm": mmpgm.__version__, **git_state(), **device_env(args.device)}),
     }
 
 
@@ -702,7 +754,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
+    add_device_argument(p, "the mmpgm models (fits, likelihoods, posteriors)")
     a = p.parse_args(argv)
+    try:
+        a.device = check_device(a.device)
+    except ValueError as err:
+        p.error(str(err))
     q = a.quick
     a.train_per_class = a.train_per_class or (6 if q else 20)
     a.test_per_class = a.test_per_class or (6 if q else 50)

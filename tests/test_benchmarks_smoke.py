@@ -1,5 +1,7 @@
-"""Smoke test of ``benchmarks/hmm_speed.py --quick``: it runs, prints the JSON convention of
-DESIGN.md section 8, and every peer that ran agrees with mmpgm's log-likelihood in float64."""
+"""Smoke tests of the benchmarks' ``--quick`` modes: ``hmm_speed.py`` runs, prints the JSON
+convention of DESIGN.md section 8, and every peer that ran agrees with mmpgm's log-likelihood in
+float64; the other scripts likewise; ``--device``: a missing GPU is an error naming the option,
+``--device cpu`` runs (the fast quick modes)."""
 
 from __future__ import annotations
 
@@ -298,3 +300,146 @@ def test_noisy_event_classification_quick(tmp_path):
             m = hmm["metrics"][name][cond]
             assert 0.0 <= m["frame_accuracy"] <= 1.0 and 0.0 <= m["speech_accuracy"] <= 1.0
     assert isinstance(hmm["targets"]["embedding_vs_raw"]["pass"], bool)
+
+
+# --------------------------------------------------------------------------- --device
+# every benchmark that runs torch takes --device (benchmarks/_common.py: add_device_argument,
+# check_device); prep_speed runs no torch and refuses cuda
+DEVICE_SCRIPTS = (
+    "hmm_speed",
+    "mvrnn_speed",
+    "lds_speed",
+    "sensor_faults",
+    "av_speech_activity",
+    "av_enhancement",
+    "noisy_event_classification",
+    "distributed_fit",
+)
+
+
+def _run_script(script, argv, timeout):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("script", DEVICE_SCRIPTS)
+def test_device_cuda_without_cuda_is_an_error_naming_the_option(script):
+    """``--device cuda`` where torch sees no GPU: a non-zero exit with a message naming
+    ``--device`` before any work (nothing printed on stdout: no silent CPU run)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda is valid here")
+    proc = _run_script(script, ["--quick", "--device", "cuda"], timeout=120)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "--device" in proc.stderr and "no CUDA device" in proc.stderr, proc.stderr[-2000:]
+    assert proc.stdout.strip() == ""
+
+
+@pytest.mark.benchmark
+def test_prep_speed_runs_no_torch_and_says_so():
+    """``prep_speed.py`` prepares data with numpy, librosa and OpenCV only: its help says so and
+    ``--device cuda`` is refused naming the option (on any machine)."""
+    help_text = _run_script("prep_speed", ["--help"], timeout=60)
+    assert help_text.returncode == 0
+    assert "runs no torch" in " ".join(help_text.stdout.split())
+    proc = _run_script("prep_speed", ["--quick", "--device", "cuda"], timeout=60)
+    assert proc.returncode != 0 and "--device" in proc.stderr and "runs no torch" in proc.stderr
+    assert proc.stdout.strip() == ""
+
+
+def _fast_cpu_runs():
+    """The benchmarks whose ``--quick`` mode is fast (measured on a shared 2-core machine, one
+    run each: hmm_speed 14 s, mvrnn_speed 6.5 s, sensor_faults 19 s, distributed_fit
+    --method em 7 s, prep_speed 8.5 s, noisy_event_classification 22 s, av_enhancement 16 s;
+    left out: lds_speed 79 s (a spawned worker per implementation) and av_speech_activity
+    30-42 s, which has its own smoke test)."""
+    return [
+        ("hmm_speed", [], ()),
+        ("mvrnn_speed", [], ()),
+        ("sensor_faults", [], ()),
+        ("distributed_fit", ["--method", "em"], ()),
+        ("prep_speed", [], ("av",)),
+        ("noisy_event_classification", ["--cache", "{tmp}/cache"], ("espeak",)),
+        ("av_enhancement", ["--workers", "1", "--data-dir", "{tmp}/data", "--out",
+                            "{tmp}/fig.png", "--table", "{tmp}/table.md"], ("av",)),
+    ]  # fmt: skip
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize(
+    "script, extra, needs", _fast_cpu_runs(), ids=[s for s, _, _ in _fast_cpu_runs()]
+)
+def test_device_cpu_quick_runs_on_the_cpu(script, extra, needs, tmp_path):
+    """``--device cpu --quick``: exit 0, one JSON object per stdout line, every record says
+    it ran on the CPU (``config.device`` or ``env.device``; every system in ``devices``)."""
+    import shutil
+
+    if "espeak" in needs and shutil.which("espeak-ng") is None:
+        pytest.skip("needs the espeak-ng synthesizer")
+    if "av" in needs:
+        from mmpgm.features import missing_av_requirements
+
+        if missing_av_requirements():
+            pytest.skip("needs " + "; ".join(missing_av_requirements()))
+    argv = ["--quick", "--device", "cpu", *(a.format(tmp=tmp_path) for a in extra)]
+    proc = _run_script(script, argv, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
+    assert records
+    for r in records:
+        assert r["benchmark"] == script, r["benchmark"]
+        device = r["config"].get("device", r.get("env", {}).get("device"))
+        assert device == "cpu", (script, r["config"])
+        assert all(d == "cpu" for d in r.get("devices", {}).values()), r["devices"]
+
+
+@pytest.mark.benchmark
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "script, extra, needs",
+    [r for r in _fast_cpu_runs() if r[0] != "prep_speed"]
+    + [("av_speech_activity", ["--timing-steps", "0", "--data-dir", "{tmp}/data", "--out",
+                               "{tmp}/fig.png", "--table", "{tmp}/table.md"], ("av",))],
+    ids=[s for s, _, _ in _fast_cpu_runs() if s != "prep_speed"] + ["av_speech_activity"],
+)  # fmt: skip
+def test_device_cuda_quick_runs_on_the_gpu(script, extra, needs, tmp_path):
+    """Where CUDA exists: ``--device cuda --quick`` runs, every record says so, the CPU-only
+    peers are marked ``"cpu"`` and nothing else is (distributed_fit: two GPUs, NCCL)."""
+    import shutil
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if script == "distributed_fit" and torch.cuda.device_count() < 2:
+        pytest.skip("the 2-process NCCL run needs two GPUs")
+    if "espeak" in needs and shutil.which("espeak-ng") is None:
+        pytest.skip("needs the espeak-ng synthesizer")
+    if "av" in needs:
+        from mmpgm.features import missing_av_requirements
+
+        if missing_av_requirements():
+            pytest.skip("needs " + "; ".join(missing_av_requirements()))
+    argv = ["--quick", "--device", "cuda", *(a.format(tmp=tmp_path) for a in extra)]
+    proc = _run_script(script, argv, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
+    assert records
+    cpu_only = {"hmmlearn_joint", "hmmlearn_late", "pykalman", "raw_knn", "webrtcvad",
+                "silero_vad"}  # fmt: skip
+    for r in records:
+        device = r["config"].get("device", r.get("env", {}).get("device"))
+        assert device == "cuda", (script, r["config"])
+        for name, d in r.get("devices", {}).items():
+            reference = r["config"]["name"].endswith(("/noisy", "/ideal_band_mask"))
+            assert d == ("cpu" if name in cpu_only or reference else "cuda"), (name, d)

@@ -1,6 +1,7 @@
 """The command line: fit / infer / impute for every family, table input, one-line errors."""
 
 import inspect
+import json
 import math
 import os
 import subprocess
@@ -167,6 +168,106 @@ def test_categorical_stream_counts_its_classes(tmp_path, capsys):
     assert model.config()["obs_dims"]["button"] == 3
 
 
+# ---------------------------------------------------------------------------------- shards
+SHARD_SIZES = ((3, 10, [10, 6, 9]), (4, 8, [8, 8, 5, 3]), (2, 12, [12, 7]))  # N, T, lengths
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """A tiny sharded corpus (3 ``.npz`` shards of different sizes, frame counts and ragged
+    lengths, missing cells) and the same sequences as one ``.npz``, built by hand: every shard
+    padded to the longest T (NaN, mask False), concatenated in shard (name) order."""
+    root = tmp_path_factory.mktemp("shards")
+    truth = mmpgm.MultimodalHMM({"accel": 2, "gyro": 1}, num_shared_states=2).double()
+    T_max = max(T for _, T, _ in SHARD_SIZES)
+    obs, lengths = {"accel": [], "gyro": []}, []
+    for s, (n, T, lens) in enumerate(SHARD_SIZES):
+        sampled, _ = truth.sample(n, T, seed=s)
+        part = {k: v.clone().double() for k, v in sampled.obs.items()}
+        part["accel"][0, 1 + s, 1] = math.nan
+        part["gyro"][-1, 2] = math.nan
+        mmpgm.MultimodalData(part, lengths=torch.tensor(lens)).save(root / f"shard-{s:02d}.npz")
+        for k, v in part.items():
+            v = v.clone()
+            v[torch.arange(T)[None, :] >= torch.tensor(lens)[:, None]] = math.nan
+            pad = torch.full((n, T_max - T, v.shape[-1]), math.nan, dtype=v.dtype)
+            obs[k].append(torch.cat([v, pad], 1))
+        lengths += lens
+    one = mmpgm.MultimodalData(
+        {k: torch.cat(v) for k, v in obs.items()}, lengths=torch.tensor(lengths)
+    )
+    one.save(root / "all.npz")
+    return {"root": root, "glob": str(root / "shard-*.npz"), "one": root / "all.npz"}
+
+
+def _state(path):
+    return mmpgm.load_model(path).state_dict()
+
+
+@pytest.mark.parametrize("family", ["hmm", "lds"])
+def test_fit_on_a_shard_glob_equals_the_fit_on_one_file(family, shards, capsys):
+    """EM from the streamed shards (``--cache-shards 3``: the data-driven start sees the whole
+    corpus, as in memory) equals EM on the same sequences in one file (float64; summation
+    order only); the shell-expanded list of the shards gives the same fit."""
+    root = shards["root"]
+    fit = ["--model", family, "--method", "em", "--steps", "4", "--seed", "1", "--no-progress"]
+    outs = {}
+    for name, data in (
+        ("one", [shards["one"]]),
+        ("glob", [shards["glob"], "--cache-shards", "3"]),
+        ("list", sorted(str(p) for p in root.glob("shard-*.npz")) + ["--cache-shards", "3"]),
+    ):
+        path = root / f"{family}_{name}.pt"
+        rc, out, err = run(["fit", *data, "--out", path, *fit], capsys)
+        assert rc == 0, err
+        outs[name] = (json.loads(out), _state(path))
+    ref_summary, ref = outs["one"]
+    assert ref_summary["modalities"] == {"accel": 2, "gyro": 1}
+    for name in ("glob", "list"):
+        summary, state = outs[name]
+        assert summary["steps"] == ref_summary["steps"] == 4
+        assert summary["final_loss_per_frame"] == pytest.approx(
+            ref_summary["final_loss_per_frame"], rel=1e-10, abs=1e-12
+        )
+        assert set(state) == set(ref)
+        for k in ref:
+            torch.testing.assert_close(state[k], ref[k], rtol=1e-10, atol=1e-10, msg=k)
+
+
+def test_fit_on_shards_streams_them_as_the_python_api(shards, capsys):
+    """Default ``--cache-shards`` (1): the CLI fit is ``mmpgm.fit(model, ShardedData(glob))``
+    (the data-driven start from the first shard, every EM pass over all three)."""
+    path = shards["root"] / "stream.pt"
+    rc, out, err = run(
+        ["fit", shards["glob"], "--out", path, "--method", "em", "--steps", "4", "--seed", "2",
+         "--no-progress"], capsys,
+    )  # fmt: skip
+    assert rc == 0, err
+    model = mmpgm.MultimodalHMM({"accel": 2, "gyro": 1})
+    res = mmpgm.fit(model, mmpgm.ShardedData(shards["glob"]), method="em", num_steps=4, seed=2,
+                    progress=False)  # fmt: skip
+    assert json.loads(out)["final_loss_per_frame"] == pytest.approx(
+        res.final_loss, rel=1e-10, abs=1e-12
+    )
+    state = _state(path)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(state[k], v, rtol=1e-10, atol=1e-10, msg=k)
+
+
+def test_categorical_stream_counts_its_classes_over_every_shard(tmp_path, capsys):
+    """Class 4 occurs only in the last shard: the stream's size is read from all of them."""
+    for s, top in enumerate((2, 2, 5)):
+        x = torch.arange(6, dtype=torch.float64).remainder(top).reshape(2, 3, 1)
+        obs = {"accel": torch.randn(2, 3, 2, dtype=torch.float64), "button": x}
+        mmpgm.MultimodalData(obs).save(tmp_path / f"s{s}.npz")
+    rc, out, err = run(
+        ["fit", tmp_path / "s*.npz", "--out", tmp_path / "b.pt", "--method", "em", "--steps",
+         "2", "--emission", "accel=diag,button=categorical", "--no-progress"], capsys,
+    )  # fmt: skip
+    assert rc == 0, err
+    assert mmpgm.load_model(tmp_path / "b.pt").config()["obs_dims"]["button"] == 5
+
+
 # ---------------------------------------------------------------------------------- tables
 def test_csv_ragged_sequences_empty_cells_any_row_order(tmp_path):
     path = tmp_path / "frames.csv"
@@ -312,6 +413,14 @@ ERRORS = [
     (["fit", "{npz}", "--out", "{tmp}/m.pt", "--model", "mixture", "--target", "x"], "target"),
     (["fit", "{npz}", "--out", "{tmp}/no/m.pt"], "does not exist"),
     (["fit", "{npz}", "--out", "{tmp}/m.pt", "--columns", "a=b"], "applies to table input"),
+    (["fit", "{tmp}/shard-*.npz", "--out", "{tmp}/m.pt"], "shard-*.npz' matches no file"),
+    (["fit", "{npz}", "--out", "{tmp}/m.pt", "--cache-shards", "2"], "--cache-shards: applies"),
+    (["fit", "{npz}", "{tmp}/s-*.npz", "--out", "{tmp}/m.pt"], "DATA: one glob or several"),
+    (["fit", "{npz}", "{tmp}/none.npz", "--out", "{tmp}/m.pt"], "none.npz: no such file"),
+    (["fit", "{npz}", "{tmp}/notes.txt", "--out", "{tmp}/m.pt"], "not a MultimodalData .npz"),
+    (["infer", "{model}", "{tmp}/shard-*.npz", "--out", "{tmp}/o.npz"], "'mmpgm fit' streams"),
+    (["fit", "{npz}", "{npz}", "--model", "mixture", "--method", "em", "--out", "{tmp}/m.pt"],
+     "EM (--method em) needs the data in memory"),
     (["fit", "{tmp}/dup.csv", "--out", "{tmp}/m.pt"], "has two rows at time 0"),
     (["infer", "{csv}", "{npz}", "--out", "{tmp}/o.npz"], "not an mmpgm model file"),
     (["infer", "{model}", "{tmp}/wide.npz", "--out", "{tmp}/o.npz"], "expects obs_dim 1, got 3"),

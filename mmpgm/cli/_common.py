@@ -22,6 +22,14 @@ gyro (1-d)), or explicitly with --columns MODALITY=COL,COL. Empty cells are miss
 of a sequence; sequences may have different lengths. Labels are read only when named:
 --label NAME=COLUMN.
 """
+_SHARDS_HELP = """
+DATA may also be a quoted glob of MultimodalData .npz shards, 'corpus/shard-*.npz' (what
+`mmpgm prep grid --shard i/n` writes; sorted by name): the corpus is streamed a few shards at a
+time (mmpgm.ShardedData, --cache-shards), never held in memory; several .npz files (a glob
+the shell expanded) are shards too. The data-driven start sees the first --cache-shards shards;
+with --cache-shards = the number of shards, EM (hmm, lds) equals EM on the shards concatenated
+into one file. A glob that matches no file is an error.
+"""
 
 
 class _UsageError(Exception):

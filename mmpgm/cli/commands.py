@@ -12,9 +12,12 @@ from .files import (
     _check_out,
     _check_table_streams,
     _collect,
+    _data_parts,
     _float_labels,
+    _is_shard_glob,
     _load_model,
     _read_data,
+    _read_shards,
     _write_output,
 )
 from .options import _MODEL_OPTIONS, _defaults, _dest, _model_class
@@ -92,7 +95,21 @@ def _fit(args) -> int:
             raise ValueError(f"{flag}: applies to --model {fams}, not to --model {family}")
         kwargs[per_family[family]] = value
     config = {**defaults, **kwargs}
-    data = _read_data(args.data, args, _float_labels(config) if family == "mixture" else ())
+    paths = [str(p) for p in args.data]
+    if len(paths) > 1 or _is_shard_glob(paths[0]):  # .npz shards, streamed by mmpgm.fit
+        data = _read_shards(paths if len(paths) > 1 else paths[0], args)
+    elif args.cache_shards is not None:
+        raise ValueError(
+            f"--cache-shards: applies to .npz shards as DATA (a glob or several files), got "
+            f"the one file {paths[0]!r}"
+        )
+    else:
+        data = _read_data(paths[0], args, _float_labels(config) if family == "mixture" else ())
+    if family == "mixture" and args.method == "em" and not hasattr(data, "obs"):
+        raise ValueError(
+            "DATA: the gated mixture's EM (--method em) needs the data in memory, got .npz "
+            "shards; pass one .npz (the shards concatenated) or use --method svi"
+        )
     obs_dims = dict(data.obs_dims)
     if family == "hmm":
         _categorical_dims(obs_dims, data, config["emission"])
@@ -130,43 +147,63 @@ def _fit(args) -> int:
 
 
 def _categorical_dims(obs_dims, data, emission) -> None:
-    """A categorical HMM stream holds class indices in one column: its size is their count."""
+    """A categorical HMM stream holds class indices in one column: its size is their count
+    (over every shard of a sharded corpus, read one at a time)."""
     import torch
 
-    for m in obs_dims:
-        kind = emission.get(m) if isinstance(emission, dict) else emission
-        if kind != "categorical":
-            continue
-        x = data.obs[m]
-        if x.shape[-1] != 1:
+    kinds = {m: emission.get(m) if isinstance(emission, dict) else emission for m in obs_dims}
+    cats = [m for m in obs_dims if kinds[m] == "categorical"]
+    for m in cats:
+        if obs_dims[m] != 1:
             raise ValueError(
                 f"modality {m!r}: a categorical emission needs one column of class indices, "
-                f"got {x.shape[-1]} columns"
+                f"got {obs_dims[m]} columns"
             )
-        seen = x[data.mask[m]]
-        if seen.numel() == 0:
+    if not cats:
+        return
+    largest = dict.fromkeys(cats, -1)
+    for part in _data_parts(data):
+        for m in cats:
+            seen = part.obs[m][part.mask[m]]
+            if seen.numel() == 0:
+                continue
+            if not bool(torch.all((seen >= 0) & (seen == seen.round()))):
+                raise ValueError(
+                    f"modality {m!r}: a categorical emission needs class indices 0, 1, 2, ...; "
+                    f"got values such as {sorted(set(seen.flatten().tolist()))[:5]}"
+                )
+            largest[m] = max(largest[m], int(seen.max()))
+    for m in cats:
+        if largest[m] < 0:
             raise ValueError(f"modality {m!r}: no observed value to count its classes from")
-        if not bool(torch.all((seen >= 0) & (seen == seen.round()))):
-            raise ValueError(
-                f"modality {m!r}: a categorical emission needs class indices 0, 1, 2, ...; got "
-                f"values such as {sorted(set(seen.flatten().tolist()))[:5]}"
-            )
-        obs_dims[m] = max(int(seen.max()) + 1, 2)
+        obs_dims[m] = max(largest[m] + 1, 2)
 
 
 def _mixture_target(kwargs, config, data) -> None:
     target, head = config["target"], config["head"]
-    if target not in data.labels:
+    names = data.label_names if hasattr(data, "label_names") else tuple(data.labels)
+    if target not in names:
         raise ValueError(
             f"the mixture's target label {target!r} is not in the data (its labels: "
-            f"{sorted(data.labels) or 'none'}); choose one with --target, or for a table name "
+            f"{sorted(names) or 'none'}); choose one with --target, or for a table name "
             f"its column with --label {target}=COLUMN"
         )
-    y = data.labels[target]
-    if head == "categorical" and config.get("num_classes") is None:
-        kwargs["num_classes"] = max(int(y.max()) + 1, 2)
-    if head == "ratio_mask" and config.get("mask_dim") is None and y.dim() == 3:
-        kwargs["mask_dim"] = int(y.shape[-1])
+    need_classes = head == "categorical" and config.get("num_classes") is None
+    need_mask_dim = head == "ratio_mask" and config.get("mask_dim") is None
+    if not (need_classes or need_mask_dim):
+        return
+    largest, shape = None, None
+    for part in _data_parts(data):  # a sharded corpus: every shard once, one at a time
+        y = part.labels[target]
+        shape = tuple(y.shape)
+        top = int(y.max())
+        largest = top if largest is None else max(largest, top)
+        if not need_classes:
+            break
+    if need_classes:
+        kwargs["num_classes"] = max(largest + 1, 2)
+    if need_mask_dim and len(shape) == 3:
+        kwargs["mask_dim"] = int(shape[-1])
 
 
 def _infer(args) -> int:

@@ -2,7 +2,54 @@
 
 from __future__ import annotations
 
+import glob
 import os
+
+
+def _is_shard_glob(path) -> bool:
+    """``DATA`` is a glob pattern (``*``, ``?`` or ``[...]``) of ``.npz`` shards rather than one
+    file (a file whose name really holds such characters is read as that file)."""
+    path = str(path)
+    return glob.has_magic(path) and not os.path.exists(path)
+
+
+def _read_shards(pattern, args):
+    """A :class:`~mmpgm.data_shards.ShardedData` over the ``.npz`` shards matching the glob
+    ``pattern`` (sorted by name; what ``mmpgm prep grid --shard i/n`` writes) or the list of
+    paths ``pattern`` (in that order: a glob the shell expanded), streamed by ``mmpgm.fit``."""
+    from ..data_shards import ShardedData
+
+    for flag, value in (("--columns", args.columns), ("--label", args.label)):
+        if value:
+            raise ValueError(
+                f"{flag}: applies to table input (CSV/TSV/Parquet); DATA {pattern!r} are .npz "
+                "shards, which carry their modalities and labels"
+            )
+    if isinstance(pattern, list):
+        for path in pattern:
+            if _is_shard_glob(path):
+                raise ValueError(
+                    f"DATA: one glob or several files, got the glob {path!r} among {pattern}"
+                )
+            if os.path.isdir(path):
+                raise IsADirectoryError(21, "Is a directory", path)
+            if not os.path.exists(path):
+                raise FileNotFoundError(2, "No such file or directory", path)
+    elif not glob.glob(pattern):
+        raise ValueError(
+            f"DATA: the glob {pattern!r} matches no file (expected .npz shards written by "
+            "MultimodalData.save or 'mmpgm prep grid --shard i/n', e.g. 'corpus/shard-*.npz', "
+            "quoted so that the shell passes the pattern)"
+        )
+    kw = {} if args.cache_shards is None else {"cache_shards": args.cache_shards}
+    return ShardedData(pattern, **kw)
+
+
+def _data_parts(data):
+    """The in-memory parts of ``data``: itself, or a ShardedData's shards one at a time."""
+    from ..data_shards import ShardedData
+
+    return data.iter_shards() if isinstance(data, ShardedData) else iter((data,))
 
 
 def _read_data(path, args, float_labels=()):
@@ -11,6 +58,11 @@ def _read_data(path, args, float_labels=()):
     from ..tabular import read_table, table_format
 
     path = str(path)
+    if _is_shard_glob(path):
+        raise ValueError(
+            f"DATA: {path!r} is a glob of shards; 'mmpgm fit' streams shards, infer and impute "
+            "read one .npz or table (MultimodalData.save writes one from ShardedData.load_all())"
+        )
     if not os.path.exists(path):
         raise FileNotFoundError(2, "No such file or directory", path)
     if os.path.isdir(path):

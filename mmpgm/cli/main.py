@@ -9,6 +9,7 @@ from ._common import (
     _DATA_HELP,
     _FAMILIES,
     _PREP_DATASETS,
+    _SHARDS_HELP,
     _debug_requested,
     _Formatter,
     _message,
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     import mmpgm
 
     fit_d, infer_d = _defaults(mmpgm.fit), _defaults(mmpgm.infer)
+    shard_d = _defaults(mmpgm.ShardedData)
     mvrnn_impute = _defaults(mmpgm.MVRNN.impute)
     common = _Parser(add_help=False, allow_abbrev=False)
     common.add_argument(
@@ -54,10 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser(
         "fit", help="fit a model of any family to DATA and save it",
         description="Fit a model to DATA (mmpgm.fit) and save it to --out (mmpgm.load_model\n"
-        "reads it). Prints a JSON summary.\n\n" + _DATA_HELP,
+        "reads it). Prints a JSON summary.\n\n" + _DATA_HELP + _SHARDS_HELP,
         parents=[common, _data_options()], **kw,
     )  # fmt: skip
-    f.add_argument("data", metavar="DATA", help=".npz, .csv, .tsv or .parquet")
+    f.add_argument(
+        "data", metavar="DATA", nargs="+",
+        help=".npz, .csv, .tsv or .parquet; or .npz shards, streamed (mmpgm.ShardedData): "
+        "a quoted glob ('corpus/shard-*.npz') or several files",
+    )  # fmt: skip
     f.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
     f.add_argument(
         "--model", default="hmm", choices=list(_FAMILIES),
@@ -101,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=fit_d["progress"],
         help="progress bar (unset: only when stderr is a terminal)",
+    )  # fmt: skip
+    g = f.add_argument_group("sharded input (DATA a glob of .npz shards)")
+    g.add_argument(
+        "--cache-shards", type=int, default=None, metavar="S",
+        help="shards read and held together (memory: about S shards); the data-driven start "
+        f"sees the first S (unset: {shard_d['cache_shards']})",
     )  # fmt: skip
     f.set_defaults(func=_fit)
 
