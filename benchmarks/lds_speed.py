@@ -59,6 +59,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import statistics
 import sys
@@ -102,6 +103,9 @@ DEFAULT_IMPLS = {
         "dynamax_smoother",
     ],
 }
+# seconds a worker may take for one implementation (its timed repeats included) before it is
+# killed and reported as an error
+WORKER_TIMEOUT_S = 900
 # slow peers: fewer timed repeats
 MAX_REPS = {"pykalman": 1, "pykalman_smooth": 1}
 
@@ -462,7 +466,11 @@ def main(argv=None):
                 target=_worker, args=(impl, cfg, args.device, args.dtype, args.threads, q)
             )
             proc.start()
-            res = q.get()
+            try:
+                res = q.get(timeout=WORKER_TIMEOUT_S)
+            except queue.Empty:  # a hung or killed worker: an error in the JSON, not a hang
+                res = dict(ok=False, error=f"no result after {WORKER_TIMEOUT_S} s")
+                proc.kill()
             proc.join()
             results[impl] = res
         ok = {k: v for k, v in results.items() if v["ok"]}
