@@ -226,14 +226,27 @@ def prepare(
     # masks and masked observations
     if lengths is None and all(mk is None for mk in mask_list):
         # everything observed: no masking passes over the (N, T, D) stack
-        y = torch.cat(obs_list, -1) if M > 1 else obs_list[0]
-        y = y.to(dtype=dtype, device=device)
-        if any(d is not None for d in ds):
-            offsets = [
-                y.new_zeros(1, Dm) if d is None else d for d, Dm in zip(ds, dims, strict=True)
-            ]
-            b_d = max(o.shape[0] for o in offsets)
-            y = y - torch.cat([o.expand(b_d, -1) for o in offsets], -1).unsqueeze(1)
+        recorded = torch.is_grad_enabled() and any(
+            x.requires_grad for x in obs_list + [d for d in ds if d is not None]
+        )
+        if recorded or (M == 1 and ds[0] is None):
+            y = torch.cat(obs_list, -1) if M > 1 else obs_list[0]
+            y = y.to(dtype=dtype, device=device)
+            if any(d is not None for d in ds):
+                offsets = [
+                    y.new_zeros(1, Dm) if d is None else d for d, Dm in zip(ds, dims, strict=True)
+                ]
+                b_d = max(o.shape[0] for o in offsets)
+                y = y - torch.cat([o.expand(b_d, -1) for o in offsets], -1).unsqueeze(1)
+        else:  # one pass: each modality minus its offset written into its columns
+            y = torch.empty(N, T, D, dtype=dtype, device=device)
+            o = 0
+            for x, dm, Dm in zip(obs_list, ds, dims, strict=True):
+                if dm is None:
+                    y[..., o : o + Dm].copy_(x)
+                else:
+                    torch.sub(x.to(device), dm.unsqueeze(1), out=y[..., o : o + Dm])
+                o += Dm
         y = y.unsqueeze(-1)
         rm = torch.ones((), dtype=dtype, device=device).expand(N, T, D, 1)
         frame_full, frame_empty = [True] * T, [False] * T

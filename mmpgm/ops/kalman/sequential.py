@@ -277,9 +277,10 @@ def forward_shared_covariance(p: Prepared, store: bool, steady_rtol: Optional[fl
     if T > 1 and p.N * S * S >= MEAN_LOOP_MIN_WORK and not _recorded(F, g, m0):
         pm = y.new_empty(p.N, T, S)
         pm[:, 0] = m0
-        Fs, gs, pms = F.unbind(0), g.unbind(1), pm.unbind(1)
-        for t in range(T - 1):
-            torch.addmm(gs[t], pms[t], Fs[min(t, k - 1)], out=pms[t + 1])
+        pm[:, 1:] = g[:, : T - 1]
+        Fs, pms = F.unbind(0), pm.unbind(1)
+        for t in range(T - 1):  # in place on the frame's view: no copy, no view a frame
+            pms[t + 1].addmm_(pms[t], Fs[min(t, k - 1)])
     elif T > 1:
         Fa = F if k >= T - 1 else torch.cat([F, F[-1].expand(T - 1 - k, S, S)])
         gt = g[:, : T - 1].transpose(0, 1)  # time-major for the scan

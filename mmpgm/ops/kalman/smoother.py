@@ -140,9 +140,10 @@ def _smooth_shared(A: Tensor, filt: FilterResult, steady_rtol: Optional[float]) 
         with cpu_single_thread(fm.device, N * S * S):
             means = fm.new_empty(N, T, S)
             means[:, -1] = ms_last
-            GTs, bs, mss = GT.unbind(0), base.unbind(1), means.unbind(1)
-            for t in range(T - 2, -1, -1):
-                torch.addmm(bs[t], mss[t + 1], GTs[min(t, n_g - 1)], out=mss[t])
+            means[:, :-1] = base
+            GTs, mss = GT.unbind(0), means.unbind(1)
+            for t in range(T - 2, -1, -1):  # in place on the frame's view
+                mss[t].addmm_(mss[t + 1], GTs[min(t, n_g - 1)])
 
     # covariances P^s_t = G_t P^s_{t+1} G_t^T + Cond_t, batch-free
     P = fP[-1]
