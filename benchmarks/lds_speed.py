@@ -512,10 +512,33 @@ def main(argv=None):
                 for k, v in out["median_s"].items()
                 if k in medians["B"]
             }
+        out["targets"] = _targets(out["median_s"])
         errors = {k: v["error"] for k, v in results.items() if not v["ok"]}
         if errors:
             out["errors"] = errors
         print(json.dumps(out), flush=True)
+
+
+def _targets(med: dict) -> dict:
+    """The issue-16 targets this run can check, each ``{"ratio", "target", "met"}``: the masked
+    path at most 3x the unmasked one and faster than Pyro's unmasked GaussianHMM; the smoother at
+    most dynamax's; the default method within 1.2x of the best of the package's methods."""
+    out = {}
+
+    def check(name, num, den, target):
+        if num in med and den in med:
+            ratio = med[num] / med[den]
+            out[name] = dict(ratio=round(ratio, 3), target=target, met=ratio <= target)
+
+    check("mmpgm_masked/mmpgm", "mmpgm_masked", "mmpgm", 3.0)
+    check("mmpgm_masked/pyro_gaussian_hmm", "mmpgm_masked", "pyro_gaussian_hmm", 1.0)
+    check("mmpgm_smooth/dynamax_smoother", "mmpgm_smooth", "dynamax_smoother", 1.0)
+    own = [k for k in ("mmpgm_sequential", "mmpgm_parallel", "mmpgm_exact") if k in med]
+    if "mmpgm" in med and own:
+        best = min(own, key=med.get)
+        ratio = med["mmpgm"] / min(med["mmpgm"], med[best])
+        out["mmpgm/best_own"] = dict(ratio=round(ratio, 3), target=1.2, met=ratio <= 1.2, best=best)
+    return out
 
 
 def _worker(impl, cfg, device, dtype_name, threads, queue):
