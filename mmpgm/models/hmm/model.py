@@ -263,6 +263,13 @@ class MultimodalHMM(MultimodalModel):
         """
         M, F = len(self.modalities), len(self.fault_modalities)
         lead = len(batch_shape)
+        present = [m for m in self.modalities if m in state_log_probs]
+        if present and not any(m in self.fault_modalities for m in present):
+            # one broadcast sum whose backward is one matrix product (ops.hmm.emissions)
+            lp = ops.shared_private_log_factor([state_log_probs[m] for m in present])
+            shape = list(batch_shape) + [self.num_shared_states]
+            shape += [self.num_private_states[m] if m in present else 1 for m in self.modalities]
+            return lp.reshape(shape + [1] * F).expand(tuple(batch_shape) + self.chain_sizes)
         total = None
         for i, m in enumerate(self.modalities):
             if m not in state_log_probs:
