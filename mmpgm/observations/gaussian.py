@@ -119,6 +119,14 @@ class DiagonalGaussianObservation(_GaussianBase):
         diagonal_gaussian_state_log_probs`)."""
         return diagonal_gaussian_state_log_probs(x, self.loc, self.scale)
 
+    def masked_log_prob(self, x, mask):
+        """The mask enters the matrix product's features (a missing frame's are 0), so no
+        filling or masking pass; a subclass that changes :meth:`log_prob` (e.g. an embedding)
+        gets the generic :meth:`ObservationModel.masked_log_prob` instead."""
+        if type(self).log_prob is not DiagonalGaussianObservation.log_prob:
+            return super().masked_log_prob(x, mask)
+        return diagonal_gaussian_state_log_probs(x, self.loc, self.scale, mask)
+
     def distribution(self, shared, private):
         loc = Vindex(self.loc)[shared, private, :]
         scale = Vindex(self.scale)[shared, private, :]

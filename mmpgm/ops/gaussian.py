@@ -60,28 +60,32 @@ def gaussian_log_prob(x, loc, scale) -> torch.Tensor:
 
 
 def diagonal_gaussian_features(x, reference, mask=None) -> torch.Tensor:
-    r"""Per-frame features of the expanded diagonal-Gaussian log-density.
+    r"""Per-frame features of the expanded diagonal-Gaussian log-density, frames last.
 
     Parameters
     ----------
-    x : ``(..., D)`` observations.
+    x : ``batch_shape + (D,)`` observations.
     reference : ``(D,)`` centring point :math:`c` (any value gives the same density; one near
         the means, e.g. their average, keeps the expanded square accurate when
         :math:`|x| \gg \sigma`).
-    mask : ``(...)`` bool or None; False where the frame is missing (its features are 0, so its
-        log-density is exactly 0, whatever ``x`` holds there, NaN included).
+    mask : ``batch_shape`` bool or None; False where the frame is missing (its features are 0,
+        so its log-density is exactly 0, whatever ``x`` holds there, NaN included).
 
     Returns
     -------
-    ``(..., 2 D + 1)``: :math:`[(x - c)^2, x - c, 1]`, times the mask.
+    ``(2 D + 1, prod(batch_shape))`` (contiguous): rows :math:`(x - c)^2`, :math:`x - c`, 1,
+    times the mask; one column per frame (the faster layout for the product with the weights
+    on CPU: a wide output instead of a tall, narrow one).
     """
-    xc = x - reference
+    D = x.shape[-1]
+    xc = (x - reference).reshape(-1, D).T  # (D, B)
     if mask is None:
-        one = torch.ones(x.shape[:-1] + (1,), dtype=x.dtype, device=x.device)
+        one = torch.ones((1, xc.shape[1]), dtype=x.dtype, device=x.device)
     else:
-        xc = torch.where(mask[..., None], xc, torch.zeros((), dtype=x.dtype, device=x.device))
-        one = mask[..., None].to(x.dtype)
-    return torch.cat([xc * xc, xc, one], -1)
+        keep = mask.reshape(1, -1)
+        xc = torch.where(keep, xc, torch.zeros((), dtype=x.dtype, device=x.device))
+        one = keep.to(x.dtype)
+    return torch.cat([xc * xc, xc, one], 0)
 
 
 def diagonal_gaussian_weights(loc, scale, reference) -> torch.Tensor:
@@ -98,8 +102,8 @@ def diagonal_gaussian_weights(loc, scale, reference) -> torch.Tensor:
     ``(2 D + 1,) + state_shape``: rows :math:`-\tfrac12 \sigma_k^{-2}`,
     :math:`(\mu_k - c) \sigma_k^{-2}` and :math:`-\tfrac12 \sum_d (\mu_{kd} - c_d)^2
     \sigma_{kd}^{-2} - \sum_d \log \sigma_{kd} - \tfrac D2 \log 2\pi`, so that
-    ``diagonal_gaussian_features(x, c) @ W`` is :math:`\log N(x; \mu_k, \mathrm{diag}\,
-    \sigma_k^2)` for every state at once.
+    ``W.reshape(2 D + 1, -1).T @ diagonal_gaussian_features(x, c)`` is
+    :math:`\log N(x; \mu_k, \mathrm{diag}\, \sigma_k^2)` for every state and frame at once.
     """
     D = loc.shape[-1]
     prec = scale.pow(-2)
@@ -115,7 +119,7 @@ def diagonal_gaussian_state_log_probs(x, loc, scale, mask=None) -> torch.Tensor:
 
     :math:`\log N(x; \mu_k, \mathrm{diag}\,\sigma_k^2) = [(x - c)^2, x - c, 1] \cdot W_k`
     (:func:`diagonal_gaussian_features`, :func:`diagonal_gaussian_weights`): one
-    ``(..., 2 D + 1) @ (2 D + 1, K)`` product, whose backward to the parameters is one more.
+    ``(K, 2 D + 1) @ (2 D + 1, frames)`` product, whose backward to the parameters is one more.
     The centring point :math:`c` is the mean of ``loc`` over states (detached: the density does
     not depend on it); it keeps the expanded square accurate on data far from the origin
     (without it, float32 loses about :math:`\epsilon |x|^2 / \sigma^2`).
@@ -144,6 +148,7 @@ def diagonal_gaussian_state_log_probs(x, loc, scale, mask=None) -> torch.Tensor:
         )
     state_shape = loc.shape[:-1]
     ref = loc.detach().reshape(-1, D).mean(0)
-    feats = diagonal_gaussian_features(x, ref, mask)
+    feats = diagonal_gaussian_features(x, ref, mask)  # (2D + 1, B)
     w = diagonal_gaussian_weights(loc, scale, ref).reshape(2 * D + 1, -1)
-    return (feats @ w).reshape(x.shape[:-1] + state_shape)
+    # (K, R) @ (R, B) (on CPU about 3x faster than (B, R) @ (R, K)), transposed back
+    return (w.T @ feats).T.contiguous().reshape(x.shape[:-1] + state_shape)

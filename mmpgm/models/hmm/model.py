@@ -234,10 +234,7 @@ class MultimodalHMM(MultimodalModel):
         for m in self.modalities:
             if m in exclude:
                 continue
-            lp = self.emissions[m].log_prob(data.filled(m))
-            out[m] = torch.where(
-                data.mask[m][..., None, None], lp, torch.zeros((), dtype=lp.dtype, device=lp.device)
-            )
+            out[m] = self.emissions[m].masked_log_prob(data.obs[m], data.mask[m])
         return out
 
     def fault_log_probs(self, data: MultimodalData, exclude=()) -> dict:

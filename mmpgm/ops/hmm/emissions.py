@@ -48,9 +48,9 @@ class _SharedPrivateSum(torch.autograd.Function):
             total = term if total is None else total + term
         ctx.sizes = sizes
         ctx.batch_shape = log_factors[0].shape[:-1]  # batch_shape + (K_s,)
-        if M == 1:
-            total = total.clone()
-        return total
+        # contiguous (a clone where M = 1: never a view of an input); the inputs may be
+        # transposed views, and torch gives a sum of those their layout
+        return total.clone(memory_format=torch.contiguous_format) if M == 1 else total.contiguous()
 
     @staticmethod
     def backward(ctx, grad):
