@@ -43,6 +43,15 @@ class ObservationModel(TypedPyroModule):
         """``x (..., obs_dim)`` -> ``(..., num_shared_states, num_private_states)``."""
         raise NotImplementedError
 
+    def masked_log_prob(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_prob` where ``mask (...)`` is True, exactly 0 elsewhere:
+        ``x (..., obs_dim)`` -> ``(..., num_shared_states, num_private_states)``. ``x`` may hold
+        anything (NaN included) where ``mask`` is False. Default: ``log_prob`` of ``x`` with
+        the missing frames set to 0, then masked; subclasses may do it faster."""
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        lp = self.log_prob(torch.where(mask[..., None], x, zero))
+        return torch.where(mask[..., None, None], lp, zero.to(lp.dtype))
+
     def distribution(self, shared: torch.Tensor, private: torch.Tensor):
         """A Pyro distribution with ``event_dim = 1`` for the given (broadcast) state indices."""
         raise NotImplementedError

@@ -16,6 +16,7 @@ from pyro.nn import PyroParam
 from pyro.ops.indexing import Vindex
 from torch.distributions import constraints
 
+from ..ops.gaussian import diagonal_gaussian_state_log_probs
 from ..ops.kmeans import kmeans_plus_plus
 from .base import ObservationModel
 
@@ -113,14 +114,18 @@ class DiagonalGaussianObservation(_GaussianBase):
         self.scale = PyroParam(torch.ones(K + (obs_dim,)), constraint=constraints.positive)
 
     def log_prob(self, x):
-        # Expanded quadratic form: memory (..., K_s*K_m) instead of (..., K_s*K_m*D).
-        prec = self.scale.reshape(-1, self.obs_dim) ** -2  # (K, D)
-        mu = self.loc.reshape(-1, self.obs_dim)
-        quad = (x**2) @ prec.T - 2 * x @ (mu * prec).T + (mu**2 * prec).sum(-1)
-        const = self.scale.reshape(-1, self.obs_dim).log().sum(-1) + 0.5 * self.obs_dim * math.log(
-            2 * math.pi
-        )
-        return (-0.5 * quad - const).reshape(x.shape[:-1] + self.state_shape)
+        """``x (..., D)`` -> ``(..., K_s, K_m)``: one matrix product of the expanded square,
+        centred at the mean of the means (:func:`mmpgm.ops.gaussian.
+        diagonal_gaussian_state_log_probs`)."""
+        return diagonal_gaussian_state_log_probs(x, self.loc, self.scale)
+
+    def masked_log_prob(self, x, mask):
+        """The mask enters the matrix product's features (a missing frame's are 0), so no
+        filling or masking pass; a subclass that changes :meth:`log_prob` (e.g. an embedding)
+        gets the generic :meth:`ObservationModel.masked_log_prob` instead."""
+        if type(self).log_prob is not DiagonalGaussianObservation.log_prob:
+            return super().masked_log_prob(x, mask)
+        return diagonal_gaussian_state_log_probs(x, self.loc, self.scale, mask)
 
     def distribution(self, shared, private):
         loc = Vindex(self.loc)[shared, private, :]

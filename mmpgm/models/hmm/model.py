@@ -234,10 +234,7 @@ class MultimodalHMM(MultimodalModel):
         for m in self.modalities:
             if m in exclude:
                 continue
-            lp = self.emissions[m].log_prob(data.filled(m))
-            out[m] = torch.where(
-                data.mask[m][..., None, None], lp, torch.zeros((), dtype=lp.dtype, device=lp.device)
-            )
+            out[m] = self.emissions[m].masked_log_prob(data.obs[m], data.mask[m])
         return out
 
     def fault_log_probs(self, data: MultimodalData, exclude=()) -> dict:
@@ -263,6 +260,13 @@ class MultimodalHMM(MultimodalModel):
         """
         M, F = len(self.modalities), len(self.fault_modalities)
         lead = len(batch_shape)
+        present = [m for m in self.modalities if m in state_log_probs]
+        if present and not any(m in self.fault_modalities for m in present):
+            # one broadcast sum whose backward is one matrix product (ops.hmm.emissions)
+            lp = ops.shared_private_log_factor([state_log_probs[m] for m in present])
+            shape = list(batch_shape) + [self.num_shared_states]
+            shape += [self.num_private_states[m] if m in present else 1 for m in self.modalities]
+            return lp.reshape(shape + [1] * F).expand(tuple(batch_shape) + self.chain_sizes)
         total = None
         for i, m in enumerate(self.modalities):
             if m not in state_log_probs:

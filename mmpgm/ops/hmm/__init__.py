@@ -47,6 +47,7 @@ from .chunked import (
     factorial_filter_chunk,
     factorial_smooth_chunked,
 )
+from .emissions import shared_private_log_factor
 from .forward_backward import (
     chain_marginals,
     factorial_forward,
@@ -77,6 +78,7 @@ __all__ = [
     "factorial_log_likelihood",
     "factorial_smooth",
     "factorial_viterbi",
+    "shared_private_log_factor",
     "factorial_sample",
     "chain_marginals",
     "chain_groups",
