@@ -56,17 +56,20 @@ def cpu_single_thread(device: torch.device, step_numel: int):
         torch.set_num_threads(old)
 
 
-def sequence_chunks(num_sequences: int, work: int, device: torch.device) -> list:
+def sequence_chunks(
+    num_sequences: int, work: int, device: torch.device, min_work: int = SPLIT_MIN_WORK
+) -> list:
     """``(start, stop)`` ranges that split ``num_sequences`` over the CPU's threads.
 
     One range ``[(0, num_sequences)]`` (no split) off the CPU, with one intra-op thread
     (``torch.get_num_threads() == 1``: the user's or the environment's choice), for total
-    ``work`` below :data:`SPLIT_MIN_WORK`, or with fewer than ``2 * SPLIT_MIN_SEQUENCES``
+    ``work`` below ``min_work`` (default :data:`SPLIT_MIN_WORK`), or with fewer than
+    ``2 * SPLIT_MIN_SEQUENCES``
     sequences; otherwise ``min(torch.get_num_threads(), num_sequences // SPLIT_MIN_SEQUENCES)``
     ranges of near-equal size, in order.
     """
     num_threads = torch.get_num_threads()
-    if device.type != "cpu" or num_threads < 2 or work < SPLIT_MIN_WORK:
+    if device.type != "cpu" or num_threads < 2 or work < min_work:
         return [(0, num_sequences)]
     k = min(num_threads, num_sequences // SPLIT_MIN_SEQUENCES)
     if k < 2:

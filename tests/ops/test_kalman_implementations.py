@@ -97,9 +97,14 @@ def _impl_id(impl: Impl) -> str:
 @pytest.fixture
 def split_threads(monkeypatch):
     """Every batch split over threads, one sequence each (``sequence_chunks`` forced)."""
+    import importlib
+
     from mmpgm.ops import _threads
 
+    prepare_module = importlib.import_module("mmpgm.ops.kalman.prepare")  # not the function
+
     monkeypatch.setattr(_threads, "SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(prepare_module, "SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(_threads, "SPLIT_MIN_SEQUENCES", 1)
     old = torch.get_num_threads()
     torch.set_num_threads(4)

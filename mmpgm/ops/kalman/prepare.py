@@ -18,7 +18,14 @@ from .._threads import run_chunks, sequence_chunks
 from ..linalg import symmetrize
 from .types import LinearGaussianParams, MaskType, ObsType
 
-__all__ = ["Prepared", "prepare", "sequence_slice", "split_sequences", "join_sequences"]
+__all__ = [
+    "Prepared",
+    "prepare",
+    "sequence_slice",
+    "split_sequences",
+    "join_sequences",
+    "SPLIT_MIN_WORK",
+]
 
 
 class Prepared(NamedTuple):
@@ -320,13 +327,21 @@ def sequence_slice(p: Prepared, a: int, b: int) -> Prepared:
     return p._replace(N=b - a, **{f: cut(getattr(p, f)) for f in _SEQUENCE_FIELDS})
 
 
+SPLIT_MIN_WORK = 1 << 23
+"""Smallest ``N T S^2`` for which :func:`split_sequences` splits a batch. Its threads' frame loops
+of small ops contend for the GIL, so only the whole-stack passes gain: measured with
+``benchmarks/lds_speed.py`` (``mmpgm_smooth``, 2 cores), config B (``1.2e6``) ran 2x slower split
+and B10k (``2.3e7``) 1.4x faster."""
+
+
 def split_sequences(p: Prepared, fn) -> list:
     """``[fn(part) for part in parts of the batch]``: one part (the whole batch) unless autograd
     records nothing and the CPU has threads to spare (:func:`~mmpgm.ops._threads.sequence_chunks`),
     then one part of the sequences a thread, run concurrently."""
     tensors = (p.m0, p.P0, p.A, p.Q, p.C, p.R, p.y, p.Bu)
     recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    chunks = [(0, p.N)] if recorded else sequence_chunks(p.N, p.N * p.T * p.S**2, p.y.device)
+    work = p.N * p.T * p.S**2
+    chunks = [(0, p.N)] if recorded else sequence_chunks(p.N, work, p.y.device, SPLIT_MIN_WORK)
     return run_chunks(lambda a, b: fn(sequence_slice(p, a, b)), chunks)
 
 
