@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -57,7 +57,7 @@ def cpu_single_thread(device: torch.device, step_numel: int):
 
 
 def sequence_chunks(
-    num_sequences: int, work: int, device: torch.device, min_work: int = SPLIT_MIN_WORK
+    num_sequences: int, work: int, device: torch.device, min_work: Optional[int] = None
 ) -> list:
     """``(start, stop)`` ranges that split ``num_sequences`` over the CPU's threads.
 
@@ -69,6 +69,7 @@ def sequence_chunks(
     ranges of near-equal size, in order.
     """
     num_threads = torch.get_num_threads()
+    min_work = SPLIT_MIN_WORK if min_work is None else min_work
     if device.type != "cpu" or num_threads < 2 or work < min_work:
         return [(0, num_sequences)]
     k = min(num_threads, num_sequences // SPLIT_MIN_SEQUENCES)
