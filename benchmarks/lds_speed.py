@@ -105,7 +105,7 @@ DEFAULT_IMPLS = {
 }
 # seconds a worker may take for one implementation (its timed repeats included) before it is
 # killed and reported as an error
-WORKER_TIMEOUT_S = 900
+WORKER_TIMEOUT_S = 300
 # slow peers: fewer timed repeats
 MAX_REPS = {"pykalman": 1, "pykalman_smooth": 1}
 

@@ -3,6 +3,8 @@ modality, masks inside it, the product-space sum of ops.hmm) against the previou
 and gradients, with masks, ragged lengths, T = 1 and mixed observation models (float64)."""
 
 import math
+import pathlib
+import sys
 
 import pytest
 import torch
@@ -12,17 +14,15 @@ from mmpgm.models.hmm import MultimodalHMM
 from mmpgm.observations.base import ObservationModel
 from mmpgm.ops.hmm import factorial_log_likelihood
 
+# the shared reference sits in tests/ops (test modules are imported with importlib)
+sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "ops"))
+from _emission_reference import previous_log_prob  # noqa: E402
+
+sys.path.pop(0)
+
 pytestmark = pytest.mark.usefixtures("float64")
 
 
-def previous_log_prob(x, loc, scale):
-    """The expansion the diagonal emission used before (uncentred, three products)."""
-    D = loc.shape[-1]
-    prec = scale.reshape(-1, D) ** -2
-    mu = loc.reshape(-1, D)
-    quad = (x**2) @ prec.T - 2 * x @ (mu * prec).T + (mu**2 * prec).sum(-1)
-    const = scale.reshape(-1, D).log().sum(-1) + 0.5 * D * math.log(2 * math.pi)
-    return (-0.5 * quad - const).reshape(x.shape[:-1] + loc.shape[:-1])
 
 
 def previous_log_emissions(model, data):

@@ -5,6 +5,8 @@ broadcasting and the previous implementation (float64, tight tolerances)."""
 
 import itertools
 import math
+import pathlib
+import sys
 
 import pytest
 import torch
@@ -16,6 +18,12 @@ from mmpgm.ops.gaussian import (
 )
 from mmpgm.ops.hmm import shared_private_log_factor
 
+# the shared reference sits in tests/ops (test modules are imported with importlib)
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _emission_reference import previous_log_prob  # noqa: E402
+
+sys.path.pop(0)
+
 pytestmark = pytest.mark.usefixtures("float64")
 
 
@@ -26,14 +34,6 @@ def oracle(x, loc, scale):
     return torch.distributions.Normal(loc, scale).log_prob(xb).sum(-1)
 
 
-def previous_log_prob(x, loc, scale):
-    """The expansion the diagonal emission used before (uncentred, three products)."""
-    D = loc.shape[-1]
-    prec = scale.reshape(-1, D) ** -2
-    mu = loc.reshape(-1, D)
-    quad = (x**2) @ prec.T - 2 * x @ (mu * prec).T + (mu**2 * prec).sum(-1)
-    const = scale.reshape(-1, D).log().sum(-1) + 0.5 * D * math.log(2 * math.pi)
-    return (-0.5 * quad - const).reshape(x.shape[:-1] + loc.shape[:-1])
 
 
 def params(state_shape, D, seed, dtype=torch.float64, offset=0.0):
