@@ -85,7 +85,7 @@ from torch import Tensor
 
 from .._threads import cpu_single_thread, run_chunks, sequence_chunks
 from ..linalg import symmetrize
-from .prepare import Prepared, join_sequences, sequence_slice
+from .prepare import Prepared, join_sequences, records_grad, sequence_slice
 from .types import LOG_2PI, SmootherResult, check_cholesky
 
 __all__ = [
@@ -544,7 +544,7 @@ class _FisherLogLik(torch.autograd.Function):
         states = _run(p, lambda a, b: _filter_chunk(sequence_slice(p, a, b)), chunks)
         ctx.chunks, ctx.states = chunks, states
         ctx.like = (m0, P0, A, Q, C, R, y, Bu)
-        return torch.cat([s[-1] for s in states]) if len(states) > 1 else states[0][-1]
+        return join_sequences([(s[-1],) for s in states], p.N)[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -559,16 +559,11 @@ class _FisherLogLik(torch.autograd.Function):
         return (None, *_gather(parts, ctx.like))
 
 
-def _recorded(p: Prepared) -> bool:
-    tensors = (p.m0, p.P0, p.A, p.Q, p.C, p.R, p.y, p.Bu)
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def information_log_likelihood(p: Prepared) -> Tensor:
     """``(N,)`` log-likelihoods by the information filter; the gradient (first order) by Fisher's
     identity from the information smoother. On the CPU the batch's sequences are split over
     threads (:func:`~mmpgm.ops._threads.sequence_chunks`)."""
-    if _recorded(p):
+    if records_grad(p):
         return _FisherLogLik.apply(p, p.m0, p.P0, p.A, p.Q, p.C, p.R, p.y, p.Bu)
     with torch.no_grad():
         parts = _run(p, lambda a, b: (_filter_chunk(sequence_slice(p, a, b))[-1],))
@@ -581,7 +576,7 @@ def information_forward(p: Prepared, store: bool):
     with ``store=False``). Split over CPU threads by sequences when autograd records nothing."""
     if not store:
         return None, None, None, None, information_log_likelihood(p)
-    if _recorded(p):
+    if records_grad(p):
         return _information_moments(p)
     parts = _run(p, lambda a, b: _information_moments(sequence_slice(p, a, b)))
     return join_sequences(parts, p.N)
@@ -624,7 +619,7 @@ def _information_moments(p: Prepared) -> tuple:
 def information_smoother(p: Prepared) -> SmootherResult:
     """RTS smoother from the information filter's by-products (recorded on autograd; split over
     CPU threads by sequences when autograd records nothing)."""
-    if _recorded(p):
+    if records_grad(p):
         return _information_smoothed(p)
     parts = _run(p, lambda a, b: _information_smoothed(sequence_slice(p, a, b)))
     return SmootherResult(*join_sequences(parts, p.N))

@@ -47,6 +47,7 @@ __all__ = [
     "Share",
     "choose_method",
     "resolve",
+    "run_plan",
     "forward",
 ]
 
@@ -193,15 +194,23 @@ def resolve(
     return Plan("sequential", share, None if rtol is None else float(rtol))
 
 
+def run_plan(p: Prepared, plan: Plan, store: bool = True):
+    """Run ``plan`` on ``p`` as one part (the information filter still splits itself over CPU
+    threads: see ``information._run``); the outputs of :func:`forward`."""
+    if plan.method == "parallel":
+        return parallel_forward(p)
+    if plan.method == "information":
+        return information_forward(p, store)
+    return sequential_forward(p, store, plan.share, plan.steady_rtol)
+
+
 def forward(p: Prepared, plan: Plan, store: bool = True):
     """Run ``plan``: ``(pred_means (N, T, S), pred_covs (b, T, S, S), filt_means,
     filt_covs, log_lik (N,))``, ``b`` in ``{1, N}`` (1 only for ``share="covariance"``).
 
     The sequential recursions run split by sequences over CPU threads when autograd records
-    nothing (:func:`split_sequences`); the information filter splits itself."""
-    if plan.method == "parallel":
-        return parallel_forward(p)
-    if plan.method == "information":  # threads: see information._run
-        return information_forward(p, store)
-    parts = split_sequences(p, lambda q: sequential_forward(q, store, plan.share, plan.steady_rtol))
+    nothing (:func:`~mmpgm.ops.kalman.prepare.split_sequences`)."""
+    if plan.method != "sequential":
+        return run_plan(p, plan, store)
+    parts = split_sequences(p, lambda q: run_plan(q, plan, store))
     return join_sequences(parts, p.N, plan.share == "covariance")

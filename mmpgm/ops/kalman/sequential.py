@@ -307,22 +307,21 @@ def frame_products(
 ) -> Tensor:
     """``base[:, t] + alpha * x[:, t] @ mats[min(t, k - 1)]`` for every frame ``t`` of the row
     stacks ``x`` ``(N, T, a)``, ``mats`` ``(k, a, b)`` with ``k <= T`` (frames from ``k - 1`` on
-    share the last matrix), ``base`` ``(N, T, b)`` or ``None`` (zero): one fused GEMM over all
-    frames with ``mats[-1]`` and a batched product over the ``k - 1`` frames before. Returns
-    ``(N, T, b)``."""
+    share the last matrix), ``base`` ``(N, T, b)`` or ``None`` (zero; then ``alpha`` is 1): one
+    fused GEMM over all frames with ``mats[-1]`` and a batched product over the ``k - 1`` frames
+    before. Returns ``(N, T, b)``."""
+    assert base is not None or alpha == 1.0
     N, T, a = x.shape
     b = mats.shape[-1]
     x2 = x.reshape(N * T, a)
     if base is None:
         out = (x2 @ mats[-1]).view(N, T, b)
-        if alpha != 1.0:
-            out = alpha * out
     else:
         out = torch.addmm(base.reshape(N * T, b), x2, mats[-1], alpha=alpha).view(N, T, b)
     h = mats.shape[0] - 1
     if h:
         head = torch.bmm(x[:, :h].transpose(0, 1), mats[:h]).transpose(0, 1)
-        out[:, :h] = head * alpha if base is None else base[:, :h] + alpha * head
+        out[:, :h] = head if base is None else base[:, :h] + alpha * head
     return out
 
 

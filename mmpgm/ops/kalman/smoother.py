@@ -19,9 +19,9 @@ from .._threads import cpu_single_thread
 from ..linalg import symmetrize
 from ..scan import affine_combine, associative_scan
 from .information import information_smoother
-from .method import Method, Share, forward, resolve
+from .method import Method, Share, forward, resolve, run_plan
 from .prepare import join_sequences, prepare, split_sequences
-from .sequential import MEAN_LOOP_MIN_WORK, expand_batch, frame_products, sequential_forward
+from .sequential import MEAN_LOOP_MIN_WORK, expand_batch, frame_products
 from .types import (
     FilterResult,
     LinearGaussianParams,
@@ -284,15 +284,14 @@ def rts_smoother(
     plan = resolve(p, method, share, steady_state, steady_state_rtol)
     if plan.method == "information":  # threads: see information._run
         return information_smoother(p)
-    if plan.method == "parallel":
-        pm, pP, fm, fP, ll = forward(p, plan, store=True)
-        return smooth_from_filter(p.A, FilterResult(fm, fP, pm, pP, ll), plan.steady_rtol)
 
-    def smooth(q):  # one part of the batch (threads: see method.split_sequences)
-        pm, pP, fm, fP, ll = sequential_forward(q, True, plan.share, plan.steady_rtol)
+    def smooth(q):  # filter and smoother of one part of the batch
+        pm, pP, fm, fP, ll = run_plan(q, plan, store=True)
         return smooth_from_filter(q.A, FilterResult(fm, fP, pm, pP, ll), plan.steady_rtol)
 
-    parts = split_sequences(p, smooth)
+    if plan.method == "parallel":
+        return smooth(p)
+    parts = split_sequences(p, smooth)  # threads: see prepare.split_sequences
     shared = plan.share == "covariance"
     return SmootherResult(*join_sequences(parts, p.N, shared, expand=True))
 
