@@ -136,6 +136,31 @@ def env_info(extra: Mapping | None = None) -> dict:
     return info
 
 
+# --------------------------------------------------------------------------- allocator
+MALLOC_MODES = ("retain", "default")
+
+
+def add_malloc_argument(parser) -> None:
+    """``--malloc {retain,default}``: how the benchmark's processes treat freed memory."""
+    parser.add_argument(
+        "--malloc",
+        choices=MALLOC_MODES,
+        default="retain",
+        help="retain (default): every process of the run, peers included, keeps freed memory "
+        "in its heap (mmpgm.retain_freed_memory, glibc), as the mmpgm CLI does; default: "
+        "glibc's own trimming, which page-faults large buffers in again on every call",
+    )
+
+
+def apply_malloc(mode: str) -> str:
+    """Apply ``--malloc`` in this process; returns what holds (for the JSON ``env``)."""
+    if mode == "default":
+        return "default"
+    from mmpgm import retain_freed_memory
+
+    return "retain" if retain_freed_memory() else "default (retain needs glibc)"
+
+
 # --------------------------------------------------------------------------- timing
 def freeze_heap() -> None:
     """Collect garbage once, then move every live object to the permanent generation

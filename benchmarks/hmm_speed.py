@@ -67,6 +67,8 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm` and `_common` imp
     sys.path.insert(1, str(_here.parent))
     from _common import (
         PeakRSS,
+        add_malloc_argument,
+        apply_malloc,
         check_device,
         cuda_peak_mib,
         emit,
@@ -80,6 +82,8 @@ if __package__ in (None, ""):  # run as a script: make `mmpgm` and `_common` imp
 else:  # pragma: no cover - imported as benchmarks.hmm_speed
     from ._common import (
         PeakRSS,
+        add_malloc_argument,
+        apply_malloc,
         check_device,
         cuda_peak_mib,
         emit,
@@ -169,6 +173,8 @@ def measure_memory(impl, cfg, opts, median_s):
         opts.threads,
         "--worker-warmup",
         0 if median_s > 2.0 else 1,
+        "--malloc",
+        opts.malloc,
         "--max-dense-work",
         opts.max_dense_work,
         "--max-discrete-hmm-gib",
@@ -287,7 +293,7 @@ def bench_config(cname, cfg, impls, opts, log):
     record["log_likelihood"] = values.get("mmpgm")
     record["skipped"] = skipped
     record["peak_method"] = peak_method
-    record["env"] = env_info({"seed": opts.seed})
+    record["env"] = env_info({"seed": opts.seed, "malloc": opts.malloc_applied})
     return record
 
 
@@ -390,7 +396,7 @@ def crossover(opts, log):
         "mean_regret": {str(k): v for k, v in regrets.items()},
         "suggested_DENSE_MAX_STATES": best,
         "current_DENSE_MAX_STATES": ops.DENSE_MAX_STATES,
-        "env": env_info({"seed": opts.seed}),
+        "env": env_info({"seed": opts.seed, "malloc": opts.malloc_applied}),
     }
     emit(result)
     log(
@@ -437,6 +443,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes, 1 repeat, in-process memory (CI smoke)"
     )
+    add_malloc_argument(p)
     p.add_argument("--configs", default="A1,A2,A3", help="comma-separated config names (A1,A2,A3)")
     p.add_argument(
         "--device",
@@ -522,6 +529,7 @@ def set_threads(n):
 def main(argv=None) -> int:
     opts = parse_args(argv)
     set_threads(opts.threads)
+    opts.malloc_applied = apply_malloc(opts.malloc)
     if opts.memory_worker:
         memory_worker(opts)
         return 0

@@ -440,9 +440,11 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in workers")
-    args = ap.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _common import check_device
+    from _common import add_malloc_argument, check_device
+
+    add_malloc_argument(ap)
+    args = ap.parse_args(argv)
 
     try:  # before any worker: no silent CPU run, no worker failing one by one
         args.device = check_device(args.device)
@@ -450,6 +452,9 @@ def main(argv=None):
         ap.error(str(err))
     names = ["quick"] if args.quick else [c for c in args.configs.split(",") if c]
     ctx = mp.get_context("spawn")
+    from _common import apply_malloc
+
+    malloc = apply_malloc(args.malloc)  # what holds here holds in the workers
     medians = {}
     for name in names:
         if args.impls:
@@ -463,7 +468,8 @@ def main(argv=None):
         for impl in impls:
             q = ctx.Queue()
             proc = ctx.Process(
-                target=_worker, args=(impl, cfg, args.device, args.dtype, args.threads, q)
+                target=_worker,
+                args=(impl, cfg, args.device, args.dtype, args.threads, args.malloc, q),
             )
             proc.start()
             try:
@@ -487,7 +493,7 @@ def main(argv=None):
                 for k, v in ok.items()
                 if k.startswith("dynamax")
             },
-            env=_env(args.device, args.dtype, args.threads),
+            env=dict(_env(args.device, args.dtype, args.threads), malloc=malloc),
         )
         import numpy as np
 
@@ -541,8 +547,12 @@ def _targets(med: dict) -> dict:
     return out
 
 
-def _worker(impl, cfg, device, dtype_name, threads, queue):
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+def _worker(impl, cfg, device, dtype_name, threads, malloc, queue):
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [os.path.join(here, ".."), here]
+    from _common import apply_malloc
+
+    apply_malloc(malloc)
     if threads is not None:
         import torch
 

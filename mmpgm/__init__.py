@@ -41,6 +41,7 @@ _EXPORTS = {
     "ConvergenceWarning": "mmpgm.inference.result",
     "Posterior": "mmpgm.results",
     "Imputation": "mmpgm.results",
+    "retain_freed_memory": "mmpgm._malloc",
 }
 _SUBMODULES = (
     "observations",
