@@ -18,6 +18,12 @@ def pytest_configure(config):
             'first (pip install torch==2.13.0 -e ".[all]") and run the tests with that '
             "environment's interpreter (python -m pytest -q)"
         )
+    # the suite is one long process running batched recursions: keep freed memory instead of
+    # page-faulting it in again for every call (mmpgm/_malloc.py); test_malloc.py measures the
+    # default in its own fresh processes
+    from mmpgm import retain_freed_memory
+
+    retain_freed_memory()
 
 
 @pytest.fixture
