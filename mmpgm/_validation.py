@@ -151,7 +151,8 @@ def check_positive_definite(name: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def check_path(name: str, path) -> str:
-    """Return ``os.fspath(path)`` if ``path`` is a ``str`` or ``os.PathLike``, else ``TypeError``."""
+    """Return ``os.fspath(path)`` if ``path`` is a non-empty ``str`` or ``os.PathLike``, else
+    raise ``TypeError``."""
     if isinstance(path, (str, os.PathLike)):
         p = os.fspath(path)
         if isinstance(p, str) and p:

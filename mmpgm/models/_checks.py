@@ -99,8 +99,8 @@ def check_sensor_faults(value, modalities) -> tuple:
 
 def check_class_labels(name: str, y: torch.Tensor, top: int, inside=None) -> None:
     """Raise unless ``y`` holds integer class labels: ``-1`` (unknown) or a value in
-    ``[0, top]`` (NaN and fractions refused, bools read as 0 / 1; ``inside``, a bool tensor of ``y``'s shape, limits
-    the range check to the frames inside the sequences)."""
+    ``[0, top]`` (NaN and fractions refused, bools read as 0 / 1; ``inside``, a bool tensor of
+    ``y``'s shape, limits the range check to the frames inside the sequences)."""
     if y.is_floating_point() and not bool((y == y.round()).all()):
         bad = y[y != y.round()]
         raise ValueError(

@@ -35,8 +35,8 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
-from .._rng import seeded
 from .. import _validation
+from .._rng import seeded
 from .._validation import check_bool
 from ..data import MultimodalData
 from ..nn.vrnn import MVRNNNet, make_likelihood

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from pyro.ops.indexing import Vindex
 
 from ..._validation import check_choice
-from .._checks import check_class_labels
 from ...data import MultimodalData
+from .._checks import check_class_labels
 
 __all__ = [
     "HEADS",
