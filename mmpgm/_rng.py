@@ -11,8 +11,6 @@ import contextlib
 
 import torch
 
-from ._validation import check_int
-
 __all__ = ["seeded"]
 
 
@@ -20,7 +18,6 @@ __all__ = ["seeded"]
 def seeded(seed: int | None, device: torch.device | str | None = None):
     """Run the block with torch's generator (CPU, and ``device`` when it is a CUDA device) seeded
     by ``seed``; the caller's random state is restored on exit. ``seed=None``: no change."""
-    check_int("seed", seed, minimum=0, allow_none=True)
     if seed is None:
         yield
         return

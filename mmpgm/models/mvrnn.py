@@ -493,6 +493,7 @@ class MVRNN(MultimodalModel):
     # ------------------------------------------------------------------ results
     def _seeded(self, seed):
         """The guide's draws seeded for the block only (:func:`mmpgm._rng.seeded`)."""
+        _validation.check_int("seed", seed, minimum=0, allow_none=True)
         return seeded(seed, self._param().device)
 
     def posterior(
