@@ -8,6 +8,7 @@ whose message names the argument, what was expected and what was got, in one for
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection
 
 import torch
@@ -20,6 +21,9 @@ __all__ = [
     "check_probabilities",
     "check_positive_definite",
     "probability_atol",
+    "check_path",
+    "check_output_path",
+    "as_real_tensor",
 ]
 
 
@@ -144,3 +148,51 @@ def check_positive_definite(name: str, value: torch.Tensor) -> torch.Tensor:
             f"singular for a Cholesky factor (smallest eigenvalue {float(ev.min()):.3g})"
         )
     return L
+
+
+def check_path(name: str, path) -> str:
+    """Return ``os.fspath(path)`` if ``path`` is a non-empty ``str`` or ``os.PathLike``, else
+    raise ``TypeError``."""
+    if isinstance(path, (str, os.PathLike)):
+        p = os.fspath(path)
+        if isinstance(p, str) and p:
+            return p
+    raise TypeError(f"{name}: expected a file path (str or os.PathLike), got {path!r}")
+
+
+def check_output_path(name: str, path) -> str:
+    """:func:`check_path` for a file about to be written: its folder must exist and the path
+    must not be a folder (``ValueError`` naming ``name``), so a run fails before its work,
+    not after."""
+    p = check_path(name, path)
+    folder = os.path.dirname(os.path.abspath(p))
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"{name}: expected a path in an existing folder, got {p!r} (folder {folder!r} "
+            "does not exist; create it first)"
+        )
+    if os.path.isdir(p):
+        raise ValueError(f"{name}: expected a file path, got the folder {p!r}")
+    return p
+
+
+def as_real_tensor(name: str, value, *, dtype=None, device=None) -> torch.Tensor:
+    """``value`` (a tensor, numpy array, nested list or number) as a real tensor, cast to
+    ``dtype`` / moved to ``device`` when given; ``TypeError`` naming ``name`` for anything else
+    (strings, objects, bool or complex values, which a cast would silently turn into numbers)."""
+    if isinstance(value, torch.Tensor):
+        t = value
+    elif isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name}: expected a real numeric array, got {type(value).__name__}")
+    else:
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(
+                f"{name}: expected a real numeric array, got {type(value).__name__} ({err})"
+            ) from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {t.dtype}")
+    if dtype is not None or device is not None:
+        t = t.to(dtype=dtype, device=device)
+    return t

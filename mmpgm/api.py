@@ -11,8 +11,9 @@ import copy
 import warnings
 
 import pyro
+from pyro.infer import ELBO
 
-from ._validation import check_bool, check_choice, check_float, check_int
+from ._validation import check_bool, check_choice, check_float, check_int, check_output_path
 from .data import MultimodalData
 from .data_shards import ShardedData
 from .inference.distributed import check_distributed
@@ -115,7 +116,8 @@ def fit(
         Gradient-norm clipping (svi; None = off).
     batch_size : int, optional
         Sequences per minibatch (the likelihood is rescaled to the full data set); svi, and the
-        gated mixture's EM.
+        gated mixture's EM. A ``batch_size`` of at least the number of sequences gives one
+        batch of all of them per epoch (the full-batch objective).
     seed : int
         Seeds Pyro/torch, the data-driven initialization and minibatch order: same seed, same
         result.
@@ -187,8 +189,9 @@ def fit(
         ``model`` is not a :class:`~mmpgm.models.MultimodalModel`, or ``data`` not a
         :class:`MultimodalData`.
     ValueError
-        An unknown ``method`` or ``program``, ``method="em"`` for a model without EM, or an
-        option that does not apply to the method.
+        An unknown ``method`` or ``program``, ``method="em"`` for a model without EM, an
+        option that does not apply to the method, or a ``checkpoint`` in a folder that does not
+        exist (raised before any training).
 
     Examples
     --------
@@ -211,6 +214,15 @@ def fit(
     check_int("patience", patience, minimum=0, allow_none=True)
     check_int("seed", seed, minimum=0)
     check_int("checkpoint_every", checkpoint_every)
+    if progress is not None:
+        check_bool("progress", progress)
+    if elbo is not None and not isinstance(elbo, ELBO):
+        raise TypeError(
+            f"elbo: expected a pyro.infer.ELBO instance (e.g. pyro.infer.Trace_ELBO()) or None, "
+            f"got {elbo!r}"
+        )
+    if checkpoint is not None:
+        check_output_path("checkpoint", checkpoint)  # a missing folder fails before training
     comm = check_distributed(distributed)
     em_kind = None
     if method == "em":

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from ._validation import check_int
+from ._validation import check_int, check_output_path, check_path
 
 __all__ = ["MultimodalData"]
 
@@ -125,8 +125,8 @@ class MultimodalData:
         tensors: dict[str, torch.Tensor] = {}
         ragged_lengths = None
         for name, value in obs.items():
-            if not isinstance(name, str):
-                raise TypeError(f"obs: modality names must be str, got {name!r}")
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"obs: modality names must be str (non-empty), got {name!r}")
             if isinstance(value, (list, tuple)):
                 t, ln = _pad_ragged(value, name)
                 if ragged_lengths is not None and not torch.equal(ln, ragged_lengths):
@@ -179,6 +179,12 @@ class MultimodalData:
             raise ValueError(
                 f"obs: expected at least one sequence and one frame, got (N={N}, T={T})"
             )
+        for name, t in tensors.items():
+            if t.shape[2] < 1:
+                raise ValueError(
+                    f"obs[{name!r}]: expected obs_dim >= 1 (the last axis), got shape "
+                    f"{tuple(t.shape)}"
+                )
 
         if lengths is None:
             lengths = ragged_lengths if ragged_lengths is not None else torch.full((N,), T)
@@ -341,9 +347,53 @@ class MultimodalData:
         return self._replace(fo, lambda v: v.to(device=device))
 
     def __getitem__(self, index) -> "MultimodalData":
-        """Select sequences (int, slice, index tensor or bool mask); keeps the batch axis."""
+        """Select sequences (int, slice, list or tensor of indices, or a bool mask of length
+        ``num_sequences``); keeps the batch axis. An int out of range raises ``IndexError`` (so
+        ``for seq in data`` stops), as do index arrays with entries out of range; an index of
+        another kind ``TypeError``. As with Python slicing, a slice or an empty index array may
+        select no sequence (an empty selection, e.g. one process's shard of a small data set)."""
+        N = self.num_sequences
+        if isinstance(index, bool) or (
+            isinstance(index, torch.Tensor) and index.dim() == 0 and index.dtype == torch.bool
+        ):
+            raise TypeError(f"index: expected an int, a slice or an index array, got {index!r}")
+        if isinstance(index, np.integer) or (
+            isinstance(index, torch.Tensor) and index.dim() == 0 and not index.is_floating_point()
+        ):
+            index = int(index)
         if isinstance(index, int):
-            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+            if not -N <= index < N:
+                raise IndexError(
+                    f"index: expected a sequence index in [{-N}, {N - 1}], got {index}"
+                )
+            index = index % N
+            index = slice(index, index + 1)
+        elif not isinstance(index, slice):
+            try:
+                idx = _as_tensor(index, "index")
+            except TypeError:
+                raise TypeError(
+                    f"index: expected an int, a slice or an index array, got "
+                    f"{type(index).__name__}"
+                ) from None
+            if idx.numel() == 0 and idx.dim() == 1:
+                idx = idx.long()  # [] reads as a float array
+            if idx.dtype == torch.bool:
+                if idx.shape != (N,):
+                    raise ValueError(
+                        f"index: expected a bool mask of shape ({N},), got {tuple(idx.shape)}"
+                    )
+            elif idx.is_floating_point() or idx.dim() != 1:
+                raise TypeError(
+                    f"index: expected a 1-D array of int sequence indices, got dtype {idx.dtype} "
+                    f"and shape {tuple(idx.shape)}"
+                )
+            elif bool(((idx < -N) | (idx >= N)).any()):
+                raise IndexError(
+                    f"index: expected sequence indices in [{-N}, {N - 1}], got "
+                    f"{idx[(idx < -N) | (idx >= N)].tolist()[:5]}"
+                )
+            index = idx
 
         def sel(v):
             idx = index.to(v.device) if isinstance(index, torch.Tensor) else index
@@ -379,6 +429,7 @@ class MultimodalData:
     def save(self, path) -> None:
         """Write one ``.npz`` with keys ``obs/<m>``, ``mask/<m>``, ``lengths``,
         ``labels/<name>``."""
+        path = check_output_path("path", path)
         arrays = {f"obs/{k}": v.detach().cpu().numpy() for k, v in self.obs.items()}
         arrays.update({f"mask/{k}": v.cpu().numpy() for k, v in self.mask.items()})
         arrays["lengths"] = self.lengths.cpu().numpy()
@@ -400,6 +451,7 @@ class MultimodalData:
     @classmethod
     def load(cls, path) -> "MultimodalData":
         """Read a ``.npz`` written by :meth:`save` or by ``data_prep``."""
+        path = check_path("path", path)
         try:
             npz = np.load(path, allow_pickle=False)
         except FileNotFoundError:

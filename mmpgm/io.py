@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from . import models  # noqa: F401  (importing the models registers their classes)
+from ._validation import check_path
 from .models._savable import FORMAT_VERSION, registered_classes, save_model
 
 __all__ = ["load_model", "save_model"]
@@ -31,10 +32,22 @@ def load_model(path, map_location="cpu", **overrides):
 
     Raises
     ------
+    FileNotFoundError
+        If ``path`` does not exist (``IsADirectoryError`` for a folder).
+    TypeError
+        If ``path`` is not a str or ``os.PathLike``.
     ValueError
         If ``path`` is not an mmpgm model file (a foreign file, a truncated file, a file with a
         code-running payload), has a newer format version, or names an unknown model class.
     """
+    check_path("path", path)
+    if isinstance(map_location, str):
+        try:
+            torch.device(map_location)
+        except RuntimeError:
+            raise ValueError(
+                f"map_location: expected a device such as 'cpu' or 'cuda:0', got {map_location!r}"
+            ) from None
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning: we refuse it below
             warnings.simplefilter("ignore", UserWarning)

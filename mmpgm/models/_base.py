@@ -51,6 +51,7 @@ The base also brings :class:`~mmpgm.models._savable.SavableModel` (``config``, `
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Iterator
 
@@ -139,7 +140,8 @@ class MultimodalModel(SavableModel, PyroModule):
     def check_data(self, data) -> MultimodalData:
         """Validate ``data`` against the model and move it to the model's device and dtype.
 
-        Type check, modalities and sizes, the move, then :meth:`_check_observations` and
+        Type check, modalities and sizes, the move (observed values whose squares overflow the
+        model's dtype raise ``ValueError``), then :meth:`_check_observations` and
         :meth:`_check_labels`. The result is marked as checked by this model, so
         :meth:`_checked` passes it through unchanged.
         """
@@ -147,7 +149,19 @@ class MultimodalModel(SavableModel, PyroModule):
             raise TypeError(f"data: expected a MultimodalData, got {type(data).__name__}")
         data.check_modalities(self.data_dims)
         p = self._param()
+        original = data
         data = data.to(device=p.device, dtype=p.dtype)
+        limit = math.sqrt(torch.finfo(p.dtype).max)  # squares of larger values overflow
+        for m, x in data.obs.items():
+            too_big = data.mask[m] & (x.abs() > limit).any(-1)  # inf: the cast overflowed
+            if bool(too_big.any()):
+                big = float(original.obs[m][too_big.to(original.obs[m].device)].abs().max())
+                raise ValueError(
+                    f"data.obs[{m!r}]: expected observed values of magnitude <= {limit:.3g} "
+                    f"(their squares must fit the model's dtype {p.dtype}), got up to {big:.3g} "
+                    f"({original.obs[m].dtype}); rescale the data or convert the model "
+                    "(model.to(torch.float64))"
+                )
         self._check_observations(data)
         self._check_labels(data)
         return self._mark_checked(data)

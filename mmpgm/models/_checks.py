@@ -24,8 +24,12 @@ def check_obs_dims(obs_dims) -> tuple:
             f"obs_dims: expected a non-empty dict modality -> obs_dim, got {obs_dims!r}"
         )
     for m, d in obs_dims.items():
-        if not isinstance(m, str):
-            raise TypeError(f"obs_dims: modality names must be str, got {m!r}")
+        if not isinstance(m, str) or not m:
+            raise TypeError(f"obs_dims: modality names must be non-empty str, got {m!r}")
+        if "." in m:
+            raise ValueError(
+                f"obs_dims: modality names cannot contain '.' (they name submodules), got {m!r}"
+            )
         if m in RESERVED_NAMES:
             raise ValueError(
                 f"obs_dims: {m!r} is reserved for the shared latent; rename the modality"
@@ -91,3 +95,23 @@ def check_sensor_faults(value, modalities) -> tuple:
             f"sensor_faults: unknown modalities {unknown}; the model has {list(modalities)}"
         )
     return tuple(m for m in modalities if m in chosen)
+
+
+def check_class_labels(name: str, y: torch.Tensor, top: int, inside=None) -> None:
+    """Raise unless ``y`` holds integer class labels: ``-1`` (unknown) or a value in
+    ``[0, top]`` (NaN and fractions refused, bools read as 0 / 1; ``inside``, a bool tensor of
+    ``y``'s shape, limits the range check to the frames inside the sequences)."""
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        bad = y[y != y.round()]
+        raise ValueError(
+            f"{name}: expected integer class labels (-1 = unknown), got non-integers "
+            f"{sorted(set(bad.tolist()), key=str)[:5]}"
+        )
+    bad = (y < -1) | (y > top)
+    if inside is not None:
+        bad = bad & inside
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name}: expected -1 (unknown) or a value in [0, {top}], got "
+            f"{sorted(set(y[bad].tolist()))[:5]}"
+        )

@@ -10,6 +10,8 @@ import copy
 
 import torch
 
+from .._validation import check_output_path
+
 __all__ = ["FORMAT_VERSION", "SavableModel", "register", "registered_classes", "save_model"]
 
 FORMAT_VERSION = 1
@@ -55,6 +57,7 @@ def save_model(model, path) -> None:
     """
     if not isinstance(model, SavableModel):
         raise TypeError(f"model: {type(model).__name__} cannot be saved (not an mmpgm model)")
+    check_output_path("path", path)
     p = next(iter(model.parameters()))
     torch.save(
         {

@@ -35,6 +35,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from .. import _validation
 from .._rng import seeded
 from .._validation import check_bool
 from ..data import MultimodalData
@@ -237,13 +238,16 @@ class MVRNN(MultimodalModel):
 
     # ------------------------------------------------------------------ data
     def _check_observations(self, data) -> None:
-        """Floating-point observations."""
+        """Floating-point observations whose observed frames suit each modality's likelihood."""
         for m in self.modalities:
             if not data.obs[m].is_floating_point():
                 raise TypeError(
                     f"data.obs[{m!r}]: expected floating-point observations, got "
                     f"{data.obs[m].dtype}"
                 )
+            check = getattr(self.net.likelihoods[m], "check_values", None)
+            if check is not None:
+                check(f"data.obs[{m!r}]", data.obs[m], data.mask[m])
 
     def _inputs(self, data: MultimodalData, exclude=(), repeat: int = 1):
         """Time-major zero-filled inputs, masks and time mask, each sequence repeated ``repeat``
@@ -489,6 +493,7 @@ class MVRNN(MultimodalModel):
     # ------------------------------------------------------------------ results
     def _seeded(self, seed):
         """The guide's draws seeded for the block only (:func:`mmpgm._rng.seeded`)."""
+        _validation.check_int("seed", seed, minimum=0, allow_none=True)
         return seeded(seed, self._param().device)
 
     def posterior(
@@ -599,6 +604,7 @@ class MVRNN(MultimodalModel):
         """
         check_int("num_sequences", num_sequences)
         check_int("num_timesteps", num_timesteps)
+        _validation.check_int("seed", seed, minimum=0, allow_none=True)
         net, mods = self.net, self.modalities
         p = self._param()
         gen = torch.Generator(device=p.device).manual_seed(

@@ -34,7 +34,7 @@ import pyro
 import torch
 from torch import nn
 
-from .._validation import check_bool, check_float, check_int
+from .._validation import as_real_tensor, check_bool, check_float, check_int
 from ..data import MultimodalData
 from ..nn.siamese import build_tower, tower_classes
 from ..nn.standardize import Standardizer
@@ -501,7 +501,12 @@ class KNNMemory:
         return self._y
 
     def _embed(self, x) -> torch.Tensor:
-        x = torch.as_tensor(x)
+        x = as_real_tensor("x", x)
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"x: expected finite values, got {int((~torch.isfinite(x)).sum())} NaN/inf "
+                "entries (drop the missing items first)"
+            )
         enc = self.encoder
         if enc is None:
             return x.to(torch.get_default_dtype()) if not x.is_floating_point() else x
@@ -577,6 +582,11 @@ class KNNMemory:
         ``x (F, S, D)`` searched around their weighted centre, :meth:`query_points`)."""
         self._need()
         q = self.query_points(x, weights).to(self._z)
+        if q.shape[-1] != self._z.shape[-1]:
+            raise ValueError(
+                f"x: embeddings of size {q.shape[-1]} do not match the memory's "
+                f"{self._z.shape[-1]} (items (F, D) of the size that add() received)"
+            )
         if self.use_centres:
             classes, c = self.centres()
             return classes[torch.cdist(q, c).argmin(-1)]

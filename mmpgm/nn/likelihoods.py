@@ -67,6 +67,17 @@ class BernoulliLikelihood(nn.Module):
         self.obs_dim = obs_dim
         self.num_params = obs_dim
 
+    def check_values(self, name, x, mask):
+        """Observed frames must hold values in [0, 1] (binary data or probabilities): outside
+        it the cross-entropy is no log-likelihood and training runs to minus infinity."""
+        v = x[mask]
+        bad = (v < 0) | (v > 1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name}: expected values in [0, 1] for likelihood='bernoulli' on the observed "
+                f"frames, got {int(bad.sum())} outside (e.g. {float(v[bad][0]):.6g})"
+            )
+
     def log_prob(self, x, raw):
         return -F.binary_cross_entropy_with_logits(raw, x, reduction="none").sum(-1)
 
@@ -97,8 +108,8 @@ LIKELIHOODS = {"gaussian": GaussianLikelihood, "bernoulli": BernoulliLikelihood}
 def make_likelihood(spec, obs_dim: int, name: str = "likelihood") -> nn.Module:
     """A likelihood module from a name in :data:`LIKELIHOODS` or a ready module (which must have
     ``num_params``, ``log_prob(x, raw)``, ``mean(raw)``, ``variance(raw)``, ``sample(raw,
-        generator)``,
-    ``distribution(raw)`` and ``kind``)."""
+    generator)``, ``distribution(raw)`` and ``kind``; and may have ``check_values(name, x,
+    mask)``, which the model calls on the observed frames of its data)."""
     if isinstance(spec, str):
         if spec not in LIKELIHOODS:
             raise ValueError(

@@ -52,6 +52,10 @@ class ObservationModel(TypedPyroModule):
         lp = self.log_prob(torch.where(mask[..., None], x, zero))
         return torch.where(mask[..., None, None], lp, zero.to(lp.dtype))
 
+    def check_values(self, name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
+        """Raise (``ValueError`` naming ``name``) unless the observed frames of ``x (N, T, D)``
+        (``mask (N, T)``) hold values this model can score; default: nothing to check."""
+
     def distribution(self, shared: torch.Tensor, private: torch.Tensor):
         """A Pyro distribution with ``event_dim = 1`` for the given (broadcast) state indices."""
         raise NotImplementedError

@@ -36,6 +36,18 @@ class CategoricalObservation(ObservationModel):
     def data_dim(self):
         return 1
 
+    def check_values(self, name, x, mask):
+        """Observed frames must hold a category index ``0 .. num_categories - 1`` (a value out of
+        range would otherwise be clamped into it)."""
+        v = x[..., 0][mask]
+        bad = (v != v.round()) | (v < 0) | (v > self.num_categories - 1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name}: expected category indices in [0, {self.num_categories - 1}] on the "
+                f"observed frames (NaN or a negative int = missing), got "
+                f"{sorted(set(v[bad].tolist()))[:5]}"
+            )
+
     def _index(self, x):
         return x[..., 0].clamp(0, self.num_categories - 1).long()
 

@@ -15,6 +15,7 @@ import torch
 from .._validation import check_bool, check_int
 from ..models.hmm import MultimodalHMM
 from ..ops import hmm as ops
+from ._frames import check_frame, frame_array
 
 __all__ = ["FilterState", "HMMFilter"]
 
@@ -97,25 +98,12 @@ class HMMFilter:
         model = self.model
         p = model._param()
         N = self.num_sequences
-        unknown = set(frame) - set(model.modalities)
-        if unknown:
-            raise ValueError(
-                f"frame: unknown modalities {sorted(unknown)}; the model has "
-                f"{list(model.modalities)}"
-            )
+        check_frame(frame, model.modalities)
         state_lps, fault_lps, seen = {}, {}, {}
         for m in model.modalities:
             if m not in frame or frame[m] is None:
                 continue
-            x = torch.as_tensor(frame[m], dtype=p.dtype, device=p.device)
-            D = model.data_dims[m]
-            if x.dim() == 1:
-                x = x.expand(N, -1) if N == 1 else x
-            if x.shape != (N, D):
-                raise ValueError(
-                    f"frame[{m!r}]: expected shape ({N}, {D}) or ({D},) for N=1, got "
-                    f"{tuple(x.shape)}"
-                )
+            x = frame_array(m, frame[m], N, model.data_dims[m], p.dtype, p.device)
             observed = ~torch.isnan(x).any(-1)
             x = torch.where(observed[:, None], x, torch.zeros_like(x))
             lp = model.emissions[m].log_prob(x)

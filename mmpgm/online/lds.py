@@ -24,6 +24,7 @@ from ..models.lds import faults as lds_faults
 from ..ops.kalman import robust as kalman_robust
 from ..ops.kalman import steps as kalman_steps
 from ..results._deprecated import deprecated_fields
+from ._frames import check_frame, frame_array
 
 __all__ = ["LDSFilter", "LDSFilterState"]
 
@@ -141,16 +142,7 @@ class LDSFilter:
 
     def _frame(self, frame: Mapping):
         model = self.model
-        if not isinstance(frame, Mapping):
-            raise TypeError(
-                f"frame: expected a dict modality -> (N, D) array, got {type(frame).__name__}"
-            )
-        unknown = set(frame) - set(model.modalities)
-        if unknown:
-            raise ValueError(
-                f"frame: unknown modalities {sorted(unknown)}; the model has "
-                f"{list(model.modalities)}"
-            )
+        check_frame(frame, model.modalities)
         N = self.num_sequences
         ys, rows = [], []
         for m in model.modalities:
@@ -159,15 +151,8 @@ class LDSFilter:
                 x = self._A.new_zeros(N, D)
                 observed = torch.zeros(N, dtype=torch.bool, device=x.device)
             else:
-                x = torch.as_tensor(frame[m], dtype=self._A.dtype, device=self._A.device)
-                if x.dim() == 1 and N == 1:
-                    x = x[None]
-                if x.shape != (N, D):
-                    raise ValueError(
-                        f"frame[{m!r}]: expected shape ({N}, {D}) or ({D},) for N=1, got "
-                        f"{tuple(x.shape)}"
-                    )
-                observed = torch.isfinite(x).all(-1)
+                x = frame_array(m, frame[m], N, D, self._A.dtype, self._A.device)
+                observed = ~torch.isnan(x).any(-1)
                 x = torch.where(observed[:, None], x - self._d[m], torch.zeros_like(x))
             ys.append(x)
             rows.append(observed[:, None].expand(N, D))

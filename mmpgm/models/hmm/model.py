@@ -21,7 +21,7 @@ from ...ops import hmm as ops
 from ...ops.hmm.chunked import factorial_filter_chunk, factorial_smooth_chunked
 from ...results.hmm import Imputation, Posterior
 from .._base import MultimodalModel
-from .._checks import check_obs_dims, per_modality
+from .._checks import check_class_labels, check_obs_dims, per_modality
 from .._chunks import check_chunk_size, time_slice
 from .._savable import register
 from . import init
@@ -218,13 +218,12 @@ class MultimodalHMM(MultimodalModel):
                     "data.labels['shared']: expected per-frame labels (N, T), got "
                     f"{tuple(lab.shape)}"
                 )
-            bad = (lab < -1) | (lab >= self.num_shared_states)
-            if bool(bad.any()):
-                raise ValueError(
-                    "data.labels['shared']: expected -1 (unknown) or a state in "
-                    f"[0, {self.num_shared_states - 1}], got values "
-                    f"{sorted(set(lab[bad].tolist()))[:5]}"
-                )
+            check_class_labels("data.labels['shared']", lab, self.num_shared_states - 1)
+
+    def _check_observations(self, data) -> None:
+        """Each modality's values suit its observation model (e.g. categorical indices)."""
+        for m in self.modalities:
+            self.emissions[m].check_values(f"data.obs[{m!r}]", data.obs[m], data.mask[m])
 
     # ------------------------------------------------------------------ likelihood pieces
     def modality_log_probs(self, data: MultimodalData, exclude=()) -> dict:
@@ -637,6 +636,7 @@ class MultimodalHMM(MultimodalModel):
         for name, v in [("num_sequences", num_sequences), ("num_timesteps", num_timesteps)]:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        check_int("seed", seed, minimum=0, allow_none=True)
         p = self._param()
         gen = torch.Generator(device=p.device)
         gen.manual_seed(int(torch.randint(2**31, (1,))) if seed is None else seed)

@@ -12,6 +12,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ... import _validation
 from ..._validation import check_bool, check_float
 from ...data import MultimodalData
 from ...ops import kalman as kops
@@ -577,6 +578,7 @@ class MultimodalLDS(MultimodalModel):
         """
         check_int("num_sequences", num_sequences)
         check_int("num_timesteps", num_timesteps)
+        _validation.check_int("seed", seed, minimum=0, allow_none=True)
         p = self._param()
         gen = torch.Generator(device=p.device)
         gen.manual_seed(int(torch.randint(2**31, (1,))) if seed is None else seed)

@@ -25,6 +25,7 @@ from pyro.ops.indexing import Vindex
 
 from ..._validation import check_choice
 from ...data import MultimodalData
+from .._checks import check_class_labels
 
 __all__ = [
     "HEADS",
@@ -93,14 +94,7 @@ class _ClassHead(_Head):
     def check(self, y: torch.Tensor, inside: torch.Tensor) -> None:
         """``y (N, T)``: -1 or an integer in ``[0, top]`` at every frame ``inside`` the sequence."""
         self._check_per_frame(y)
-        if y.is_floating_point() and not bool((y == y.round()).all()):
-            raise ValueError(f"{self._where}: expected integer class labels, got non-integers")
-        bad = ((y < -1) | (y > self.top)) & inside
-        if bool(bad.any()):
-            raise ValueError(
-                f"{self._where}: expected -1 (unlabelled) or a value in [0, {self.top}], "
-                f"got {sorted(set(y[bad].tolist()))[:5]}"
-            )
+        check_class_labels(self._where, y, self.top, inside)
 
     def _target(self, y, inside, dtype):
         lab = (y >= 0) & inside
