@@ -174,7 +174,7 @@ def measure_memory(impl, cfg, opts, median_s):
         "--worker-warmup",
         0 if median_s > 2.0 else 1,
         "--malloc",
-        opts.malloc,
+        "default",  # run_worker's MALLOC_* settings make RSS follow live allocations
         "--max-dense-work",
         opts.max_dense_work,
         "--max-discrete-hmm-gib",

@@ -54,7 +54,9 @@ def _smoother_faults(mode: str) -> float:
     out = subprocess.run(
         [sys.executable, "-c", _SMOOTHER_FAULTS, mode],
         capture_output=True, text=True, check=True, timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # a clean environment: glibc reads MALLOC_* / GLIBC_TUNABLES from it, and the suite's
+        # process may have inherited or set some (the full suite once saw no faults by default)
+        env={"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"},
     )
     return float(out.stdout.strip().splitlines()[-1])
 
