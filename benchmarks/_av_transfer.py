@@ -33,14 +33,17 @@ peers silero-vad and webrtcvad on B's noisy 16 kHz waveforms.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from mmpgm.data import MultimodalData
-from mmpgm.features.normalize import running_normalize
+from mmpgm.features.normalize import running_normalize, temporal_delta
 from mmpgm.inference.cross_fit import fit_cross_fitted, out_of_fold_scores
 from mmpgm.inference.mixture import pretrain_experts
 from mmpgm.models.mixture import GatedMixture
@@ -79,6 +82,14 @@ GATE_VARIANTS = {
     "features+reliability": ("features", "novelty", "disagreement"),
 }
 SHRINKAGE_GRID = (0.0, 0.1, 0.3, 1.0, 3.0)
+#: Beta-prior strengths (pseudo-frames) of the per-utterance agreement combiner, chosen on C.
+AGREEMENT_PRIOR_GRID = (0.0, 3.0, 10.0, 30.0, 100.0)
+#: Agreement combiners (``--transfer-mixtures`` names) -> (vote weights, gate system or None).
+AGREEMENT_VARIANTS = {
+    "agreement/uniform": ("uniform", None),
+    "agreement/conditional-reliability": ("gate", "conditional/reliability"),
+    "agreement/markov-reliability": ("gate", "markov/reliability"),
+}
 
 
 # --------------------------------------------------------------------------- corpora
@@ -117,10 +128,18 @@ def concat(parts: list) -> MultimodalData:
                           meta={"utterance_id": uids})
 
 
-def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_normalize):
+def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_normalize,
+             image: str = "dct"):
     """40-band audio, the face-quality summaries appended to the image stream (32 + 17 dims),
-    then the normalization ``how`` (running / speaker / none)."""
+    then the normalization ``how`` (running / speaker / none). ``image="delta"``: the mouth DCT
+    replaced by its frame-to-frame differences and their log energy (33 dims,
+    :func:`mmpgm.features.normalize.temporal_delta`) before the face quality is appended."""
     data = reduce_audio(raw)
+    if image == "delta":
+        obs = dict(data.obs)
+        obs["image"] = temporal_delta(obs["image"].double(), data.mask["image"]).float()
+        data = MultimodalData(obs, lengths=data.lengths, mask=data.mask, labels=data.labels,
+                              meta=data.meta)
     if "face_quality" in data.obs:
         obs = {m: v for m, v in data.obs.items() if m != "face_quality"}
         mask = {m: v for m, v in data.mask.items() if m != "face_quality"}
@@ -194,6 +213,38 @@ def accuracy_mouth_covered(pred: torch.Tensor, data: MultimodalData, cover: torc
 
 
 # --------------------------------------------------------------------------- models
+class AgreementPost(NamedTuple):
+    """A posterior-like view of :meth:`GatedMixture.agreement` for the scoring code:
+    ``predictive (N, T)``, ``gate_weights (N, T, M)`` (each expert's share of the absolute
+    log-odds: its effective weight in the vote), ``log_likelihood (N,)`` (Bernoulli
+    log-likelihood of the labels under the combined prediction, 0 without labels)."""
+
+    predictive: torch.Tensor
+    gate_weights: torch.Tensor
+    log_likelihood: torch.Tensor
+
+
+class AgreementSystem:
+    """The per-utterance Dawid-Skene combiner over a model's experts (the vote weights 1, or
+    ``M`` x the model's gate weights), with the prior strength ``kappa``."""
+
+    def __init__(self, model: GatedMixture, weights: str, kappa: float = 10.0):
+        self.model, self.weights, self.kappa = model, weights, kappa
+
+    def posterior(self, data: MultimodalData, causal: bool = True, map_path: bool = False):
+        a = self.model.agreement(data, weights=self.weights, prior_strength=self.kappa)
+        lo = a.log_odds.abs()
+        share = lo / lo.sum(-1, keepdim=True).clamp_min(1e-12)
+        y = data.labels.get("speech")
+        ll = torch.zeros(data.num_sequences)
+        if y is not None:
+            keep = (y >= 0) & data.time_mask
+            p = a.posterior.clamp(1e-6, 1 - 1e-6)
+            lp = torch.where(y == 1, torch.log(p), torch.log1p(-p))
+            ll = torch.where(keep, lp, torch.zeros_like(lp)).sum(-1)
+        return AgreementPost(a.posterior, share, ll)
+
+
 def build(gate: str, gate_inputs, args, dims) -> GatedMixture:
     torch.manual_seed(args.seed)
     model = GatedMixture(
@@ -250,7 +301,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     if args.val_corpus:
         root_c = make_corpus(data_dir, args.val_corpus, sc, uc, args.seed)
     feat = lambda raw: features(  # noqa: E731
-        raw, args.normalize, args.norm_decay, reduce_audio, speaker_normalize
+        raw, args.normalize, args.norm_decay, reduce_audio, speaker_normalize,
+        image=args.image_features,
     )
     parts = {}
     for name, (off, corr) in TRAIN_PREPS.items():
@@ -273,6 +325,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
         "test_seed": test_seed,
         "normalize": args.normalize,
         "norm_decay": args.norm_decay if args.normalize == "running" else None,
+        "image_features": args.image_features,
         "train_clips": train.num_sequences,
         "train_speakers": sa,
         "train_preps": {k: v[1] for k, v in TRAIN_PREPS.items()},
@@ -287,12 +340,32 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     t1 = time.perf_counter()
     dims = {m: train.obs[m].shape[-1] for m in MODALITIES}
     base = build("conditional", ("features",), args, dims)
-    scores, evidence, _, outputs = out_of_fold_scores(
-        base, train, "speaker", expert_steps=pre_steps, return_outputs=True, **kw
-    )
-    final = copy.deepcopy(base)
-    pretrain_experts(final, train, num_steps=pre_steps, **kw)
-    expert_secs = time.perf_counter() - t1
+    cache = None
+    if args.expert_cache:  # the experts depend only on these (and the code)
+        key = json.dumps(dict(dims=dims, normalize=args.normalize, decay=args.norm_decay,
+                              image=args.image_features, hidden=args.hidden,
+                              context=args.context, steps=pre_steps, lr=args.lr,
+                              batch=args.batch, seed=args.seed, clips=train.num_sequences,
+                              quick=bool(q)), sort_keys=True)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        cache = Path(args.expert_cache) / f"experts_{digest}.pt"
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        final = copy.deepcopy(base)
+        final.load_state_dict(saved["final"])
+        scores, evidence, outputs = saved["scores"], saved["evidence"], saved["outputs"]
+        expert_secs = saved["seconds"]
+    else:
+        scores, evidence, _, outputs = out_of_fold_scores(
+            base, train, "speaker", expert_steps=pre_steps, return_outputs=True, **kw
+        )
+        final = copy.deepcopy(base)
+        pretrain_experts(final, train, num_steps=pre_steps, **kw)
+        expert_secs = time.perf_counter() - t1
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(dict(final=final.state_dict(), scores=scores, evidence=evidence,
+                            outputs=outputs, seconds=expert_secs), cache)
 
     systems = {}  # name -> (model or None, extra config)
     for gate in ("conditional", "markov"):
@@ -339,6 +412,38 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
             if vals:
                 extra["val_accuracy"] = round(val_accuracy(model, vals), 4)
             systems[f"{gate}/{vname}"] = (model, extra)
+
+    # label-free per-utterance agreement combiners (Dawid-Skene EM over the final experts'
+    # outputs on each clip); the prior strength is chosen on C, by the label log-likelihood
+    for name, (weights, gate_name) in AGREEMENT_VARIANTS.items():
+        if name not in args.transfer_mixtures:
+            continue
+        if gate_name is not None and gate_name not in systems:
+            raise ValueError(f"--transfer-mixtures: {name} needs {gate_name} among them")
+        t2 = time.perf_counter()
+        src = final if gate_name is None else systems[gate_name][0]
+        choice, kappa = {}, AGREEMENT_PRIOR_GRID[2]
+        if vals:
+            for k in AGREEMENT_PRIOR_GRID:
+                choice[str(k)] = round(val_log_likelihood(AgreementSystem(src, weights, k),
+                                                          vals), 4)
+            kappa = float(max(choice, key=choice.get))
+        system = AgreementSystem(src, weights, kappa)
+        extra = {
+            "model": "per-utterance Dawid-Skene EM over the experts' outputs (label-free, "
+                     "not causal)",
+            "vote_weights": weights if gate_name is None else f"M x gate weights of {gate_name}",
+            "prior_strength": kappa,
+            "prior_accuracy": 0.7,
+            "prior_chosen_by": (f"label log-likelihood on corpus {args.val_corpus}" if vals
+                                else "fixed (no validation corpus)"),
+            "prior_scores": choice,
+            "gate_weights_are": "each expert's share of the absolute log-odds",
+            "fit_s": round(time.perf_counter() - t2 + expert_secs, 1),
+        }
+        if vals:
+            extra["val_accuracy"] = round(val_accuracy(system, vals), 4)
+        systems[name] = (system, extra)
 
     # the mixture reported as "selected": best validation accuracy on C (else none)
     selected = None

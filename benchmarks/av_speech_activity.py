@@ -890,7 +890,22 @@ def main(argv=None):
         "--transfer-mixtures",
         default="conditional/features,conditional/reliability,conditional/features+reliability,"
         "markov/features,markov/reliability,markov/features+reliability",
-        help="with --test-corpus: gate/inputs pairs to fit",
+        help="with --test-corpus: gate/inputs pairs to fit, and agreement combiners "
+        "(agreement/uniform, agreement/conditional-reliability, agreement/markov-reliability: "
+        "per-utterance Dawid-Skene EM over the experts; the last two need that gate too)",
+    )
+    ap.add_argument(
+        "--image-features",
+        choices=("dct", "delta"),
+        default="dct",
+        help="with --test-corpus: the image stream's mouth features: the DCT (default) or its "
+        "frame-to-frame differences plus their log energy (face-invariant)",
+    )
+    ap.add_argument(
+        "--expert-cache",
+        default=None,
+        help="with --test-corpus: a directory where the trained experts (final and out-of-fold) "
+        "are saved and reused by later runs with the same expert settings",
     )
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--table", default=None, help="also write the markdown table to this file")
