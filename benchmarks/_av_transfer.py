@@ -47,6 +47,7 @@ from mmpgm.features.normalize import running_normalize, temporal_delta
 from mmpgm.inference.cross_fit import fit_cross_fitted, out_of_fold_scores
 from mmpgm.inference.mixture import pretrain_experts
 from mmpgm.models.mixture import GatedMixture
+from mmpgm.ops.label_filter import filter_binary_posterior, label_transitions
 
 try:  # benchmarks/ as a package, or on sys.path (run as a script)
     from ._common import to_cpu
@@ -270,12 +271,24 @@ def val_log_likelihood(model, vals: dict) -> float:
     return tot / max(frames, 1.0)
 
 
-def val_accuracy(model, vals: dict) -> float:
+def make_smoother(how: str, train: MultimodalData):
+    """``--smooth``: the identity (``none``) or the causal two-state label filter
+    (:func:`mmpgm.ops.label_filter.filter_binary_posterior`, ``hmm``) whose chain and prior are
+    the speech labels' transition statistics on the training corpus A; a function
+    ``(probabilities (N, T), data) -> (N, T)``."""
+    if how == "none":
+        return lambda p, data: p
+    A, prior = label_transitions(train.labels["speech"], train.time_mask)
+    return lambda p, data: filter_binary_posterior(p.double(), A, prior,
+                                                   data.time_mask).to(p.dtype)
+
+
+def val_accuracy(model, vals: dict, smooth=lambda p, data: p) -> float:
     correct, frames = 0, 0
     with torch.no_grad():
         for v in vals.values():
             post = to_cpu(model.posterior(v, causal=True, map_path=False))
-            pred = (post.predictive > 0.5).long()
+            pred = (smooth(post.predictive, v) > 0.5).long()
             keep = (v.labels["speech"] >= 0) & v.time_mask
             correct += int((pred[keep] == v.labels["speech"][keep]).sum())
             frames += int(keep.sum())
@@ -333,6 +346,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
         "prep_s": round(prep_secs, 1),
     }
     rows = []
+    smooth = make_smoother(args.smooth, train)
+    base_cfg["smooth"] = args.smooth
     kw = dict(lr=args.lr, seed=args.seed, batch_size=args.batch)
     steps, pre_steps = args.steps, args.pretrain_steps
 
@@ -410,7 +425,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                 "fit_s": round(time.perf_counter() - t2 + expert_secs, 1),
             }
             if vals:
-                extra["val_accuracy"] = round(val_accuracy(model, vals), 4)
+                extra["val_accuracy"] = round(val_accuracy(model, vals, smooth), 4)
             systems[f"{gate}/{vname}"] = (model, extra)
 
     # label-free per-utterance agreement combiners (Dawid-Skene EM over the final experts'
@@ -442,7 +457,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
             "fit_s": round(time.perf_counter() - t2 + expert_secs, 1),
         }
         if vals:
-            extra["val_accuracy"] = round(val_accuracy(system, vals), 4)
+            extra["val_accuracy"] = round(val_accuracy(system, vals, smooth), 4)
         systems[name] = (system, extra)
 
     # the mixture reported as "selected": best validation accuracy on C (else none)
@@ -464,17 +479,17 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
             return met
 
         for i, m in enumerate(MODALITIES):
-            met = metrics((post.expert_predictions[..., i] > 0.5).long())
+            met = metrics((smooth(post.expert_predictions[..., i], test) > 0.5).long())
             emit_row("mmpgm", met, name=f"expert_{m}",
                      extra={"model": "unimodal MLP expert", "modality": m})
             rows.append((cond, f"expert_{m}", met, None))
-        met = metrics((post.expert_predictions.mean(-1) > 0.5).long())
+        met = metrics((smooth(post.expert_predictions.mean(-1), test) > 0.5).long())
         emit_row("mmpgm", met, name="uniform_gate_reference",
                  extra={"model": "experts, gate fixed at 1/3 (not learned)"})
         rows.append((cond, "uniform_gate_reference", met, None))
         for name, (model, extra) in systems.items():
             p = to_cpu(model.posterior(test, causal=True))
-            met = metrics((p.predictive > 0.5).long())
+            met = metrics((smooth(p.predictive, test) > 0.5).long())
             if patched:
                 met.update(gate_video_weights(p, test))
                 met.update(gate_on_covered_mouth(p, test, cover))

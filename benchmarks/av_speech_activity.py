@@ -902,6 +902,13 @@ def main(argv=None):
         "frame-to-frame differences plus their log energy (face-invariant)",
     )
     ap.add_argument(
+        "--smooth",
+        choices=("none", "hmm"),
+        default="none",
+        help="with --test-corpus: causal temporal smoothing of every system's p(speech) by a "
+        "two-state label chain with corpus A's label statistics (mmpgm.ops.label_filter)",
+    )
+    ap.add_argument(
         "--expert-cache",
         default=None,
         help="with --test-corpus: a directory where the trained experts (final and out-of-fold) "
