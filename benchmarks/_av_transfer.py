@@ -44,7 +44,11 @@ import torch
 
 from mmpgm.data import MultimodalData
 from mmpgm.features.normalize import running_normalize, temporal_delta
-from mmpgm.inference.cross_fit import fit_cross_fitted, out_of_fold_scores
+from mmpgm.inference.cross_fit import (
+    fit_cross_fitted,
+    out_of_fold_scores,
+    simulate_expert_failures,
+)
 from mmpgm.inference.mixture import pretrain_experts
 from mmpgm.models.mixture import GatedMixture
 from mmpgm.ops.label_filter import filter_binary_posterior, label_transitions
@@ -84,7 +88,7 @@ GATE_VARIANTS = {
 }
 SHRINKAGE_GRID = (0.0, 0.1, 0.3, 1.0, 3.0)
 #: Beta-prior strengths (pseudo-frames) of the per-utterance agreement combiner, chosen on C.
-AGREEMENT_PRIOR_GRID = (0.0, 3.0, 10.0, 30.0, 100.0)
+AGREEMENT_PRIOR_GRID = (0.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 #: Agreement combiners (``--transfer-mixtures`` names) -> (vote weights, gate system or None).
 AGREEMENT_VARIANTS = {
     "agreement/uniform": ("uniform", None),
@@ -382,6 +386,14 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
             torch.save(dict(final=final.state_dict(), scores=scores, evidence=evidence,
                             outputs=outputs, seconds=expert_secs), cache)
 
+    # the gates' training data: the out-of-fold scores, plus (--failure-augmentation F > 0)
+    # copies of F N sequences in which one expert gives another sequence's outputs
+    gate_train, oof = train, (scores, evidence, outputs)
+    if args.failure_augmentation > 0:
+        *aug, _ = simulate_expert_failures(final, train, scores, evidence, outputs,
+                                           fraction=args.failure_augmentation, seed=args.seed)
+        gate_train, oof = aug[0], tuple(aug[1:])
+    base_cfg["failure_augmentation"] = args.failure_augmentation
     systems = {}  # name -> (model or None, extra config)
     for gate in ("conditional", "markov"):
         for vname, inputs in GATE_VARIANTS.items():
@@ -399,9 +411,9 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                 best = None
                 for kappa in SHRINKAGE_GRID:
                     model.gate.load_state_dict(start)
-                    fit_cross_fitted(model, train, "speaker", expert_steps=pre_steps,
+                    fit_cross_fitted(model, gate_train, "speaker", expert_steps=pre_steps,
                                      gate_steps=steps, gate_shrinkage=kappa, refit_experts=False,
-                                     out_of_fold=(scores, evidence, outputs), **kw)
+                                     out_of_fold=oof, **kw)
                     ll = val_log_likelihood(model, vals)
                     choice[str(kappa)] = round(ll, 4)
                     if best is None or ll > best[0]:
@@ -409,10 +421,9 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                 model.gate.load_state_dict(best[2])
                 kappa, how = best[1], f"validation log-likelihood on corpus {args.val_corpus}"
             else:  # leave-one-speaker-out on A
-                res = fit_cross_fitted(model, train, "speaker", expert_steps=pre_steps,
+                res = fit_cross_fitted(model, gate_train, "speaker", expert_steps=pre_steps,
                                        gate_steps=steps, gate_shrinkage=SHRINKAGE_GRID,
-                                       refit_experts=False,
-                                       out_of_fold=(scores, evidence, outputs), **kw)
+                                       refit_experts=False, out_of_fold=oof, **kw)
                 kappa, how = res.gate_shrinkage, "leave-one-speaker-out on A"
                 choice = {str(k): round(v, 4) for k, v in res.shrinkage_cv.items()}
             extra = {

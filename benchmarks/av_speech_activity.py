@@ -909,6 +909,14 @@ def main(argv=None):
         "two-state label chain with corpus A's label statistics (mmpgm.ops.label_filter)",
     )
     ap.add_argument(
+        "--failure-augmentation",
+        type=float,
+        default=0.0,
+        help="with --test-corpus: add this fraction of copies of the training sequences in "
+        "which one expert gives another sequence's out-of-fold outputs, to the gates' training "
+        "data (mmpgm.inference.cross_fit.simulate_expert_failures; 0 = off)",
+    )
+    ap.add_argument(
         "--expert-cache",
         default=None,
         help="with --test-corpus: a directory where the trained experts (final and out-of-fold) "
