@@ -19,15 +19,25 @@ Training data: corpus A prepared three times (``data_prep.grid.prepare_grid``), 
 Test conditions on B: babble 0 dB (other B speakers) + patch (rectangles and ellipses of side
 60-160 px), clean audio + clean video, non-stationary -5 dB + patch.
 
-Features: the 40 band means of the log-STFT, then (default ``--normalize running``) every
-stream through :func:`mmpgm.features.normalize.running_normalize` (causal per utterance;
-removes log-gain offsets, so the audio features are gain-invariant). ``--normalize speaker``
-(offline per-speaker standardization) and ``none`` are the ablations.
+Features: the 40 band means of the log-STFT; the image stream is the mouth DCT's
+frame-to-frame differences and their log energy (default ``--image-features delta``,
+:func:`mmpgm.features.normalize.temporal_delta`; ``dct``: the DCT itself) plus the face-quality
+summaries; then (default ``--normalize running``) every stream through
+:func:`mmpgm.features.normalize.running_normalize` (causal per utterance; removes log-gain
+offsets, so the audio features are gain-invariant). ``--normalize speaker`` (offline
+per-speaker standardization) and ``none`` are the ablations.
 
 Systems: the MLP experts alone, their equal-weight mix, cross-fitted gates (conditional and
 Markov) reading the features only (the former gate), the reliability inputs only (per-stream
-novelty under a diagonal Gaussian of clean A features, expert disagreement), or both; and the
-peers silero-vad and webrtcvad on B's noisy 16 kHz waveforms.
+novelty under a diagonal Gaussian of clean A features, expert disagreement), or both; the
+label-free agreement combiners (per-utterance Dawid-Skene EM over the experts' outputs, votes
+counted once or ``M`` times a reliability gate's weight; the Beta prior's strength chosen on
+C); and the peers silero-vad and webrtcvad on B's noisy 16 kHz waveforms. Every system's
+p(speech) is then filtered by a two-state label chain with A's label statistics (default
+``--smooth hmm``, :mod:`mmpgm.ops.label_filter`; causal). ``--failure-augmentation F`` adds
+simulated expert failures to the gates' training data
+(:func:`mmpgm.inference.cross_fit.simulate_expert_failures`); ``--expert-cache DIR`` reuses
+trained experts between runs.
 """
 
 from __future__ import annotations
