@@ -148,11 +148,14 @@ def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_
     """40-band audio, the face-quality summaries appended to the image stream (32 + 17 dims),
     then the normalization ``how`` (running / speaker / none). ``image="delta"``: the mouth DCT
     replaced by its frame-to-frame differences and their log energy (33 dims,
-    :func:`mmpgm.features.normalize.temporal_delta`) before the face quality is appended."""
+    :func:`mmpgm.features.normalize.temporal_delta`) before the face quality is appended;
+    ``image="energy"``: by the log energy alone (1 dim)."""
     data = reduce_audio(raw)
-    if image == "delta":
+    if image in ("delta", "energy"):
         obs = dict(data.obs)
         obs["image"] = temporal_delta(obs["image"].double(), data.mask["image"]).float()
+        if image == "energy":  # only the log motion energy (no per-coefficient layout)
+            obs["image"] = obs["image"][..., -1:]
         data = MultimodalData(obs, lengths=data.lengths, mask=data.mask, labels=data.labels,
                               meta=data.meta)
     if "face_quality" in data.obs:

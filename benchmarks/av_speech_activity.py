@@ -901,11 +901,12 @@ def main(argv=None):
     )
     ap.add_argument(
         "--image-features",
-        choices=("dct", "delta"),
+        choices=("dct", "delta", "energy"),
         default="delta",
         help="with --test-corpus: the image stream's mouth features: the frame-to-frame "
         "differences of the mouth DCT plus their log energy (face-invariant; default) or the "
-        "DCT itself (the main run of benchmarks/results/av_transfer.md)",
+        "DCT itself (the main run of benchmarks/results/av_transfer.md), or only the log energy "
+        "of the differences",
     )
     ap.add_argument(
         "--smooth",
