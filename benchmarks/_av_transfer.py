@@ -19,31 +19,49 @@ Training data: corpus A prepared three times (``data_prep.grid.prepare_grid``), 
 Test conditions on B: babble 0 dB (other B speakers) + patch (rectangles and ellipses of side
 60-160 px), clean audio + clean video, non-stationary -5 dB + patch.
 
-Features: the 40 band means of the log-STFT, then (default ``--normalize running``) every
-stream through :func:`mmpgm.features.normalize.running_normalize` (causal per utterance;
-removes log-gain offsets, so the audio features are gain-invariant). ``--normalize speaker``
-(offline per-speaker standardization) and ``none`` are the ablations.
+Features: the 40 band means of the log-STFT; the image stream is the mouth DCT's
+frame-to-frame differences and their log energy (default ``--image-features delta``,
+:func:`mmpgm.features.normalize.temporal_delta`; ``dct``: the DCT itself) plus the face-quality
+summaries; then (default ``--normalize running``) every stream through
+:func:`mmpgm.features.normalize.running_normalize` (causal per utterance; removes log-gain
+offsets, so the audio features are gain-invariant). ``--normalize speaker`` (offline
+per-speaker standardization) and ``none`` are the ablations.
 
 Systems: the MLP experts alone, their equal-weight mix, cross-fitted gates (conditional and
 Markov) reading the features only (the former gate), the reliability inputs only (per-stream
-novelty under a diagonal Gaussian of clean A features, expert disagreement), or both; and the
-peers silero-vad and webrtcvad on B's noisy 16 kHz waveforms.
+novelty under a diagonal Gaussian of clean A features, expert disagreement), or both; the
+label-free agreement combiners (per-utterance Dawid-Skene EM over the experts' outputs, votes
+counted once or ``M`` times a reliability gate's weight; the Beta prior's strength chosen on
+C); and the peers silero-vad and webrtcvad on B's noisy 16 kHz waveforms. Every system's
+p(speech) is then filtered by a two-state label chain with A's label statistics (default
+``--smooth hmm``, :mod:`mmpgm.ops.label_filter`; causal). ``--failure-augmentation F`` adds
+simulated expert failures to the gates' training data
+(:func:`mmpgm.inference.cross_fit.simulate_expert_failures`); ``--expert-cache DIR`` reuses
+trained experts between runs.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from mmpgm.data import MultimodalData
-from mmpgm.features.normalize import running_normalize
-from mmpgm.inference.cross_fit import fit_cross_fitted, out_of_fold_scores
+from mmpgm.features.normalize import running_normalize, temporal_delta
+from mmpgm.inference.cross_fit import (
+    fit_cross_fitted,
+    out_of_fold_scores,
+    simulate_expert_failures,
+)
 from mmpgm.inference.mixture import pretrain_experts
 from mmpgm.models.mixture import GatedMixture
+from mmpgm.ops.label_filter import filter_binary_posterior, label_transitions
 
 try:  # benchmarks/ as a package, or on sys.path (run as a script)
     from ._common import to_cpu
@@ -79,6 +97,14 @@ GATE_VARIANTS = {
     "features+reliability": ("features", "novelty", "disagreement"),
 }
 SHRINKAGE_GRID = (0.0, 0.1, 0.3, 1.0, 3.0)
+#: Beta-prior strengths (pseudo-frames) of the per-utterance agreement combiner, chosen on C.
+AGREEMENT_PRIOR_GRID = (0.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+#: Agreement combiners (``--transfer-mixtures`` names) -> (vote weights, gate system or None).
+AGREEMENT_VARIANTS = {
+    "agreement/uniform": ("uniform", None),
+    "agreement/conditional-reliability": ("gate", "conditional/reliability"),
+    "agreement/markov-reliability": ("gate", "markov/reliability"),
+}
 
 
 # --------------------------------------------------------------------------- corpora
@@ -117,10 +143,21 @@ def concat(parts: list) -> MultimodalData:
                           meta={"utterance_id": uids})
 
 
-def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_normalize):
+def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_normalize,
+             image: str = "dct"):
     """40-band audio, the face-quality summaries appended to the image stream (32 + 17 dims),
-    then the normalization ``how`` (running / speaker / none)."""
+    then the normalization ``how`` (running / speaker / none). ``image="delta"``: the mouth DCT
+    replaced by its frame-to-frame differences and their log energy (33 dims,
+    :func:`mmpgm.features.normalize.temporal_delta`) before the face quality is appended;
+    ``image="energy"``: by the log energy alone (1 dim)."""
     data = reduce_audio(raw)
+    if image in ("delta", "energy"):
+        obs = dict(data.obs)
+        obs["image"] = temporal_delta(obs["image"].double(), data.mask["image"]).float()
+        if image == "energy":  # only the log motion energy (no per-coefficient layout)
+            obs["image"] = obs["image"][..., -1:]
+        data = MultimodalData(obs, lengths=data.lengths, mask=data.mask, labels=data.labels,
+                              meta=data.meta)
     if "face_quality" in data.obs:
         obs = {m: v for m, v in data.obs.items() if m != "face_quality"}
         mask = {m: v for m, v in data.mask.items() if m != "face_quality"}
@@ -194,6 +231,38 @@ def accuracy_mouth_covered(pred: torch.Tensor, data: MultimodalData, cover: torc
 
 
 # --------------------------------------------------------------------------- models
+class AgreementPost(NamedTuple):
+    """A posterior-like view of :meth:`GatedMixture.agreement` for the scoring code:
+    ``predictive (N, T)``, ``gate_weights (N, T, M)`` (each expert's share of the absolute
+    log-odds: its effective weight in the vote), ``log_likelihood (N,)`` (Bernoulli
+    log-likelihood of the labels under the combined prediction, 0 without labels)."""
+
+    predictive: torch.Tensor
+    gate_weights: torch.Tensor
+    log_likelihood: torch.Tensor
+
+
+class AgreementSystem:
+    """The per-utterance Dawid-Skene combiner over a model's experts (the vote weights 1, or
+    ``M`` x the model's gate weights), with the prior strength ``kappa``."""
+
+    def __init__(self, model: GatedMixture, weights: str, kappa: float = 10.0):
+        self.model, self.weights, self.kappa = model, weights, kappa
+
+    def posterior(self, data: MultimodalData, causal: bool = True, map_path: bool = False):
+        a = self.model.agreement(data, weights=self.weights, prior_strength=self.kappa)
+        lo = a.log_odds.abs()
+        share = lo / lo.sum(-1, keepdim=True).clamp_min(1e-12)
+        y = data.labels.get("speech")
+        ll = torch.zeros(data.num_sequences)
+        if y is not None:
+            keep = (y >= 0) & data.time_mask
+            p = a.posterior.clamp(1e-6, 1 - 1e-6)
+            lp = torch.where(y == 1, torch.log(p), torch.log1p(-p))
+            ll = torch.where(keep, lp, torch.zeros_like(lp)).sum(-1)
+        return AgreementPost(a.posterior, share, ll)
+
+
 def build(gate: str, gate_inputs, args, dims) -> GatedMixture:
     torch.manual_seed(args.seed)
     model = GatedMixture(
@@ -219,12 +288,24 @@ def val_log_likelihood(model, vals: dict) -> float:
     return tot / max(frames, 1.0)
 
 
-def val_accuracy(model, vals: dict) -> float:
+def make_smoother(how: str, train: MultimodalData):
+    """``--smooth``: the identity (``none``) or the causal two-state label filter
+    (:func:`mmpgm.ops.label_filter.filter_binary_posterior`, ``hmm``) whose chain and prior are
+    the speech labels' transition statistics on the training corpus A; a function
+    ``(probabilities (N, T), data) -> (N, T)``."""
+    if how == "none":
+        return lambda p, data: p
+    A, prior = label_transitions(train.labels["speech"], train.time_mask)
+    return lambda p, data: filter_binary_posterior(p.double(), A, prior,
+                                                   data.time_mask).to(p.dtype)
+
+
+def val_accuracy(model, vals: dict, smooth=lambda p, data: p) -> float:
     correct, frames = 0, 0
     with torch.no_grad():
         for v in vals.values():
             post = to_cpu(model.posterior(v, causal=True, map_path=False))
-            pred = (post.predictive > 0.5).long()
+            pred = (smooth(post.predictive, v) > 0.5).long()
             keep = (v.labels["speech"] >= 0) & v.time_mask
             correct += int((pred[keep] == v.labels["speech"][keep]).sum())
             frames += int(keep.sum())
@@ -250,7 +331,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     if args.val_corpus:
         root_c = make_corpus(data_dir, args.val_corpus, sc, uc, args.seed)
     feat = lambda raw: features(  # noqa: E731
-        raw, args.normalize, args.norm_decay, reduce_audio, speaker_normalize
+        raw, args.normalize, args.norm_decay, reduce_audio, speaker_normalize,
+        image=args.image_features,
     )
     parts = {}
     for name, (off, corr) in TRAIN_PREPS.items():
@@ -273,6 +355,7 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
         "test_seed": test_seed,
         "normalize": args.normalize,
         "norm_decay": args.norm_decay if args.normalize == "running" else None,
+        "image_features": args.image_features,
         "train_clips": train.num_sequences,
         "train_speakers": sa,
         "train_preps": {k: v[1] for k, v in TRAIN_PREPS.items()},
@@ -280,6 +363,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
         "prep_s": round(prep_secs, 1),
     }
     rows = []
+    smooth = make_smoother(args.smooth, train)
+    base_cfg["smooth"] = args.smooth
     kw = dict(lr=args.lr, seed=args.seed, batch_size=args.batch)
     steps, pre_steps = args.steps, args.pretrain_steps
 
@@ -287,13 +372,41 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     t1 = time.perf_counter()
     dims = {m: train.obs[m].shape[-1] for m in MODALITIES}
     base = build("conditional", ("features",), args, dims)
-    scores, evidence, _, outputs = out_of_fold_scores(
-        base, train, "speaker", expert_steps=pre_steps, return_outputs=True, **kw
-    )
-    final = copy.deepcopy(base)
-    pretrain_experts(final, train, num_steps=pre_steps, **kw)
-    expert_secs = time.perf_counter() - t1
+    cache = None
+    if args.expert_cache:  # the experts depend only on these (and the code)
+        key = json.dumps(dict(dims=dims, normalize=args.normalize, decay=args.norm_decay,
+                              image=args.image_features, hidden=args.hidden,
+                              context=args.context, steps=pre_steps, lr=args.lr,
+                              batch=args.batch, seed=args.seed, clips=train.num_sequences,
+                              quick=bool(q)), sort_keys=True)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        cache = Path(args.expert_cache) / f"experts_{digest}.pt"
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        final = copy.deepcopy(base)
+        final.load_state_dict(saved["final"])
+        scores, evidence, outputs = saved["scores"], saved["evidence"], saved["outputs"]
+        expert_secs = saved["seconds"]
+    else:
+        scores, evidence, _, outputs = out_of_fold_scores(
+            base, train, "speaker", expert_steps=pre_steps, return_outputs=True, **kw
+        )
+        final = copy.deepcopy(base)
+        pretrain_experts(final, train, num_steps=pre_steps, **kw)
+        expert_secs = time.perf_counter() - t1
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(dict(final=final.state_dict(), scores=scores, evidence=evidence,
+                            outputs=outputs, seconds=expert_secs), cache)
 
+    # the gates' training data: the out-of-fold scores, plus (--failure-augmentation F > 0)
+    # copies of F N sequences in which one expert gives another sequence's outputs
+    gate_train, oof = train, (scores, evidence, outputs)
+    if args.failure_augmentation > 0:
+        *aug, _ = simulate_expert_failures(final, train, scores, evidence, outputs,
+                                           fraction=args.failure_augmentation, seed=args.seed)
+        gate_train, oof = aug[0], tuple(aug[1:])
+    base_cfg["failure_augmentation"] = args.failure_augmentation
     systems = {}  # name -> (model or None, extra config)
     for gate in ("conditional", "markov"):
         for vname, inputs in GATE_VARIANTS.items():
@@ -311,9 +424,9 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                 best = None
                 for kappa in SHRINKAGE_GRID:
                     model.gate.load_state_dict(start)
-                    fit_cross_fitted(model, train, "speaker", expert_steps=pre_steps,
+                    fit_cross_fitted(model, gate_train, "speaker", expert_steps=pre_steps,
                                      gate_steps=steps, gate_shrinkage=kappa, refit_experts=False,
-                                     out_of_fold=(scores, evidence, outputs), **kw)
+                                     out_of_fold=oof, **kw)
                     ll = val_log_likelihood(model, vals)
                     choice[str(kappa)] = round(ll, 4)
                     if best is None or ll > best[0]:
@@ -321,10 +434,9 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                 model.gate.load_state_dict(best[2])
                 kappa, how = best[1], f"validation log-likelihood on corpus {args.val_corpus}"
             else:  # leave-one-speaker-out on A
-                res = fit_cross_fitted(model, train, "speaker", expert_steps=pre_steps,
+                res = fit_cross_fitted(model, gate_train, "speaker", expert_steps=pre_steps,
                                        gate_steps=steps, gate_shrinkage=SHRINKAGE_GRID,
-                                       refit_experts=False,
-                                       out_of_fold=(scores, evidence, outputs), **kw)
+                                       refit_experts=False, out_of_fold=oof, **kw)
                 kappa, how = res.gate_shrinkage, "leave-one-speaker-out on A"
                 choice = {str(k): round(v, 4) for k, v in res.shrinkage_cv.items()}
             extra = {
@@ -337,8 +449,40 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                 "fit_s": round(time.perf_counter() - t2 + expert_secs, 1),
             }
             if vals:
-                extra["val_accuracy"] = round(val_accuracy(model, vals), 4)
+                extra["val_accuracy"] = round(val_accuracy(model, vals, smooth), 4)
             systems[f"{gate}/{vname}"] = (model, extra)
+
+    # label-free per-utterance agreement combiners (Dawid-Skene EM over the final experts'
+    # outputs on each clip); the prior strength is chosen on C, by the label log-likelihood
+    for name, (weights, gate_name) in AGREEMENT_VARIANTS.items():
+        if name not in args.transfer_mixtures:
+            continue
+        if gate_name is not None and gate_name not in systems:
+            raise ValueError(f"--transfer-mixtures: {name} needs {gate_name} among them")
+        t2 = time.perf_counter()
+        src = final if gate_name is None else systems[gate_name][0]
+        choice, kappa = {}, AGREEMENT_PRIOR_GRID[2]
+        if vals:
+            for k in AGREEMENT_PRIOR_GRID:
+                choice[str(k)] = round(val_log_likelihood(AgreementSystem(src, weights, k),
+                                                          vals), 4)
+            kappa = float(max(choice, key=choice.get))
+        system = AgreementSystem(src, weights, kappa)
+        extra = {
+            "model": "per-utterance Dawid-Skene EM over the experts' outputs (label-free, "
+                     "not causal)",
+            "vote_weights": weights if gate_name is None else f"M x gate weights of {gate_name}",
+            "prior_strength": kappa,
+            "prior_accuracy": 0.7,
+            "prior_chosen_by": (f"label log-likelihood on corpus {args.val_corpus}" if vals
+                                else "fixed (no validation corpus)"),
+            "prior_scores": choice,
+            "gate_weights_are": "each expert's share of the absolute log-odds",
+            "fit_s": round(time.perf_counter() - t2 + expert_secs, 1),
+        }
+        if vals:
+            extra["val_accuracy"] = round(val_accuracy(system, vals, smooth), 4)
+        systems[name] = (system, extra)
 
     # the mixture reported as "selected": best validation accuracy on C (else none)
     selected = None
@@ -359,17 +503,17 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
             return met
 
         for i, m in enumerate(MODALITIES):
-            met = metrics((post.expert_predictions[..., i] > 0.5).long())
+            met = metrics((smooth(post.expert_predictions[..., i], test) > 0.5).long())
             emit_row("mmpgm", met, name=f"expert_{m}",
                      extra={"model": "unimodal MLP expert", "modality": m})
             rows.append((cond, f"expert_{m}", met, None))
-        met = metrics((post.expert_predictions.mean(-1) > 0.5).long())
+        met = metrics((smooth(post.expert_predictions.mean(-1), test) > 0.5).long())
         emit_row("mmpgm", met, name="uniform_gate_reference",
                  extra={"model": "experts, gate fixed at 1/3 (not learned)"})
         rows.append((cond, "uniform_gate_reference", met, None))
         for name, (model, extra) in systems.items():
             p = to_cpu(model.posterior(test, causal=True))
-            met = metrics((p.predictive > 0.5).long())
+            met = metrics((smooth(p.predictive, test) > 0.5).long())
             if patched:
                 met.update(gate_video_weights(p, test))
                 met.update(gate_on_covered_mouth(p, test, cover))

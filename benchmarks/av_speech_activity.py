@@ -46,11 +46,15 @@ prepared clean and with augmentation: noise kinds incl. babble of voices in no c
 gain ranges, patch shapes, framing jitter), score on corpus B, made with other voices, face
 photograph, levels and patch shapes (``data_prep.synth_grid --variant B``);
 ``--val-corpus C`` chooses the gates' shrinkage and the reported mixture on a third corpus.
-Features are running-normalized per utterance by default (``--normalize``). Rows: the experts,
-the equal-weight mix, conditional / Markov gates reading the features, the reliability inputs
-(novelty, disagreement; :mod:`mmpgm.models.mixture.reliability`) or both, silero-vad and
-webrtcvad, and a ``summary`` row with the issue's targets; gate weights on the video experts
-inside / outside the patch and on the frames whose patch covers the mouth.
+Features are running-normalized per utterance by default (``--normalize``), the image stream
+is the mouth DCT's frame-to-frame differences (``--image-features delta``) and every system's
+p(speech) is filtered causally by a two-state label chain (``--smooth hmm``). Rows: the
+experts, the equal-weight mix, conditional / Markov gates reading the features, the
+reliability inputs (novelty, disagreement; :mod:`mmpgm.models.mixture.reliability`) or both,
+the label-free per-utterance agreement combiners (Dawid-Skene EM,
+:meth:`mmpgm.models.mixture.GatedMixture.agreement`), silero-vad and webrtcvad, and a
+``summary`` row with the issue's targets; gate weights on the video experts inside / outside
+the patch and on the frames whose patch covers the mouth.
 
 Usage: ``python benchmarks/av_speech_activity.py [--quick] [--out fig.png] [--data-dir DIR]
 [--jsonl F] [--table F] [--training {crossfit,staged,joint}] [--test-speakers {last,all}]
@@ -889,8 +893,42 @@ def main(argv=None):
     ap.add_argument(
         "--transfer-mixtures",
         default="conditional/features,conditional/reliability,conditional/features+reliability,"
-        "markov/features,markov/reliability,markov/features+reliability",
-        help="with --test-corpus: gate/inputs pairs to fit",
+        "markov/features,markov/reliability,markov/features+reliability,agreement/uniform,"
+        "agreement/conditional-reliability,agreement/markov-reliability",
+        help="with --test-corpus: gate/inputs pairs to fit, and agreement combiners "
+        "(agreement/uniform, agreement/conditional-reliability, agreement/markov-reliability: "
+        "per-utterance Dawid-Skene EM over the experts; the last two need that gate too)",
+    )
+    ap.add_argument(
+        "--image-features",
+        choices=("dct", "delta", "energy"),
+        default="delta",
+        help="with --test-corpus: the image stream's mouth features: the frame-to-frame "
+        "differences of the mouth DCT plus their log energy (face-invariant; default) or the "
+        "DCT itself (the main run of benchmarks/results/av_transfer.md), or only the log energy "
+        "of the differences",
+    )
+    ap.add_argument(
+        "--smooth",
+        choices=("none", "hmm"),
+        default="hmm",
+        help="with --test-corpus: causal temporal smoothing of every system's p(speech) by a "
+        "two-state label chain with corpus A's label statistics (mmpgm.ops.label_filter; "
+        "default) or none (the main run of benchmarks/results/av_transfer.md)",
+    )
+    ap.add_argument(
+        "--failure-augmentation",
+        type=float,
+        default=0.0,
+        help="with --test-corpus: add this fraction of copies of the training sequences in "
+        "which one expert gives another sequence's out-of-fold outputs, to the gates' training "
+        "data (mmpgm.inference.cross_fit.simulate_expert_failures; 0 = off)",
+    )
+    ap.add_argument(
+        "--expert-cache",
+        default=None,
+        help="with --test-corpus: a directory where the trained experts (final and out-of-fold) "
+        "are saved and reused by later runs with the same expert settings",
     )
     ap.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--table", default=None, help="also write the markdown table to this file")

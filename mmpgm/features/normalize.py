@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["running_normalize", "NORMALIZATIONS"]
+__all__ = ["running_normalize", "temporal_delta", "NORMALIZATIONS"]
 
 #: Values of the ``normalize=`` options of the preparation and the benchmark.
 NORMALIZATIONS = ("none", "running")
@@ -130,3 +130,66 @@ def running_normalize(x, mask=None, lengths=None, *, decay: float = 0.98, scale:
         return out.numpy().astype(np.asarray(x).dtype if np.asarray(x).dtype.kind == "f"
                                   else np.float64, copy=False)
     return out
+
+
+def temporal_delta(x: torch.Tensor, mask: torch.Tensor | None = None, *,
+                   log_energy: bool = True, floor: float = 1e-6) -> torch.Tensor:
+    r"""Frame-to-frame differences of every feature, a face-invariant view of appearance
+    features (the delta features of audio-visual speech recognition, Potamianos et al. 2003).
+
+    .. math::
+        \Delta_t = x_t - x_{t'}, \qquad
+        e_t = \log\Big(\frac{1}{D}\sum_d \Delta_{td}^2 + \phi\Big),
+
+    with :math:`t'` the previous observed frame of the sequence. The static part of the
+    features (which face, where its mouth sits in the crop, the lighting) cancels in
+    :math:`\Delta_t`; what is left is how the region changes. On orthonormal DCT
+    coefficients :math:`e_t` is (by Parseval, up to the discarded high frequencies) the
+    log mean-square frame difference of the region's pixels: its motion energy, which does
+    not depend on where in the crop the motion happens. Causal.
+
+    Parameters
+    ----------
+    x : Tensor ``(N, T, D)``
+        Features.
+    mask : bool Tensor ``(N, T)``, optional
+        Observed frames (default all). Unobserved frames give 0 and are skipped: the
+        difference at ``t`` is taken to the last observed frame before it.
+    log_energy : bool
+        Append :math:`e_t` as a last column (output ``(N, T, D + 1)``).
+    floor : float
+        :math:`\phi > 0`, in squared feature units.
+
+    Returns
+    -------
+    Tensor ``(N, T, D)`` or ``(N, T, D + 1)``
+        0 on the first observed frame of every sequence (both the differences and,
+        there, :math:`e_t = \log \phi` is replaced by 0) and on unobserved frames.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point():
+        raise ValueError(f"x: expected a floating tensor (N, T, D), got {getattr(x, 'shape', x)}")
+    N, T, D = x.shape
+    if mask is None:
+        mask = torch.ones(N, T, dtype=torch.bool, device=x.device)
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (N, T):
+        raise ValueError(f"mask: expected a bool tensor of shape ({N}, {T})")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not floor > 0:
+        raise ValueError(f"floor: expected a positive number, got {floor!r}")
+    mask = mask.to(device=x.device, dtype=torch.bool)
+    prev = torch.zeros(N, D, dtype=x.dtype, device=x.device)
+    seen = torch.zeros(N, dtype=torch.bool, device=x.device)
+    out = torch.zeros_like(x)
+    has = torch.zeros(N, T, dtype=torch.bool, device=x.device)
+    for t in range(T):
+        o = mask[:, t]
+        d = x[:, t] - prev
+        ok = o & seen
+        out[:, t] = torch.where(ok[:, None], d, torch.zeros_like(d))
+        has[:, t] = ok
+        prev = torch.where(o[:, None], x[:, t], prev)
+        seen = seen | o
+    if not log_energy:
+        return out
+    e = torch.log((out**2).mean(-1) + float(floor))
+    e = torch.where(has, e, torch.zeros_like(e))
+    return torch.cat([out, e[..., None]], -1)

@@ -33,6 +33,7 @@ import torch
 
 from .._progress import progress_bar
 from ..data import MultimodalData
+from ..data_shards import concat_data
 from .mixture import (
     _check_gate_options,
     _check_scores,
@@ -49,6 +50,7 @@ __all__ = [
     "grouped_gate_cv",
     "out_of_fold_scores",
     "resolve_groups",
+    "simulate_expert_failures",
 ]
 
 
@@ -386,3 +388,84 @@ def fit_cross_fitted(
 def _key(v):
     v = v.item()
     return int(v) if float(v).is_integer() else v
+
+
+def simulate_expert_failures(
+    model,
+    data: MultimodalData,
+    scores: torch.Tensor,
+    evidence: torch.Tensor,
+    expert_outputs: torch.Tensor,
+    *,
+    fraction: float = 0.5,
+    seed: int = 0,
+):
+    r"""Out-of-fold data for the gate stage with simulated expert failures (stacking-level
+    augmentation).
+
+    On the training corpus an expert fails where the gate can see why (noise in its stream, a
+    patch); on a new corpus it can also fail on inputs that look normal (a mouth expert trained
+    on one face, shown another). Such a failure shows only in the expert's *disagreement* with
+    the others. This adds ``K = round(fraction N)`` copies of training sequences ``n`` (drawn
+    with replacement) in which one expert ``m`` (drawn uniformly) gives the out-of-fold outputs
+    it gave on another sequence :math:`n' \ne n`: confident, of the right kind for that
+    stream, and unrelated to sequence ``n``'s labels. The copy keeps sequence ``n``'s inputs and
+    labels; the failed expert's scores are recomputed against them,
+    :math:`\ell_{tm} = \log p(y^{(n)}_t \mid o^{(n')}_{tm})`. A gate fit on the result
+    (with the ``"disagreement"`` input) learns to lower an expert's weight where it disagrees
+    with the others, whatever its inputs look like.
+
+    Parameters
+    ----------
+    model : GatedMixture
+        Only its head is used (:meth:`~mmpgm.models.mixture.GatedMixture.component_log_prob`).
+    data : MultimodalData
+        ``N`` training sequences (as given to :func:`out_of_fold_scores`).
+    scores, evidence, expert_outputs : Tensor ``(N, T, M)``, ``(N, T)`` bool, ``(N, T, M, P)``
+        From :func:`out_of_fold_scores` (``return_outputs=True``).
+    fraction : float
+        ``K / N`` (``> 0``).
+    seed : int
+        Seeds the draws.
+
+    Returns
+    -------
+    tuple
+        ``(data, scores, evidence, expert_outputs)`` of ``N + K`` sequences, the originals
+        first (the data keep no metadata, see :func:`mmpgm.data_shards.concat_data`), and the
+        failed expert of each copy, an ``(K,)`` int64 tensor.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not fraction > 0:
+        raise ValueError(f"fraction: expected a positive number, got {fraction!r}")
+    data = model.check_data(data)
+    model.check_training_data(data)
+    _check_scores(model, data, scores, evidence)
+    N, T, M = scores.shape
+    if not isinstance(expert_outputs, torch.Tensor) or expert_outputs.shape[:3] != (N, T, M):
+        raise ValueError(
+            f"expert_outputs: expected the out-of-fold outputs (N, T, M, P) = ({N}, {T}, {M}, P)"
+        )
+    if N < 2:
+        raise ValueError("data: expected at least 2 sequences to swap outputs between")
+    K = max(1, int(round(float(fraction) * N)))
+    gen = torch.Generator().manual_seed(int(seed))
+    src = torch.randint(0, N, (K,), generator=gen)
+    other = (src + torch.randint(1, N, (K,), generator=gen)) % N  # never the same sequence
+    failed = torch.randint(0, M, (K,), generator=gen)
+    dev = scores.device
+    src_d, other_d, failed_d = src.to(dev), other.to(dev), failed.to(dev)
+    out = expert_outputs[src_d].clone()
+    rows = torch.arange(K, device=dev)
+    out[rows, :, failed_d] = expert_outputs[other_d, :, failed_d]
+    y, _ = model.targets(data[src_d.to(data.device)])
+    new_scores = scores[src_d].clone()
+    lc = model.component_log_prob(out.to(y.device), y).to(new_scores)
+    new_scores[rows, :, failed_d] = lc[rows, :, failed_d]
+    aug = concat_data([data, data[src_d.to(data.device)]])
+    return (
+        aug,
+        torch.cat([scores, new_scores]),
+        torch.cat([evidence, evidence[src_d]]),
+        torch.cat([expert_outputs, out]),
+        failed,
+    )

@@ -102,3 +102,34 @@ def test_bad_shapes():
         running_normalize(np.zeros((2, 3, 1)), mask=np.ones((2, 4), bool))
     with pytest.raises(ValueError, match="lengths: expected"):
         running_normalize(np.zeros((2, 3, 1)), lengths=[1, 2, 3])
+
+
+# --------------------------------------------------------------------------- temporal_delta
+def test_temporal_delta_removes_a_static_face_and_skips_unobserved_frames():
+    from mmpgm.features.normalize import temporal_delta
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 4, generator=gen, dtype=torch.float64)
+    offset = 5.0 * torch.randn(2, 1, 4, generator=gen, dtype=torch.float64)  # another face
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 3] = False
+    a, b = temporal_delta(x, mask), temporal_delta(x + offset, mask)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert a.shape == (2, 9, 5)
+    assert bool((a[:, 0] == 0).all()) and bool((a[0, 3] == 0).all())
+    torch.testing.assert_close(a[0, 4, :4], x[0, 4] - x[0, 2])  # across the gap
+    torch.testing.assert_close(a[1, 5, :4], x[1, 5] - x[1, 4])
+    e = torch.log(((x[1, 5] - x[1, 4]) ** 2).mean() + 1e-6)
+    torch.testing.assert_close(a[1, 5, 4], e)
+    assert temporal_delta(x, log_energy=False).shape == (2, 9, 4)
+
+
+def test_temporal_delta_argument_errors():
+    from mmpgm.features.normalize import temporal_delta
+
+    with pytest.raises(ValueError, match="x"):
+        temporal_delta(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="mask"):
+        temporal_delta(torch.zeros(1, 3, 2), torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="floor"):
+        temporal_delta(torch.zeros(1, 3, 2), floor=0.0)

@@ -38,6 +38,11 @@ magnitude spectrogram (:func:`mmpgm.features.audio.apply_ratio_mask`) is the enh
   standardized streams the gate can read per-stream novelty under a diagonal Gaussian of clean
   features (:meth:`GatedMixture.fit_novelty`) and expert disagreement, added linearly to its
   logits: evidence of a failing stream whose meaning does not change with the corpus.
+* **Agreement** (:meth:`GatedMixture.agreement`, Bernoulli head): a label-free combination of
+  the experts by per-utterance Dawid-Skene EM (:mod:`mmpgm.ops.agreement`): each expert's
+  sensitivity and specificity estimated on the test clip itself from its agreement with the
+  others, optionally tempered by the gate's weights. Per utterance, not causal; it cannot see
+  a failure that two experts share (correlated errors count as agreement).
 * **Causality**: experts, gates and the gate chain only read :math:`x_{\le t}`;
   :attr:`MixturePosterior.predictive` is the online :math:`p(y_t \mid x_{\le t})`.
 * **Exact marginalization**: :meth:`log_likelihood` sums over :math:`c` in closed form

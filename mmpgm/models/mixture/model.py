@@ -15,6 +15,7 @@ from ..._validation import check_bool, check_choice, check_float, check_int
 from ...data import MultimodalData
 from ...nn.experts import Expert
 from ...nn.standardize import Standardizer
+from ...ops.agreement import AgreementPosterior, dawid_skene
 from ...results.mixture import MixturePosterior
 from .._base import MultimodalModel
 from .._checks import check_obs_dims
@@ -480,6 +481,55 @@ class GatedMixture(MultimodalModel):
         )  # fmt: skip
 
     # ------------------------------------------------------------------ posteriors
+    def agreement(
+        self,
+        data: MultimodalData,
+        *,
+        weights: str = "uniform",
+        prior_strength: float = 5.0,
+        prior_accuracy: float = 0.7,
+        num_iters: int = 100,
+    ) -> AgreementPosterior:
+        r"""Label-free per-utterance combination of the experts by their agreement
+        (:func:`mmpgm.ops.agreement.dawid_skene`, Bernoulli head only).
+
+        Every sequence gets its own sensitivity and specificity per expert, estimated by EM
+        with the true label :math:`y_t` latent, from the experts' :math:`p(y_t = 1)` on that
+        sequence alone (no label is read): a stream that fails on a new corpus, disagreeing
+        with the others, loses its weight there. Per utterance, not causal.
+
+        Parameters
+        ----------
+        data : MultimodalData
+            ``N`` sequences of ``T`` frames.
+        weights : {"uniform", "gate"}
+            How many times each expert's vote counts per frame: once (``"uniform"``), or ``M``
+            times the gate's prior weight :math:`g_{tm}` (``"gate"``: the gate's per-frame
+            reliability tempers the votes, e.g. under a video patch).
+        prior_strength, prior_accuracy, num_iters :
+            As in :func:`~mmpgm.ops.agreement.dawid_skene`.
+
+        Returns
+        -------
+        AgreementPosterior
+            ``posterior (N, T)`` is the combined :math:`p(y_t = 1)`; ``log_odds (N, T, M)``
+            each expert's share of its logit.
+        """
+        check_choice("weights", weights, ("uniform", "gate"))
+        if self.head != "bernoulli":
+            raise ValueError(f"head: agreement needs head='bernoulli', got {self.head!r}")
+        data = self._checked(data)
+        with torch.no_grad():
+            outputs = self.forward_outputs(data)
+            probs = torch.sigmoid(outputs.expert_outputs[..., 0])
+            w = None
+            if weights == "gate":
+                w = self.num_experts * self.gating.prior_weights(outputs.log_weights)
+            return dawid_skene(
+                probs, outputs.available, data.time_mask.to(probs.device), weights=w,
+                num_iters=num_iters, prior_strength=prior_strength, prior_accuracy=prior_accuracy,
+            )  # fmt: skip
+
     def posterior(
         self,
         data: MultimodalData,
