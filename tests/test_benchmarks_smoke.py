@@ -66,6 +66,66 @@ def test_hmm_speed_quick():
 
 
 @pytest.mark.benchmark
+def test_av_speech_activity_quick_transfer(tmp_path):
+    """``av_speech_activity.py --quick --test-corpus B --val-corpus C`` (issue 12's transfer
+    recipe with its defaults: delta image features, label smoothing): trains on corpus A, scores
+    every system on B under the three test conditions, each row a finite accuracy or a skip."""
+    from mmpgm.features import missing_av_requirements
+
+    if missing_av_requirements():
+        pytest.skip("needs " + "; ".join(missing_av_requirements()))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    mixtures = ("conditional/reliability", "agreement/conditional-reliability")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "av_speech_activity.py"),
+            "--quick",
+            "--test-corpus",
+            "B",
+            "--val-corpus",
+            "C",
+            "--transfer-mixtures",
+            ",".join(mixtures),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    rows, summary = {}, None
+    for r in records:
+        assert r["benchmark"] == "av_speech_activity_transfer"
+        assert r["config"]["test_corpus"] == "B" and r["config"]["val_corpus"] == "C"
+        assert r["config"]["image_features"] == "delta"
+        _, cond, name = r["config"]["name"].split("/", 2)
+        (met,) = r["metrics"].values()
+        if cond == "targets":
+            summary = met
+        else:
+            rows[(cond, name)] = met
+    conditions = {"babble0dB+patch", "clean", "nonstationary-5dB+patch"}
+    assert {c for c, _ in rows} == conditions
+    # the targets line: per condition, the mixture chosen on C (never on B) and its accuracy
+    assert summary is not None and set(summary) == conditions
+    for cond, t in summary.items():
+        assert t["selected_accuracy"] == rows[(cond, t["selected_mixture"])]["accuracy"]
+    systems = ("expert_audio", "expert_image", "expert_flow", "uniform_gate_reference") + mixtures
+    for cond in conditions:
+        for name in systems + ("webrtcvad", "silero_vad"):
+            assert (cond, name) in rows, (cond, name)
+        for name in systems:
+            acc = rows[(cond, name)]["accuracy"]
+            assert 0.0 <= acc <= 1.0, (cond, name, acc)
+
+
+@pytest.mark.benchmark
 def test_av_speech_activity_quick_leave_one_speaker_out(tmp_path):
     """``av_speech_activity.py --quick --test-speakers all``: every row pooled over the three
     held-out speakers, the table written, the figure saved."""
