@@ -20,6 +20,8 @@ import torch
 
 import mmpgm
 from mmpgm import MultimodalData as MD
+from mmpgm.inference.em_mixture import fit_em_mixture
+from mmpgm.inference.mixture import fit_gate, fit_gate_to_scores, pretrain_experts
 from mmpgm.nn.siamese import MLPTower
 from mmpgm.online import Filter
 
@@ -1413,6 +1415,41 @@ case(
     None,
 )
 
+
+# the mixture's staged training entry points (mmpgm.inference.mixture / em_mixture)
+def _mix():
+    return FAMILIES["mixture"]()
+
+
+_SCORES = lambda: (torch.zeros(N, T, 2), torch.ones(N, T, dtype=torch.bool))  # noqa: E731
+for _bad in (-1, 0.5, "0"):
+    _msg = r"seed: expected a non-negative int, got "
+    case(
+        f"pretrain_experts seed={_bad!r}",
+        lambda tmp, b=_bad: pretrain_experts(_mix(), _good("mixture"), num_steps=1, seed=b),
+        ValueError,
+        _msg,
+    )
+    case(
+        f"fit_gate seed={_bad!r}",
+        lambda tmp, b=_bad: fit_gate(_mix(), _good("mixture"), num_steps=1, seed=b),
+        ValueError,
+        _msg,
+    )
+    case(
+        f"fit_gate_to_scores seed={_bad!r}",
+        lambda tmp, b=_bad: fit_gate_to_scores(
+            _mix(), _good("mixture"), *_SCORES(), num_steps=1, seed=b
+        ),
+        ValueError,
+        _msg,
+    )
+    case(
+        f"fit_em_mixture seed={_bad!r}",
+        lambda tmp, b=_bad: fit_em_mixture(_mix(), _good("mixture"), num_iters=1, seed=b),
+        ValueError,
+        _msg,
+    )
 
 def _all_finite(obj) -> bool:
     if isinstance(obj, torch.Tensor):

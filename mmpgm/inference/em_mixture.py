@@ -76,6 +76,7 @@ def fit_em_mixture(
         )
     check_int("num_iters", num_iters)
     check_int("m_steps", m_steps)
+    check_int("seed", seed, minimum=0)
     data = model.check_data(data)
     model.check_training_data(data)
     model.init_from_data(data)

@@ -61,6 +61,7 @@ def pretrain_experts(
     frame (the gate is not trained). Sets the input standardization first when not set yet
     (``model.init_from_data``). Returns the per-frame losses, one per epoch."""
     _check_steps(num_steps=num_steps)
+    check_int("seed", seed, minimum=0)
     data = model.check_data(data)
     model.check_training_data(data)
     model.init_from_data(data)
@@ -173,6 +174,7 @@ def fit_gate_to_scores(
     ``gate_inputs`` include ``"disagreement"`` (else the model's own experts are run).
     Returns the per-frame losses, one per epoch."""
     _check_steps(num_steps=num_steps)
+    check_int("seed", seed, minimum=0)
     _check_gate_options(gate_shrinkage, shrink_toward)
     data = model.check_data(data)
     model.check_training_data(data)
@@ -289,6 +291,7 @@ def fit_gate(
     (:func:`mmpgm.inference.em_mixture.fit_em_mixture`, conditional and Markov gates).
     Returns the per-frame losses."""
     _check_steps(num_steps=num_steps)
+    check_int("seed", seed, minimum=0)
     check_choice("method", method, ("svi", "em"))
     if method == "em":
         return fit_em_mixture(
