@@ -54,22 +54,30 @@ def _smoother_faults(mode: str) -> float:
     out = subprocess.run(
         [sys.executable, "-c", _SMOOTHER_FAULTS, mode],
         capture_output=True, text=True, check=True, timeout=120,
-        # a clean environment: glibc reads MALLOC_* / GLIBC_TUNABLES from it, and the suite's
-        # process may have inherited or set some (the full suite once saw no faults by default)
-        env={"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"},
+        # glibc's static defaults (128 KiB trim and mmap thresholds) fixed by the environment:
+        # its dynamic thresholds otherwise depend on the process layout (measured 0 to 550
+        # faults a call by default, varying with the environment's contents), and
+        # retain_freed_memory must override a trimming configuration anyway
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "OMP_NUM_THREADS": "1",
+            "MALLOC_TRIM_THRESHOLD_": "131072",
+            "MALLOC_MMAP_THRESHOLD_": "131072",
+        },
     )
     return float(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(_malloc._glibc() is None, reason="needs glibc (Linux)")
 def test_retained_memory_stops_the_smoothers_page_faults():
-    # Measured with glibc 2.36: about 490 faults per warm call by default (the heap top is
-    # trimmed after each call and faulted in again by the next), none when retained. The
-    # bound allows 1% of the default's.
+    # Under glibc's static defaults (set in _smoother_faults) every large block is a fresh
+    # mapping, faulted in on every call; retained, they stay mapped. The bound allows 10% of the
+    # default's count: the kernel's proactive reclaim (DAMON on this VM) may take a few idle
+    # pages back (6 a call once under CI's parallel load); a no-op retain fails it.
     default = _smoother_faults("default")
     if default < 100:
         pytest.skip(f"this glibc does not trim here ({default} faults per call by default)")
-    assert _smoother_faults("retain") < 0.01 * default
+    assert _smoother_faults("retain") < 0.1 * default
 
 
 def test_returns_false_without_glibc(monkeypatch):
