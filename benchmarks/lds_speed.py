@@ -441,7 +441,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in workers")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _common import add_malloc_argument, check_device
+    from _common import add_malloc_argument, apply_malloc, check_device
 
     add_malloc_argument(ap)
     args = ap.parse_args(argv)
@@ -452,8 +452,6 @@ def main(argv=None):
         ap.error(str(err))
     names = ["quick"] if args.quick else [c for c in args.configs.split(",") if c]
     ctx = mp.get_context("spawn")
-    from _common import apply_malloc
-
     malloc = apply_malloc(args.malloc)  # what holds here holds in the workers
     medians = {}
     for name in names:

@@ -47,10 +47,9 @@ def _glibc():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        gnu_get_libc_version = libc.gnu_get_libc_version  # absent from musl and others
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (not musl and others)
     except (OSError, AttributeError):
         return None
-    gnu_get_libc_version.restype = ctypes.c_char_p
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     libc.mallopt.restype = ctypes.c_int
     return libc

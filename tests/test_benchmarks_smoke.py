@@ -74,29 +74,13 @@ def test_av_speech_activity_quick_transfer(tmp_path):
 
     if missing_av_requirements():
         pytest.skip("needs " + "; ".join(missing_av_requirements()))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     mixtures = ("conditional/reliability", "agreement/conditional-reliability")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "av_speech_activity.py"),
-            "--quick",
-            "--test-corpus",
-            "B",
-            "--val-corpus",
-            "C",
-            "--transfer-mixtures",
-            ",".join(mixtures),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        capture_output=True,
-        text=True,
+    proc = _run_script(
+        "av_speech_activity",
+        ["--quick", "--test-corpus", "B", "--val-corpus", "C", "--transfer-mixtures",
+         ",".join(mixtures), "--data-dir", tmp_path / "data"],
         timeout=600,
-        cwd=ROOT,
-        env=env,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     rows, summary = {}, None
@@ -133,31 +117,13 @@ def test_av_speech_activity_quick_leave_one_speaker_out(tmp_path):
 
     if missing_av_requirements():
         pytest.skip("needs " + "; ".join(missing_av_requirements()))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     table, fig = tmp_path / "table.md", tmp_path / "fig.png"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "av_speech_activity.py"),
-            "--quick",
-            "--test-speakers",
-            "all",
-            "--timing-steps",
-            "0",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--out",
-            str(fig),
-            "--table",
-            str(table),
-        ],
-        capture_output=True,
-        text=True,
+    proc = _run_script(
+        "av_speech_activity",
+        ["--quick", "--test-speakers", "all", "--timing-steps", "0", "--data-dir",
+         tmp_path / "data", "--out", fig, "--table", table],
         timeout=600,
-        cwd=ROOT,
-        env=env,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
     pooled = [r for r in records if r["config"]["test_speaker"] == "pooled"]
