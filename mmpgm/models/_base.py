@@ -67,6 +67,13 @@ __all__ = ["MultimodalModel"]
 _MARK = "_mmpgm_checked_by"  # attribute of a MultimodalData that a model's check_data returned
 
 
+def _tensor_state(data: MultimodalData) -> tuple:
+    """Identity and in-place version of every tensor of ``data``: a check holds while these do."""
+    tensors = [data.lengths, *data.obs.values(), *data.mask.values(), *data.labels.values()]
+    keys = (tuple(data.obs), tuple(data.mask), tuple(data.labels))
+    return keys, tuple((id(t), t._version) for t in tensors)
+
+
 class MultimodalModel(SavableModel, PyroModule):
     """Base of :class:`~mmpgm.MultimodalHMM`, :class:`~mmpgm.MultimodalLDS`,
     :class:`~mmpgm.MVRNN` and :class:`~mmpgm.GatedMixture` (the protocol is in the module
@@ -164,6 +171,8 @@ class MultimodalModel(SavableModel, PyroModule):
                 )
         self._check_observations(data)
         self._check_labels(data)
+        if _tensor_state(data) == _tensor_state(original):  # nothing moved or cast: the
+            self._mark_checked(original)  # caller's own object passes through next time
         return self._mark_checked(data)
 
     def check_training_data(self, data: MultimodalData) -> None:
@@ -179,15 +188,17 @@ class MultimodalModel(SavableModel, PyroModule):
 
     def _mark_checked(self, data: MultimodalData) -> MultimodalData:
         p = self._param()
-        setattr(data, _MARK, (weakref.ref(self), p.dtype, p.device))
+        setattr(data, _MARK, (weakref.ref(self), p.dtype, p.device, _tensor_state(data)))
         return data
 
     def _is_checked(self, data) -> bool:
+        """Whether this model checked ``data`` at its current dtype/device and no tensor of it
+        was replaced or written in place since (torch's version counters)."""
         mark = getattr(data, _MARK, None) if isinstance(data, MultimodalData) else None
         if mark is None or mark[0]() is not self:
             return False
         p = self._param()
-        return mark[1] == p.dtype and mark[2] == p.device
+        return mark[1] == p.dtype and mark[2] == p.device and mark[3] == _tensor_state(data)
 
     def _checked(self, data) -> MultimodalData:
         """``data`` unchanged when this model checked it already (same dtype/device), else

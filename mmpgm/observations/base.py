@@ -52,6 +52,25 @@ class ObservationModel(TypedPyroModule):
         lp = self.log_prob(torch.where(mask[..., None], x, zero))
         return torch.where(mask[..., None, None], lp, zero.to(lp.dtype))
 
+    #: ``R``, the number of features of :meth:`linear_log_prob`; None where the log-density is
+    #: not linear in fixed features of ``x`` (then :meth:`linear_log_prob` returns None)
+    linear_feature_dim = None
+
+    def linear_log_prob(self, x: torch.Tensor, mask: torch.Tensor, *, out=None):
+        r"""The masked log-density as features times weights, or None where it is not linear
+        in fixed features of ``x``.
+
+        Returns ``(features, weights)`` with ``features (R, F)`` (``R =``
+        :attr:`linear_feature_dim`, ``F = mask.numel()`` frames, frames last, 0 on a missing
+        frame) and ``weights (R, K_s, K_m)`` such that ``einsum("rf,rij->fij", features,
+        weights)`` is :meth:`masked_log_prob` flattened over the frames; the multimodal HMM then
+        forms its product-space factor with matrix products alone
+        (:func:`mmpgm.ops.hmm.shared_private_linear_log_factor`). ``out``: an ``(R, F)`` buffer
+        the features may be written into (where no gradient to ``x`` is needed; the returned
+        features are then ``out``). Default: None.
+        """
+        return None
+
     def check_values(self, name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
         """Raise (``ValueError`` naming ``name``) unless the observed frames of ``x (N, T, D)``
         (``mask (N, T)``) hold values this model can score; default: nothing to check."""

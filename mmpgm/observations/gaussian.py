@@ -16,7 +16,7 @@ from pyro.nn import PyroParam
 from pyro.ops.indexing import Vindex
 from torch.distributions import constraints
 
-from ..ops.gaussian import diagonal_gaussian_state_log_probs
+from ..ops.gaussian import diagonal_gaussian_linear_terms, diagonal_gaussian_state_log_probs
 from ..ops.kmeans import kmeans_plus_plus
 from .base import ObservationModel
 
@@ -126,6 +126,25 @@ class DiagonalGaussianObservation(_GaussianBase):
         if type(self).log_prob is not DiagonalGaussianObservation.log_prob:
             return super().masked_log_prob(x, mask)
         return diagonal_gaussian_state_log_probs(x, self.loc, self.scale, mask)
+
+    @property
+    def linear_feature_dim(self):
+        return 2 * self.obs_dim + 1 if self._linear_log_prob_applies() else None
+
+    def _linear_log_prob_applies(self) -> bool:
+        cls = type(self)
+        return (
+            cls.log_prob is DiagonalGaussianObservation.log_prob
+            and cls.masked_log_prob is DiagonalGaussianObservation.masked_log_prob
+        )
+
+    def linear_log_prob(self, x, mask, *, out=None):
+        """The expanded square (:func:`mmpgm.ops.gaussian.diagonal_gaussian_linear_terms`, as
+        :meth:`masked_log_prob`); None for a subclass that changes :meth:`log_prob` or
+        :meth:`masked_log_prob`."""
+        if not self._linear_log_prob_applies():
+            return None
+        return diagonal_gaussian_linear_terms(x, self.loc, self.scale, mask, out=out)
 
     def distribution(self, shared, private):
         loc = Vindex(self.loc)[shared, private, :]

@@ -88,7 +88,10 @@ def mixture_log_likelihood(log_weights, log_component, mask=None) -> torch.Tenso
         raise ValueError(
             f"log_weights: expected shape {tuple(lc.shape)}, got {tuple(log_weights.shape)}"
         )
-    return torch.logsumexp(log_weights + lc, -1).sum(-1)
+    per_frame = torch.logsumexp(log_weights + lc, -1)
+    if mask is not None:  # exactly 0 without evidence (not log sum_m g_tm, 0 up to rounding)
+        per_frame = torch.where(mask, per_frame, torch.zeros((), dtype=lc.dtype, device=lc.device))
+    return per_frame.sum(-1)
 
 
 def mixture_responsibilities(log_weights, log_component, mask=None) -> torch.Tensor:

@@ -89,9 +89,90 @@ def test_model_log_emissions_and_gradients_match_the_previous_path(emission, K_m
     torch.testing.assert_close(
         model.log_emissions(data, exclude=("b",)),
         model.combine_log_factors({"a": model.modality_log_probs(data)["a"]}, {}, (4, T)),
-        rtol=0,
-        atol=0,
+        rtol=1e-12,
+        atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("exclude", [(), ("b",), ("a", "c")])
+@pytest.mark.parametrize("labelled", [False, True])
+def test_all_matrix_product_path_equals_the_per_modality_path(monkeypatch, exclude, labelled):
+    """Diagonal modalities take ``ops.hmm.shared_private_linear_log_factor``; values and
+    gradients equal the per-modality log-probs summed by ``combine_log_factors``, with missing
+    frames (NaN there), ragged lengths, excluded modalities and clamping labels."""
+    import mmpgm.models.hmm.model as model_module
+
+    calls = []
+    original = model_module.ops.shared_private_linear_log_factor
+    monkeypatch.setattr(
+        model_module.ops,
+        "shared_private_linear_log_factor",
+        lambda *a: calls.append(1) or original(*a),
+    )
+    model = MultimodalHMM({"a": 3, "b": 2, "c": 4}, 3, {"a": 2, "b": 1, "c": 3})
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in model.modalities:
+            e = model.emissions[m]
+            e.loc = 2 * torch.randn(e.loc.shape)
+            e.scale = 0.5 + torch.rand(e.scale.shape)
+    data, states = model.sample(3, 5, seed=4)
+    obs = {m: v.clone() for m, v in data.obs.items()}
+    obs["a"][0, 1:3] = math.nan
+    obs["c"][2, 4] = math.nan
+    labels = {}
+    if labelled:
+        lab = states["shared"].clone()
+        lab[:, ::2] = -1
+        labels = {"shared": lab}
+    data = model.check_data(MultimodalData(obs, lengths=[5, 3, 4], labels=labels))
+    got = model.log_emissions(data, exclude)
+    assert calls, "the all-matrix-product path was not taken"
+    N, T = 3, 5
+    lps = model.modality_log_probs(data, exclude)
+    want = model.combine_log_factors(lps, {}, (N, T))
+    clamp = model._clamp_log_factor(data)
+    if clamp is not None:
+        want = want + clamp.reshape((N, T, 3, 1, 1, 1))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    params_ = [p for p in model.emissions.parameters() if p.requires_grad]
+    weight = torch.randn(got.shape).masked_fill(~torch.isfinite(got), 0.0)
+
+    def grads(t):
+        return torch.autograd.grad(
+            (t.masked_fill(~torch.isfinite(t), 0.0) * weight).sum(), params_, allow_unused=True
+        )
+
+    for a, b in zip(grads(got), grads(want), strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_checked_data_passes_through_until_a_tensor_changes(monkeypatch):
+    """A MultimodalData the model checked (no move, no cast) is not checked again on the next
+    call; writing into one of its tensors in place, or replacing one, checks it again."""
+    model = MultimodalHMM({"a": 2}, 2, 1)
+    data, _ = model.sample(2, 4, seed=0)
+    checks = []
+    original = MultimodalHMM.check_data
+    monkeypatch.setattr(
+        MultimodalHMM, "check_data", lambda self, d: checks.append(1) or original(self, d)
+    )
+    model.log_likelihood(data)
+    model.log_likelihood(data)
+    assert len(checks) == 1
+    data.obs["a"][0, 1, 0] = 1e300  # its square overflows: must be caught, not skipped
+    with pytest.raises(ValueError, match=r"data.obs\['a'\]: expected observed values"):
+        model.log_likelihood(data)
+    assert len(checks) == 2
+    data.obs["a"] = torch.zeros(2, 4, 2)
+    model.log_likelihood(data)
+    assert len(checks) == 3
+    model.to(torch.float32)
+    model.log_likelihood(data)  # another dtype: checked (and cast) again
+    assert len(checks) == 4
 
 
 def test_a_subclass_that_changes_log_prob_keeps_its_own_density():

@@ -1,7 +1,9 @@
 """The fast HMM emission path: diagonal-Gaussian log-probs of all states as one centred matrix
 product (``ops.gaussian.diagonal_gaussian_state_log_probs``) and the shared/private
-product-space sum (``ops.hmm.shared_private_log_factor``), against torch.distributions, dense
-broadcasting and the previous implementation (float64, tight tolerances)."""
+product-space sum (``ops.hmm.shared_private_log_factor``) and its all-matrix-product form for
+features linear in the parameters (``ops.hmm.shared_private_linear_log_factor``), against
+torch.distributions, dense broadcasting and the previous implementation (float64, tight
+tolerances)."""
 
 import itertools
 import math
@@ -16,7 +18,8 @@ from mmpgm.ops.gaussian import (
     diagonal_gaussian_state_log_probs,
     diagonal_gaussian_weights,
 )
-from mmpgm.ops.hmm import shared_private_log_factor
+from mmpgm.ops.hmm import emissions as emissions_module
+from mmpgm.ops.hmm import shared_private_linear_log_factor, shared_private_log_factor
 
 # the shared reference sits in tests/ops (test modules are imported with importlib)
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -32,8 +35,6 @@ def oracle(x, loc, scale):
     S = loc.shape[:-1]
     xb = x.reshape(x.shape[:-1] + (1,) * len(S) + x.shape[-1:])
     return torch.distributions.Normal(loc, scale).log_prob(xb).sum(-1)
-
-
 
 
 def params(state_shape, D, seed, dtype=torch.float64, offset=0.0):
@@ -207,3 +208,99 @@ def test_state_log_probs_reject_mismatched_shapes():
         diagonal_gaussian_state_log_probs(torch.zeros(5, 2), loc, scale)
     with pytest.raises(ValueError, match="mask: expected shape"):
         diagonal_gaussian_state_log_probs(torch.zeros(5, 3), loc, scale, torch.ones(4, dtype=bool))
+
+
+def test_features_without_gradient_match_the_autograd_form_into_a_buffer_too():
+    """The no-gradient path writes rows of a buffer in place; it equals the broadcast form
+    (taken when ``x`` requires a gradient), NaN in missing frames included."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(3, 5, 4, generator=g)
+    mask = torch.rand(3, 5, generator=g) < 0.7
+    x[~mask] = math.nan
+    ref = torch.randn(4, generator=g)
+    want = diagonal_gaussian_features(x.clone().requires_grad_(), ref, mask).detach()
+    assert bool(torch.isfinite(want).all())
+    got = diagonal_gaussian_features(x, ref, mask)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    buffer = torch.full((2 + 9 + 3, 15), math.nan)
+    out = buffer[2:11]
+    assert diagonal_gaussian_features(x, ref, mask, out=out) is out
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-15)
+    assert bool(buffer[:2].isnan().all() and buffer[11:].isnan().all())  # nothing else written
+    no_mask = diagonal_gaussian_features(x.nan_to_num(), ref)
+    assert bool((no_mask[-1] == 1).all())
+    with pytest.raises(ValueError, match="out: expected"):
+        diagonal_gaussian_features(x, ref, mask, out=torch.zeros(9, 14))
+
+
+def linear_oracle(features, weights):
+    """Per-modality ``einsum`` then the broadcast sum into the product space (autograd)."""
+    pairs = zip(features, weights, strict=True)
+    per_modality = [torch.einsum("rf,rij->fij", f, w) for f, w in pairs]
+    return broadcast_oracle_autograd(per_modality)
+
+
+LINEAR_CASES = [  # frames, K_s, private sizes, feature dims
+    (1, 1, (1,), (1,)),
+    (5, 2, (3,), (3,)),
+    (7, 3, (3, 2), (5, 2)),
+    (4, 2, (2, 3, 4), (3, 1, 7)),
+    (6, 1, (2, 2), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("plan", ["one product", "two products"])
+@pytest.mark.parametrize("stacked", [False, True])
+@pytest.mark.parametrize("F,K_s,sizes,dims", LINEAR_CASES)
+def test_shared_private_linear_log_factor_matches_enumeration_with_gradients(
+    monkeypatch, plan, stacked, F, K_s, sizes, dims
+):
+    ratio = math.inf if plan == "one product" else 0.0
+    monkeypatch.setattr(emissions_module, "ONE_PRODUCT_MAX_FLOP_RATIO", ratio)
+    selections = []
+    original = emissions_module._selection
+    monkeypatch.setattr(
+        emissions_module, "_selection", lambda *a: selections.append(a) or original(*a)
+    )
+    g = torch.Generator().manual_seed(len(sizes) * 10 + F)
+    features = [torch.randn(r, F, generator=g, requires_grad=True) for r in dims]
+    weights = [
+        torch.randn(r, K_s, k, generator=g, requires_grad=True)
+        for r, k in zip(dims, sizes, strict=True)
+    ]
+    arg = torch.cat(features, 0) if stacked else features
+    got = shared_private_linear_log_factor(arg, weights)
+    assert got.shape == (F, K_s) + sizes and got.is_contiguous()
+    # the plan asked for ran (one modality always takes the one-product plan)
+    assert bool(selections) == (plan == "two products" and len(sizes) > 1)
+    want = broadcast_oracle(
+        [torch.einsum("rf,rij->fij", f, w).detach() for f, w in zip(features, weights, strict=True)]
+    )
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    w = torch.randn(got.shape, generator=g)
+    leaves = features + weights
+    grads = torch.autograd.grad((got * w).sum(), leaves, allow_unused=True)
+    refs = torch.autograd.grad((linear_oracle(features, weights) * w).sum(), leaves)
+    for a, b in zip(grads, refs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if F * K_s * math.prod(sizes) <= 60:
+        assert torch.autograd.gradcheck(
+            lambda *t: shared_private_linear_log_factor(t[: len(dims)], t[len(dims) :]),
+            tuple(leaves),
+        )
+
+
+def test_shared_private_linear_log_factor_rejects_mismatched_inputs():
+    f, w = torch.zeros(3, 5), torch.zeros(3, 2, 4)
+    with pytest.raises(ValueError, match="features, weights: expected one"):
+        shared_private_linear_log_factor([f], [w, w])
+    with pytest.raises(ValueError, match="features, weights: expected one"):
+        shared_private_linear_log_factor([], [])
+    with pytest.raises(ValueError, match=r"weights\[1\]: expected shape \(R_1, 2, K_1\)"):
+        shared_private_linear_log_factor([f, f], [w, torch.zeros(3, 3, 4)])
+    with pytest.raises(ValueError, match=r"features\[1\]: expected shape \(3, 5\)"):
+        shared_private_linear_log_factor([f, torch.zeros(3, 6)], [w, w])
+    with pytest.raises(ValueError, match=r"features\[0\]: expected dtype"):
+        shared_private_linear_log_factor([f.float()], [w])
+    with pytest.raises(ValueError, match="features: expected a stacked"):
+        shared_private_linear_log_factor(torch.zeros(5, 5), [w, w])

@@ -292,14 +292,45 @@ class MultimodalHMM(MultimodalModel):
         Modalities in ``exclude`` are left out (treated as missing); ``labels["shared"]`` clamps.
         """
         N, T = data.num_sequences, data.num_timesteps
-        total = self.combine_log_factors(
-            self.modality_log_probs(data, exclude), self.fault_log_probs(data, exclude), (N, T)
-        )
+        total = self._linear_log_emissions(data, exclude)
+        if total is None:
+            total = self.combine_log_factors(
+                self.modality_log_probs(data, exclude), self.fault_log_probs(data, exclude), (N, T)
+            )
         clamp = self._clamp_log_factor(data)
         if clamp is not None:
             rest = (1,) * (len(self.chain_sizes) - 1)
             total = total + clamp.reshape((N, T, self.num_shared_states) + rest)
         return total
+
+    def _linear_log_emissions(self, data, exclude):
+        """:meth:`log_emissions` without labels, as matrix products alone
+        (:func:`mmpgm.ops.hmm.shared_private_linear_log_factor`), where every used modality's
+        log-density is linear in features (:meth:`ObservationModel.linear_log_prob`) and none
+        has a fault chain; else None."""
+        present = [m for m in self.modalities if m not in exclude]
+        if not present or any(m in self.fault_modalities for m in present):
+            return None
+        dims = [self.emissions[m].linear_feature_dim for m in present]
+        if any(r is None for r in dims):
+            return None
+        N, T = data.num_sequences, data.num_timesteps
+        p = self._param()
+        # every modality writes its features into its rows of one buffer (no stacking copy)
+        stacked = torch.empty((sum(dims), N * T), dtype=p.dtype, device=p.device)
+        rows = stacked.split(dims, 0)
+        features, weights = [], []
+        for m, out in zip(present, rows, strict=True):
+            f, w = self.emissions[m].linear_log_prob(data.obs[m], data.mask[m], out=out)
+            features.append(f)
+            weights.append(w)
+        if all(f is out for f, out in zip(features, rows, strict=True)):
+            features = stacked
+        lp = ops.shared_private_linear_log_factor(features, weights)
+        shape = [N, T, self.num_shared_states]
+        shape += [self.num_private_states[m] if m in present else 1 for m in self.modalities]
+        F = len(self.fault_modalities)
+        return lp.reshape(shape + [1] * F).expand((N, T) + self.chain_sizes)
 
     def _clamp_log_factor(self, data):
         """``(N, T, K_s)``: 0 where consistent with ``labels['shared']`` (or unknown), -inf

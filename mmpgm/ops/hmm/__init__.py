@@ -47,7 +47,7 @@ from .chunked import (
     factorial_filter_chunk,
     factorial_smooth_chunked,
 )
-from .emissions import shared_private_log_factor
+from .emissions import shared_private_linear_log_factor, shared_private_log_factor
 from .forward_backward import (
     chain_marginals,
     factorial_forward,
@@ -79,6 +79,7 @@ __all__ = [
     "factorial_smooth",
     "factorial_viterbi",
     "shared_private_log_factor",
+    "shared_private_linear_log_factor",
     "factorial_sample",
     "chain_marginals",
     "chain_groups",
