@@ -24,9 +24,15 @@ from .base import ObservationModel
 def _variance_floor(x: torch.Tensor) -> torch.Tensor:
     """Smallest variance trusted per feature of ``x (F, D)``: a few ulps of its mean square, so
     the floor scales with the data's units (an absolute floor made fits on data measured in
-    tiny units wrong)."""
-    tiny = torch.finfo(x.dtype).tiny
-    return 16 * torch.finfo(x.dtype).eps * x.square().mean(0).clamp_min(tiny)
+    tiny units wrong). A feature that is identically 0 has no units of its own: it takes the
+    largest mean square of the modality's features (1 where all are 0, e.g. a constant feature
+    after standardization), not the smallest positive float, whose prior let SVI shrink the
+    variance until float32 overflowed."""
+    mean_square = x.square().mean(0)
+    fallback = mean_square.max() if mean_square.numel() else mean_square.new_ones(())
+    fallback = torch.where(fallback > 0, fallback, torch.ones_like(fallback))
+    mean_square = torch.where(mean_square > 0, mean_square, fallback)
+    return 16 * torch.finfo(x.dtype).eps * mean_square
 
 
 class _GaussianBase(ObservationModel):
