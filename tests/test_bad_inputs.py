@@ -746,6 +746,14 @@ case(
     r"balance: expected one of \['class', 'frame'\]",
 )
 case(
+    "siamese embed of an infinite item",
+    lambda tmp: mmpgm.SiameseEncoder(MLPTower(4, (4,), 2)).embed(
+        torch.tensor([[0.0, 1.0, math.inf, 2.0]])
+    ),
+    ValueError,
+    r"x: expected finite values \(NaN marks a missing item\), got 1 infinite value",
+)
+case(
     "tower input_dim 0",
     lambda tmp: MLPTower(0, (4,), 2),
     ValueError,

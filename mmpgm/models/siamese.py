@@ -244,12 +244,22 @@ class SiameseEncoder(MultimodalModel):
 
         ``grad=False`` (default): under ``torch.no_grad()`` (a forward pass for new points,
         section 6.2); ``grad=True`` keeps the graph (fine-tuning through the encoder).
+
+        Items are embedded independently. An item holding a NaN is a missing one (as in
+        :class:`~mmpgm.MultimodalData`): its embedding is all NaN, as in :meth:`embed_data`; the
+        other items are unaffected. An infinite value is not a missing one and raises
+        ``ValueError``.
         """
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(x)
         if x.dim() < 1 or x.shape[-1] != self.input_dim:
             raise ValueError(
                 f"x: expected items of size {self.input_dim} (..., input_dim), got {tuple(x.shape)}"
+            )
+        if x.is_floating_point() and bool(x.isinf().any()):
+            raise ValueError(
+                f"x: expected finite values (NaN marks a missing item), got "
+                f"{int(x.isinf().sum())} infinite value(s)"
             )
         p = self._param()
         x = x.to(dtype=p.dtype, device=p.device)

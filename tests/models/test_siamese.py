@@ -302,3 +302,19 @@ def test_embed_data_feeds_other_models():
     assert lds.log_likelihood(out).shape == (6,)
     with pytest.raises(ValueError, match="name"):
         enc.embed_data(data, name="y")
+
+
+def test_embed_maps_a_missing_item_to_nan_and_leaves_the_others():
+    """A NaN item is a missing one: its embedding is NaN, the others equal their embeddings
+    alone (items are embedded independently); an infinite value raises."""
+    enc = SiameseEncoder(MLPTower(4, (8,), 2))
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    x[1, 2] = math.nan
+    out = enc.embed(x)
+    assert bool(out[1].isnan().all())
+    keep = [0, 2, 3, 4]
+    torch.testing.assert_close(out[keep], enc.embed(x[keep]), rtol=0, atol=0)
+    assert bool(torch.isfinite(out[keep]).all())
+    x[3, 0] = math.inf
+    with pytest.raises(ValueError, match="x: expected finite values"):
+        enc.embed(x)
