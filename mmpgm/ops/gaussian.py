@@ -115,7 +115,13 @@ def _diagonal_gaussian_features_no_grad(x, reference, mask, out=None):
         one.fill_(1.0)
     else:
         keep = mask.reshape(-1)
-        xc.masked_fill_(~keep, 0.0)  # not a product with the mask: x may be NaN there
+        # zeroed, not multiplied by the mask: x may be NaN there. On the CPU filling the
+        # missing columns by index is about 3x faster than masked_fill_ with a broadcast mask
+        # (0.065 against 0.19 ms at 6 x 25,600); on an accelerator nonzero() would synchronize
+        if xc.device.type == "cpu":
+            xc.index_fill_(1, (~keep).nonzero().squeeze(1), 0.0)
+        else:
+            xc.masked_fill_(~keep, 0.0)
         one.copy_(keep)
     torch.mul(xc, xc, out=sq)
     return out
