@@ -334,12 +334,19 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
         raw, args.normalize, args.norm_decay, reduce_audio, speaker_normalize,
         image=args.image_features,
     )
+    # --extra-train-corpus D: the same preparations of a second training corpus (other voices,
+    # another face per speaker), its speaker k in fold k with A's speaker k (as many folds)
+    roots = [root_a]
+    if args.extra_train_corpus:
+        roots.append(make_corpus(data_dir, args.extra_train_corpus, sa, ua, args.seed))
     parts = {}
     for name, (off, corr) in TRAIN_PREPS.items():
         corr = dict(corr)
         if "noise_kinds" in corr:
             corr["babble_dir"] = str(root_a / "babble")
-        parts[name] = feat(MultimodalData.load(prep(root_a, data_dir, name, corr, args.seed + off)))
+        loaded = [feat(MultimodalData.load(prep(r, data_dir, name, corr, args.seed + off)))
+                  for r in roots]
+        parts[name] = loaded[0] if len(loaded) == 1 else concat(loaded)
     train = concat(list(parts.values()))
     tests, vals = {}, {}
     for cond, corr in TEST_CONDITIONS.items():
@@ -349,7 +356,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
             vals[cond] = feat(MultimodalData.load(prep(root_c, data_dir, cond, corr, args.seed)))
     prep_secs = time.perf_counter() - t0
     base_cfg = {
-        "train_corpus": "A",
+        "train_corpus": "+".join(["A"] + ([args.extra_train_corpus]
+                                          if args.extra_train_corpus else [])),
         "test_corpus": args.test_corpus,
         "val_corpus": args.val_corpus,
         "test_seed": test_seed,

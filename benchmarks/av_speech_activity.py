@@ -869,6 +869,13 @@ def main(argv=None):
         "(benchmarks/_av_transfer.py); the default is the speaker-held-out run on one corpus",
     )
     ap.add_argument(
+        "--extra-train-corpus",
+        default=None,
+        choices=("D",),
+        help="with --test-corpus: also train on this data_prep.synth_grid variant (D: other "
+        "voices, a different real face per speaker), prepared as A is",
+    )
+    ap.add_argument(
         "--val-corpus",
         default=None,
         choices=("B", "C"),
@@ -953,6 +960,8 @@ def main(argv=None):
         args.timing_steps = 5 if q else 20
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    if args.extra_train_corpus and args.test_corpus is None:
+        ap.error("--extra-train-corpus needs --test-corpus (it is part of the transfer run)")
     if args.test_corpus is not None:
         if args.val_corpus == args.test_corpus:
             ap.error("--val-corpus must differ from --test-corpus (nothing is chosen on the test)")

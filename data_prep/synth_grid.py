@@ -68,8 +68,9 @@ VOICES = [
 # Corpus variants (issue 12): every experiment can be trained on one corpus and scored on one
 # made differently. Voice lists are disjoint across variants and from BABBLE_VOICES["A"].
 #   speakers: (espeak-ng voice[+variant], pitch, words per minute)
-#   face: "astronaut" (scikit-image), "grace_hopper" (matplotlib's sample photograph) or
-#         "astronaut_wide" (the astronaut photo, wider crop, darker and tinted)
+#   face: "astronaut" (scikit-image), "grace_hopper" (matplotlib's sample photograph),
+#         "astronaut_wide" (the astronaut photo, wider crop, darker and tinted) or "lfw" (a
+#         different Labeled-Faces-in-the-Wild face of scikit-image per speaker)
 #   peak: waveform peak range (uniform per clip); sample_rate of the .wav files written;
 #   gaps: word gap range (s); mouth / motion: scale of the mouth opening / head motion
 VARIANTS = {
@@ -86,6 +87,12 @@ VARIANTS = {
                         ("en+norbert", 52, 160), ("en+Storm", 66, 180)],
               face="astronaut_wide", peak=(0.2, 0.9), sample_rate=22050, gaps=(0.02, 0.06),
               mouth=1.2, motion=1.25),
+    # a second training corpus: A's settings, yet other voices, another (LFW) face per speaker
+    "D": dict(speakers=[("en+m1", 45, 170), ("en+f1", 68, 175), ("en-us+m4", 38, 160),
+                        ("en+f5", 72, 180), ("en-gb+m6", 42, 185), ("en+anika", 60, 165),
+                        ("en-us+adam", 48, 175), ("en+aunty", 64, 170)],
+              face="lfw", peak=(0.7, 0.7), sample_rate=None, gaps=(0.03, 0.09), mouth=1.0,
+              motion=1.0),
 }
 #: Voices of the babble-only utterances written with ``babble_utterances`` (not speakers of any
 #: variant): babble "of voices not in the training set" for training-time augmentation.
@@ -239,7 +246,7 @@ def parse_align(path):
 
 # --------------------------------------------------------------------------- video
 
-FACES = ("astronaut", "grace_hopper", "astronaut_wide")
+FACES = ("astronaut", "grace_hopper", "astronaut_wide", "lfw")
 
 
 def base_face_image(speaker_index: int = 0, face: str = "astronaut"):
@@ -249,12 +256,16 @@ def base_face_image(speaker_index: int = 0, face: str = "astronaut"):
     ``face``: ``"astronaut"`` (scikit-image's ``data.astronaut()``, corpus A),
     ``"grace_hopper"`` (matplotlib's ``sample_data/grace_hopper.jpg``, corpus B; another
     person, another camera, a black-and-white-era portrait) or ``"astronaut_wide"`` (the
-    astronaut, a wider crop so the face is smaller, darker, with a cold tint; corpus C).
-    Nothing is downloaded."""
+    astronaut, a wider crop so the face is smaller, darker, with a cold tint; corpus C) or
+    ``"lfw"`` (one of the 25x25 grey faces of Labeled Faces in the Wild in scikit-image's
+    ``data.lfw_subset()``, another person for every speaker, upscaled, on a grey backdrop,
+    tinted per speaker; corpus D: many identities to train on). Nothing is downloaded."""
     import cv2
 
     if face not in FACES:
         raise ValueError(f"face: expected one of {FACES}, got {face!r}")
+    if face == "lfw":
+        return _lfw_face(speaker_index)
     if face == "grace_hopper":
         import matplotlib.cbook as cbook
 
@@ -278,6 +289,30 @@ def base_face_image(speaker_index: int = 0, face: str = "astronaut"):
     r = np.random.default_rng(1000 + speaker_index + 97 * FACES.index(face))
     gains = 1.0 + (r.uniform(-0.12, 0.12, 3) if speaker_index else np.zeros(3))
     base = np.clip(base * gains, 0, 255)
+    return np.ascontiguousarray(base.astype(np.uint8))
+
+
+def _lfw_face(speaker_index: int):
+    """Speaker ``k``'s face for ``face="lfw"``: LFW face ``7 k mod 100`` of
+    ``skimage.data.lfw_subset()`` (its first 100 images are faces), cubic-upscaled to 200 px
+    high on a mid-grey 360x288 backdrop with a per-speaker colour tint (the Haar cascade finds
+    97 of the 100 so placed; the few it misses are skipped)."""
+    import cv2
+    from skimage import data as skdata
+
+    faces = skdata.lfw_subset()[:100]
+    r = np.random.default_rng(5000 + speaker_index)
+    for step in range(100):
+        grey = (faces[(7 * speaker_index + step) % 100] * 255).astype(np.uint8)
+        big = cv2.resize(grey, (200, 200), interpolation=cv2.INTER_CUBIC)
+        canvas = np.full((FRAME_SIZE[1], FRAME_SIZE[0]), 118, np.uint8)
+        top, left = (FRAME_SIZE[1] - 200) // 2 - 14, (FRAME_SIZE[0] - 200) // 2
+        canvas[top : top + 200, left : left + 200] = big
+        casc = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        if len(casc.detectMultiScale(canvas, 1.1, 4)):
+            break
+    tint = np.array([1.0, 1.0, 1.0]) + r.uniform(-0.15, 0.15, 3)
+    base = np.clip(cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR).astype(np.float32) * tint, 0, 255)
     return np.ascontiguousarray(base.astype(np.uint8))
 
 

@@ -62,6 +62,16 @@ def test_faces_differ_and_bad_names_are_refused():
     c = synth_grid.base_face_image(0, "astronaut_wide")
     assert a.shape == b.shape == c.shape == (288, 360, 3)
     assert np.abs(a.astype(float) - b).mean() > 20 and np.abs(a.astype(float) - c).mean() > 10
+    # corpus D: another LFW person for every speaker, each found by the Haar cascade
+    import mmpgm.features.video as fv
+
+    lfw = [synth_grid.base_face_image(k, "lfw") for k in range(4)]
+    assert all(f.shape == (288, 360, 3) and f.dtype == np.uint8 for f in lfw)
+    assert all(fv.detect_face(f).found for f in lfw)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert np.abs(lfw[i].astype(float) - lfw[j]).mean() > 5
+    assert np.array_equal(lfw[1], synth_grid.base_face_image(1, "lfw"))  # deterministic
     with pytest.raises(ValueError, match="face"):
         synth_grid.base_face_image(0, "cat")
     with pytest.raises(ValueError, match="variant"):
