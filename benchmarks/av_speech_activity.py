@@ -776,8 +776,9 @@ def transfer(args, t_start) -> int:
     helpers = (reduce_audio, speaker_normalize, frame_metrics, gate_video_weights, run_peers)
     rows = run_transfer(args, BENCH, factory, helpers)
     out = io.StringIO()
+    trained = "A+" + args.extra_train_corpus if args.extra_train_corpus else "A"
     out.write(
-        f"\n| condition (train A, test {args.test_corpus}) | model | accuracy | F1 | "
+        f"\n| condition (train {trained}, test {args.test_corpus}) | model | accuracy | F1 | "
         "accuracy in patched video | gate on video in / out patch |\n|---|---|---|---|---|---|\n"
     )
     for cond, name, met, skipped in rows:

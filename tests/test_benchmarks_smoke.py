@@ -66,10 +66,17 @@ def test_hmm_speed_quick():
 
 
 @pytest.mark.benchmark
+def test_av_speech_activity_extra_train_corpus_needs_a_test_corpus():
+    proc = _run_script("av_speech_activity", ["--quick", "--extra-train-corpus", "D"], timeout=120)
+    assert proc.returncode == 2
+    assert "--extra-train-corpus needs --test-corpus" in proc.stderr
+
+
 def test_av_speech_activity_quick_transfer(tmp_path):
-    """``av_speech_activity.py --quick --test-corpus B --val-corpus C`` (issue 12's transfer
-    recipe with its defaults: delta image features, label smoothing): trains on corpus A, scores
-    every system on B under the three test conditions, each row a finite accuracy or a skip."""
+    """``av_speech_activity.py --quick --test-corpus B --val-corpus C --extra-train-corpus D``
+    (issue 12's transfer recipe with its defaults: delta image features, label smoothing):
+    trains on corpora A and D, scores every system on B under the three test conditions, each
+    row a finite accuracy or a skip."""
     from mmpgm.features import missing_av_requirements
 
     if missing_av_requirements():
@@ -77,8 +84,8 @@ def test_av_speech_activity_quick_transfer(tmp_path):
     mixtures = ("conditional/reliability", "agreement/conditional-reliability")
     proc = _run_script(
         "av_speech_activity",
-        ["--quick", "--test-corpus", "B", "--val-corpus", "C", "--transfer-mixtures",
-         ",".join(mixtures), "--data-dir", tmp_path / "data"],
+        ["--quick", "--test-corpus", "B", "--val-corpus", "C", "--extra-train-corpus", "D",
+         "--transfer-mixtures", ",".join(mixtures), "--data-dir", tmp_path / "data"],
         timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,6 +95,8 @@ def test_av_speech_activity_quick_transfer(tmp_path):
         assert r["benchmark"] == "av_speech_activity_transfer"
         assert r["config"]["test_corpus"] == "B" and r["config"]["val_corpus"] == "C"
         assert r["config"]["image_features"] == "delta"
+        assert r["config"]["train_corpus"] == "A+D"
+        assert r["config"]["train_clips"] == 2 * 3 * 3 * 4  # 2 corpora x 3 preparations x 3 x 4
         _, cond, name = r["config"]["name"].split("/", 2)
         (met,) = r["metrics"].values()
         if cond == "targets":
