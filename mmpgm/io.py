@@ -13,7 +13,7 @@ import torch
 
 from . import models  # noqa: F401  (importing the models registers their classes)
 from ._validation import check_path
-from .models._savable import FORMAT_VERSION, registered_classes, save_model
+from .models._savable import FORMAT_VERSION, content_digest, registered_classes, save_model
 
 __all__ = ["load_model", "save_model"]
 
@@ -38,7 +38,9 @@ def load_model(path, map_location="cpu", **overrides):
         If ``path`` is not a str or ``os.PathLike``.
     ValueError
         If ``path`` is not an mmpgm model file (a foreign file, a truncated file, a file with a
-        code-running payload), has a newer format version, or names an unknown model class.
+        code-running payload), has a newer format version, names an unknown model class, or
+        is corrupted (its contents do not match the SHA-256 digest :func:`save_model` wrote
+        with them; files written before the digest existed load without the check).
     """
     check_path("path", path)
     if isinstance(map_location, str):
@@ -73,6 +75,18 @@ def load_model(path, map_location="cpu", **overrides):
             raise ValueError(
                 f"{path}: not an mmpgm model file ({key!r}: expected "
                 f"{kind.__name__}, got {type(state.get(key)).__name__})"
+            )
+    digest = state.get("state_digest")  # absent in files written before it existed
+    if digest is not None:
+        content = {k: state[k] for k in ("class", "config", "state_dict", "dtype")}
+        try:
+            ok = digest == content_digest(content)
+        except (TypeError, RuntimeError) as err:  # a tensor that cannot be read back
+            raise ValueError(f"{path}: corrupted mmpgm model file ({err})") from None
+        if not ok:
+            raise ValueError(
+                f"{path}: corrupted mmpgm model file (its contents do not match the SHA-256 "
+                "digest written with them)"
             )
     classes = registered_classes()
     name = state["class"]

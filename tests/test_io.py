@@ -99,8 +99,48 @@ def test_truncated_and_mismatched_files(tmp_path):
         mmpgm.load_model(tmp_path / "cut.pt")
     state = torch.load(path, weights_only=True)
     state["config"]["num_shared_states"] = 3  # the state dict no longer fits this config
+    torch.save(state, tmp_path / "edited.pt")
+    with pytest.raises(ValueError, match="corrupted mmpgm model file"):  # the digest sees it
+        mmpgm.load_model(tmp_path / "edited.pt")
+    del state["state_digest"]  # as a file written before the digest existed
     torch.save(state, tmp_path / "mismatch.pt")
     with pytest.raises(ValueError, match="state_dict does not fit"):
         mmpgm.load_model(tmp_path / "mismatch.pt")
     with pytest.raises(FileNotFoundError):
         mmpgm.load_model(tmp_path / "absent.pt")
+
+
+def test_a_flipped_bit_never_loads_silently(tmp_path):
+    """torch's zip reader does not check CRCs: a bit flipped inside a tensor's bytes loaded as a
+    silently different parameter. The file's SHA-256 digest catches it; a flip anywhere gives
+    either a ValueError or (in padding no record reads) exactly the saved model."""
+    model = _small_model()
+    path = tmp_path / "m.pt"
+    model.save(path)
+    data = path.read_bytes()
+    state = torch.load(path, weights_only=True)
+    # a tensor's value edited inside a well-formed file: caught
+    key = next(k for k, v in state["state_dict"].items() if v.is_floating_point())
+    edited = state["state_dict"][key].clone()
+    edited.view(-1)[0] += 0.5
+    state["state_dict"][key] = edited
+    torch.save(state, tmp_path / "edited.pt")
+    with pytest.raises(ValueError, match="corrupted mmpgm model file"):
+        mmpgm.load_model(tmp_path / "edited.pt")
+    reference = model.state_dict()
+    outcomes = {"refused": 0, "identical": 0}
+    for pos in range(0, len(data), max(1, len(data) // 97)):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x10
+        (tmp_path / "flip.pt").write_bytes(bytes(flipped))
+        try:
+            loaded = mmpgm.load_model(tmp_path / "flip.pt")
+        except ValueError:
+            outcomes["refused"] += 1
+            continue
+        got = loaded.state_dict()
+        assert set(got) == set(reference)
+        for k, v in reference.items():
+            assert torch.equal(got[k], v), (pos, k)
+        outcomes["identical"] += 1
+    assert outcomes["refused"] > 0

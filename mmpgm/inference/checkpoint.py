@@ -37,6 +37,8 @@ import warnings
 import numpy as np
 import torch
 
+from ..models._savable import content_digest
+
 __all__ = [
     "FORMAT_VERSION",
     "check_compatible",
@@ -250,6 +252,7 @@ def save_checkpoint(path, state: dict) -> None:
     ``os.replace``); the temp file never outlives an exception."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    state = {**state, "content_digest": content_digest(state)}  # checked by load_checkpoint
     tmp = f"{path}{_TMP}{os.getpid()}.{secrets.token_hex(4)}"
     try:
         with open(tmp, "xb") as f:
@@ -303,7 +306,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     ------
     ValueError
         ``path`` is not an mmpgm checkpoint (a foreign, truncated or random file, a model file,
-        a code-running payload), or has a newer format version.
+        a code-running payload), has a newer format version, or is corrupted (its contents do
+        not match the SHA-256 digest :func:`save_checkpoint` wrote with them).
     """
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning: refused below
@@ -341,6 +345,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                     f"checkpoint: {path} is not an mmpgm checkpoint ({key!r}: expected "
                     f"{kind.__name__}, got {got})"
                 )
+    digest = state.pop("content_digest", None)  # absent in checkpoints written before it
+    if digest is not None and digest != content_digest(state):
+        raise ValueError(
+            f"checkpoint: {path} is corrupted (its contents do not match the SHA-256 digest "
+            "written with them); delete it or pass another path"
+        )
     if len(state["losses"]) != state["step"]:
         raise ValueError(
             f"checkpoint: {path} is not an mmpgm checkpoint ({len(state['losses'])} losses "

@@ -7,12 +7,20 @@ above them; :func:`mmpgm.io.load_model` reads what :func:`save_model` writes.
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import torch
 
 from .._validation import check_output_path
 
-__all__ = ["FORMAT_VERSION", "SavableModel", "register", "registered_classes", "save_model"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SavableModel",
+    "register",
+    "registered_classes",
+    "content_digest",
+    "save_model",
+]
 
 FORMAT_VERSION = 1
 """Version of the model-file layout; :func:`mmpgm.io.load_model` refuses newer files."""
@@ -38,6 +46,34 @@ class SavableModel:
         save_model(self, path)
 
 
+def content_digest(content) -> str:
+    """SHA-256 of a nested structure of dicts, lists, tuples, tensors and plain values (dict
+    keys in sorted order; every tensor by dtype, shape and bytes), stored in model files and
+    checkpoints: torch's zip reader does not check its records' CRCs, so a flipped bit inside a
+    tensor would otherwise load silently."""
+    h = hashlib.sha256()
+
+    def feed(obj):
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            h.update(f"D{len(obj)}".encode())
+            for key in sorted(obj, key=repr):
+                h.update(repr(key).encode())
+                feed(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            h.update(f"{type(obj).__name__[0]}{len(obj)}".encode())
+            for item in obj:
+                feed(item)
+        else:
+            h.update(f"V{obj!r}".encode())
+
+    feed(content)
+    return h.hexdigest()
+
+
 def register(cls):
     """Class decorator: make ``cls`` loadable by name with :func:`mmpgm.load_model`."""
     _REGISTRY[cls.__name__] = cls
@@ -59,13 +95,11 @@ def save_model(model, path) -> None:
         raise TypeError(f"model: {type(model).__name__} cannot be saved (not an mmpgm model)")
     check_output_path("path", path)
     p = next(iter(model.parameters()))
-    torch.save(
-        {
-            "class": type(model).__name__,
-            "config": model.config(),
-            "state_dict": model.state_dict(),
-            "dtype": str(p.dtype).replace("torch.", ""),
-            "mmpgm_format": FORMAT_VERSION,
-        },
-        path,
-    )
+    content = {
+        "class": type(model).__name__,
+        "config": model.config(),
+        "state_dict": model.state_dict(),
+        "dtype": str(p.dtype).replace("torch.", ""),
+    }
+    content["state_digest"] = content_digest(content)
+    torch.save({**content, "mmpgm_format": FORMAT_VERSION}, path)

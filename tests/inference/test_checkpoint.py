@@ -424,8 +424,25 @@ def test_checkpoint_in_the_data_units_is_refused(tmp_path):
     state = torch.load(path, weights_only=True)
     assert state["options"]["units"] == "standardized"
     del state["options"]["units"]
+    del state["content_digest"]  # as one written before the digest existed
     torch.save(state, path)
     with pytest.raises(ValueError, match="units: expected '<absent>', got 'standardized'"):
+        _fit(*_hmm(), 4, path)
+
+
+def test_a_corrupted_checkpoint_is_refused_by_its_digest(tmp_path):
+    """A checkpoint whose tensors changed after it was written (a flipped bit that torch's zip
+    reader, which checks no CRC, would load silently) is refused naming the file."""
+    model, data = _hmm()
+    path = tmp_path / "c"
+    _fit(model, data, 2, path)
+    state = torch.load(path, weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point())
+    edited = state["model"][key].clone()
+    edited.view(-1)[0] += 0.5
+    state["model"][key] = edited
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"checkpoint: .* is corrupted"):
         _fit(*_hmm(), 4, path)
 
 
