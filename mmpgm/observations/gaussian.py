@@ -292,7 +292,12 @@ class FullGaussianObservation(_GaussianBase):
             - outer.transpose(-1, -2)
             + n[..., None, None] * mu[..., :, None] * mu[..., None, :]
         )
-        psi = torch.diag_embed(self.prior_var * (self.nu0 + D + 1))
+        # the scatter about the mean cancels sxx's terms: for a feature constant over a state's
+        # frames it is 0 up to rounding of about eps * sxx_dd, of either sign, far above the
+        # prior's share there; a ridge of a few ulps of sxx_dd keeps the covariance positive
+        # definite (the Cholesky failed: EM on data with a constant feature raised)
+        ridge = 16 * torch.finfo(S.dtype).eps * sxx.diagonal(dim1=-2, dim2=-1).abs()
+        psi = torch.diag_embed(self.prior_var * (self.nu0 + D + 1) + ridge)
         cov = (psi + S) / (self.nu0 + n[..., None, None] + D + 1)
         cov = 0.5 * (cov + cov.transpose(-1, -2))
         self.loc = mu

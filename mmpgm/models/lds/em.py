@@ -177,11 +177,17 @@ def em_update(model, stats: dict) -> None:
         e.shared_weight.copy_(W[:, :ks])
         e.private_weight.copy_(W[:, ks:-1])
         e.offset.copy_(W[:, -1])
+        # the residual cancels Sxx's terms: for a constant feature it is 0 up to rounding of
+        # about eps * Sxx_dd, of either sign; a noise variance floored at a few ulps of the
+        # feature's mean square keeps the innovation covariance positive definite (the filter
+        # raised on data with a constant feature)
+        floor = 16 * torch.finfo(Sxx.dtype).eps * Sxx.diagonal().abs() / n.clamp_min(1.0)
         if e.noise == "diag":
             var = (2 * psi + resid.diagonal()) / (n + k + 4)
-            e.noise_scale = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+            var = var.clamp_min(floor).clamp_min(torch.finfo(var.dtype).tiny)
+            e.noise_scale = var.sqrt()
         else:
-            R = (torch.diag(psi) + resid) / (n + k + 2 * D + 2)
+            R = (torch.diag(psi) + resid) / (n + k + 2 * D + 2) + torch.diag(floor)
             e.set_noise_cov(symmetrize(R))
     for b in model.block_names:
         d = model.dynamics[b]
