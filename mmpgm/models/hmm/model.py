@@ -321,7 +321,10 @@ class MultimodalHMM(MultimodalModel):
         rows = stacked.split(dims, 0)
         features, weights = [], []
         for m, out in zip(present, rows, strict=True):
-            f, w = self.emissions[m].linear_log_prob(data.obs[m], data.mask[m], out=out)
+            x = data.obs[m]
+            if x.dtype != stacked.dtype or x.device != stacked.device:  # unchecked data
+                out = None
+            f, w = self.emissions[m].linear_log_prob(x, data.mask[m], out=out)
             features.append(f)
             weights.append(w)
         if all(f is out for f, out in zip(features, rows, strict=True)):
