@@ -560,6 +560,10 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
                 s["selected_gate_video_inside_over_outside"] = round(
                     sel["gate_video_inside"] / max(sel["gate_video_outside"], 1e-9), 4
                 )
+            if "gate_image_inside" in sel:  # the image expert alone (flow still works there)
+                s["selected_gate_image_inside_over_outside"] = round(
+                    sel["gate_image_inside"] / max(sel["gate_image_outside"], 1e-9), 4
+                )
         for peer in ("silero_vad", "webrtcvad"):
             if (cond, peer) in by:
                 s[peer] = by[(cond, peer)]["accuracy"]

@@ -224,12 +224,15 @@ def frame_metrics(pred: torch.Tensor, data: MultimodalData) -> dict:
 
 def gate_video_weights(post, data: MultimodalData) -> dict:
     w = post.gate_weights[..., 1] + post.gate_weights[..., 2]  # image + flow
+    image = post.gate_weights[..., 1]  # the expert a patch hurts most (flow reads motion)
     vc = data.labels["video_corrupted"]
     inside = (vc == 1) & data.time_mask
     outside = (vc == 0) & data.time_mask
     return {
         "gate_video_inside": round(float(w[inside].mean()), 4),
         "gate_video_outside": round(float(w[outside].mean()), 4),
+        "gate_image_inside": round(float(image[inside].mean()), 4),
+        "gate_image_outside": round(float(image[outside].mean()), 4),
         "gate_counts": {
             "inside_sum": float(w[inside].sum()),
             "inside_frames": int(inside.sum()),

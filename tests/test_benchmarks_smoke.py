@@ -109,6 +109,9 @@ def test_av_speech_activity_quick_transfer(tmp_path):
     assert summary is not None and set(summary) == conditions
     for cond, t in summary.items():
         assert t["selected_accuracy"] == rows[(cond, t["selected_mixture"])]["accuracy"]
+        if cond != "clean":  # patched video: the gate on video, and on the image expert alone
+            for key in ("video", "image"):
+                assert 0 < t[f"selected_gate_{key}_inside_over_outside"] < math.inf, (cond, t)
     systems = ("expert_audio", "expert_image", "expert_flow", "uniform_gate_reference") + mixtures
     for cond in conditions:
         for name in systems + ("webrtcvad", "silero_vad"):
