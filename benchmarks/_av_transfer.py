@@ -556,14 +556,11 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
             sel = by[(cond, selected)]
             s["selected_mixture"] = selected
             s["selected_accuracy"] = sel["accuracy"]
-            if "gate_video_inside" in sel:
-                s["selected_gate_video_inside_over_outside"] = round(
-                    sel["gate_video_inside"] / max(sel["gate_video_outside"], 1e-9), 4
-                )
-            if "gate_image_inside" in sel:  # the image expert alone (flow still works there)
-                s["selected_gate_image_inside_over_outside"] = round(
-                    sel["gate_image_inside"] / max(sel["gate_image_outside"], 1e-9), 4
-                )
+            for key in ("video", "image"):  # image + flow, and the image expert alone
+                if f"gate_{key}_inside" in sel:
+                    s[f"selected_gate_{key}_inside_over_outside"] = round(
+                        sel[f"gate_{key}_inside"] / max(sel[f"gate_{key}_outside"], 1e-9), 4
+                    )
         for peer in ("silero_vad", "webrtcvad"):
             if (cond, peer) in by:
                 s[peer] = by[(cond, peer)]["accuracy"]

@@ -29,7 +29,7 @@ def _variance_floor(x: torch.Tensor) -> torch.Tensor:
     after standardization), not the smallest positive float, whose prior let SVI shrink the
     variance until float32 overflowed."""
     mean_square = x.square().mean(0)
-    fallback = mean_square.max() if mean_square.numel() else mean_square.new_ones(())
+    fallback = mean_square.max()
     fallback = torch.where(fallback > 0, fallback, torch.ones_like(fallback))
     mean_square = torch.where(mean_square > 0, mean_square, fallback)
     return 16 * torch.finfo(x.dtype).eps * mean_square
