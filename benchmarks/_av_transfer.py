@@ -144,7 +144,7 @@ def concat(parts: list) -> MultimodalData:
 
 
 def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_normalize,
-             image: str = "dct"):
+             image: str = "dct", clip: float | None = None, clip_streams=("image",)):
     """40-band audio, the face-quality summaries appended to the image stream (32 + 17 dims),
     then the normalization ``how`` (running / speaker / none). ``image="delta"``: the mouth DCT
     replaced by its frame-to-frame differences and their log energy (33 dims,
@@ -168,7 +168,8 @@ def features(raw: MultimodalData, how: str, decay: float, reduce_audio, speaker_
         return speaker_normalize(data)
     if how == "running":
         obs = {
-            m: running_normalize(data.obs[m].double(), data.mask[m], decay=decay).float()
+            m: running_normalize(data.obs[m].double(), data.mask[m], decay=decay,
+                                 clip=clip if m in clip_streams else None).float()
             for m in data.modalities
         }
         data = MultimodalData(obs, lengths=data.lengths, mask=data.mask, labels=data.labels,
@@ -332,7 +333,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
         root_c = make_corpus(data_dir, args.val_corpus, sc, uc, args.seed)
     feat = lambda raw: features(  # noqa: E731
         raw, args.normalize, args.norm_decay, reduce_audio, speaker_normalize,
-        image=args.image_features,
+        image=args.image_features, clip=args.norm_clip,
+        clip_streams=tuple(args.norm_clip_streams.split(",")),
     )
     # --extra-train-corpus D: the same preparations of a second training corpus (other voices,
     # another face per speaker), its speaker k in fold k with A's speaker k (as many folds)
@@ -363,6 +365,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
         "test_seed": test_seed,
         "normalize": args.normalize,
         "norm_decay": args.norm_decay if args.normalize == "running" else None,
+        "norm_clip": args.norm_clip if args.normalize == "running" else None,
+        "norm_clip_streams": args.norm_clip_streams if args.norm_clip else None,
         "image_features": args.image_features,
         "train_clips": train.num_sequences,
         "train_speakers": sa,
@@ -383,6 +387,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     cache = None
     if args.expert_cache:  # the experts depend only on these (and the code)
         key = json.dumps(dict(dims=dims, normalize=args.normalize, decay=args.norm_decay,
+                              **({"clip": args.norm_clip, "clip_streams": args.norm_clip_streams}
+                                 if args.norm_clip else {}),
                               image=args.image_features, hidden=args.hidden,
                               context=args.context, steps=pre_steps, lr=args.lr,
                               batch=args.batch, seed=args.seed, clips=train.num_sequences,

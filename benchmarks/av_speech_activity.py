@@ -894,6 +894,11 @@ def main(argv=None):
         "offline per-speaker standardization, or none",
     )
     ap.add_argument("--norm-decay", type=float, default=0.98, help="running normalization decay")
+    ap.add_argument("--norm-clip", type=float, default=None,
+                    help="running normalization: clip innovations at this many running SDs "
+                    "before they update the statistics (robust; a corruption is not absorbed)")
+    ap.add_argument("--norm-clip-streams", default="image",
+                    help="comma-separated streams --norm-clip applies to")
     ap.add_argument(
         "--test-seed",
         type=int,

@@ -405,10 +405,12 @@ def _process(task):
         from mmpgm.features.normalize import running_normalize
 
         decay = float(task.get("normalize_decay", 0.98))
+        clip = task.get("normalize_clip")
         for key in feats:
             mk = None if key == "audio" else vmask
-            feats[key] = running_normalize(feats[key].astype(np.float64), mk,
-                                           decay=decay).astype(np.float32)
+            feats[key] = running_normalize(feats[key].astype(np.float64), mk, decay=decay,
+                                           clip=None if key == "audio" else clip
+                                           ).astype(np.float32)
     info.update(vinfo)
     info["n_audio_frames"] = T
     info["align_end_frame"] = align_end_frame
@@ -478,7 +480,7 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
                  corruption=None, seed: int = 0, progress: bool = True, audio_kind: str = "stft",
                  max_video_pad: int = 25, mp_context: str | None = None, targets=(),
                  normalize: str = "none", normalize_decay: float = 0.98,
-                 face_quality: bool = False):
+                 normalize_clip: float | None = None, face_quality: bool = False):
     """Prepare the GRID-layout corpus at ``root`` into ``out_path`` (``.npz``).
 
     ``workers`` processes (1 = in this process); ``shard`` ``"i/n"`` takes every
@@ -502,6 +504,10 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
     :func:`mmpgm.features.normalize.running_normalize` (causal per-utterance running mean and
     variance, ``normalize_decay`` = its ``decay``; video padding frames excluded), which makes
     the log-spectral audio features gain-invariant and removes each recording's own levels.
+    ``normalize_clip``: with ``"running"``, the robust statistics of the video streams (the
+    ``clip`` of :func:`~mmpgm.features.normalize.running_normalize`; not the audio, whose speech
+    onsets are large jumps by nature), so a patch over the camera stays visible in the
+    normalized features for as long as it lasts instead of being absorbed.
     ``face_quality``: also store ``obs/face_quality`` (N, T, 17) with ``mask/face_quality``
     (the video mask): occlusion evidence over the whole face crop
     (:func:`mmpgm.features.video.face_quality_features`; a 4th stream, off by default).
@@ -518,6 +524,14 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
     if (isinstance(normalize_decay, bool) or not isinstance(normalize_decay, (int, float))
             or not 0 < normalize_decay <= 1):
         raise ValueError(f"normalize_decay: expected a number in (0, 1], got {normalize_decay!r}")
+    if normalize_clip is not None:
+        if normalize != "running":
+            raise ValueError(f"normalize_clip: needs normalize='running', got {normalize!r}")
+        if (isinstance(normalize_clip, bool) or not isinstance(normalize_clip, (int, float))
+                or not normalize_clip > 0):
+            raise ValueError(f"normalize_clip: expected a positive number or None, "
+                             f"got {normalize_clip!r}")
+        normalize_clip = float(normalize_clip)
     t0 = time.time()
     cc = CorruptionConfig.coerce(corruption).validate()
     targets = check_targets(targets)
@@ -535,7 +549,8 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
                       "audio_kind": audio_kind, "max_video_pad": int(max_video_pad),
                       "root": str(root), "targets": targets, "normalize": normalize,
                       "face_quality": bool(face_quality),
-                      "normalize_decay": float(normalize_decay)})
+                      "normalize_decay": float(normalize_decay),
+                      "normalize_clip": normalize_clip})
 
     from tqdm.auto import tqdm
 
@@ -624,7 +639,8 @@ def prepare_grid(root, out_path, workers: int = 1, shard=None, skip_bad: bool = 
               "corruption": asdict(cc), "audio_kind": audio_kind,
               "max_video_pad": max_video_pad, "n_total_in_corpus": len(all_utts),
               "targets": list(targets), "normalize": normalize,
-              "normalize_decay": float(normalize_decay), "face_quality": bool(face_quality),
+              "normalize_decay": float(normalize_decay), "normalize_clip": normalize_clip,
+              "face_quality": bool(face_quality),
               "frame_rate": 25, "audio_sample_rate": 16000, "stft_window": 1024, "stft_hop": 640}
     arr["meta/utterance_id"] = np.array(ok, dtype=str)
     arr["meta/speaker_id"] = np.array([by_uid[u].speaker for u in ok], dtype=str)
@@ -671,6 +687,9 @@ def main(argv=None) -> int:
                         "stream (mmpgm.features.normalize.running_normalize)")
     p.add_argument("--normalize-decay", type=float, default=0.98,
                    help="decay of the running statistics (time constant 1/(1-decay) frames)")
+    p.add_argument("--normalize-clip", type=float, default=None,
+                   help="robust running statistics of the video streams: innovations beyond "
+                        "this many running SDs are clipped before they update them (e.g. 3)")
     p.add_argument("--noise-kinds", default=None,
                    help="augmentation: comma-separated noise kinds, one drawn per utterance "
                         "(overrides --audio-noise)")
@@ -701,7 +720,8 @@ def main(argv=None) -> int:
                          corruption=corruption, seed=a.seed, progress=not a.no_progress,
                          audio_kind=a.audio_kind, max_video_pad=a.max_video_pad,
                          targets=("irm",) if a.irm else (), normalize=a.normalize,
-                         normalize_decay=a.normalize_decay, face_quality=a.face_quality)
+                         normalize_decay=a.normalize_decay, normalize_clip=a.normalize_clip,
+                         face_quality=a.face_quality)
     except (PrepError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

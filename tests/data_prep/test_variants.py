@@ -100,6 +100,17 @@ def test_augmented_preparation_and_running_normalization(corpus_b, tmp_path):
         ref = running_normalize(a.obs[m].double(), a.mask[m], decay=0.9)
         torch.testing.assert_close(b.obs[m].double(), ref, rtol=1e-5, atol=1e-5)
     assert json.loads(str(b.meta["config"]))["normalize"] == "running"
+    # robust statistics on the video streams only (speech onsets are not corruptions)
+    clipped = tmp_path / "c.npz"
+    grid.prepare_grid(root, clipped, corruption=corr, seed=5, progress=False,
+                      normalize="running", normalize_decay=0.9, normalize_clip=2.0)
+    c = MultimodalData.load(clipped)
+    torch.testing.assert_close(c.obs["audio"], b.obs["audio"], rtol=0, atol=0)
+    for m in ("image", "flow"):
+        ref = running_normalize(a.obs[m].double(), a.mask[m], decay=0.9, clip=2.0)
+        torch.testing.assert_close(c.obs[m].double(), ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(c.obs["image"], b.obs["image"])
+    assert json.loads(str(c.meta["config"]))["normalize_clip"] == 2.0
 
 
 @pytest.mark.parametrize(
@@ -120,6 +131,12 @@ def test_bad_normalize_option(corpus_b, tmp_path):
     with pytest.raises(ValueError, match="normalize_decay"):
         grid.prepare_grid(root, tmp_path / "x.npz", normalize="running", normalize_decay=0,
                           progress=False)
+    for bad in (0.0, -1.0, True, "3"):
+        with pytest.raises(ValueError, match="normalize_clip"):
+            grid.prepare_grid(root, tmp_path / "x.npz", normalize="running",
+                              normalize_clip=bad, progress=False)
+    with pytest.raises(ValueError, match="normalize_clip: needs normalize='running'"):
+        grid.prepare_grid(root, tmp_path / "x.npz", normalize_clip=3.0, progress=False)
 
 
 @pytest.mark.parametrize("shape", ["rect", "ellipse"])

@@ -1,5 +1,6 @@
 """Causal running normalization: brute force per frame, causality, masks, ragged lengths,
-gain invariance, argument errors."""
+gain invariance, argument errors; the robust (clipped) statistics against a scalar loop and on a
+gross corruption."""
 
 import numpy as np
 import pytest
@@ -85,10 +86,82 @@ def test_gain_and_scale_invariance():
     torch.testing.assert_close(c, d, rtol=1e-7, atol=1e-7)
 
 
+def _scalar_clipped(x, obs, decay, eps, clip):
+    """The clipped recursion of the module docstring written out one scalar at a time."""
+    T, D = x.shape
+    out = np.zeros((T, D))
+    for d in range(D):
+        m = v = 0.0
+        k = 0
+        for t in range(T):
+            if not obs[t]:
+                continue
+            k += 1
+            a = max(1.0 / k, 1.0 - decay)
+            inn = x[t, d] - m
+            if k >= 3:
+                lim = clip * np.sqrt(v + eps * eps)
+                inn = min(max(inn, -lim), lim)
+            m, v = m + a * inn, (1 - a) * (v + a * inn * inn)
+            out[t, d] = (x[t, d] - m) / np.sqrt(v + eps * eps)
+    return out
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.8])
+@pytest.mark.parametrize("clip", [0.5, 2.0])
+def test_clipped_statistics_match_a_scalar_loop(decay, clip):
+    rng = np.random.default_rng(5)
+    x = rng.standard_t(2, size=(3, 15, 2)) * 2 + 1  # heavy tails: many clipped innovations
+    mask = np.ones((3, 15), bool)
+    mask[1, [0, 3, 4]] = False
+    lengths = np.array([15, 15, 1])
+    got = running_normalize(torch.tensor(x), torch.tensor(mask), lengths, decay=decay, clip=clip)
+    for n in range(3):
+        obs = mask[n] & (np.arange(15) < lengths[n])
+        ref = _scalar_clipped(x[n], obs, decay, 1e-3, clip)
+        torch.testing.assert_close(got[n], torch.tensor(ref), rtol=1e-12, atol=1e-12)
+    plain = running_normalize(torch.tensor(x), torch.tensor(mask), lengths, decay=decay)
+    assert not torch.allclose(got, plain)  # the clipping changed something
+    unclipped = running_normalize(torch.tensor(x), torch.tensor(mask), lengths, decay=decay,
+                                  clip=float("inf"))
+    torch.testing.assert_close(unclipped, plain, rtol=0, atol=0)
+
+
+def test_clipped_statistics_do_not_absorb_a_gross_corruption():
+    """A 25-frame failure 100 sd off after 50 clean frames (decay 0.98, c = 3): the plain
+    statistics absorb it (within its first frames it looks ordinary), the clipped ones keep every
+    one of its frames beyond 100 / sqrt(((1 - a)(1 + a c^2))^25) ~ 16 sd, the bound of the
+    variance's growth (a = 0.02), less the mean's drift."""
+    rng = np.random.default_rng(6)
+    x = torch.tensor(rng.normal(size=(1, 120, 4)))
+    bad = x.clone()
+    bad[:, 50:75] += 100.0
+    plain, robust = (running_normalize(bad, decay=0.98, clip=c) for c in (None, 3.0))
+    assert float(robust[0, 50:75].abs().min()) > 12.0
+    assert float(plain[0, 55:75].abs().mean()) < 3.0
+    torch.testing.assert_close(robust[0, :50], running_normalize(x, decay=0.98, clip=3.0)[0, :50],
+                               rtol=0, atol=0)
+
+
+def test_clipped_statistics_keep_the_gain_and_scale_invariance():
+    rng = np.random.default_rng(7)
+    x = torch.tensor(rng.standard_t(3, size=(2, 30, 3)))
+    a = running_normalize(x, decay=0.9, clip=2.0, eps=1e-9)
+    torch.testing.assert_close(running_normalize(x - 4.6, decay=0.9, clip=2.0, eps=1e-9), a,
+                               rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(running_normalize(x * 7.0, decay=0.9, clip=2.0, eps=7e-9), a,
+                               rtol=1e-9, atol=1e-9)
+    y = x.clone()
+    y[:, 20:] = 1e3
+    torch.testing.assert_close(running_normalize(y, decay=0.9, clip=2.0, eps=1e-9)[:, :20],
+                               a[:, :20], rtol=0, atol=0)  # causal
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [({"decay": 0.0}, "decay"), ({"decay": 1.5}, "decay"), ({"eps": 0}, "eps"),
-     ({"decay": True}, "decay")],
+     ({"decay": True}, "decay"), ({"clip": 0.0}, "clip"), ({"clip": -1.0}, "clip"),
+     ({"clip": True}, "clip"), ({"clip": float("nan")}, "clip"), ({"clip": "3"}, "clip")],
 )
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
