@@ -752,11 +752,13 @@ def transfer(args, t_start) -> int:
         args.data_dir = tmp.name
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     env = env_info({"mmpgm": mmpgm.__version__, **device_env(args.device)})
+    trained = "A+" + args.extra_train_corpus if args.extra_train_corpus else "A"
 
     def factory(base, cond):
         def emit_row(impl, metrics, *, name=None, seconds=None, skipped=None, agreement=None,
                      extra=None):
-            cfg = dict(base, name=f"A->{args.test_corpus}/{cond}/{name or impl}", **(extra or {}))
+            cfg = dict(base, name=f"{trained}->{args.test_corpus}/{cond}/{name or impl}",
+                       **(extra or {}))
             cfg["device"] = args.device
             rec = {
                 "benchmark": BENCH + "_transfer",
@@ -779,7 +781,6 @@ def transfer(args, t_start) -> int:
     helpers = (reduce_audio, speaker_normalize, frame_metrics, gate_video_weights, run_peers)
     rows = run_transfer(args, BENCH, factory, helpers)
     out = io.StringIO()
-    trained = "A+" + args.extra_train_corpus if args.extra_train_corpus else "A"
     out.write(
         f"\n| condition (train {trained}, test {args.test_corpus}) | model | accuracy | F1 | "
         "accuracy in patched video | gate on video in / out patch |\n|---|---|---|---|---|---|\n"
@@ -894,9 +895,10 @@ def main(argv=None):
         "offline per-speaker standardization, or none",
     )
     ap.add_argument("--norm-decay", type=float, default=0.98, help="running normalization decay")
-    ap.add_argument("--norm-clip", type=float, default=None,
-                    help="running normalization: clip innovations at this many running SDs "
-                    "before they update the statistics (robust; a corruption is not absorbed)")
+    ap.add_argument("--norm-clip", type=float, default=3.0,
+                    help="running normalization of --norm-clip-streams: clip innovations at this "
+                    "many running SDs before they update the statistics (robust: a patch is not "
+                    "absorbed; chosen on corpus C, see benchmarks/results/av_transfer.md); 0 = off")
     ap.add_argument("--norm-clip-streams", default="image",
                     help="comma-separated streams --norm-clip applies to")
     ap.add_argument(

@@ -97,7 +97,9 @@ def test_av_speech_activity_quick_transfer(tmp_path):
         assert r["config"]["image_features"] == "delta"
         assert r["config"]["train_corpus"] == "A+D"
         assert r["config"]["train_clips"] == 2 * 3 * 3 * 4  # 2 corpora x 3 preparations x 3 x 4
-        _, cond, name = r["config"]["name"].split("/", 2)
+        assert r["config"]["norm_clip"] == 3.0 and r["config"]["norm_clip_streams"] == "image"
+        trained, cond, name = r["config"]["name"].split("/", 2)
+        assert trained == "A+D->B"
         (met,) = r["metrics"].values()
         if cond == "targets":
             summary = met
@@ -109,6 +111,10 @@ def test_av_speech_activity_quick_transfer(tmp_path):
     assert summary is not None and set(summary) == conditions
     for cond, t in summary.items():
         assert t["selected_accuracy"] == rows[(cond, t["selected_mixture"])]["accuracy"]
+        # the oracle ceiling of fixed expert weights: one-hot weights are the experts themselves
+        ceiling = t["fixed_weight_ceiling_on_test (oracle)"]
+        assert t["best_single_expert"] <= ceiling["linear"] <= 1.0, (cond, t)
+        assert 0.0 <= ceiling["log_linear"] <= 1.0 and sum(ceiling["linear_weights"]) > 0.99
         if cond != "clean":  # patched video: the gate on video, and on the image expert alone
             for key in ("video", "image"):
                 assert 0 < t[f"selected_gate_{key}_inside_over_outside"] < math.inf, (cond, t)
