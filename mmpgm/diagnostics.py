@@ -476,6 +476,7 @@ def posterior_entropy(posterior) -> dict:
         T = p.shape[1]
         inside = torch.arange(T, device=p.device)[None] < posterior.lengths.to(p.device)[:, None]
         h = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1)
-        h = torch.where(inside, h, torch.zeros_like(h))
+        # a certain frame's marginal can round to 1 + eps, whose entropy would be -1e-17
+        h = torch.where(inside, h.clamp_min(0.0), torch.zeros_like(h))
         out[name] = h.sum(-1) / posterior.lengths.to(p.device).clamp_min(1)
     return out
