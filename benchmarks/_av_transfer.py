@@ -26,8 +26,8 @@ summaries; then (default ``--normalize running``) every stream through
 :func:`mmpgm.features.normalize.running_normalize` (causal per utterance; removes log-gain
 offsets, so the audio features are gain-invariant), the image stream with robust statistics
 (default ``--norm-clip 3``: innovations beyond 3 running SDs clipped before they update them,
-so a patch stays visible for as long as it lasts instead of being absorbed). ``--normalize speaker`` (offline
-per-speaker standardization) and ``none`` are the ablations.
+so a patch stays visible for as long as it lasts instead of being absorbed).
+``--normalize speaker`` (offline per-speaker standardization) and ``none`` are the ablations.
 
 Systems: the MLP experts alone, their equal-weight mix, cross-fitted gates (conditional and
 Markov) reading the features only (the former gate), the reliability inputs only (per-stream
@@ -363,9 +363,10 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     root_c = None
     if args.val_corpus:
         root_c = make_corpus(data_dir, args.val_corpus, sc, uc, args.seed)
+    clip = args.norm_clip or None  # --norm-clip 0: off
     feat = lambda raw: features(  # noqa: E731
         raw, args.normalize, args.norm_decay, reduce_audio, speaker_normalize,
-        image=args.image_features, clip=args.norm_clip or None,
+        image=args.image_features, clip=clip,
         clip_streams=tuple(args.norm_clip_streams.split(",")),
     )
     # --extra-train-corpus D: the same preparations of a second training corpus (other voices,
@@ -397,8 +398,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
         "test_seed": test_seed,
         "normalize": args.normalize,
         "norm_decay": args.norm_decay if args.normalize == "running" else None,
-        "norm_clip": (args.norm_clip or None) if args.normalize == "running" else None,
-        "norm_clip_streams": args.norm_clip_streams if args.norm_clip else None,
+        "norm_clip": clip if args.normalize == "running" else None,
+        "norm_clip_streams": args.norm_clip_streams if clip else None,
         "image_features": args.image_features,
         "train_clips": train.num_sequences,
         "train_speakers": sa,
@@ -419,8 +420,8 @@ def run_transfer(args, bench, emit_row_factory, helpers) -> list:
     cache = None
     if args.expert_cache:  # the experts depend only on these (and the code)
         key = json.dumps(dict(dims=dims, normalize=args.normalize, decay=args.norm_decay,
-                              **({"clip": args.norm_clip, "clip_streams": args.norm_clip_streams}
-                                 if args.norm_clip else {}),
+                              **({"clip": clip, "clip_streams": args.norm_clip_streams}
+                                 if clip else {}),
                               image=args.image_features, hidden=args.hidden,
                               context=args.context, steps=pre_steps, lr=args.lr,
                               batch=args.batch, seed=args.seed, clips=train.num_sequences,
